@@ -1,0 +1,124 @@
+"""Process settings, read once from the environment (and an optional `.env` file)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+_SECRET_FIELDS = frozenset({"openai_api_key", "tencent_secret_id", "tencent_secret_key", "restsend_token"})
+
+
+def _read_dotenv(path: Path) -> dict[str, str]:
+    """Parse KEY=VALUE lines; the real environment wins over the file."""
+    values: dict[str, str] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return values
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def _int(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from exc
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Everything a process needs to know about its deployment; see docs/configuration.md."""
+
+    port: int = 8080
+    web_concurrency: int = 2
+    worker_processes: int = field(default_factory=lambda: os.cpu_count() or 1)
+    max_calls: int = 200
+    redis_url: str = ""
+    redis_prefix: str = "pbx:"
+    recorder_path: str = "/tmp/recorders"
+    media_cache_path: str = "/tmp/mediacache"
+    public_ip: str = ""
+    rtp_port_min: int = 12000
+    rtp_port_max: int = 42000
+    sip_port: int = 25060
+    sip_webhook_url: str = ""
+    ice_servers: str = ""
+    restsend_token: str = ""
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_api_key: str = ""
+    tencent_appid: str = ""
+    tencent_secret_id: str = ""
+    tencent_secret_key: str = ""
+    voiceapi_endpoint: str = ""
+    voiceapi_speaker_id: str = ""
+    # Seconds a process heartbeat lives in Redis; liveness is "refreshed within this window".
+    heartbeat_ttl: float = 3.0
+    # Seconds a new call may wait for a media process before the client is told none is available.
+    claim_timeout: float = 10.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, dotenv: Path | None = Path(".env")) -> Settings:
+        env = dict(_read_dotenv(dotenv)) if dotenv is not None else {}
+        env.update(os.environ if environ is None else environ)
+        cores = os.cpu_count() or 1
+        return cls(
+            port=_int(env, "PORT", 8080),
+            web_concurrency=_int(env, "WEB_CONCURRENCY", 2),
+            worker_processes=_int(env, "WORKER_PROCESSES", cores),
+            max_calls=_int(env, "MAX_CALLS", 200),
+            redis_url=env.get("REDIS_URL", ""),
+            redis_prefix=env.get("REDIS_PREFIX", "pbx:") or "pbx:",
+            recorder_path=env.get("RECORDER_PATH", "") or "/tmp/recorders",
+            media_cache_path=env.get("MEDIA_CACHE_PATH", "") or "/tmp/mediacache",
+            public_ip=env.get("PUBLIC_IP", ""),
+            rtp_port_min=_int(env, "RTP_PORT_MIN", 12000),
+            rtp_port_max=_int(env, "RTP_PORT_MAX", 42000),
+            sip_port=_int(env, "SIP_PORT", 25060),
+            sip_webhook_url=env.get("SIP_WEBHOOK_URL", ""),
+            ice_servers=env.get("ICE_SERVERS", ""),
+            restsend_token=env.get("RESTSEND_TOKEN", ""),
+            openai_base_url=env.get("OPENAI_BASE_URL", "") or "https://api.openai.com/v1",
+            openai_api_key=env.get("OPENAI_API_KEY", ""),
+            tencent_appid=env.get("TENCENT_APPID", ""),
+            tencent_secret_id=env.get("TENCENT_SECRET_ID", ""),
+            tencent_secret_key=env.get("TENCENT_SECRET_KEY", ""),
+            voiceapi_endpoint=env.get("VOICEAPI_ENDPOINT", ""),
+            voiceapi_speaker_id=env.get("VOICEAPI_SPEAKER_ID", ""),
+            heartbeat_ttl=float(env.get("PBX_HEARTBEAT_TTL", "") or 3.0),
+            claim_timeout=float(env.get("PBX_CLAIM_TIMEOUT", "") or 10.0),
+            log_level=env.get("LOG_LEVEL", "") or "INFO",
+        )
+
+    def __repr__(self) -> str:
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in _SECRET_FIELDS and value:
+                value = "***"
+            elif f.name == "redis_url" and value:
+                value = redact_url(value)
+            parts.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(parts)})"
+
+    __str__ = __repr__
+
+
+def redact_url(url: str) -> str:
+    """Hide the password of a `scheme://user:password@host` URL."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    creds, _, host = rest.rpartition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url

@@ -1,0 +1,56 @@
+"""The error hierarchy: each error knows its HTTP status, error-event code and whether a retry may help."""
+
+from __future__ import annotations
+
+
+class PbxError(Exception):
+    status = 500
+    code = "INTERNAL_ERROR"
+    retryable = False
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def body(self) -> dict[str, str]:
+        """The JSON error body of the API document."""
+        return {"error": self.message, "code": self.code, "details": self.details}
+
+
+class BadCommand(PbxError):
+    status = 400
+    code = "BAD_REQUEST"
+
+
+class CallNotFound(PbxError):
+    status = 404
+    code = "CALL_NOT_FOUND"
+
+
+class DuplicateCall(PbxError):
+    status = 409
+    code = "DUPLICATE_CALL"
+
+
+class NoCapacity(PbxError):
+    status = 503
+    code = "NO_CAPACITY"
+    retryable = True
+
+
+class Unavailable(PbxError):
+    status = 503
+    code = "SERVICE_UNAVAILABLE"
+    retryable = True
+
+
+class NotImplementedYet(PbxError):
+    status = 501
+    code = "NOT_IMPLEMENTED"
+
+
+class ProviderError(PbxError):
+    status = 502
+    code = "PROVIDER_ERROR"
+    retryable = True

@@ -1,0 +1,37 @@
+"""Builders for the events of the RustPBX call API: camelCase names, epoch-ms timestamps, no null fields."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+SERVER_SIDE_TRACK = "server-side-track"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def rfc3339(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def event(name: str, **fields: Any) -> dict[str, Any]:
+    """An event dict; keyword names are Python snake_case, turned into camelCase, None values dropped."""
+    out: dict[str, Any] = {"event": name}
+    if "timestamp" not in fields:
+        out["timestamp"] = now_ms()
+    for key, value in fields.items():
+        if value is not None:
+            out[_camel(key)] = value
+    return out
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+def error(track_id: str | None, sender: str, message: str, code: int | None = None) -> dict[str, Any]:
+    return event("error", track_id=track_id, sender=sender, error=message, code=code)

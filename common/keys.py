@@ -1,0 +1,35 @@
+"""Every Redis key the server uses. Nothing else writes a raw key string."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DISPATCH_GROUP = "workers"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "pbx:"
+
+    @property
+    def dispatch(self) -> str:
+        return f"{self.prefix}dispatch"
+
+    @property
+    def calls(self) -> str:
+        return f"{self.prefix}calls"
+
+    def inbox(self, proc: str) -> str:
+        return f"{self.prefix}inbox:{proc}"
+
+    def call(self, call_id: str) -> str:
+        return f"{self.prefix}call:{call_id}"
+
+    def proc(self, proc: str) -> str:
+        return f"{self.prefix}proc:{proc}"
+
+    def proc_pattern(self) -> str:
+        return f"{self.prefix}proc:*"
+
+    def sip(self, sip_call_id: str) -> str:
+        return f"{self.prefix}sip:{sip_call_id}"

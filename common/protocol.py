@@ -1,0 +1,362 @@
+"""The WebSocket commands of the RustPBX call API, as typed, validated dataclasses.
+
+`parse_command` is the single entry point for untrusted client text; everything after it works on these
+types. Field names on the wire are camelCase (see common.schema), as in RustPBX.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from common.errors import BadCommand
+from common.schema import parse_object, to_wire
+
+MAX_TEXT_FRAME = 1 << 20
+CODECS = ("pcm", "pcmu", "pcma", "g722")
+DEFAULT_HANDSHAKE_TIMEOUT = 15.0
+
+
+def _secret() -> Any:
+    """A credential: optional on the wire and never shown by repr()."""
+    return field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecorderOption:
+    recorder_file: str | None = None
+    samplerate: int | None = None
+    ptime: int | str | None = None
+    format: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VadOption:
+    type: str | None = None
+    aggressiveness: int | None = None
+    samplerate: int | None = None
+    speech_padding: int | None = None
+    silence_padding: int | None = None
+    silence_timeout: int | None = None
+    voice_threshold: float | None = None
+    max_buffer_duration_secs: int | None = None
+    endpoint: str | None = None
+    secret_key: str | None = _secret()
+    secret_id: str | None = _secret()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TranscriptionOption:
+    provider: str | None = None
+    model: str | None = None
+    language: str | None = None
+    app_id: str | None = None
+    secret_id: str | None = _secret()
+    secret_key: str | None = _secret()
+    model_type: str | None = None
+    buffer_size: int | None = None
+    samplerate: int | None = None
+    endpoint: str | None = None
+    extra: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SynthesisOption:
+    samplerate: int | None = None
+    provider: str | None = None
+    speed: float | None = None
+    app_id: str | None = None
+    secret_id: str | None = _secret()
+    secret_key: str | None = _secret()
+    volume: int | None = None
+    speaker: str | None = None
+    codec: str | None = None
+    subtitle: bool | None = None
+    emotion: str | None = None
+    endpoint: str | None = None
+    extra: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SipOption:
+    WIRE_CASE = "snake"
+    username: str | None = None
+    password: str | None = _secret()
+    realm: str | None = None
+    contact: str | None = None
+    headers: dict[str, str] | None = None
+    hangup_headers: dict[str, str] | None = None
+    enable_srtp: bool | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EouOption:
+    type: str | None = None
+    endpoint: str | None = None
+    secret_key: str | None = field(default=None, repr=False, metadata={"aliases": ("apiKey",)})
+    secret_id: str | None = _secret()
+    timeout: int | None = None
+    extra: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallOption:
+    denoise: bool | None = None
+    offer: str | None = None
+    callee: str | None = None
+    caller: str | None = None
+    recorder: RecorderOption | None = None
+    vad: VadOption | None = None
+    asr: TranscriptionOption | None = None
+    tts: SynthesisOption | None = None
+    handshake_timeout: str | int | float | None = None
+    enable_ipv6: bool | None = None
+    sip: SipOption | None = None
+    extra: dict[str, Any] | None = None
+    codec: str | None = None
+    eou: EouOption | None = None
+    media_pass: dict[str, Any] | None = None
+
+    def handshake_seconds(self) -> float:
+        return parse_duration(self.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReferOption:
+    denoise: bool | None = None
+    timeout: int | None = None
+    moh: str | None = None
+    auto_hangup: bool | None = None
+    bypass: bool | None = None
+    asr: TranscriptionOption | None = None
+    sip: SipOption | None = None
+
+
+# --- commands -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Invite:
+    option: CallOption = field(default_factory=CallOption)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Accept:
+    option: CallOption = field(default_factory=CallOption)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reject:
+    reason: str
+    code: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ringing:
+    recorder: RecorderOption | None = None
+    early_media: bool | None = None
+    ringtone: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Candidate:
+    candidates: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Tts:
+    text: str
+    speaker: str | None = None
+    play_id: str | None = None
+    auto_hangup: bool | None = None
+    streaming: bool | None = None
+    end_of_stream: bool | None = field(default=None, metadata={"aliases": ("end_of_stream",)})
+    wait_input_timeout: int | None = None
+    option: SynthesisOption | None = None
+    base64: bool | None = None
+    cache_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Play:
+    url: str
+    play_id: str | None = None
+    auto_hangup: bool | None = None
+    wait_input_timeout: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Interrupt:
+    graceful: bool | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pause:
+    pass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resume:
+    pass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hangup:
+    reason: str | None = None
+    initiator: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Refer:
+    target: str | None = None
+    caller: str | None = None
+    callee: str | None = None
+    options: ReferOption | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Mute:
+    track_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Unmute:
+    track_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class History:
+    speaker: str
+    text: str
+
+
+Command = (
+    Invite
+    | Accept
+    | Reject
+    | Ringing
+    | Candidate
+    | Tts
+    | Play
+    | Interrupt
+    | Pause
+    | Resume
+    | Hangup
+    | Refer
+    | Mute
+    | Unmute
+    | History
+)
+
+COMMANDS: dict[str, type] = {
+    "invite": Invite,
+    "accept": Accept,
+    "reject": Reject,
+    "ringing": Ringing,
+    "candidate": Candidate,
+    "tts": Tts,
+    "play": Play,
+    "interrupt": Interrupt,
+    "pause": Pause,
+    "resume": Resume,
+    "hangup": Hangup,
+    "refer": Refer,
+    "mute": Mute,
+    "unmute": Unmute,
+    "history": History,
+}
+NAMES: dict[type, str] = {cls: name for name, cls in COMMANDS.items()}
+
+
+def parse_command(text: str | bytes) -> Command:
+    """Parse one client text frame into a command, or raise BadCommand naming what is wrong."""
+    if len(text) > MAX_TEXT_FRAME:
+        raise BadCommand(f"text frame of {len(text)} bytes exceeds the {MAX_TEXT_FRAME}-byte limit")
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadCommand(f"invalid JSON: {exc}") from None
+    return command_from_dict(data)
+
+
+def command_from_dict(data: Any) -> Command:
+    if not isinstance(data, dict):
+        raise BadCommand("a command must be a JSON object")
+    name = data.get("command")
+    if not isinstance(name, str):
+        raise BadCommand(
+            "command: required field is missing" if name is None else "command: expected a string"
+        )
+    cls = COMMANDS.get(name)
+    if cls is None:
+        raise BadCommand(f"unknown command {name!r}")
+    cmd: Command = parse_object(cls, data)
+    _check(cmd)
+    return cmd
+
+
+def _check(cmd: Any) -> None:
+    """Rules that go beyond field types."""
+    if isinstance(cmd, Invite | Accept):
+        codec = cmd.option.codec
+        if codec is not None and codec.lower() not in CODECS:
+            raise BadCommand(
+                f"option.codec: unsupported codec {codec!r} (expected one of {', '.join(CODECS)})"
+            )
+        try:
+            cmd.option.handshake_seconds()
+        except ValueError as exc:
+            raise BadCommand(f"option.handshakeTimeout: {exc}") from None
+    elif isinstance(cmd, Refer) and not (cmd.target or cmd.callee):
+        raise BadCommand("refer: target (or callee) is required")
+    elif isinstance(cmd, Play) and not cmd.url.strip():
+        raise BadCommand("url: must not be empty")
+
+
+def command_to_dict(cmd: Command) -> dict[str, Any]:
+    """The canonical wire form of a command (what the worker receives and the dump records)."""
+    return {"command": NAMES[type(cmd)], **to_wire(cmd)}
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s)?\s*$")
+
+
+def parse_duration(value: str | int | float | None, default: float) -> float:
+    """Seconds from `30`, `"30"`, `"30s"` or `"500ms"`."""
+    if value is None:
+        return default
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return float(value)
+    m = _DURATION.match(value)
+    if not m:
+        raise ValueError(f'cannot read {value!r} as a duration (use 30, "30" or "30s")')
+    number = float(m.group(1))
+    return number / 1000 if m.group(2) == "ms" else number
+
+
+SECRET_KEYS = frozenset(
+    {
+        "password",
+        "secretKey",
+        "secretId",
+        "secret_key",
+        "secret_id",
+        "apiKey",
+        "api_key",
+        "token",
+        "accessToken",
+    }
+)
+
+
+def redact(value: Any) -> Any:
+    """A copy of a JSON value with every secret replaced by `***`."""
+    if isinstance(value, dict):
+        return {k: ("***" if k in SECRET_KEYS and v else redact(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value

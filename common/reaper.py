@@ -1,0 +1,61 @@
+"""Clean up after dead processes (design §5). Any process may run it; removal is decided by one DEL."""
+
+from __future__ import annotations
+
+import logging
+
+from common import events, wire
+from common.bus import Outbox
+from common.registry import Registry
+
+log = logging.getLogger("pbx.reaper")
+
+
+def worker_lost_messages(call_id: str, started_ms: int) -> list[dict[str, object]]:
+    """What a client hears when the media process that owned its call died."""
+    now = events.now_ms()
+    return [
+        wire.msg(
+            call_id,
+            wire.EVT,
+            events.error(call_id, "worker", "the media worker handling this call died", 500),
+        ),
+        wire.msg(
+            call_id,
+            wire.EVT,
+            events.event(
+                "hangup",
+                track_id=call_id,
+                timestamp=now,
+                reason="worker_lost",
+                initiator="system",
+                start_time=events.rfc3339(started_ms),
+                hangup_time=events.rfc3339(now),
+            ),
+        ),
+        wire.msg(call_id, wire.CTL, {"op": "close"}),
+    ]
+
+
+async def reap_once(registry: Registry, outbox: Outbox, claim_timeout: float) -> int:
+    """One pass over the registry; returns how many calls were removed."""
+    entries = await registry.entries()
+    if not entries:
+        return 0
+    referenced = {e.owner for e in entries if e.owner} | {e.frontend for e in entries if e.frontend}
+    alive = await registry.live_procs(referenced)
+    removed = 0
+    now = events.now_ms()
+    for e in entries:
+        if e.owner and e.owner not in alive:
+            if await registry.remove(e.id):
+                removed += 1
+                log.warning("call %s lost its media process %s", e.id, e.owner)
+                if e.frontend in alive:
+                    for m in worker_lost_messages(e.id, e.created_at):
+                        outbox.send(e.frontend, m)
+        elif not e.owner and e.frontend not in alive and now - e.created_at > claim_timeout * 1000:
+            if await registry.remove(e.id):
+                removed += 1
+                log.warning("pending call %s lost its frontend %s", e.id, e.frontend)
+    return removed

@@ -1,0 +1,157 @@
+"""The shared registry of active calls and live processes in Redis."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from common.errors import DuplicateCall
+from common.events import rfc3339
+from common.keys import Keys
+
+# Take ownership only of a call that still exists and has no owner yet (single key: cluster-safe).
+_CLAIM = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if redis.call('HSETNX', KEYS[1], 'owner', ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'claimed')
+return 1
+"""
+
+CALL_TYPES = {"websocket", "webrtc", "sip"}
+
+
+@dataclass(frozen=True, slots=True)
+class CallEntry:
+    id: str
+    call_type: str
+    created_at: int
+    state: str
+    owner: str
+    frontend: str
+    option: dict[str, Any] | None
+
+    @classmethod
+    def from_hash(cls, h: dict[bytes, bytes]) -> CallEntry:
+        def s(key: str) -> str:
+            return h.get(key.encode(), b"").decode()
+
+        raw_option = s("option")
+        try:
+            option = json.loads(raw_option) if raw_option else None
+        except ValueError:
+            option = None
+        return cls(
+            id=s("id"),
+            call_type=s("call_type"),
+            created_at=int(s("created_at") or 0),
+            state=s("state"),
+            owner=s("owner"),
+            frontend=s("frontend"),
+            option=option,
+        )
+
+    def listing(self) -> dict[str, Any]:
+        """The `/call/lists` element of the API document."""
+        item: dict[str, Any] = {
+            "id": self.id,
+            "call_type": self.call_type,
+            "created_at": rfc3339(self.created_at).replace("+00:00", "Z"),
+        }
+        if self.option is not None:
+            item["option"] = self.option
+        return item
+
+
+class Registry:
+    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._claim = redis.register_script(_CLAIM)
+
+    async def register_pending(self, call_id: str, call_type: str, frontend: str) -> int:
+        created = time.time_ns() // 1_000_000
+        key = self.keys.call(call_id)
+        if not await self.redis.hsetnx(key, "id", call_id):
+            raise DuplicateCall(f"call {call_id!r} already exists", "a live call already uses this id")
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(
+            key,
+            mapping={"call_type": call_type, "created_at": created, "state": "pending", "frontend": frontend},
+        )
+        pipe.zadd(self.keys.calls, {call_id: created})
+        await pipe.execute()
+        return created
+
+    async def claim(self, call_id: str, owner: str) -> int:
+        """1 = now ours, 0 = someone else owns it, -1 = the call is gone."""
+        return int(await self._claim(keys=[self.keys.call(call_id)], args=[owner]))
+
+    async def update(self, call_id: str, **fields: str | int) -> None:
+        key = self.keys.call(call_id)
+        # HSET on a removed call would resurrect it; only touch entries that still exist.
+        if await self.redis.exists(key):
+            await self.redis.hset(key, mapping=fields)  # type: ignore[arg-type]
+
+    async def get(self, call_id: str) -> CallEntry | None:
+        h: Any = await self.redis.hgetall(self.keys.call(call_id))
+        return CallEntry.from_hash(h) if h else None
+
+    async def remove(self, call_id: str) -> bool:
+        """Delete a call's entry; True only for the one caller that actually removed it."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.delete(self.keys.call(call_id))
+        pipe.zrem(self.keys.calls, call_id)
+        deleted, _ = await pipe.execute()
+        return bool(deleted)
+
+    async def entries(self) -> list[CallEntry]:
+        ids: list[Any] = await self.redis.zrange(self.keys.calls, 0, -1)
+        if not ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for raw in ids:
+            pipe.hgetall(self.keys.call(raw.decode()))
+        hashes = await pipe.execute()
+        out, stale = [], []
+        for raw, h in zip(ids, hashes, strict=True):
+            if h:
+                out.append(CallEntry.from_hash(h))
+            else:
+                stale.append(raw)
+        if stale:
+            await self.redis.zrem(self.keys.calls, *stale)
+        return out
+
+    async def live_procs(self, procs: set[str]) -> set[str]:
+        if not procs:
+            return set()
+        ordered = sorted(procs)
+        pipe = self.redis.pipeline(transaction=False)
+        for p in ordered:
+            pipe.exists(self.keys.proc(p))
+        alive = await pipe.execute()
+        return {p for p, a in zip(ordered, alive, strict=True) if a}
+
+    async def heartbeat(self, proc: str, info: dict[str, Any], ttl: float) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.keys.proc(proc), json.dumps(info), px=int(ttl * 1000))
+        pipe.expire(self.keys.inbox(proc), 60)
+        await pipe.execute()
+
+    async def procs(self) -> list[dict[str, Any]]:
+        keys = [k async for k in self.redis.scan_iter(match=self.keys.proc_pattern(), count=500)]
+        if not keys:
+            return []
+        values = await self.redis.mget(keys)
+        out = []
+        for v in values:
+            if v:
+                try:
+                    out.append(json.loads(v))
+                except ValueError:
+                    continue
+        return out

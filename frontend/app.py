@@ -1,0 +1,48 @@
+"""The aiohttp application factory run by gunicorn (`frontend.app:create_app`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from common import logs
+from common.bus import connect
+from common.config import Settings
+from common.embedded import DEFAULT_LOCAL_URL
+from frontend import calls, health
+from frontend.errors import errors_middleware
+from frontend.hub import Hub
+from frontend.keys import HUB, SETTINGS
+
+log = logging.getLogger("pbx.frontend")
+
+
+async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    redis = connect(settings.redis_url or DEFAULT_LOCAL_URL)
+    hub = Hub(settings, redis)
+    app[HUB] = hub
+    await hub.start()
+    log.info("frontend %s up (redis %s)", hub.proc_id, "ok" if hub.redis_ok else "not reachable yet")
+    yield
+    await hub.stop()
+    await redis.aclose()
+
+
+async def _proc_header(request: web.Request, response: web.StreamResponse) -> None:
+    # Which frontend process answered: operators (and tests) can tell the processes apart.
+    response.headers["X-Pbx-Proc"] = request.app[HUB].proc_id
+
+
+async def create_app(settings: Settings | None = None) -> web.Application:
+    settings = settings or Settings.from_env()
+    logs.setup(settings.log_level, "web")
+    app = web.Application(middlewares=[errors_middleware], client_max_size=4 * 1024 * 1024)
+    app[SETTINGS] = settings
+    app.on_response_prepare.append(_proc_header)
+    app.cleanup_ctx.append(_hub_ctx)
+    calls.setup_routes(app)
+    app.router.add_get("/health", health.health)
+    return app

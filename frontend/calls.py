@@ -1,0 +1,115 @@
+"""The call endpoints: the three WebSocket call types, `/call/lists` and `/call/kill/{id}`."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+
+import msgpack
+from aiohttp import web
+
+from common import wire
+from common.errors import BadCommand, CallNotFound
+from common.logs import call_id_var
+from common.protocol import MAX_TEXT_FRAME
+from frontend.connection import CallConnection
+from frontend.keys import HUB
+
+log = logging.getLogger("pbx.frontend.calls")
+
+MAX_CALL_ID = 128
+
+
+def _flag(request: web.Request, name: str, default: bool) -> bool:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise BadCommand(f"query parameter {name}: expected true or false, got {raw!r}")
+
+
+def _ping(request: web.Request) -> int:
+    raw = request.query.get("ping", "20")
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadCommand(f"query parameter ping: expected whole seconds, got {raw!r}") from None
+    if value < 0:
+        raise BadCommand("query parameter ping: must not be negative")
+    return value
+
+
+def _call_id(request: web.Request) -> str:
+    call_id = request.query.get("id") or f"s.{uuid.uuid4()}"
+    if len(call_id) > MAX_CALL_ID or not call_id.isprintable() or any(c.isspace() for c in call_id):
+        raise BadCommand(
+            f"query parameter id: must be at most {MAX_CALL_ID} printable characters without spaces"
+        )
+    return call_id
+
+
+def call_handler(call_type: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        hub = request.app[HUB]
+        call_id = _call_id(request)
+        dump = _flag(request, "dump", True)
+        ping = _ping(request)
+        call_id_var.set(call_id)
+        ws = web.WebSocketResponse(heartbeat=ping or None, max_msg_size=4 * MAX_TEXT_FRAME)
+        ws.headers["X-Pbx-Proc"] = hub.proc_id
+        if not ws.can_prepare(request).ok:
+            raise BadCommand("this endpoint takes a WebSocket upgrade")
+        created = await hub.registry.register_pending(call_id, call_type, hub.proc_id)
+        try:
+            await ws.prepare(request)
+        except BaseException:
+            await hub.registry.remove(call_id)
+            raise
+        conn = CallConnection(hub, call_id, call_type, ws, created)
+        hub.connections[call_id] = conn
+        try:
+            params = msgpack.packb({"dump": dump, "ping": ping})
+            await hub.redis.xadd(
+                hub.keys.dispatch,
+                {"call_id": call_id, "call_type": call_type, "frontend": hub.proc_id, "params": params},
+                maxlen=100_000,
+                approximate=True,
+            )
+            log.info("%s call opened", call_type)
+            await conn.serve()
+        finally:
+            hub.connections.pop(call_id, None)
+            log.info("call socket closed")
+        return ws
+
+    return handle
+
+
+async def list_calls(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    entries = await hub.registry.entries()
+    return web.json_response({"calls": [e.listing() for e in entries]})
+
+
+async def kill_call(request: web.Request) -> web.Response:
+    hub = request.app[HUB]
+    call_id = request.match_info["id"]
+    entry = await hub.registry.get(call_id)
+    if entry is None:
+        raise CallNotFound(f"call {call_id!r} not found", "no active call has this id")
+    target = entry.owner or entry.frontend
+    hub.send(target, wire.msg(call_id, wire.CTL, {"op": "kill"}))
+    return web.json_response(True)
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/call", call_handler("websocket"))
+    app.router.add_get("/call/webrtc", call_handler("webrtc"))
+    app.router.add_get("/call/sip", call_handler("sip"))
+    app.router.add_get("/call/lists", list_calls)
+    app.router.add_post("/call/kill/{id}", kill_call)

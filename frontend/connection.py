@@ -1,0 +1,239 @@
+"""One client WebSocket: validates its commands, relays them to the call's owner, and writes events back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSMsgType, web
+
+from common import events, wire
+from common.errors import BadCommand
+from common.protocol import MAX_TEXT_FRAME, command_to_dict, parse_command, redact
+
+if TYPE_CHECKING:
+    from frontend.hub import Hub
+
+log = logging.getLogger("pbx.frontend.call")
+
+MAX_BINARY_FRAME = 64 * 1024
+# Messages held for a call whose media process has not claimed it yet.
+MAX_UNCLAIMED = 500
+# Outgoing audio frames queued for a slow client before new ones are dropped (100 = 2 s).
+MAX_QUEUED_AUDIO = 100
+# Outgoing events queued for a client that does not read before it is disconnected.
+MAX_QUEUED_EVENTS = 2000
+
+
+class CallConnection:
+    """The frontend half of a call: the client socket and the route to the media process that owns it."""
+
+    def __init__(
+        self, hub: Hub, call_id: str, call_type: str, ws: web.WebSocketResponse, created_ms: int
+    ) -> None:
+        self.hub = hub
+        self.call_id = call_id
+        self.call_type = call_type
+        self.ws = ws
+        self.created_ms = created_ms
+        self.owner: str | None = None
+        self._unclaimed: list[dict[str, Any]] = []
+        self._unclaimed_dropped = False
+        self._out: deque[tuple[str, Any]] = deque()
+        self._queued_audio = 0
+        self._wake = asyncio.Event()
+        self._closing = False
+        self.closed_by_server = False
+        self.dropped_audio = 0
+        self._option_registered = False
+
+    # --- client → owner ---------------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Read the client socket until it closes."""
+        writer = asyncio.create_task(self._writer(), name=f"call:{self.call_id}:tx")
+        claim_watch = asyncio.create_task(self._claim_watch(), name=f"call:{self.call_id}:claim")
+        try:
+            async for msg in self.ws:
+                if msg.type == WSMsgType.TEXT:
+                    await self._on_text(msg.data)
+                elif msg.type == WSMsgType.BINARY:
+                    self._on_binary(msg.data)
+                elif msg.type == WSMsgType.ERROR:
+                    log.info("socket error: %s", self.ws.exception())
+                    break
+        finally:
+            claim_watch.cancel()
+            if not self.closed_by_server:
+                self._client_gone()
+                writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+            with contextlib.suppress(asyncio.CancelledError):
+                await claim_watch
+
+    async def _on_text(self, text: str) -> None:
+        if len(text) > MAX_TEXT_FRAME:
+            self._reject(
+                BadCommand(f"text frame of {len(text)} bytes exceeds the {MAX_TEXT_FRAME}-byte limit")
+            )
+            return
+        try:
+            cmd = parse_command(text)
+        except BadCommand as exc:
+            self._reject(exc)
+            return
+        body = command_to_dict(cmd)
+        if body["command"] in ("invite", "accept") and not self._option_registered:
+            self._option_registered = True
+            await self._register_option(body.get("option") or {})
+        self._to_owner(wire.msg(self.call_id, wire.CMD, body))
+
+    def _on_binary(self, data: bytes) -> None:
+        if len(data) > MAX_BINARY_FRAME:
+            self._reject(
+                BadCommand(
+                    f"binary frame of {len(data)} bytes exceeds the {MAX_BINARY_FRAME}-byte "
+                    "limit (send one 20 ms frame per message)"
+                ),
+                sender="audio",
+            )
+            return
+        self._to_owner(wire.msg(self.call_id, wire.PCM, data))
+
+    def _reject(self, exc: BadCommand, sender: str = "command") -> None:
+        ev = events.error(self.call_id, sender, exc.message, 400)
+        self.push_event(ev)
+        # The owner keeps the dump; it records the error in order with everything else.
+        self._to_owner(wire.msg(self.call_id, wire.LOG, ev))
+
+    async def _register_option(self, option: dict[str, Any]) -> None:
+        try:
+            await self.hub.registry.update(self.call_id, option=json.dumps(redact(option)))
+        except Exception as exc:  # listing details are best effort; the call goes on
+            log.warning("could not store call option: %s", exc)
+
+    def _to_owner(self, m: dict[str, Any]) -> None:
+        if self.owner is not None:
+            self.hub.send(self.owner, m)
+        elif len(self._unclaimed) < MAX_UNCLAIMED or m["k"] != wire.PCM:
+            self._unclaimed.append(m)
+        elif not self._unclaimed_dropped:
+            self._unclaimed_dropped = True
+            self.push_event(
+                events.error(
+                    self.call_id,
+                    "audio",
+                    "audio sent before the call was set up was "
+                    "dropped: no media worker has taken the call yet",
+                    503,
+                )
+            )
+
+    def _client_gone(self) -> None:
+        if self.owner is not None:
+            self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": "gone"}))
+        else:
+            task = asyncio.create_task(
+                self.hub.registry.remove(self.call_id), name=f"call:{self.call_id}:gone"
+            )
+            self.hub.background(task)
+
+    async def _claim_watch(self) -> None:
+        await asyncio.sleep(self.hub.settings.claim_timeout)
+        if self.owner is None and not self._closing:
+            log.warning("no media process claimed the call within %.1fs", self.hub.settings.claim_timeout)
+            await self.hub.registry.remove(self.call_id)
+            self.end_locally("no_worker", "no media worker is available to take the call", 503)
+
+    def end_locally(self, reason: str, message: str, code: int) -> None:
+        """End a call that has no owner: tell the client and close."""
+        now = events.now_ms()
+        self.push_event(events.error(self.call_id, "worker", message, code))
+        self.push_event(
+            events.event(
+                "hangup",
+                track_id=self.call_id,
+                timestamp=now,
+                reason=reason,
+                initiator="system",
+                start_time=events.rfc3339(self.created_ms),
+                hangup_time=events.rfc3339(now),
+            )
+        )
+        self.control({"op": "close"})
+
+    # --- owner → client ---------------------------------------------------------------------------------
+
+    def control(self, body: dict[str, Any]) -> None:
+        op = body.get("op")
+        if op == "claimed":
+            self.owner = str(body["owner"])
+            pending, self._unclaimed = self._unclaimed, []
+            for m in pending:
+                self.hub.send(self.owner, m)
+        elif op == "close":
+            self._closing = True
+            self._wake.set()
+        elif op == "kill":
+            if self.owner is not None:
+                self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": "kill"}))
+            else:
+                self.end_locally("killed", "the call was killed before a media worker took it", 410)
+                task = asyncio.create_task(
+                    self.hub.registry.remove(self.call_id), name=f"call:{self.call_id}:kill"
+                )
+                self.hub.background(task)
+
+    def push_event(self, ev: dict[str, Any]) -> None:
+        self._out.append(("e", ev))
+        self._wake.set()
+        if len(self._out) - self._queued_audio > MAX_QUEUED_EVENTS and not self._closing:
+            log.warning("client too slow for events; disconnecting")
+            self._closing = True
+            if self.owner is not None:
+                self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": "gone"}))
+            self._out.clear()
+            self._queued_audio = 0
+
+    def push_audio(self, frame: bytes) -> None:
+        if self._queued_audio >= MAX_QUEUED_AUDIO:
+            self.dropped_audio += 1
+            return
+        self._queued_audio += 1
+        self._out.append(("a", frame))
+        self._wake.set()
+
+    async def _writer(self) -> None:
+        ws = self.ws
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._out:
+                kind, item = self._out.popleft()
+                try:
+                    if kind == "a":
+                        self._queued_audio -= 1
+                        await ws.send_bytes(item)
+                    else:
+                        await ws.send_str(json.dumps(item, separators=(",", ":"), ensure_ascii=False))
+                except (ConnectionError, RuntimeError):
+                    self._out.clear()
+                    self._queued_audio = 0
+                    return
+            if self._closing:
+                self.closed_by_server = True
+                await ws.close()
+                return
+
+    async def server_close(self) -> None:
+        """Shutdown of this frontend: the owner hangs the call up, the socket closes."""
+        if self.owner is not None:
+            self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": "gone"}))
+        self.closed_by_server = True
+        with contextlib.suppress(Exception):
+            await self.ws.close()

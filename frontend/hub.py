@@ -1,0 +1,126 @@
+"""The frontend process's link to Redis: its inbox, outbox, heartbeat, reaper and live client sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from common import reaper, wire
+from common.bus import Outbox, new_proc_id, read_inbox
+from common.config import Settings
+from common.keys import Keys
+from common.registry import Registry
+
+if TYPE_CHECKING:
+    from frontend.connection import CallConnection
+
+log = logging.getLogger("pbx.frontend.hub")
+
+
+class Hub:
+    """Owns everything a frontend process shares between its client connections."""
+
+    def __init__(self, settings: Settings, redis: aioredis.Redis) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.keys = Keys(settings.redis_prefix)
+        self.registry = Registry(redis, self.keys)
+        self.outbox = Outbox(redis, self.keys)
+        self.proc_id = new_proc_id("web")
+        self.connections: dict[str, CallConnection] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.redis_ok = False
+        self._background: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        for name, coro in (
+            ("outbox", self.outbox.run()),
+            ("inbox", self._inbox()),
+            ("heartbeat", self._heartbeat()),
+            ("reaper", self._reaper()),
+        ):
+            self._tasks.append(asyncio.create_task(coro, name=f"{self.proc_id}:{name}"))
+        # Register before serving so that media processes see this frontend alive from the first call.
+        with contextlib.suppress(RedisError):
+            await self._beat()
+
+    async def stop(self) -> None:
+        for conn in list(self.connections.values()):
+            await conn.server_close()
+        await self.outbox.flush()
+        for task in reversed(self._tasks):
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(RedisError):
+            await self.redis.delete(self.keys.proc(self.proc_id), self.keys.inbox(self.proc_id))
+
+    def background(self, task: asyncio.Task[Any]) -> None:
+        """Keep a short-lived task referenced until it ends, and log its failure."""
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("%s failed: %s", task.get_name(), task.exception())
+
+    def send(self, proc: str, message: dict[str, Any]) -> None:
+        self.outbox.send(proc, message)
+
+    async def _beat(self) -> None:
+        await self.registry.heartbeat(
+            self.proc_id,
+            {"role": "web", "proc": self.proc_id, "calls": len(self.connections)},
+            self.settings.heartbeat_ttl,
+        )
+
+    async def _heartbeat(self) -> None:
+        while True:
+            try:
+                await self._beat()
+                self.redis_ok = True
+            except RedisError as exc:
+                if self.redis_ok:
+                    log.warning("heartbeat failed: %s", exc)
+                self.redis_ok = False
+            await asyncio.sleep(self.settings.heartbeat_ttl / 3)
+
+    async def _reaper(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                await reaper.reap_once(self.registry, self.outbox, self.settings.claim_timeout)
+            except RedisError as exc:
+                log.debug("reaper pass failed: %s", exc)
+            except Exception:
+                log.exception("reaper pass crashed")
+
+    async def _inbox(self) -> None:
+        async for batch in read_inbox(self.redis, self.keys, self.proc_id):
+            for m in batch:
+                try:
+                    self._deliver(m)
+                except Exception:
+                    log.exception("could not deliver %s message for %s", m.get("k"), m.get("c"))
+
+    def _deliver(self, m: dict[str, Any]) -> None:
+        call_id, kind, body = m["c"], m["k"], m["b"]
+        conn = self.connections.get(call_id)
+        if conn is None:
+            if kind == wire.CTL and body.get("op") == "claimed":
+                # The client left before its call was claimed: tell the new owner to end it.
+                self.send(body["owner"], wire.msg(call_id, wire.CTL, {"op": "gone"}))
+            return
+        if kind == wire.PCM:
+            conn.push_audio(body)
+        elif kind == wire.EVT:
+            conn.push_event(body)
+        elif kind == wire.CTL:
+            conn.control(body)

@@ -1,0 +1,16 @@
+"""Gunicorn settings for the frontend (`web` in the Procfile)."""
+
+import os
+
+bind = f"0.0.0.0:{os.environ.get('PORT', '8080')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "aiohttp.GunicornUVLoopWebWorker"
+# Calls are long-lived WebSockets: never kill a worker for a slow request.
+timeout = 0
+graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "10"))
+keepalive = 5
+accesslog = None
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+# No control socket in the home directory (gunicorn >= 24 creates one by default).
+control_socket_disable = True

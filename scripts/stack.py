@@ -1,0 +1,87 @@
+"""Run the whole stack on one machine: embedded Redis (unless REDIS_URL is set), the web frontends
+(gunicorn) and the media worker pool. Ctrl-C stops all of it.
+
+    python -m scripts.stack
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common.embedded import EmbeddedRedis, port_free
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Stack:
+    """The processes of one local deployment, started in order and stopped in reverse."""
+
+    def __init__(self, env: dict[str, str] | None = None, quiet: bool = False) -> None:
+        self.env = dict(os.environ if env is None else env)
+        self.quiet = quiet
+        self.redis: EmbeddedRedis | None = None
+        self.web: subprocess.Popen[bytes] | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
+
+    def _popen(self, args: list[str]) -> subprocess.Popen[bytes]:
+        out = subprocess.DEVNULL if self.quiet else None
+        return subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=out, stderr=out, start_new_session=True)
+
+    def start(self) -> Stack:
+        if not self.env.get("REDIS_URL"):
+            self.redis = EmbeddedRedis(6379 if port_free(6379) else None).start()
+            self.env["REDIS_URL"] = self.redis.url
+            print(f"embedded redis on {self.redis.url}", file=sys.stderr)
+        self.worker = self._popen([sys.executable, "-m", "worker"])
+        self.web = self._popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "frontend.app:create_app"]
+        )
+        return self
+
+    def alive(self) -> bool:
+        return all(p is not None and p.poll() is None for p in (self.web, self.worker))
+
+    def stop(self, sig: int = signal.SIGINT) -> None:
+        # Workers first, so calls end with a hangup event delivered through a live frontend.
+        for proc, timeout in ((self.worker, 20.0), (self.web, 15.0)):
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self.redis is not None:
+            self.redis.stop()
+
+
+def main() -> int:
+    stack = Stack().start()
+    stopping: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    port = stack.env.get("PORT", "8080")
+    print(f"pbx listening on http://0.0.0.0:{port} (Ctrl-C stops)", file=sys.stderr)
+    code = 0
+    while not stopping:
+        if not stack.alive():
+            print("a process of the stack exited; stopping the rest", file=sys.stderr)
+            code = 1
+            break
+        time.sleep(0.2)
+    stack.stop(signal.SIGINT if not stopping or stopping[0] == signal.SIGINT else signal.SIGTERM)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,95 @@
+"""A small WebSocket call client for the end-to-end tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import aiohttp
+
+
+class CallClient:
+    """Collects every event and audio frame the server sends on one call socket."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse, call_id: str, frontend: str
+    ) -> None:
+        self.session = session
+        self.ws = ws
+        self.call_id = call_id
+        self.frontend = frontend
+        self.events: list[dict[str, Any]] = []
+        self.frames: list[tuple[float, bytes]] = []
+        self.closed = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def open(
+        cls, base: str, path: str = "/call", call_id: str | None = None, **query: str
+    ) -> CallClient:
+        session = aiohttp.ClientSession()
+        params = dict(query)
+        if call_id:
+            params["id"] = call_id
+        ws = await session.ws_connect(f"{base}{path}", params=params, max_msg_size=0)
+        frontend = ws._response.headers.get("X-Pbx-Proc", "")
+        return cls(session, ws, call_id or "", frontend)
+
+    async def _read(self) -> None:
+        try:
+            async for msg in self.ws:
+                async with self._changed:
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        self.events.append(json.loads(msg.data))
+                    elif msg.type == aiohttp.WSMsgType.BINARY:
+                        self.frames.append((time.monotonic(), msg.data))
+                    self._changed.notify_all()
+        finally:
+            self.closed.set()
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def send(self, command: dict[str, Any]) -> None:
+        await self.ws.send_str(json.dumps(command))
+
+    async def event(self, name: str, timeout: float = 5.0, after: int = 0, **match: Any) -> dict[str, Any]:
+        """The first event named `name` (at index >= after) whose fields include `match`."""
+
+        def find() -> dict[str, Any] | None:
+            for ev in self.events[after:]:
+                if ev.get("event") == name and all(ev.get(k) == v for k, v in match.items()):
+                    return ev
+            return None
+
+        async def wait() -> dict[str, Any]:
+            async with self._changed:
+                while True:
+                    found = find()
+                    if found is not None:
+                        return found
+                    if self.closed.is_set():
+                        raise AssertionError(f"socket closed without {name} {match}; events: {self.names()}")
+                    await self._changed.wait()
+
+        try:
+            return await asyncio.wait_for(wait(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"no {name} {match} within {timeout}s; events: {self.names()}") from None
+
+    def names(self) -> list[str]:
+        return [e.get("event", "?") for e in self.events]
+
+    async def wait_closed(self, timeout: float = 5.0) -> None:
+        await asyncio.wait_for(self.closed.wait(), timeout)
+
+    async def invite(self, **option: Any) -> dict[str, Any]:
+        await self.send({"command": "invite", "option": option})
+        return await self.event("answer")
+
+    async def close(self) -> None:
+        await self.ws.close()
+        self._reader.cancel()
+        await self.session.close()

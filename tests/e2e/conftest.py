@@ -1,0 +1,87 @@
+"""The real stack for end-to-end tests: embedded Redis, gunicorn with 2 frontends, 2 media processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from common.embedded import EmbeddedRedis, free_port
+from scripts.stack import Stack
+
+
+@dataclass
+class StackInfo:
+    base: str
+    ws: str
+    redis_url: str
+    recorder_path: Path
+    cache_path: Path
+    redis: redis.Redis
+
+    def health(self) -> dict[str, object]:
+        with urllib.request.urlopen(f"{self.base}/health", timeout=5) as resp:
+            return json.loads(resp.read())  # type: ignore[no-any-return]
+
+
+def wait_healthy(info: StackInfo, media: int, web: int, timeout: float = 30.0) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    last: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        try:
+            last = info.health()
+            if last.get("media_processes") == media and last.get("web_processes") == web:
+                return last
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"stack not healthy in {timeout}s: {last}")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
+    root = tmp_path_factory.mktemp("stack")
+    with EmbeddedRedis() as server:
+        port = free_port()
+        env = dict(
+            os.environ,
+            PORT=str(port),
+            REDIS_URL=server.url,
+            WEB_CONCURRENCY="2",
+            WORKER_PROCESSES="2",
+            MAX_CALLS="100",
+            RECORDER_PATH=str(root / "rec"),
+            MEDIA_CACHE_PATH=str(root / "cache"),
+            DRAIN_TIMEOUT="5",
+            LOG_LEVEL="WARNING",
+            PBX_CLAIM_TIMEOUT="5",
+        )
+        env.pop("PYTHONWARNINGS", None)
+        stack = Stack(env, quiet=os.environ.get("PBX_TEST_LOGS") != "1").start()
+        info = StackInfo(
+            f"http://127.0.0.1:{port}",
+            f"ws://127.0.0.1:{port}",
+            server.url,
+            root / "rec",
+            root / "cache",
+            redis.Redis.from_url(server.url),
+        )
+        try:
+            wait_healthy(info, media=2, web=2)
+            yield info
+        finally:
+            stack.stop()
+            info.redis.close()
+
+
+@pytest.fixture
+def call_id() -> str:
+    return f"t.{uuid.uuid4()}"

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common.config import Settings
+
+
+def test_defaults() -> None:
+    s = Settings.from_env({}, dotenv=None)
+    assert s.port == 8080 and s.redis_prefix == "pbx:" and s.recorder_path == "/tmp/recorders"
+    assert s.media_cache_path == "/tmp/mediacache" and s.sip_port == 25060
+    assert s.rtp_port_min == 12000 and s.rtp_port_max == 42000 and s.worker_processes >= 1
+
+
+def test_environment_and_dotenv(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("PORT=9000\nMAX_CALLS=7\n# comment\nexport OPENAI_API_KEY='sk-file'\n")
+    s = Settings.from_env({"PORT": "9100", "REDIS_URL": "redis://:pw@h:1/0"}, dotenv=env_file)
+    assert s.port == 9100, "the environment wins over .env"
+    assert s.max_calls == 7 and s.openai_api_key == "sk-file"
+    text = repr(s)
+    assert "sk-file" not in text and "pw" not in text.replace("password", "")
+    with pytest.raises(AttributeError):
+        s.port = 1  # type: ignore[misc]
+
+
+def test_bad_integer_is_named() -> None:
+    with pytest.raises(ValueError, match="MAX_CALLS"):
+        Settings.from_env({"MAX_CALLS": "lots"}, dotenv=None)

@@ -1,0 +1,223 @@
+"""Parsing client commands: every command of the API document, defaults, and errors that name the field."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from common.errors import BadCommand
+from common.protocol import (
+    Candidate,
+    Hangup,
+    History,
+    Interrupt,
+    Invite,
+    Mute,
+    Pause,
+    Play,
+    Refer,
+    Reject,
+    Resume,
+    Ringing,
+    Tts,
+    Unmute,
+    command_to_dict,
+    parse_command,
+    parse_duration,
+    redact,
+)
+
+
+def parse(obj: object) -> object:
+    return parse_command(json.dumps(obj))
+
+
+def test_invite_with_full_call_option() -> None:
+    cmd = parse(
+        {
+            "command": "invite",
+            "option": {
+                "denoise": True,
+                "offer": "v=0",
+                "callee": "sip:a@b",
+                "caller": "sip:c@d",
+                "recorder": {"recorderFile": "/tmp/r.wav", "samplerate": 16000, "ptime": "200ms"},
+                "vad": {"type": "webrtc", "aggressiveness": 3},
+                "asr": {
+                    "provider": "tencent",
+                    "model": "16k_zh",
+                    "language": "zh-CN",
+                    "appId": "1",
+                    "secretId": "i",
+                    "secretKey": "k",
+                    "modelType": "16k_zh",
+                    "bufferSize": 1024,
+                    "samplerate": 16000,
+                    "endpoint": "https://asr",
+                    "extra": {},
+                },
+                "tts": {
+                    "samplerate": 16000,
+                    "provider": "tencent",
+                    "speed": 1,
+                    "volume": 5,
+                    "speaker": "101002",
+                    "codec": "pcm",
+                    "subtitle": False,
+                    "emotion": "neutral",
+                    "endpoint": "https://tts",
+                    "extra": {},
+                },
+                "handshakeTimeout": "30s",
+                "enableIpv6": False,
+                "sip": {"username": "u", "password": "p", "realm": "r", "headers": {"X-A": "b"}},
+                "extra": {"k": "v"},
+                "codec": "PCMU",
+                "eou": {
+                    "type": "tencent",
+                    "endpoint": "https://eou",
+                    "secretKey": "s",
+                    "secretId": "i",
+                    "timeout": 5000,
+                },
+                "unknownField": 1,
+            },
+        }
+    )
+    assert isinstance(cmd, Invite)
+    opt = cmd.option
+    assert opt.denoise is True and opt.callee == "sip:a@b"
+    assert opt.recorder is not None and opt.recorder.recorder_file == "/tmp/r.wav"
+    assert opt.vad is not None and opt.vad.aggressiveness == 3
+    assert opt.asr is not None and opt.asr.secret_key == "k" and opt.asr.buffer_size == 1024
+    assert opt.tts is not None and opt.tts.speed == 1.0 and isinstance(opt.tts.speed, float)
+    assert opt.sip is not None and opt.sip.password == "p" and opt.sip.headers == {"X-A": "b"}
+    assert opt.eou is not None and opt.eou.timeout == 5000
+    assert opt.handshake_seconds() == 30.0
+
+
+def test_secrets_never_in_repr() -> None:
+    cmd = parse(
+        {
+            "command": "invite",
+            "option": {
+                "sip": {"password": "hunter2"},
+                "asr": {"secretKey": "sk-1", "secretId": "id-1"},
+                "tts": {"secretKey": "sk-2"},
+            },
+        }
+    )
+    text = repr(cmd)
+    for secret in ("hunter2", "sk-1", "id-1", "sk-2"):
+        assert secret not in text
+
+
+def test_every_command_parses_with_defaults() -> None:
+    assert parse({"command": "invite"}) == Invite()
+    assert parse({"command": "reject", "reason": "busy", "code": 486}) == Reject(reason="busy", code=486)
+    assert parse({"command": "ringing", "earlyMedia": True}) == Ringing(early_media=True)
+    assert parse({"command": "candidate", "candidates": ["a", "b"]}) == Candidate(candidates=["a", "b"])
+    tts = parse(
+        {
+            "command": "tts",
+            "text": "hi",
+            "speaker": "s",
+            "playId": "p",
+            "autoHangup": False,
+            "streaming": True,
+            "endOfStream": False,
+            "waitInputTimeout": 5000,
+        }
+    )
+    assert tts == Tts(
+        text="hi",
+        speaker="s",
+        play_id="p",
+        auto_hangup=False,
+        streaming=True,
+        end_of_stream=False,
+        wait_input_timeout=5000,
+    )
+    assert parse({"command": "play", "url": "a.wav"}) == Play(url="a.wav")
+    assert parse({"command": "interrupt"}) == Interrupt()
+    assert parse({"command": "pause"}) == Pause() and parse({"command": "resume"}) == Resume()
+    assert parse({"command": "hangup"}) == Hangup()
+    refer = parse(
+        {
+            "command": "refer",
+            "target": "sip:x@y",
+            "options": {"bypass": False, "timeout": 30, "moh": "m.wav", "autoHangup": True},
+        }
+    )
+    assert isinstance(refer, Refer) and refer.options is not None and refer.options.auto_hangup is True
+    assert parse({"command": "mute", "trackId": "t"}) == Mute(track_id="t")
+    assert parse({"command": "unmute"}) == Unmute()
+    assert parse({"command": "history", "speaker": "u", "text": "t"}) == History(speaker="u", text="t")
+
+
+def test_legacy_end_of_stream_spelling() -> None:
+    cmd = parse({"command": "tts", "text": "", "end_of_stream": True})
+    assert isinstance(cmd, Tts) and cmd.end_of_stream is True
+    assert command_to_dict(cmd) == {"command": "tts", "text": "", "endOfStream": True}
+
+
+def test_null_optional_fields_are_absent() -> None:
+    assert parse({"command": "play", "url": "a", "playId": None}) == Play(url="a")
+
+
+def test_round_trip_is_camel_case_and_omits_none() -> None:
+    cmd = parse({"command": "invite", "option": {"enableIpv6": True, "sip": {"hangup_headers": {"a": "b"}}}})
+    assert command_to_dict(cmd) == {
+        "command": "invite",
+        "option": {"enableIpv6": True, "sip": {"hangup_headers": {"a": "b"}}},
+    }
+
+
+@pytest.mark.parametrize(
+    "value,seconds", [(30, 30.0), ("30", 30.0), ("30s", 30.0), ("500ms", 0.5), (None, 15.0)]
+)
+def test_durations(value: object, seconds: float) -> None:
+    assert parse_duration(value, 15.0) == seconds  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("{", "invalid JSON"),
+        ("null", "JSON object"),
+        ('{"command": 1}', "command: expected a string"),
+        ('{"command": "x"}', "unknown command"),
+        ('{"command": "play", "url": ""}', "url: must not be empty"),
+        ('{"command": "reject", "reason": "x", "code": "486"}', "code: expected an integer"),
+        ('{"command": "reject", "reason": "x", "code": true}', "code: expected an integer"),
+        ('{"command": "invite", "option": []}', "option: expected an object"),
+        ('{"command": "invite", "option": {"sip": {"headers": {"a": 1}}}}', "option.sip.headers.a"),
+        ('{"command": "candidate", "candidates": [1]}', "candidates[0]"),
+        ('{"command": "refer", "options": {}}', "target"),
+    ],
+)
+def test_errors_name_the_field(text: str, needle: str) -> None:
+    with pytest.raises(BadCommand) as info:
+        parse_command(text)
+    assert needle in info.value.message
+
+
+def test_oversized_frame() -> None:
+    with pytest.raises(BadCommand, match="exceeds"):
+        parse_command("x" * ((1 << 20) + 1))
+
+
+def test_redact() -> None:
+    value = {
+        "sip": {"username": "u", "password": "p"},
+        "asr": {"secretKey": "k", "appId": "a"},
+        "list": [{"apiKey": "z"}],
+        "empty": {"password": ""},
+    }
+    assert redact(value) == {
+        "sip": {"username": "u", "password": "***"},
+        "asr": {"secretKey": "***", "appId": "a"},
+        "list": [{"apiKey": "***"}],
+        "empty": {"password": ""},
+    }

@@ -1,0 +1,284 @@
+"""A media process: claims calls from the dispatch stream and runs them on one event loop and one clock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import msgpack
+from redis.exceptions import RedisError, ResponseError
+
+from common import events, reaper, wire
+from common.bus import Outbox, connect, new_proc_id, read_inbox
+from common.config import Settings
+from common.embedded import DEFAULT_LOCAL_URL
+from common.keys import DISPATCH_GROUP, Keys
+from common.logs import call_id_var
+from common.registry import Registry
+from worker.media.cache import MediaCache
+from worker.session import CallSession
+
+log = logging.getLogger("pbx.worker.process")
+
+TICK = 0.020
+# Dispatch requests left unacknowledged this long by a consumer are taken over (its process died).
+AUTOCLAIM_IDLE_MS = 3000
+# When the loop falls this far behind the clock, it stops catching up and starts the clock afresh.
+MAX_CATCH_UP = 5
+
+
+class MediaProcess:
+    """Owns up to `max_calls` calls; everything about a call happens here, on this loop."""
+
+    def __init__(self, settings: Settings, proc_id: str | None = None) -> None:
+        self.settings = settings
+        self.proc_id = proc_id or new_proc_id("media")
+        self.keys = Keys(settings.redis_prefix)
+        self.redis = connect(settings.redis_url or DEFAULT_LOCAL_URL)
+        self.registry = Registry(self.redis, self.keys)
+        self.outbox = Outbox(self.redis, self.keys)
+        self.sessions: dict[str, CallSession] = {}
+        # One disk thread keeps each file's writes in order; decoding gets its own threads.
+        self.io = ThreadPoolExecutor(1, thread_name_prefix="disk")
+        self.cpu = ThreadPoolExecutor(2, thread_name_prefix="decode")
+        self.cache = MediaCache(settings.media_cache_path, self.io)
+        self.ticks = 0
+        self.late_ticks = 0
+        self._accepting = True
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._capacity_free = asyncio.Event()
+        self._capacity_free.set()
+
+    # --- wiring ------------------------------------------------------------------------------------------
+
+    def send(self, proc: str, message: dict[str, Any]) -> None:
+        self.outbox.send(proc, message)
+
+    def session_ended(self, session: CallSession) -> None:
+        self.sessions.pop(session.call_id, None)
+        if len(self.sessions) < self.settings.max_calls:
+            self._capacity_free.set()
+
+    # --- main --------------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._request_stop, "drain")
+        loop.add_signal_handler(signal.SIGINT, self._request_stop, "now")
+        await self._ensure_group()
+        await self._beat()
+        for name, coro in (
+            ("outbox", self.outbox.run()),
+            ("inbox", self._inbox()),
+            ("clock", self._clock()),
+            ("heartbeat", self._heartbeat()),
+            ("dispatch", self._dispatch()),
+            ("reaper", self._reaper()),
+        ):
+            self._tasks.append(asyncio.create_task(coro, name=f"{self.proc_id}:{name}"))
+        log.info("media process %s up, capacity %d", self.proc_id, self.settings.max_calls)
+        await self._stop.wait()
+        await self._shutdown()
+
+    def _request_stop(self, how: str) -> None:
+        # Signal handlers only record the request; _shutdown acts on it.
+        self._stop_mode = how if getattr(self, "_stop_mode", "drain") == "drain" else "now"
+        self._accepting = False
+        self._stop.set()
+
+    async def _shutdown(self) -> None:
+        mode = getattr(self, "_stop_mode", "now")
+        deadline = time.monotonic() + (float(os.environ.get("DRAIN_TIMEOUT", "30")) if mode == "drain" else 0)
+        log.info("stopping (%s) with %d calls", mode, len(self.sessions))
+        while self.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        pending = [s for s in list(self.sessions.values())]
+        for s in pending:
+            s.spawn(s.hangup("shutdown", "system"), "shutdown")
+        if pending:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*(s.done.wait() for s in pending)), 5)
+        await self.outbox.flush()
+        for task in reversed(self._tasks):
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(RedisError):
+            await self.redis.delete(self.keys.proc(self.proc_id), self.keys.inbox(self.proc_id))
+        await self.cache.close()
+        await self.redis.aclose()
+        self.io.shutdown(wait=True)
+        self.cpu.shutdown(wait=False, cancel_futures=True)
+
+    async def _ensure_group(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self.redis.xgroup_create(self.keys.dispatch, DISPATCH_GROUP, id="0", mkstream=True)
+                return
+            except ResponseError as exc:
+                if "BUSYGROUP" in str(exc):
+                    return
+                raise
+            except RedisError as exc:
+                log.warning("redis not reachable (%s); retrying", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    # --- loops -------------------------------------------------------------------------------------------
+
+    async def _beat(self) -> None:
+        await self.registry.heartbeat(
+            self.proc_id,
+            {
+                "role": "media",
+                "proc": self.proc_id,
+                "pid": os.getpid(),
+                "calls": len(self.sessions),
+                "capacity": self.settings.max_calls if self._accepting else 0,
+            },
+            self.settings.heartbeat_ttl,
+        )
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_ttl / 3)
+            try:
+                await self._beat()
+                await self._check_frontends()
+            except RedisError as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    async def _check_frontends(self) -> None:
+        """Hang up calls whose frontend process died (design §5)."""
+        frontends = {s.frontend for s in self.sessions.values()}
+        if not frontends:
+            return
+        alive = await self.registry.live_procs(frontends)
+        for s in list(self.sessions.values()):
+            if s.frontend not in alive and not s.ending:
+                log.warning("frontend %s of call %s is gone", s.frontend, s.call_id)
+                s.spawn(s.hangup("frontend_lost", "system"), "frontend-lost")
+
+    async def _reaper(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await reaper.reap_once(self.registry, self.outbox, self.settings.claim_timeout)
+            except RedisError:
+                pass
+            except Exception:
+                log.exception("reaper pass crashed")
+
+    async def _dispatch(self) -> None:
+        """Claim new calls while below capacity (design §3: the consumer group gives each to one process)."""
+        backoff = 0.1
+        last_autoclaim = 0.0
+        while True:
+            if len(self.sessions) >= self.settings.max_calls:
+                self._capacity_free.clear()
+                await self._capacity_free.wait()
+            if not self._accepting:
+                await asyncio.sleep(3600)
+                continue
+            try:
+                entries: list[Any] = []
+                if time.monotonic() - last_autoclaim > 1.0:
+                    last_autoclaim = time.monotonic()
+                    reply = await self.redis.xautoclaim(
+                        self.keys.dispatch,
+                        DISPATCH_GROUP,
+                        self.proc_id,
+                        min_idle_time=AUTOCLAIM_IDLE_MS,
+                        start_id="0-0",
+                        count=1,
+                    )
+                    entries = [e for e in reply[1] if e and e[1]] if reply else []
+                if not entries:
+                    resp: Any = await self.redis.xreadgroup(
+                        DISPATCH_GROUP, self.proc_id, {self.keys.dispatch: ">"}, count=1, block=1000
+                    )
+                    entries = resp[0][1] if resp else []
+                backoff = 0.1
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    await self._ensure_group()
+                    continue
+                raise
+            except RedisError as exc:
+                log.warning("dispatch read failed (%s)", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            for entry_id, fields in entries:
+                await self._take(entry_id, fields)
+
+    async def _take(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+        call_id = fields.get(b"call_id", b"").decode()
+        frontend = fields.get(b"frontend", b"").decode()
+        call_type = fields.get(b"call_type", b"websocket").decode()
+        try:
+            params = msgpack.unpackb(fields.get(b"params", b"\x80"))
+        except Exception:
+            params = {}
+        try:
+            result = await self.registry.claim(call_id, self.proc_id) if call_id else -1
+            await self.redis.xack(self.keys.dispatch, DISPATCH_GROUP, entry_id)
+            await self.redis.xdel(self.keys.dispatch, entry_id)
+        except RedisError as exc:
+            log.warning("claim of %s failed: %s", call_id, exc)
+            return
+        if result != 1:
+            return
+        entry = await self.registry.get(call_id)
+        created = entry.created_at if entry else events.now_ms()
+        token = call_id_var.set(call_id)
+        try:
+            session = CallSession(self, call_id, call_type, frontend, bool(params.get("dump", True)), created)
+            self.sessions[call_id] = session
+            session.start()
+            self.send(frontend, wire.msg(call_id, wire.CTL, {"op": "claimed", "owner": self.proc_id}))
+            log.info("claimed %s call from %s", call_type, frontend)
+        finally:
+            call_id_var.reset(token)
+
+    async def _inbox(self) -> None:
+        async for batch in read_inbox(self.redis, self.keys, self.proc_id):
+            for m in batch:
+                session = self.sessions.get(m["c"])
+                if session is None:
+                    continue
+                try:
+                    session.deliver(m["k"], m["b"])
+                except Exception:
+                    log.exception("call %s: could not handle %s message", m["c"], m["k"])
+
+    async def _clock(self) -> None:
+        """The media clock: every session advances one frame per 20 ms, paced to start + n × 20 ms."""
+        loop = asyncio.get_running_loop()
+        next_at = loop.time()
+        while True:
+            next_at += TICK
+            delay = next_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif -delay > TICK * MAX_CATCH_UP:
+                self.late_ticks += 1
+                next_at = loop.time()
+            self.ticks += 1
+            for session in list(self.sessions.values()):
+                if session.ending:
+                    continue
+                try:
+                    session.tick()
+                except Exception:
+                    log.exception("call %s: media tick failed", session.call_id)
+                    session.spawn(session.hangup("media_error", "system"), "media-error")

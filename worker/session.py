@@ -1,0 +1,413 @@
+"""One call in its owning media process: commands in, events and audio out, on the 20 ms clock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from common import events, wire
+from common.errors import BadCommand
+from common.events import SERVER_SIDE_TRACK
+from common.logs import call_id_var
+from common.protocol import (
+    Accept,
+    Candidate,
+    Command,
+    Hangup,
+    History,
+    Interrupt,
+    Invite,
+    Mute,
+    Pause,
+    Play,
+    Refer,
+    Reject,
+    Resume,
+    Ringing,
+    Tts,
+    Unmute,
+    command_from_dict,
+)
+from worker.dump import EventDump
+from worker.media.audiofile import AudioFileError, load_audio
+from worker.media.cache import FetchError, is_url
+from worker.media.codecs import Codec, make_codec
+from worker.media.player import FilePlayer
+from worker.media.recorder import CallRecorder
+
+if TYPE_CHECKING:
+    from worker.process import MediaProcess
+
+log = logging.getLogger("pbx.worker.session")
+
+# Audio a client may send before `invite`; it is decoded once the call is set up.
+MAX_EARLY_AUDIO = 256 * 1024
+SILENT_FRAME = np.zeros(320, dtype=np.int16)
+
+
+@dataclass(slots=True)
+class ServerTrack:
+    """What is playing on the server-side track now."""
+
+    play_id: str | None
+    source: str
+    started_ms: int
+    auto_hangup: bool = False
+    wait_input_timeout: int = 0
+    ssrc: int = field(default_factory=lambda: random.getrandbits(32))
+    player: FilePlayer | None = None
+    loader: asyncio.Task[None] | None = None
+
+
+class CallSession:
+    """The owner's half of a call (design §2, §4)."""
+
+    def __init__(
+        self, proc: MediaProcess, call_id: str, call_type: str, frontend: str, dump: bool, created_ms: int
+    ) -> None:
+        self.proc = proc
+        self.call_id = call_id
+        self.call_type = call_type
+        self.frontend = frontend
+        self.created_ms = created_ms
+        self.answer_ms: int | None = None
+        self.codec: Codec = make_codec("pcm")
+        self.recorder: CallRecorder | None = None
+        self.server: ServerTrack | None = None
+        self.caller_muted = False
+        self.server_muted = False
+        self.ending = False
+        self.frames_in = 0
+        self.frames_out = 0
+        self._early = bytearray()
+        self._early_overflow = False
+        self._bad_audio = False
+        self._caller_ssrc = random.getrandbits(32)
+        self._commands: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._wait_input: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        settings = proc.settings
+        self.dump = (
+            EventDump(Path(settings.recorder_path) / f"{call_id}.events.jsonl", proc.io) if dump else None
+        )
+        self.done = asyncio.Event()
+
+    def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._run_commands(), name=f"call:{self.call_id}:cmd"))
+
+    # --- inbound -----------------------------------------------------------------------------------------
+
+    def deliver(self, kind: str, body: Any) -> None:
+        if self.ending:
+            return
+        if kind == wire.PCM:
+            self.on_audio(body)
+        elif kind == wire.CMD:
+            self._commands.put_nowait(body)
+        elif kind == wire.LOG:
+            if self.dump:
+                self.dump.add("event", body)
+        elif kind == wire.CTL:
+            op = body.get("op")
+            if op == "kill":
+                self.spawn(self.hangup("killed", "system"), "kill")
+            elif op == "gone":
+                self.spawn(self.hangup("connection_closed", "caller"), "gone")
+
+    def spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=f"call:{self.call_id}:{name}")
+        self._tasks.append(task)
+
+    def on_audio(self, data: bytes) -> None:
+        if self.answer_ms is None:
+            if len(self._early) + len(data) > MAX_EARLY_AUDIO:
+                if not self._early_overflow:
+                    self._early_overflow = True
+                    self.emit(
+                        events.error(
+                            self.call_id,
+                            "audio",
+                            "audio sent before invite exceeds the "
+                            f"{MAX_EARLY_AUDIO}-byte buffer; the excess was dropped",
+                            413,
+                        )
+                    )
+                return
+            self._early += len(data).to_bytes(4, "little") + data
+            return
+        try:
+            pcm = self.codec.decode(data)
+        except Exception as exc:
+            if not self._bad_audio:
+                self._bad_audio = True
+                self.emit(
+                    events.error(self.call_id, "audio", f"cannot decode {self.codec.name} audio: {exc}", 400)
+                )
+            return
+        self.frames_in += 1
+        if self.recorder is not None:
+            self.recorder.caller(pcm.tobytes())
+
+    def _replay_early_audio(self) -> None:
+        buf, self._early = self._early, bytearray()
+        i = 0
+        while i + 4 <= len(buf):
+            n = int.from_bytes(buf[i : i + 4], "little")
+            self.on_audio(bytes(buf[i + 4 : i + 4 + n]))
+            i += 4 + n
+
+    # --- outbound ----------------------------------------------------------------------------------------
+
+    def emit(self, ev: dict[str, Any]) -> None:
+        self.proc.send(self.frontend, wire.msg(self.call_id, wire.EVT, ev))
+        if self.dump is not None:
+            self.dump.add("event", ev)
+
+    def error(self, sender: str, message: str, code: int, track_id: str | None = None) -> None:
+        self.emit(events.error(track_id or self.call_id, sender, message, code))
+
+    def tick(self) -> None:
+        """Advance one 20 ms frame of the media clock."""
+        out: bytes | None = None
+        track = self.server
+        if track is not None and track.player is not None and not track.player.paused:
+            frame = track.player.next_frame()
+            if frame is None:
+                self._finish_server_track(natural=True)
+            else:
+                if self.server_muted:
+                    frame = SILENT_FRAME
+                out = frame.tobytes()
+                self.proc.send(self.frontend, wire.msg(self.call_id, wire.PCM, self.codec.encode(frame)))
+                self.frames_out += 1
+        if self.recorder is not None:
+            self.recorder.tick(out)
+        if self.dump is not None and self.proc.ticks % 10 == 0:
+            self.dump.flush()
+
+    # --- commands ----------------------------------------------------------------------------------------
+
+    async def _run_commands(self) -> None:
+        call_id_var.set(self.call_id)
+        while not self.ending:
+            body = await self._commands.get()
+            if self.dump is not None:
+                self.dump.add("command", body)
+            try:
+                cmd = command_from_dict(body)
+                await self._dispatch(cmd)
+            except BadCommand as exc:
+                self.error("command", exc.message, 400)
+            except Exception as exc:
+                log.exception("command %s failed", body.get("command"))
+                self.error("command", f"{body.get('command')} failed: {exc}", 500)
+
+    async def _dispatch(self, cmd: Command) -> None:
+        match cmd:
+            case Invite():
+                await self._invite(cmd)
+            case Play():
+                self._play(cmd)
+            case Interrupt():
+                if self.server is not None:
+                    self._finish_server_track(natural=False)
+            case Pause() | Resume():
+                if self.server is not None and self.server.player is not None:
+                    self.server.player.paused = isinstance(cmd, Pause)
+            case Mute() | Unmute():
+                self._mute(cmd.track_id, isinstance(cmd, Mute))
+            case History():
+                self.emit(events.event("addHistory", sender=self.call_id, speaker=cmd.speaker, text=cmd.text))
+            case Hangup():
+                await self.hangup(cmd.reason or "normal_clearing", cmd.initiator or "caller")
+            case Candidate():
+                pass  # trickle candidates of RustPBX's first API; the answer carries all candidates
+            case Tts():
+                self.error(
+                    "command", "tts is not available yet: this server has no speech synthesis provider", 501
+                )
+            case Accept() | Reject() | Ringing():
+                name = type(cmd).__name__.lower()
+                self.error(
+                    "command", f"{name} answers an inbound SIP call; SIP calls are not available yet", 501
+                )
+            case Refer():
+                self.error("command", "refer (call transfer) needs SIP, which is not available yet", 501)
+
+    async def _invite(self, cmd: Invite) -> None:
+        if self.answer_ms is not None:
+            self.error("invite", "the call is already set up", 409)
+            return
+        if self.call_type != "websocket":
+            kind = "WebRTC" if self.call_type == "webrtc" else "SIP"
+            self.error("invite", f"{kind} calls are not available on this server yet", 501)
+            await self.hangup("failed", "system")
+            return
+        option = cmd.option
+        self.codec = make_codec(option.codec)
+        if option.recorder is not None:
+            path = self._recorder_path(option.recorder.recorder_file)
+            recorder = CallRecorder(str(path), self.proc.io)
+            try:
+                await recorder.open()
+                self.recorder = recorder
+            except OSError as exc:
+                self.error("recorder", f"cannot record to {path}: {exc.strerror or exc}", 500)
+        self.answer_ms = events.now_ms()
+        self.emit(events.event("trackStart", track_id=self.call_id))
+        self.emit(events.event("answer", track_id=self.call_id, sdp=""))
+        self._replay_early_audio()
+        with contextlib.suppress(Exception):
+            await self.proc.registry.update(self.call_id, state="active", answered_at=self.answer_ms)
+
+    def _recorder_path(self, name: str | None) -> Path:
+        base = Path(self.proc.settings.recorder_path)
+        if not name:
+            return base / f"{self.call_id}.wav"
+        path = Path(name.replace("{id}", self.call_id))
+        if not path.is_absolute():
+            path = base / path
+        return path if path.suffix.lower() == ".wav" else path.with_name(f"{path.name}.wav")
+
+    def _mute(self, track_id: str | None, muted: bool) -> None:
+        if track_id is None:
+            self.caller_muted = self.server_muted = muted
+        elif track_id == self.call_id:
+            self.caller_muted = muted
+        elif track_id == SERVER_SIDE_TRACK:
+            self.server_muted = muted
+        else:
+            raise BadCommand(
+                f"trackId: no track {track_id!r} in this call (use {self.call_id!r} or {SERVER_SIDE_TRACK!r})"
+            )
+
+    # --- the server-side track ---------------------------------------------------------------------------
+
+    def _play(self, cmd: Play) -> None:
+        if self.server is not None:
+            self._finish_server_track(natural=False)
+        self._cancel_wait_input()
+        track = ServerTrack(
+            play_id=cmd.play_id or cmd.url,
+            source=cmd.url,
+            started_ms=events.now_ms(),
+            auto_hangup=bool(cmd.auto_hangup),
+            wait_input_timeout=cmd.wait_input_timeout or 0,
+        )
+        self.server = track
+        self.emit(events.event("trackStart", track_id=SERVER_SIDE_TRACK, play_id=track.play_id))
+        track.loader = asyncio.create_task(self._load(track), name=f"call:{self.call_id}:load")
+
+    async def _load(self, track: ServerTrack) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            path = str(await self.proc.cache.path_for(track.source)) if is_url(track.source) else track.source
+            samples = await loop.run_in_executor(self.proc.cpu, load_audio, path)
+        except (FetchError, AudioFileError, OSError) as exc:
+            if self.server is track:
+                self.emit(events.error(SERVER_SIDE_TRACK, f"filetrack: {track.source}", str(exc), 404))
+                self._finish_server_track(natural=True)
+            return
+        if self.server is track:
+            track.player = FilePlayer(samples)
+
+    def _finish_server_track(self, natural: bool) -> None:
+        track = self.server
+        if track is None:
+            return
+        self.server = None
+        if track.loader is not None and not track.loader.done():
+            track.loader.cancel()
+        now = events.now_ms()
+        self.emit(
+            events.event(
+                "trackEnd",
+                track_id=SERVER_SIDE_TRACK,
+                timestamp=now,
+                duration=now - track.started_ms,
+                ssrc=track.ssrc,
+                play_id=track.play_id,
+            )
+        )
+        if not natural or self.ending:
+            return
+        if track.auto_hangup:
+            self.spawn(self.hangup("autohangup", "system"), "autohangup")
+        elif track.wait_input_timeout > 0:
+            self._wait_input = asyncio.create_task(
+                self._wait_for_input(now, track.wait_input_timeout), name=f"call:{self.call_id}:wait-input"
+            )
+
+    async def _wait_for_input(self, since_ms: int, timeout_ms: int) -> None:
+        await asyncio.sleep(timeout_ms / 1000)
+        self._wait_input = None
+        self.emit(
+            events.event("silence", track_id=SERVER_SIDE_TRACK, start_time=since_ms, duration=timeout_ms)
+        )
+
+    def _cancel_wait_input(self) -> None:
+        if self._wait_input is not None:
+            self._wait_input.cancel()
+            self._wait_input = None
+
+    # --- the end -----------------------------------------------------------------------------------------
+
+    async def hangup(self, reason: str, initiator: str) -> None:
+        """End the call: final events, recorder and dump flushed, registry entry removed, socket closed."""
+        if self.ending:
+            return
+        self.ending = True
+        log.info(
+            "hangup reason=%s initiator=%s in=%d out=%d", reason, initiator, self.frames_in, self.frames_out
+        )
+        self._finish_server_track(natural=False)
+        self._cancel_wait_input()
+        now = events.now_ms()
+        if self.answer_ms is not None:
+            self.emit(
+                events.event(
+                    "trackEnd",
+                    track_id=self.call_id,
+                    timestamp=now,
+                    duration=now - self.answer_ms,
+                    ssrc=self._caller_ssrc,
+                )
+            )
+        self.emit(
+            events.event(
+                "hangup",
+                track_id=self.call_id,
+                timestamp=now,
+                reason=reason,
+                initiator=initiator,
+                start_time=events.rfc3339(self.created_ms),
+                answer_time=events.rfc3339(self.answer_ms) if self.answer_ms is not None else None,
+                hangup_time=events.rfc3339(now),
+            )
+        )
+        await asyncio.shield(self._finish())
+
+    async def _finish(self) -> None:
+        try:
+            if self.recorder is not None:
+                await self.recorder.close()
+            if self.dump is not None:
+                await self.dump.close()
+        except Exception:
+            log.exception("closing recorder/dump failed")
+        with contextlib.suppress(Exception):
+            await self.proc.registry.remove(self.call_id)
+        self.proc.send(self.frontend, wire.msg(self.call_id, wire.CTL, {"op": "close"}))
+        self.proc.session_ended(self)
+        current = asyncio.current_task()
+        for task in reversed(self._tasks):
+            if task is not current:
+                task.cancel()
+        self.done.set()

@@ -1,0 +1,106 @@
+"""The media pool supervisor: starts the media processes, restarts the dead, drains on SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+
+import redis
+
+from common import logs
+from common.config import Settings
+from common.embedded import DEFAULT_LOCAL_URL
+from common.keys import Keys
+
+log = logging.getLogger("pbx.worker.supervisor")
+
+# A child that dies sooner than this after starting is restarted only after a pause (crash loop).
+MIN_UPTIME = 5.0
+
+
+@dataclass
+class Child:
+    slot: int
+    proc_id: str
+    popen: subprocess.Popen[bytes]
+    started: float
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keys = Keys(settings.redis_prefix)
+        self.redis = redis.Redis.from_url(settings.redis_url or DEFAULT_LOCAL_URL, socket_timeout=2)
+        self.children: dict[int, Child] = {}
+        self.stop_signal: int | None = None
+        self.restarts = 0
+
+    def _spawn(self, slot: int) -> Child:
+        proc_id = f"media-{os.uname().nodename}-{slot}-{uuid.uuid4().hex[:6]}"
+        env = dict(os.environ, PBX_PROC_ID=proc_id)
+        popen = subprocess.Popen([sys.executable, "-m", "worker.child"], env=env)
+        log.info("started media process %s (pid %d)", proc_id, popen.pid)
+        return Child(slot, proc_id, popen, time.monotonic())
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        # Only record it: the main loop acts.
+        if self.stop_signal is None or signum == signal.SIGINT:
+            self.stop_signal = signum
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        count = max(1, self.settings.worker_processes)
+        for slot in range(count):
+            self.children[slot] = self._spawn(slot)
+        while self.stop_signal is None:
+            time.sleep(0.1)
+            for slot, child in list(self.children.items()):
+                code = child.popen.poll()
+                if code is None:
+                    continue
+                log.error("media process %s exited with %s; restarting", child.proc_id, code)
+                self._forget(child)
+                if time.monotonic() - child.started < MIN_UPTIME:
+                    time.sleep(1.0)
+                if self.stop_signal is None:
+                    self.restarts += 1
+                    self.children[slot] = self._spawn(slot)
+        return self._stop()
+
+    def _forget(self, child: Child) -> None:
+        """Drop a dead child's heartbeat at once, so its calls are reaped now rather than at TTL expiry."""
+        try:
+            self.redis.delete(self.keys.proc(child.proc_id))
+        except redis.RedisError as exc:
+            log.warning("could not clear heartbeat of %s: %s", child.proc_id, exc)
+
+    def _stop(self) -> int:
+        signum = self.stop_signal or signal.SIGTERM
+        drain = float(os.environ.get("DRAIN_TIMEOUT", "30")) if signum == signal.SIGTERM else 0.0
+        log.info("stopping %d media processes (%s)", len(self.children), signal.Signals(signum).name)
+        for child in self.children.values():
+            if child.popen.poll() is None:
+                child.popen.send_signal(signum)
+        deadline = time.monotonic() + drain + 10
+        for child in self.children.values():
+            try:
+                child.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("media process %s did not stop; killing it", child.proc_id)
+                child.popen.kill()
+                child.popen.wait()
+                self._forget(child)
+        return 0
+
+
+def main() -> int:
+    settings = Settings.from_env()
+    logs.setup(settings.log_level, "worker")
+    return Supervisor(settings).run()
