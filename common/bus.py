@@ -30,10 +30,12 @@ def new_proc_id(role: str) -> str:
     return f"{role}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def connect(url: str) -> aioredis.Redis:
-    return aioredis.Redis.from_url(
-        url, decode_responses=False, health_check_interval=10, socket_keepalive=True
+def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
+    # A blocking pool: a burst of new calls waits for a free connection instead of failing.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=10, health_check_interval=10, socket_keepalive=True
     )
+    return aioredis.Redis(connection_pool=pool)
 
 
 class Outbox:

@@ -72,7 +72,10 @@ class Registry:
         self.keys = keys
         self._claim = redis.register_script(_CLAIM)
 
-    async def register_pending(self, call_id: str, call_type: str, frontend: str) -> int:
+    async def register_pending(
+        self, call_id: str, call_type: str, frontend: str, params: bytes | None = None
+    ) -> int:
+        """Register a new call (refusing a live duplicate id) and, with `params`, ask for a media process."""
         created = time.time_ns() // 1_000_000
         key = self.keys.call(call_id)
         if not await self.redis.hsetnx(key, "id", call_id):
@@ -83,12 +86,25 @@ class Registry:
             mapping={"call_type": call_type, "created_at": created, "state": "pending", "frontend": frontend},
         )
         pipe.zadd(self.keys.calls, {call_id: created})
+        if params is not None:
+            fields = {
+                "call_id": call_id,
+                "call_type": call_type,
+                "frontend": frontend,
+                "created_at": created,
+                "params": params,
+            }
+            pipe.xadd(self.keys.dispatch, fields, maxlen=100_000, approximate=True)  # type: ignore[arg-type]
         await pipe.execute()
         return created
 
     async def claim(self, call_id: str, owner: str) -> int:
         """1 = now ours, 0 = someone else owns it, -1 = the call is gone."""
         return int(await self._claim(keys=[self.keys.call(call_id)], args=[owner]))
+
+    async def claim_in(self, pipe: Any, call_id: str, owner: str) -> None:
+        """Queue a claim on a pipeline (this only queues it); its result is as for `claim`."""
+        await self._claim(keys=[self.keys.call(call_id)], args=[owner], client=pipe)
 
     async def update(self, call_id: str, **fields: str | int) -> None:
         key = self.keys.call(call_id)

@@ -10,7 +10,7 @@ import msgpack
 from aiohttp import web
 
 from common import wire
-from common.errors import BadCommand, CallNotFound
+from common.errors import BadCommand, CallNotFound, DuplicateCall
 from common.logs import call_id_var
 from common.protocol import MAX_TEXT_FRAME
 from frontend.connection import CallConnection
@@ -64,26 +64,26 @@ def call_handler(call_type: str) -> Callable[[web.Request], Awaitable[web.Stream
         ws.headers["X-Pbx-Proc"] = hub.proc_id
         if not ws.can_prepare(request).ok:
             raise BadCommand("this endpoint takes a WebSocket upgrade")
-        created = await hub.registry.register_pending(call_id, call_type, hub.proc_id)
-        try:
-            await ws.prepare(request)
-        except BaseException:
-            await hub.registry.remove(call_id)
-            raise
-        conn = CallConnection(hub, call_id, call_type, ws, created)
+        if call_id in hub.connections:
+            raise DuplicateCall(f"call {call_id!r} already exists", "a live call already uses this id")
+        params = msgpack.packb({"dump": dump, "ping": ping})
+        # In the table before it is dispatched: the owner's `claimed` may arrive before the handshake ends.
+        conn = CallConnection(hub, call_id, call_type, ws)
         hub.connections[call_id] = conn
         try:
-            params = msgpack.packb({"dump": dump, "ping": ping})
-            await hub.redis.xadd(
-                hub.keys.dispatch,
-                {"call_id": call_id, "call_type": call_type, "frontend": hub.proc_id, "params": params},
-                maxlen=100_000,
-                approximate=True,
-            )
+            # Dispatched while the handshake completes, so a media process is usually ready first.
+            conn.created_ms = await hub.registry.register_pending(call_id, call_type, hub.proc_id, params)
+        except BaseException:
+            hub.connections.pop(call_id, None)
+            raise
+        try:
+            await ws.prepare(request)
             log.info("%s call opened", call_type)
             await conn.serve()
         finally:
             hub.connections.pop(call_id, None)
+            if not ws.prepared:
+                conn.client_gone()
             log.info("call socket closed")
         return ws
 

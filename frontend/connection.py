@@ -32,14 +32,12 @@ MAX_QUEUED_EVENTS = 2000
 class CallConnection:
     """The frontend half of a call: the client socket and the route to the media process that owns it."""
 
-    def __init__(
-        self, hub: Hub, call_id: str, call_type: str, ws: web.WebSocketResponse, created_ms: int
-    ) -> None:
+    def __init__(self, hub: Hub, call_id: str, call_type: str, ws: web.WebSocketResponse) -> None:
         self.hub = hub
         self.call_id = call_id
         self.call_type = call_type
         self.ws = ws
-        self.created_ms = created_ms
+        self.created_ms = 0
         self.owner: str | None = None
         self._unclaimed: list[dict[str, Any]] = []
         self._unclaimed_dropped = False
@@ -69,7 +67,7 @@ class CallConnection:
         finally:
             claim_watch.cancel()
             if not self.closed_by_server:
-                self._client_gone()
+                self.client_gone()
                 writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
@@ -134,7 +132,7 @@ class CallConnection:
                 )
             )
 
-    def _client_gone(self) -> None:
+    def client_gone(self) -> None:
         if self.owner is not None:
             self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": "gone"}))
         else:

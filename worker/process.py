@@ -29,6 +29,8 @@ log = logging.getLogger("pbx.worker.process")
 TICK = 0.020
 # Dispatch requests left unacknowledged this long by a consumer are taken over (its process died).
 AUTOCLAIM_IDLE_MS = 3000
+# Dispatch requests read at once.
+CLAIM_BATCH = 8
 # When the loop falls this far behind the clock, it stops catching up and starts the clock afresh.
 MAX_CATCH_UP = 5
 
@@ -183,30 +185,36 @@ class MediaProcess:
         backoff = 0.1
         last_autoclaim = 0.0
         while True:
-            if len(self.sessions) >= self.settings.max_calls:
+            free = self.settings.max_calls - len(self.sessions)
+            if free <= 0:
                 self._capacity_free.clear()
                 await self._capacity_free.wait()
+                continue
             if not self._accepting:
                 await asyncio.sleep(3600)
                 continue
+            # A small batch: fewer round trips in a burst, yet other processes still get their share.
+            count = min(free, CLAIM_BATCH)
             try:
                 entries: list[Any] = []
                 if time.monotonic() - last_autoclaim > 1.0:
                     last_autoclaim = time.monotonic()
-                    reply = await self.redis.xautoclaim(
+                    reply: Any = await self.redis.xautoclaim(
                         self.keys.dispatch,
                         DISPATCH_GROUP,
                         self.proc_id,
                         min_idle_time=AUTOCLAIM_IDLE_MS,
                         start_id="0-0",
-                        count=1,
+                        count=count,
                     )
                     entries = [e for e in reply[1] if e and e[1]] if reply else []
                 if not entries:
                     resp: Any = await self.redis.xreadgroup(
-                        DISPATCH_GROUP, self.proc_id, {self.keys.dispatch: ">"}, count=1, block=1000
+                        DISPATCH_GROUP, self.proc_id, {self.keys.dispatch: ">"}, count=count, block=1000
                     )
                     entries = resp[0][1] if resp else []
+                if entries:
+                    await self._take(entries)
                 backoff = 0.1
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):
@@ -214,35 +222,38 @@ class MediaProcess:
                     continue
                 raise
             except RedisError as exc:
-                log.warning("dispatch read failed (%s)", exc)
+                log.warning("dispatch failed (%s)", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
-                continue
-            for entry_id, fields in entries:
-                await self._take(entry_id, fields)
 
-    async def _take(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
+    async def _take(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        """Claim a batch of dispatch requests with one pipelined round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for _entry_id, fields in entries:
+            call_id = fields.get(b"call_id", b"").decode()
+            await self.registry.claim_in(pipe, call_id, self.proc_id)
+        ids = [entry_id for entry_id, _ in entries]
+        pipe.xack(self.keys.dispatch, DISPATCH_GROUP, *ids)
+        pipe.xdel(self.keys.dispatch, *ids)
+        results = await pipe.execute()
+        for (_entry_id, fields), result in zip(entries, results, strict=False):
+            if result == 1:
+                self._open_session(fields)
+
+    def _open_session(self, fields: dict[bytes, bytes]) -> None:
         call_id = fields.get(b"call_id", b"").decode()
         frontend = fields.get(b"frontend", b"").decode()
         call_type = fields.get(b"call_type", b"websocket").decode()
         try:
+            created = int(fields.get(b"created_at", b"0"))
             params = msgpack.unpackb(fields.get(b"params", b"\x80"))
         except Exception:
-            params = {}
-        try:
-            result = await self.registry.claim(call_id, self.proc_id) if call_id else -1
-            await self.redis.xack(self.keys.dispatch, DISPATCH_GROUP, entry_id)
-            await self.redis.xdel(self.keys.dispatch, entry_id)
-        except RedisError as exc:
-            log.warning("claim of %s failed: %s", call_id, exc)
-            return
-        if result != 1:
-            return
-        entry = await self.registry.get(call_id)
-        created = entry.created_at if entry else events.now_ms()
+            created, params = 0, {}
         token = call_id_var.set(call_id)
         try:
-            session = CallSession(self, call_id, call_type, frontend, bool(params.get("dump", True)), created)
+            session = CallSession(
+                self, call_id, call_type, frontend, bool(params.get("dump", True)), created or events.now_ms()
+            )
             self.sessions[call_id] = session
             session.start()
             self.send(frontend, wire.msg(call_id, wire.CTL, {"op": "claimed", "owner": self.proc_id}))

@@ -1,0 +1,258 @@
+"""Load benchmark: N concurrent WebSocket calls, each streaming caller audio while a file plays back.
+
+    .venv/bin/python -m bench.calls --calls 200 --seconds 20
+
+Without --base it starts its own stack (embedded Redis, gunicorn, media pool) with the settings given.
+Prints calls held, frames sent/received/lost, setup and command round-trip latency, outgoing frame jitter,
+and CPU / RSS per stack process. Not a test: it only reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import tempfile
+import time
+import uuid
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import psutil
+import uvloop
+
+FRAME = 640  # 20 ms of s16le at 16 kHz
+
+
+@dataclass
+class CallStats:
+    setup_ms: float = 0.0
+    answered: bool = False
+    sent: int = 0
+    received: int = 0
+    arrivals: list[float] = field(default_factory=list)
+    rtts: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    ended_early: bool = False
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def make_wav(path: Path, seconds: float) -> None:
+    t = np.arange(int(seconds * 16000)) / 16000
+    samples = (np.sin(2 * np.pi * 440 * t) * 8000).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(samples.tobytes())
+
+
+class Call:
+    def __init__(self, base: str, session: aiohttp.ClientSession, wav: str, seconds: float) -> None:
+        self.base = base
+        self.session = session
+        self.wav = wav
+        self.seconds = seconds
+        self.stats = CallStats()
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.pending_rtt: dict[str, float] = {}
+        self.done = asyncio.Event()
+
+    async def run(self, start_gate: asyncio.Event) -> None:
+        call_id = f"b.{uuid.uuid4()}"
+        t0 = time.perf_counter()
+        try:
+            self.ws = await self.session.ws_connect(f"{self.base}/call", params={"id": call_id})
+            await self.ws.send_str(
+                json.dumps({"command": "invite", "option": {"codec": "pcm", "recorder": {}}})
+            )
+            reader = asyncio.create_task(self._read(t0))
+            await start_gate.wait()
+            await self.ws.send_str(json.dumps({"command": "play", "url": self.wav}))
+            await reader
+        except Exception as exc:
+            self.stats.errors.append(repr(exc))
+        finally:
+            self.done.set()
+
+    async def _read(self, t0: float) -> None:
+        assert self.ws is not None
+        async for msg in self.ws:
+            now = time.perf_counter()
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                self.stats.received += 1
+                self.stats.arrivals.append(now)
+                continue
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                break
+            ev = json.loads(msg.data)
+            name = ev.get("event")
+            if name == "answer":
+                self.stats.answered = True
+                self.stats.setup_ms = (now - t0) * 1000
+            elif name == "addHistory":
+                sent = self.pending_rtt.pop(ev.get("text", ""), None)
+                if sent is not None:
+                    self.stats.rtts.append((now - sent) * 1000)
+            elif name == "trackEnd" and ev.get("trackId") == "server-side-track":
+                await self.ws.send_str(json.dumps({"command": "hangup"}))
+            elif name == "error":
+                self.stats.errors.append(ev.get("error", ""))
+            elif name == "hangup":
+                break
+
+    async def send_frame(self, frame: bytes) -> None:
+        if self.ws is not None and not self.ws.closed and self.stats.answered:
+            await self.ws.send_bytes(frame)
+            self.stats.sent += 1
+
+    async def ping(self) -> None:
+        if self.ws is not None and not self.ws.closed and self.stats.answered:
+            token = uuid.uuid4().hex
+            self.pending_rtt[token] = time.perf_counter()
+            await self.ws.send_str(json.dumps({"command": "history", "speaker": "bench", "text": token}))
+
+
+async def pace(calls: list[Call], seconds: float) -> None:
+    """One clock for every caller stream: each call sends one frame per 20 ms tick."""
+    frame = (np.sin(2 * np.pi * 1000 * np.arange(320) / 16000) * 6000).astype("<i2").tobytes()
+    start = time.perf_counter()
+    ticks = int(seconds * 50)
+    for n in range(ticks):
+        await asyncio.gather(*(c.send_frame(frame) for c in calls))
+        if n % 50 == 0:
+            for c in calls[:: max(1, len(calls) // 20)]:  # ~20 round-trip probes per second
+                await c.ping()
+        delay = start + (n + 1) * 0.02 - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+def stack_processes(root_pids: list[int]) -> list[psutil.Process]:
+    procs = []
+    for pid in root_pids:
+        try:
+            p = psutil.Process(pid)
+        except psutil.NoSuchProcess:
+            continue
+        procs.append(p)
+        procs.extend(p.children(recursive=True))
+    return procs
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="pbx-bench-"))
+    wav = tmp / "play.wav"
+    make_wav(wav, args.seconds)
+    stack = None
+    base = args.base
+    if base is None:
+        from common.embedded import free_port
+        from scripts.stack import Stack
+
+        port = free_port()
+        env = dict(
+            os.environ,
+            PORT=str(port),
+            WEB_CONCURRENCY=str(args.web),
+            WORKER_PROCESSES=str(args.media),
+            MAX_CALLS=str(args.calls),
+            RECORDER_PATH=str(tmp / "rec"),
+            LOG_LEVEL="WARNING",
+        )
+        env.pop("REDIS_URL", None)
+        stack = Stack(env, quiet=True).start()
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                async with aiohttp.ClientSession() as s, s.get(f"{base}/health") as r:
+                    h = await r.json()
+                    if h.get("media_processes") == args.media:
+                        break
+            except (aiohttp.ClientError, ValueError):
+                pass
+            await asyncio.sleep(0.2)
+    ws_base = base.replace("http", "ws", 1)
+    root_pids = [p.pid for p in (stack.web, stack.worker) if p is not None] if stack else []
+    if stack and stack.redis and stack.redis.proc:
+        root_pids.append(stack.redis.proc.pid)
+    procs = stack_processes(root_pids)
+    for p in procs:
+        p.cpu_percent(None)
+    me = psutil.Process()
+    me.cpu_percent(None)
+    try:
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            calls = [Call(ws_base, session, str(wav), args.seconds) for _ in range(args.calls)]
+            gate = asyncio.Event()
+            tasks = []
+            for c in calls:  # calls arrive at --rate per second, as a real load would
+                tasks.append(asyncio.create_task(c.run(gate)))
+                await asyncio.sleep(1 / args.rate)
+            t_setup = time.perf_counter()
+            while sum(c.stats.answered for c in calls) < args.calls and time.perf_counter() - t_setup < 30:
+                await asyncio.sleep(0.05)
+            held = sum(c.stats.answered for c in calls)
+            gate.set()
+            t_run = time.perf_counter()
+            await pace(calls, args.seconds)
+            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=args.seconds + 30)
+            elapsed = time.perf_counter() - t_run
+        cpu = {
+            p.pid: (p.name(), " ".join(p.cmdline()[1:4]), p.cpu_percent(None), p.memory_info().rss)
+            for p in procs
+            if p.is_running()
+        }
+        gen_cpu = me.cpu_percent(None)
+    finally:
+        if stack:
+            stack.stop()
+
+    expected = int(args.seconds * 50)
+    received = sum(c.stats.received for c in calls)
+    sent = sum(c.stats.sent for c in calls)
+    lost = sum(max(0, expected - c.stats.received) for c in calls if c.stats.answered)
+    setups = [c.stats.setup_ms for c in calls if c.stats.answered]
+    rtts = [r for c in calls for r in c.stats.rtts]
+    jitter = []
+    for c in calls:
+        gaps = np.diff(np.array(c.stats.arrivals)) * 1000
+        jitter.extend(np.abs(gaps - 20).tolist())
+    errors = [e for c in calls for e in c.stats.errors]
+    print(f"calls requested {args.calls}, held {held}, run {elapsed:.1f}s for {args.seconds:.0f}s of audio")
+    print(f"frames sent {sent}, received {received} of {expected * held} expected, lost {lost}")
+    print(f"setup ms  p50 {pct(setups, 50):.1f}  p99 {pct(setups, 99):.1f}  max {max(setups, default=0):.1f}")
+    print(
+        f"rtt ms    p50 {pct(rtts, 50):.1f}  p99 {pct(rtts, 99):.1f}  (history -> addHistory, n={len(rtts)})"
+    )
+    print(f"jitter ms p50 {pct(jitter, 50):.2f}  p99 {pct(jitter, 99):.2f}  (|inter-arrival - 20 ms|)")
+    print(f"errors {len(errors)}" + (f": {errors[:3]}" if errors else ""))
+    print(f"load generator cpu {gen_cpu:.0f}%")
+    for _pid, (name, cmd, c, rss) in sorted(cpu.items(), key=lambda kv: -kv[1][2]):
+        print(f"  {name:<16} {cmd[:40]:<40} cpu {c:5.1f}%  rss {rss / 2**20:6.1f} MiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--rate", type=float, default=50.0, help="new calls per second while ramping up")
+    parser.add_argument("--base", help="a running stack, e.g. http://127.0.0.1:8080 (default: start one)")
+    parser.add_argument("--web", type=int, default=2, help="frontend processes when starting a stack")
+    parser.add_argument("--media", type=int, default=2, help="media processes when starting a stack")
+    uvloop.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
