@@ -12,5 +12,14 @@ keepalive = 5
 accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+
+
+def post_worker_init(worker: object) -> None:
+    """Keep the modules and app built at start out of every later garbage collection (shorter pauses)."""
+    import gc
+
+    gc.freeze()
+
+
 # No control socket in the home directory (gunicorn >= 24 creates one by default).
 control_socket_disable = True

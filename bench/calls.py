@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
+import random
 import tempfile
 import time
 import uuid
@@ -36,6 +38,7 @@ class CallStats:
     received: int = 0
     arrivals: list[float] = field(default_factory=list)
     rtts: list[float] = field(default_factory=list)
+    uplink: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     ended_early: bool = False
 
@@ -65,7 +68,7 @@ class Call:
         self.seconds = seconds
         self.stats = CallStats()
         self.ws: aiohttp.ClientWebSocketResponse | None = None
-        self.pending_rtt: dict[str, float] = {}
+        self.pending_rtt: dict[str, tuple[float, float]] = {}
         self.done = asyncio.Event()
 
     async def run(self, start_gate: asyncio.Event) -> None:
@@ -103,7 +106,9 @@ class Call:
             elif name == "addHistory":
                 sent = self.pending_rtt.pop(ev.get("text", ""), None)
                 if sent is not None:
-                    self.stats.rtts.append((now - sent) * 1000)
+                    self.stats.rtts.append((now - sent[0]) * 1000)
+                    # The worker stamps the event: the part of the round trip spent getting there.
+                    self.stats.uplink.append(ev["timestamp"] - sent[1])
             elif name == "trackEnd" and ev.get("trackId") == "server-side-track":
                 await self.ws.send_str(json.dumps({"command": "hangup"}))
             elif name == "error":
@@ -119,23 +124,51 @@ class Call:
     async def ping(self) -> None:
         if self.ws is not None and not self.ws.closed and self.stats.answered:
             token = uuid.uuid4().hex
-            self.pending_rtt[token] = time.perf_counter()
+            self.pending_rtt[token] = (time.perf_counter(), time.time() * 1000)
             await self.ws.send_str(json.dumps({"command": "history", "speaker": "bench", "text": token}))
 
 
+async def watch_ticks(redis_url: str, out: dict[str, float]) -> None:
+    """Track the longest media-clock tick each media process reports in its heartbeat."""
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        while True:
+            async for key in r.scan_iter(match="pbx:proc:media-*"):
+                raw = await r.get(key)
+                if raw:
+                    info = json.loads(raw)
+                    out[info["proc"]] = max(out.get(info["proc"], 0.0), float(info.get("tick_max_ms", 0)))
+            await asyncio.sleep(0.5)
+    finally:
+        await r.aclose()
+
+
+# Callers are spread over the 20 ms frame period, as independent phones would be.
+SLOTS = 4
+
+
 async def pace(calls: list[Call], seconds: float) -> None:
-    """One clock for every caller stream: each call sends one frame per 20 ms tick."""
+    """One clock for every caller stream: each call sends one frame per 20 ms, in its own phase slot."""
     frame = (np.sin(2 * np.pi * 1000 * np.arange(320) / 16000) * 6000).astype("<i2").tobytes()
+    groups = [calls[i::SLOTS] for i in range(SLOTS)]
     start = time.perf_counter()
-    ticks = int(seconds * 50)
-    for n in range(ticks):
-        await asyncio.gather(*(c.send_frame(frame) for c in calls))
-        if n % 50 == 0:
-            for c in calls[:: max(1, len(calls) // 20)]:  # ~20 round-trip probes per second
-                await c.ping()
-        delay = start + (n + 1) * 0.02 - time.perf_counter()
+    for n in range(int(seconds * 50) * SLOTS):
+        for c in groups[n % SLOTS]:
+            await c.send_frame(frame)
+        delay = start + (n + 1) * 0.02 / SLOTS - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
+
+
+async def probe(calls: list[Call], seconds: float, rate: float) -> None:
+    """Command round-trip probes at random (Poisson) moments on random calls."""
+    rng = random.Random(7)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        await asyncio.sleep(rng.expovariate(rate))
+        await rng.choice(calls).ping()
 
 
 def stack_processes(root_pids: list[int]) -> list[psutil.Process]:
@@ -205,10 +238,18 @@ async def main_async(args: argparse.Namespace) -> None:
                 await asyncio.sleep(0.05)
             held = sum(c.stats.answered for c in calls)
             gate.set()
+            # The load generator's own collector pauses would show up as server jitter: keep them out.
+            gc.freeze()
+            gc.disable()
             t_run = time.perf_counter()
-            await pace(calls, args.seconds)
+            ticks: dict[str, float] = {}
+            redis_url = stack.env["REDIS_URL"] if stack else args.redis
+            watcher = asyncio.create_task(watch_ticks(redis_url, ticks)) if redis_url else None
+            await asyncio.gather(pace(calls, args.seconds), probe(calls, args.seconds - 1, args.probes))
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=args.seconds + 30)
             elapsed = time.perf_counter() - t_run
+            if watcher:
+                watcher.cancel()
         cpu = {
             p.pid: (p.name(), " ".join(p.cmdline()[1:4]), p.cpu_percent(None), p.memory_info().rss)
             for p in procs
@@ -225,6 +266,7 @@ async def main_async(args: argparse.Namespace) -> None:
     lost = sum(max(0, expected - c.stats.received) for c in calls if c.stats.answered)
     setups = [c.stats.setup_ms for c in calls if c.stats.answered]
     rtts = [r for c in calls for r in c.stats.rtts]
+    uplink = [r for c in calls for r in c.stats.uplink]
     jitter = []
     for c in calls:
         gaps = np.diff(np.array(c.stats.arrivals)) * 1000
@@ -236,7 +278,10 @@ async def main_async(args: argparse.Namespace) -> None:
     print(
         f"rtt ms    p50 {pct(rtts, 50):.1f}  p99 {pct(rtts, 99):.1f}  (history -> addHistory, n={len(rtts)})"
     )
+    print(f"  of which client -> worker p50 {pct(uplink, 50):.1f}  p99 {pct(uplink, 99):.1f}")
     print(f"jitter ms p50 {pct(jitter, 50):.2f}  p99 {pct(jitter, 99):.2f}  (|inter-arrival - 20 ms|)")
+    if ticks:
+        print("media clock: longest tick ms per process " + ", ".join(f"{v:.1f}" for v in ticks.values()))
     print(f"errors {len(errors)}" + (f": {errors[:3]}" if errors else ""))
     print(f"load generator cpu {gen_cpu:.0f}%")
     for _pid, (name, cmd, c, rss) in sorted(cpu.items(), key=lambda kv: -kv[1][2]):
@@ -248,7 +293,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--rate", type=float, default=50.0, help="new calls per second while ramping up")
+    parser.add_argument("--probes", type=float, default=20.0, help="history round-trip probes per second")
     parser.add_argument("--base", help="a running stack, e.g. http://127.0.0.1:8080 (default: start one)")
+    parser.add_argument("--redis", help="with --base: its REDIS_URL, to read media clock figures")
     parser.add_argument("--web", type=int, default=2, help="frontend processes when starting a stack")
     parser.add_argument("--media", type=int, default=2, help="media processes when starting a stack")
     uvloop.run(main_async(parser.parse_args()))
