@@ -125,6 +125,12 @@ class MediaProcess:
                 await task
         with contextlib.suppress(RedisError):
             await self.redis.delete(self.keys.proc(self.proc_id), self.keys.inbox(self.proc_id))
+            # Leave the consumer group tidy, unless requests read during the drain still wait for a taker.
+            still_pending: Any = await self.redis.xpending_range(
+                self.keys.dispatch, DISPATCH_GROUP, min="-", max="+", count=1, consumername=self.proc_id
+            )
+            if not still_pending:
+                await self.redis.xgroup_delconsumer(self.keys.dispatch, DISPATCH_GROUP, self.proc_id)
         await self.cache.close()
         await self.redis.aclose()
         self.io.shutdown(wait=True)
@@ -204,8 +210,7 @@ class MediaProcess:
                 await self._capacity_free.wait()
                 continue
             if not self._accepting:
-                await asyncio.sleep(3600)
-                continue
+                return
             # A small batch: fewer round trips in a burst, yet other processes still get their share.
             count = min(free, CLAIM_BATCH)
             try:
@@ -241,6 +246,9 @@ class MediaProcess:
 
     async def _take(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         """Claim a batch of dispatch requests with one pipelined round trip."""
+        if not self._accepting:
+            # Read just as the drain began: left unacknowledged, a live process takes them over.
+            return
         pipe = self.redis.pipeline(transaction=False)
         for _entry_id, fields in entries:
             call_id = fields.get(b"call_id", b"").decode()

@@ -78,3 +78,28 @@ async def test_client_drop_hangs_up_and_closes_recording(stack: StackInfo, call_
     )
     with wave.open(str(stack.recorder_path / f"{call_id}.wav")) as w:
         assert w.getnchannels() == 2 and w.getnframes() >= 25 * 320
+
+
+async def test_frontend_killed_mid_call_owner_hangs_up(stack: StackInfo, call_id: str) -> None:
+    c = await CallClient.open(stack.ws, call_id=call_id)
+    try:
+        await c.invite(recorder={})
+        pid = int(c.frontend.split("-")[-2])
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        while stack.redis.exists(f"pbx:call:{call_id}") and time.monotonic() - t0 < 6:
+            await asyncio.sleep(0.05)
+        elapsed = time.monotonic() - t0
+        assert stack.redis.exists(f"pbx:call:{call_id}") == 0 and elapsed < 5.0, f"{elapsed:.2f}s"
+        await c.wait_closed()
+    finally:
+        await c.close()
+    dump = stack.recorder_path / f"{call_id}.events.jsonl"
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and "hangup" not in dump.read_text():
+        await asyncio.sleep(0.05)
+    last = json.loads(json.loads(dump.read_text().splitlines()[-1])["content"])
+    assert last["event"] == "hangup" and last["reason"] == "frontend_lost" and last["initiator"] == "system"
+    with wave.open(str(stack.recorder_path / f"{call_id}.wav")) as w:
+        assert w.getnchannels() == 2
+    await asyncio.to_thread(wait_healthy, stack, 2, 2, 15.0)
