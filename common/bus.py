@@ -24,6 +24,8 @@ INBOX_MAXLEN = 20_000
 INBOX_TTL = 60
 # Audio waiting for a Redis that is down is dropped past this many messages; events and commands are kept.
 MAX_PENDING_AUDIO = 5_000
+# Inbox reads between trims of what has been read.
+TRIM_EVERY = 64
 
 
 def new_proc_id(role: str) -> str:
@@ -114,6 +116,7 @@ async def read_inbox(
     """Yield batches of messages addressed to `proc`, in order, forever; survives Redis restarts."""
     stream = keys.inbox(proc)
     last = b"0-0"
+    reads = 0
     backoff = 0.05
     while True:
         try:
@@ -138,8 +141,10 @@ async def read_inbox(
                     log.exception("undecodable inbox entry %s", entry_id)
                     continue
                 yield messages
-        # Entries are read once by their only reader; trimming keeps memory flat.
-        try:
-            await redis.xtrim(stream, minid=last, approximate=True)
-        except RedisError:
-            pass
+        reads += 1
+        if reads % TRIM_EVERY == 0:
+            # Entries are read once by their only reader; trimming now and then keeps memory flat.
+            try:
+                await redis.xtrim(stream, minid=last, approximate=True)
+            except RedisError:
+                pass

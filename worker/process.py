@@ -34,6 +34,8 @@ AUTOCLAIM_IDLE_MS = 3000
 GC_YOUNG_TICKS = 10
 GC_MIDDLE_TICKS = 250
 GC_FULL_TICKS = 3000
+# Seconds between heartbeats (and frontend liveness checks).
+HEARTBEAT_EVERY = 0.8
 # Dispatch requests read at once.
 CLAIM_BATCH = 8
 # When the loop falls this far behind the clock, it stops catching up and starts the clock afresh.
@@ -62,6 +64,7 @@ class MediaProcess:
         self._accepting = True
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
+        self._missing_frontends: set[str] = set()
         self._capacity_free = asyncio.Event()
         self._capacity_free.set()
 
@@ -170,7 +173,7 @@ class MediaProcess:
 
     async def _heartbeat(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.heartbeat_ttl / 3)
+            await asyncio.sleep(HEARTBEAT_EVERY)
             try:
                 await self._beat()
                 self.tick_max_ms = 0.0
@@ -184,8 +187,11 @@ class MediaProcess:
         if not frontends:
             return
         alive = await self.registry.live_procs(frontends)
+        # Missing on two checks in a row, not one: a Redis that just came back empty has no heartbeats yet.
+        missing = frontends - alive
+        gone, self._missing_frontends = missing & self._missing_frontends, missing
         for s in list(self.sessions.values()):
-            if s.frontend not in alive and not s.ending:
+            if s.frontend in gone and not s.ending:
                 log.warning("frontend %s of call %s is gone", s.frontend, s.call_id)
                 s.spawn(s.hangup("frontend_lost", "system"), "frontend-lost")
 
