@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -19,6 +21,8 @@ from frontend.keys import HUB
 log = logging.getLogger("pbx.frontend.calls")
 
 MAX_CALL_ID = 128
+# Bytes of outgoing data the kernel (and, again, the transport) may hold per call socket: ~0.5 s of PCM.
+SEND_BUFFER = 16 * 1024
 
 
 def _flag(request: web.Request, name: str, default: bool) -> bool:
@@ -53,6 +57,20 @@ def _call_id(request: web.Request) -> str:
     return call_id
 
 
+def _limit_send_buffers(request: web.Request) -> None:
+    """Keep little audio queued below us: what sits in kernel or transport buffers can't be interrupted,
+    and a client that stops reading is noticed (and its audio dropped) within about a second."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+    with contextlib.suppress(AttributeError, NotImplementedError):
+        transport.set_write_buffer_limits(high=SEND_BUFFER)
+
+
 def call_handler(call_type: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         hub = request.app[HUB]
@@ -60,7 +78,9 @@ def call_handler(call_type: str) -> Callable[[web.Request], Awaitable[web.Stream
         dump = _flag(request, "dump", True)
         ping = _ping(request)
         call_id_var.set(call_id)
-        ws = web.WebSocketResponse(heartbeat=ping or None, max_msg_size=4 * MAX_TEXT_FRAME)
+        ws = web.WebSocketResponse(
+            heartbeat=ping or None, max_msg_size=4 * MAX_TEXT_FRAME, writer_limit=SEND_BUFFER
+        )
         ws.headers["X-Pbx-Proc"] = hub.proc_id
         if not ws.can_prepare(request).ok:
             raise BadCommand("this endpoint takes a WebSocket upgrade")
@@ -77,6 +97,7 @@ def call_handler(call_type: str) -> Callable[[web.Request], Awaitable[web.Stream
             hub.connections.pop(call_id, None)
             raise
         try:
+            _limit_send_buffers(request)
             await ws.prepare(request)
             log.info("%s call opened", call_type)
             await conn.serve()
