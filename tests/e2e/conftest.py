@@ -46,25 +46,38 @@ def wait_healthy(info: StackInfo, media: int, web: int, timeout: float = 30.0) -
     raise AssertionError(f"stack not healthy in {timeout}s: {last}")
 
 
+def stack_env(root: Path, port: int, redis_url: str | None, **settings: str) -> dict[str, str]:
+    """The environment of a test stack: its own port, Redis, files and quiet logs, plus `settings`."""
+    env = dict(
+        os.environ,
+        PORT=str(port),
+        RECORDER_PATH=str(root / "rec"),
+        MEDIA_CACHE_PATH=str(root / "cache"),
+        DRAIN_TIMEOUT="5",
+        LOG_LEVEL="WARNING",
+    )
+    env.pop("PYTHONWARNINGS", None)
+    env.pop("REDIS_URL", None)
+    if redis_url:
+        env["REDIS_URL"] = redis_url
+    env.update(settings)
+    return env
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
     root = tmp_path_factory.mktemp("stack")
     with EmbeddedRedis() as server:
         port = free_port()
-        env = dict(
-            os.environ,
-            PORT=str(port),
-            REDIS_URL=server.url,
+        env = stack_env(
+            root,
+            port,
+            server.url,
             WEB_CONCURRENCY="2",
             WORKER_PROCESSES="2",
             MAX_CALLS="100",
-            RECORDER_PATH=str(root / "rec"),
-            MEDIA_CACHE_PATH=str(root / "cache"),
-            DRAIN_TIMEOUT="5",
-            LOG_LEVEL="WARNING",
             PBX_CLAIM_TIMEOUT="5",
         )
-        env.pop("PYTHONWARNINGS", None)
         stack = Stack(env, quiet=os.environ.get("PBX_TEST_LOGS") != "1").start()
         info = StackInfo(
             f"http://127.0.0.1:{port}",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import aiohttp
@@ -12,6 +11,7 @@ import pytest
 from common.embedded import EmbeddedRedis, free_port
 from scripts.stack import Stack
 from tests.e2e.client import CallClient
+from tests.e2e.conftest import stack_env
 from tests.e2e.test_shutdown import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -27,15 +27,7 @@ UPGRADE = {
 async def test_new_calls_get_503_while_redis_is_down(tmp_path: Path) -> None:
     server = EmbeddedRedis().start()
     port = free_port()
-    env = dict(
-        os.environ,
-        PORT=str(port),
-        REDIS_URL=server.url,
-        WEB_CONCURRENCY="1",
-        WORKER_PROCESSES="1",
-        RECORDER_PATH=str(tmp_path / "rec"),
-        LOG_LEVEL="ERROR",
-    )
+    env = stack_env(tmp_path, port, server.url, WEB_CONCURRENCY="1", WORKER_PROCESSES="1", LOG_LEVEL="ERROR")
     stack = Stack(env, quiet=True).start()
     try:
         await asyncio.to_thread(wait_for, f"http://127.0.0.1:{port}/health", "media_processes", 1)

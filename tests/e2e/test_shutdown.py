@@ -20,6 +20,7 @@ from common.embedded import EmbeddedRedis, free_port
 from scripts.stack import ROOT, Stack
 from tests.audio_util import tone
 from tests.e2e.client import CallClient
+from tests.e2e.conftest import stack_env
 from tests.e2e.test_playback import write_wav
 
 pytestmark = pytest.mark.e2e
@@ -42,16 +43,14 @@ async def test_sigterm_drains_media_pool(tmp_path: Path) -> None:
     wav = write_wav(tmp_path / "long.wav", tone(440, 20.0))
     with EmbeddedRedis() as server:
         port = free_port()
-        env = dict(
-            os.environ,
-            PORT=str(port),
-            REDIS_URL=server.url,
+        env = stack_env(
+            tmp_path,
+            port,
+            server.url,
             WEB_CONCURRENCY="1",
             WORKER_PROCESSES="1",
-            RECORDER_PATH=str(tmp_path / "rec"),
             DRAIN_TIMEOUT="2",
             PBX_CLAIM_TIMEOUT="2",
-            LOG_LEVEL="WARNING",
         )
         stack = Stack(env, quiet=True).start()
         clients: list[CallClient] = []
@@ -90,15 +89,7 @@ async def test_sigterm_drains_media_pool(tmp_path: Path) -> None:
 
 def test_ctrl_c_stops_the_whole_stack(tmp_path: Path) -> None:
     port = free_port()
-    env = dict(
-        os.environ,
-        PORT=str(port),
-        WEB_CONCURRENCY="2",
-        WORKER_PROCESSES="2",
-        RECORDER_PATH=str(tmp_path / "rec"),
-        LOG_LEVEL="WARNING",
-    )
-    env.pop("REDIS_URL", None)
+    env = stack_env(tmp_path, port, None, WEB_CONCURRENCY="2", WORKER_PROCESSES="2")
     proc = subprocess.Popen(
         [sys.executable, "-m", "scripts.stack"],
         cwd=ROOT,
