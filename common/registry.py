@@ -21,7 +21,12 @@ redis.call('HSET', KEYS[1], 'state', 'claimed')
 return 1
 """
 
-CALL_TYPES = {"websocket", "webrtc", "sip"}
+# Update fields of a call only while it exists: an HSET after the call ended would leave a stray hash.
+_UPDATE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +76,7 @@ class Registry:
         self.redis = redis
         self.keys = keys
         self._claim = redis.register_script(_CLAIM)
+        self._update = redis.register_script(_UPDATE)
 
     async def register_pending(
         self, call_id: str, call_type: str, frontend: str, params: bytes | None = None
@@ -106,11 +112,10 @@ class Registry:
         """Queue a claim on a pipeline (this only queues it); its result is as for `claim`."""
         await self._claim(keys=[self.keys.call(call_id)], args=[owner], client=pipe)
 
-    async def update(self, call_id: str, **fields: str | int) -> None:
-        key = self.keys.call(call_id)
-        # HSET on a removed call would resurrect it; only touch entries that still exist.
-        if await self.redis.exists(key):
-            await self.redis.hset(key, mapping=fields)  # type: ignore[arg-type]
+    async def update(self, call_id: str, **fields: str | int) -> bool:
+        """Set fields of a live call; False (and nothing written) when the call is gone."""
+        args = [x for pair in fields.items() for x in pair]
+        return bool(await self._update(keys=[self.keys.call(call_id)], args=args))
 
     async def get(self, call_id: str) -> CallEntry | None:
         h: Any = await self.redis.hgetall(self.keys.call(call_id))

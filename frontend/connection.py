@@ -58,7 +58,7 @@ class CallConnection:
         try:
             async for msg in self.ws:
                 if msg.type == WSMsgType.TEXT:
-                    await self._on_text(msg.data)
+                    self._on_text(msg.data)
                 elif msg.type == WSMsgType.BINARY:
                     self._on_binary(msg.data)
                 elif msg.type == WSMsgType.ERROR:
@@ -74,7 +74,7 @@ class CallConnection:
             with contextlib.suppress(asyncio.CancelledError):
                 await claim_watch
 
-    async def _on_text(self, text: str) -> None:
+    def _on_text(self, text: str) -> None:
         if len(text) > MAX_TEXT_FRAME:
             self._reject(
                 BadCommand(f"text frame of {len(text)} bytes exceeds the {MAX_TEXT_FRAME}-byte limit")
@@ -88,7 +88,10 @@ class CallConnection:
         body = command_to_dict(cmd)
         if body["command"] in ("invite", "accept") and not self._option_registered:
             self._option_registered = True
-            await self._register_option(body.get("option") or {})
+            task = asyncio.create_task(
+                self._register_option(body.get("option") or {}), name=f"call:{self.call_id}:option"
+            )
+            self.hub.background(task)
         self._to_owner(wire.msg(self.call_id, wire.CMD, body))
 
     def _on_binary(self, data: bytes) -> None:

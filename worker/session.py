@@ -184,7 +184,8 @@ class CallSession:
             else:
                 if self.server_muted:
                     frame = SILENT_FRAME
-                out = frame.tobytes()
+                if self.recorder is not None:
+                    out = frame.tobytes()
                 self.proc.send(self.frontend, wire.msg(self.call_id, wire.PCM, self.codec.encode(frame)))
                 self.frames_out += 1
         if self.recorder is not None:
