@@ -27,6 +27,8 @@ import numpy as np
 import psutil
 import uvloop
 
+from common.keys import Keys
+
 FRAME = 640  # 20 ms of s16le at 16 kHz
 
 
@@ -128,14 +130,14 @@ class Call:
             await self.ws.send_str(json.dumps({"command": "history", "speaker": "bench", "text": token}))
 
 
-async def watch_ticks(redis_url: str, out: dict[str, float]) -> None:
+async def watch_ticks(redis_url: str, prefix: str, out: dict[str, float]) -> None:
     """Track the longest media-clock tick each media process reports in its heartbeat."""
     import redis.asyncio as aioredis
 
     r = aioredis.Redis.from_url(redis_url)
     try:
         while True:
-            async for key in r.scan_iter(match="pbx:proc:media-*"):
+            async for key in r.scan_iter(match=Keys(prefix).proc("media-*")):
                 raw = await r.get(key)
                 if raw:
                     info = json.loads(raw)
@@ -244,7 +246,7 @@ async def main_async(args: argparse.Namespace) -> None:
             t_run = time.perf_counter()
             ticks: dict[str, float] = {}
             redis_url = stack.env["REDIS_URL"] if stack else args.redis
-            watcher = asyncio.create_task(watch_ticks(redis_url, ticks)) if redis_url else None
+            watcher = asyncio.create_task(watch_ticks(redis_url, args.prefix, ticks)) if redis_url else None
             await asyncio.gather(pace(calls, args.seconds), probe(calls, args.seconds - 1, args.probes))
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=args.seconds + 30)
             elapsed = time.perf_counter() - t_run
@@ -296,6 +298,7 @@ def main() -> None:
     parser.add_argument("--probes", type=float, default=20.0, help="history round-trip probes per second")
     parser.add_argument("--base", help="a running stack, e.g. http://127.0.0.1:8080 (default: start one)")
     parser.add_argument("--redis", help="with --base: its REDIS_URL, to read media clock figures")
+    parser.add_argument("--prefix", default="pbx:", help="with --base: its REDIS_PREFIX")
     parser.add_argument("--web", type=int, default=2, help="frontend processes when starting a stack")
     parser.add_argument("--media", type=int, default=2, help="media processes when starting a stack")
     uvloop.run(main_async(parser.parse_args()))

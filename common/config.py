@@ -35,6 +35,16 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from exc
 
 
+def _float(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name} must be a number, got {raw!r}") from exc
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
     """Everything a process needs to know about its deployment; see docs/configuration.md."""
@@ -61,6 +71,8 @@ class Settings:
     tencent_secret_key: str = ""
     voiceapi_endpoint: str = ""
     voiceapi_speaker_id: str = ""
+    # Seconds a media process, on SIGTERM, lets its calls go on before hanging up the rest.
+    drain_timeout: float = 30.0
     # Seconds a process heartbeat lives in Redis; liveness is "refreshed within this window".
     heartbeat_ttl: float = 3.0
     # Seconds a new call may wait for a media process before the client is told none is available.
@@ -95,8 +107,9 @@ class Settings:
             tencent_secret_key=env.get("TENCENT_SECRET_KEY", ""),
             voiceapi_endpoint=env.get("VOICEAPI_ENDPOINT", ""),
             voiceapi_speaker_id=env.get("VOICEAPI_SPEAKER_ID", ""),
-            heartbeat_ttl=float(env.get("PBX_HEARTBEAT_TTL", "") or 3.0),
-            claim_timeout=float(env.get("PBX_CLAIM_TIMEOUT", "") or 10.0),
+            drain_timeout=_float(env, "DRAIN_TIMEOUT", 30.0),
+            heartbeat_ttl=_float(env, "PBX_HEARTBEAT_TTL", 3.0),
+            claim_timeout=_float(env, "PBX_CLAIM_TIMEOUT", 10.0),
             log_level=env.get("LOG_LEVEL", "") or "INFO",
         )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -107,9 +106,3 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def local_env(url: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["REDIS_URL"] = url
-    return env

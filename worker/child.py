@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import sys
 
 import uvloop
 
@@ -14,7 +14,8 @@ from worker.process import MediaProcess
 def main() -> None:
     settings = Settings.from_env()
     logs.setup(settings.log_level, "media")
-    process = MediaProcess(settings, os.environ.get("PBX_PROC_ID") or None)
+    # The supervisor names each child, so it can clear that name's heartbeat the moment the child dies.
+    process = MediaProcess(settings, sys.argv[1] if len(sys.argv) > 1 else None)
     uvloop.run(process.run())
 
 

@@ -110,7 +110,7 @@ class MediaProcess:
 
     async def _shutdown(self) -> None:
         mode = getattr(self, "_stop_mode", "now")
-        deadline = time.monotonic() + (float(os.environ.get("DRAIN_TIMEOUT", "30")) if mode == "drain" else 0)
+        deadline = time.monotonic() + (self.settings.drain_timeout if mode == "drain" else 0)
         log.info("stopping (%s) with %d calls", mode, len(self.sessions))
         while self.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.1)

@@ -43,8 +43,7 @@ class Supervisor:
 
     def _spawn(self, slot: int) -> Child:
         proc_id = f"media-{os.uname().nodename}-{slot}-{uuid.uuid4().hex[:6]}"
-        env = dict(os.environ, PBX_PROC_ID=proc_id)
-        popen = subprocess.Popen([sys.executable, "-m", "worker.child"], env=env)
+        popen = subprocess.Popen([sys.executable, "-m", "worker.child", proc_id])
         log.info("started media process %s (pid %d)", proc_id, popen.pid)
         return Child(slot, proc_id, popen, time.monotonic())
 
@@ -83,7 +82,7 @@ class Supervisor:
 
     def _stop(self) -> int:
         signum = self.stop_signal or signal.SIGTERM
-        drain = float(os.environ.get("DRAIN_TIMEOUT", "30")) if signum == signal.SIGTERM else 0.0
+        drain = self.settings.drain_timeout if signum == signal.SIGTERM else 0.0
         log.info("stopping %d media processes (%s)", len(self.children), signal.Signals(signum).name)
         for child in self.children.values():
             if child.popen.poll() is None:
