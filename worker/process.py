@@ -23,6 +23,7 @@ from common.keys import DISPATCH_GROUP, Keys
 from common.logs import call_id_var
 from common.registry import Registry
 from worker.media.cache import MediaCache
+from worker.media.vad import SileroBatcher
 from worker.session import CallSession
 
 log = logging.getLogger("pbx.worker.process")
@@ -57,6 +58,9 @@ class MediaProcess:
         self.io = ThreadPoolExecutor(1, thread_name_prefix="disk")
         self.cpu = ThreadPoolExecutor(2, thread_name_prefix="decode")
         self.cache = MediaCache(settings.media_cache_path, self.io)
+        # Model inference gets a thread of its own, so it never holds up a call's next frame.
+        self.inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self.silero = SileroBatcher(self._infer)
         self.ticks = 0
         self.late_ticks = 0
         # Longest media tick since the last heartbeat: how close the clock is to overrunning.
@@ -69,6 +73,9 @@ class MediaProcess:
         self._capacity_free.set()
 
     # --- wiring ------------------------------------------------------------------------------------------
+
+    def _infer(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().run_in_executor(self.inference, fn, *args)
 
     def send(self, proc: str, message: dict[str, Any]) -> None:
         self.outbox.send(proc, message)
@@ -96,6 +103,7 @@ class MediaProcess:
             ("heartbeat", self._heartbeat()),
             ("dispatch", self._dispatch()),
             ("reaper", self._reaper()),
+            ("silero", self.silero.run()),
         ):
             self._tasks.append(asyncio.create_task(coro, name=f"{self.proc_id}:{name}"))
         log.info("media process %s up, capacity %d", self.proc_id, self.settings.max_calls)
@@ -138,6 +146,7 @@ class MediaProcess:
         await self.redis.aclose()
         self.io.shutdown(wait=True)
         self.cpu.shutdown(wait=False, cancel_futures=True)
+        self.inference.shutdown(wait=False, cancel_futures=True)
 
     async def _ensure_group(self) -> None:
         backoff = 0.1
@@ -332,4 +341,5 @@ class MediaProcess:
                     log.exception("call %s: media tick failed", session.call_id)
                     session.spawn(session.hangup("media_error", "system"), "media-error")
             self.tick_max_ms = max(self.tick_max_ms, (time.perf_counter() - began) * 1000)
+            self.silero.kick()
             self._collect_garbage()

