@@ -23,8 +23,10 @@ from common.keys import DISPATCH_GROUP, Keys
 from common.logs import call_id_var
 from common.registry import Registry
 from worker.media.cache import MediaCache
+from worker.media.offload import FrameBatcher
 from worker.media.vad import SileroBatcher
 from worker.session import CallSession
+from worker.speech.local_asr import WhisperPool
 
 log = logging.getLogger("pbx.worker.process")
 
@@ -61,6 +63,11 @@ class MediaProcess:
         # Model inference gets a thread of its own, so it never holds up a call's next frame.
         self.inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.silero = SileroBatcher(self._infer)
+        self.whisper = WhisperPool(self._transcribe_in_thread, workers=2)
+        self.denoise_thread = ThreadPoolExecutor(1, thread_name_prefix="denoise")
+        self.denoise = FrameBatcher("denoise", self._denoise_in_thread)
+        self.ten = FrameBatcher("ten", self._infer)
+        self.asr_threads = ThreadPoolExecutor(2, thread_name_prefix="asr")
         self.ticks = 0
         self.late_ticks = 0
         # Longest media tick since the last heartbeat: how close the clock is to overrunning.
@@ -76,6 +83,12 @@ class MediaProcess:
 
     def _infer(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().run_in_executor(self.inference, fn, *args)
+
+    def _denoise_in_thread(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().run_in_executor(self.denoise_thread, fn, *args)
+
+    def _transcribe_in_thread(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().run_in_executor(self.asr_threads, fn, *args)
 
     def send(self, proc: str, message: dict[str, Any]) -> None:
         self.outbox.send(proc, message)
@@ -104,6 +117,9 @@ class MediaProcess:
             ("dispatch", self._dispatch()),
             ("reaper", self._reaper()),
             ("silero", self.silero.run()),
+            ("whisper", self.whisper.run()),
+            ("denoise", self.denoise.run()),
+            ("ten", self.ten.run()),
         ):
             self._tasks.append(asyncio.create_task(coro, name=f"{self.proc_id}:{name}"))
         log.info("media process %s up, capacity %d", self.proc_id, self.settings.max_calls)
@@ -147,6 +163,8 @@ class MediaProcess:
         self.io.shutdown(wait=True)
         self.cpu.shutdown(wait=False, cancel_futures=True)
         self.inference.shutdown(wait=False, cancel_futures=True)
+        self.asr_threads.shutdown(wait=False, cancel_futures=True)
+        self.denoise_thread.shutdown(wait=False, cancel_futures=True)
 
     async def _ensure_group(self) -> None:
         backoff = 0.1
@@ -341,5 +359,7 @@ class MediaProcess:
                     log.exception("call %s: media tick failed", session.call_id)
                     session.spawn(session.hangup("media_error", "system"), "media-error")
             self.tick_max_ms = max(self.tick_max_ms, (time.perf_counter() - began) * 1000)
+            self.denoise.kick()
+            self.ten.kick()
             self.silero.kick()
             self._collect_garbage()

@@ -18,7 +18,6 @@ from common.events import SERVER_SIDE_TRACK
 from common.logs import call_id_var
 from common.protocol import (
     Accept,
-    CallOption,
     Candidate,
     Command,
     Hangup,
@@ -37,20 +36,18 @@ from common.protocol import (
     command_from_dict,
 )
 from worker.dump import EventDump
+from worker.listener import CallerListener
 from worker.media.audiofile import AudioFileError, load_audio
 from worker.media.cache import FetchError, is_url
 from worker.media.codecs import Codec, make_codec
 from worker.media.player import FilePlayer
 from worker.media.recorder import CallRecorder
-from worker.media.vad import Speaking, VadEvent, VadProcessor
 
 if TYPE_CHECKING:
     from worker.process import MediaProcess
 
 log = logging.getLogger("pbx.worker.session")
 
-# Past this lag behind wall time (ms), the caller's audio clock is re-anchored: the client paused sending.
-MAX_AUDIO_CLOCK_LAG = 1000
 # Audio a client may send before `invite`; it is decoded once the call is set up.
 MAX_EARLY_AUDIO = 256 * 1024
 SILENT_FRAME = np.zeros(320, dtype=np.int16)
@@ -94,10 +91,7 @@ class CallSession:
         self._early_overflow = False
         self._bad_audio = False
         self._caller_ssrc = random.getrandbits(32)
-        self.vad: VadProcessor | None = None
-        self._caller_frames = bytearray()
-        self._audio_t0: int | None = None
-        self._audio_samples = 0
+        self.listener = CallerListener(self)
         self._commands: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._wait_input: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -162,38 +156,12 @@ class CallSession:
         self.frames_in += 1
         if self.recorder is not None:
             self.recorder.caller(pcm.tobytes())
-        if self.vad is not None:
-            if self.caller_muted:
-                pcm = np.zeros_like(pcm)
-            self._listen(pcm)
+        if self.listener.active:
+            self.listener.feed(np.zeros_like(pcm) if self.caller_muted else pcm)
 
-    def _listen(self, pcm: np.ndarray) -> None:
-        """Cut caller audio into 20 ms frames on the caller's audio clock and hand them to the listeners."""
-        now = events.now_ms()
-        if self._audio_t0 is None or now - (self._audio_t0 + self._audio_samples // 16) > MAX_AUDIO_CLOCK_LAG:
-            # First audio, or the client paused sending: the audio clock restarts at wall time.
-            self._audio_t0 = now - self._audio_samples // 16 - len(self._caller_frames) // 32
-        self._caller_frames += pcm.astype("<i2", copy=False).tobytes()
-        while len(self._caller_frames) >= 640:
-            frame = np.frombuffer(bytes(self._caller_frames[:640]), dtype="<i2")
-            del self._caller_frames[:640]
-            ts = self._audio_t0 + self._audio_samples // 16
-            self._audio_samples += 320
-            if self.vad is not None:
-                self.vad.feed(frame, ts)
-
-    def _on_vad(self, ev: VadEvent) -> None:
-        if self.ending:
-            return
-        if isinstance(ev, Speaking):
-            self._cancel_wait_input()
-            self.emit(events.event("speaking", track_id=self.call_id, start_time=ev.start_ms))
-        else:
-            self.emit(
-                events.event(
-                    "silence", track_id=self.call_id, start_time=ev.start_ms, duration=ev.duration_ms
-                )
-            )
+    def input_detected(self) -> None:
+        """The caller spoke or keyed: a pending waitInputTimeout no longer applies."""
+        self._cancel_wait_input()
 
     def _replay_early_audio(self) -> None:
         buf, self._early = self._early, bytearray()
@@ -293,7 +261,7 @@ class CallSession:
             return
         option = cmd.option
         self.codec = make_codec(option.codec)
-        self._setup_listening(option)
+        self.listener.configure(option)
         if option.recorder is not None:
             path = self._recorder_path(option.recorder.recorder_file)
             recorder = CallRecorder(str(path), self.proc.io)
@@ -308,38 +276,6 @@ class CallSession:
         self._replay_early_audio()
         with contextlib.suppress(Exception):
             await self.proc.registry.update(self.call_id, state="active", answered_at=self.answer_ms)
-
-    def _setup_listening(self, option: CallOption) -> None:
-        """VAD on the caller track; what is not built yet says so instead of silently doing nothing."""
-        for present, sender, what in (
-            (option.asr is not None, "asr", "speech recognition (asr)"),
-            (bool(option.denoise), "denoise", "denoise"),
-            (option.eou is not None, "eou", "end-of-utterance detection (eou)"),
-        ):
-            if present:
-                self.error(sender, f"{what} is not available on this server yet", 501)
-        vad = option.vad
-        if vad is None:
-            return
-        engine = (vad.type or "webrtc").lower()
-        if engine == "ten":
-            self.error("vad", "the ten VAD is not available on this server yet (use webrtc or silero)", 501)
-            return
-        if engine not in ("webrtc", "silero"):
-            self.error(
-                "vad", f"option.vad.type: unknown VAD type {vad.type!r} (expected webrtc, silero or ten)", 400
-            )
-            return
-        self.vad = VadProcessor(
-            engine,
-            self._on_vad,
-            aggressiveness=vad.aggressiveness,
-            threshold=vad.voice_threshold,
-            speech_padding=vad.speech_padding,
-            silence_padding=vad.silence_padding,
-            silence_timeout=vad.silence_timeout,
-            batcher=self.proc.silero,
-        )
 
     def _recorder_path(self, name: str | None) -> Path:
         base = Path(self.proc.settings.recorder_path)
@@ -443,8 +379,6 @@ class CallSession:
         )
         self._finish_server_track(natural=False)
         self._cancel_wait_input()
-        if self.vad is not None:
-            self.vad.close()
         now = events.now_ms()
         if self.answer_ms is not None:
             self.emit(
@@ -472,6 +406,7 @@ class CallSession:
 
     async def _finish(self) -> None:
         try:
+            await self.listener.close()
             if self.recorder is not None:
                 await self.recorder.close()
             if self.dump is not None:

@@ -112,7 +112,7 @@ async def test_list_and_kill_from_another_frontend(stack: StackInfo, call_id: st
         await c.invite(
             codec="pcmu",
             sip={"username": "u", "password": "hunter2"},
-            asr={"provider": "tencent", "secretKey": "sk-secret", "secretId": "id-secret"},
+            tts={"provider": "tencent", "secretKey": "sk-secret", "secretId": "id-secret"},
         )
         assert c.frontend
         other = await _session_on_other_frontend(stack.base, c.frontend)

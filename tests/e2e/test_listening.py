@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -14,7 +15,7 @@ from tests.speech import speech, with_silence
 pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.parametrize("engine", ["webrtc", "silero"])
+@pytest.mark.parametrize("engine", ["webrtc", "silero", "ten"])
 async def test_vad_events_follow_the_speech(stack: StackInfo, call_id: str, engine: str) -> None:
     audio, spans = with_silence(0.6, speech("Please book a table for two people tonight."), 1.0)
     frames = [audio[i : i + 320].astype("<i2").tobytes() for i in range(0, len(audio) - 319, 320)]
@@ -37,14 +38,85 @@ async def test_vad_events_follow_the_speech(stack: StackInfo, call_id: str, engi
         await c.close()
 
 
-async def test_options_not_built_yet_say_so(stack: StackInfo, call_id: str) -> None:
+async def test_bad_listening_options_say_so(stack: StackInfo, call_id: str) -> None:
     c = await CallClient.open(stack.ws, call_id=call_id)
     try:
-        await c.invite(vad={"type": "fancy"}, asr={"provider": "local"}, denoise=True)
+        await c.invite(vad={"type": "fancy"}, asr={"provider": "whisperer"}, eou={"type": "x"})
         assert "unknown VAD type" in (await c.event("error", sender="vad"))["error"]
-        assert (await c.event("error", sender="asr"))["code"] == 501
-        assert (await c.event("error", sender="denoise"))["code"] == 501
+        assert "unknown provider" in (await c.event("error", sender="asr"))["error"]
+        assert "unknown type" in (await c.event("error", sender="eou"))["error"]
         await c.send({"command": "history", "speaker": "u", "text": "still here"})
         await c.event("addHistory")
     finally:
         await c.close()
+
+
+def words(text: str) -> list[str]:
+    return [w.strip(".,?!").lower() for w in text.split() if w.strip(".,?!")]
+
+
+async def test_local_asr_transcribes_utterances(stack: StackInfo, call_id: str) -> None:
+    first = "Please book a table for two people tonight."
+    second = "I would also like a window seat."
+    audio, spans = with_silence(0.5, speech(first), 1.2, speech(second), 1.5)
+    frames = [audio[i : i + 320].astype("<i2").tobytes() for i in range(0, len(audio) - 319, 320)]
+    c = await CallClient.open(stack.ws, call_id=call_id)
+    try:
+        await c.invite(asr={"provider": "local", "language": "en"}, eou={"type": "local", "timeout": 300})
+        t0 = time.time() * 1000
+        await stream(c, frames)
+        finals = []
+        for index in range(2):
+            finals.append(await c.event("asrFinal", index=index, timeout=10))
+        for final, text, (start, end) in zip(finals, (first, second), spans, strict=True):
+            got, want = words(final["text"]), words(text)
+            hits = sum(1 for w in want if w in got)
+            assert hits / len(want) >= 0.8, (final["text"], text)
+            assert final["trackId"] == call_id
+            assert abs(final["startTime"] - (t0 + start)) <= 300 and abs(final["endTime"] - (t0 + end)) <= 300
+        metrics = [e for e in c.events if e["event"] == "metrics" and e["key"] == "completed.asr.local"]
+        assert [m["data"]["index"] for m in metrics] == [0, 1]
+        assert not any(e["event"] in ("speaking", "silence") for e in c.events), "no VAD events unless asked"
+        eous = [e for e in c.events if e["event"] == "eou"]
+        for _ in range(50):
+            if len(eous) == 2:
+                break
+            await asyncio.sleep(0.1)
+            eous = [e for e in c.events if e["event"] == "eou"]
+        assert [e["completed"] for e in eous] == [True, True]
+        for eou, final in zip(eous, finals, strict=True):
+            assert eou["text"] == final["text"] and c.events.index(eou) > c.events.index(final)
+            assert 250 <= eou["timestamp"] - final["timestamp"] <= 1000
+        deltas = [e for e in c.events if e["event"] == "asrDelta"]
+        assert all(d["index"] in (0, 1) for d in deltas)
+        for d in deltas:  # an interim for a sentence comes before its final
+            assert c.events.index(d) < c.events.index(finals[d["index"]])
+    finally:
+        await c.close()
+
+
+async def test_denoise_feeds_vad_clean_audio_and_records_raw(stack: StackInfo, call_id: str) -> None:
+    import wave
+
+    import numpy as np
+
+    from tests.audio_util import rms
+
+    voice, spans = with_silence(1.0, speech("Please book a table for two people tonight."), 1.0)
+    noise = np.random.default_rng(5).standard_normal(len(voice)) * 1200
+    audio = np.clip(voice.astype(np.int32) + noise, -32768, 32767).astype(np.int16)
+    frames = [audio[i : i + 320].astype("<i2").tobytes() for i in range(0, len(audio) - 319, 320)]
+    c = await CallClient.open(stack.ws, call_id=call_id)
+    try:
+        await c.invite(denoise=True, vad={"type": "webrtc", "silencePadding": 400}, recorder={})
+        t0 = time.time() * 1000
+        await stream(c, frames)
+        speaking = await c.event("speaking", timeout=3)
+        assert abs(speaking["startTime"] - (t0 + spans[0][0])) <= 250, "noise alone does not count as speech"
+        await c.send({"command": "hangup"})
+        await c.wait_closed()
+    finally:
+        await c.close()
+    with wave.open(str(stack.recorder_path / f"{call_id}.wav")) as w:
+        left = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")[0::2]
+    assert rms(left[1600:12800]) > 800, "the recording keeps the raw, noisy caller audio"

