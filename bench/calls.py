@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import gc
 import json
-import os
 import random
 import tempfile
 import time
@@ -27,6 +26,7 @@ import numpy as np
 import psutil
 import uvloop
 
+from bench.stackutil import pct, start_stack
 from common.keys import Keys
 
 FRAME = 640  # 20 ms of s16le at 16 kHz
@@ -43,13 +43,6 @@ class CallStats:
     uplink: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     ended_early: bool = False
-
-
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
 def make_wav(path: Path, seconds: float) -> None:
@@ -192,31 +185,7 @@ async def main_async(args: argparse.Namespace) -> None:
     stack = None
     base = args.base
     if base is None:
-        from common.embedded import free_port
-        from scripts.stack import Stack
-
-        port = free_port()
-        env = dict(
-            os.environ,
-            PORT=str(port),
-            WEB_CONCURRENCY=str(args.web),
-            WORKER_PROCESSES=str(args.media),
-            MAX_CALLS=str(args.calls),
-            RECORDER_PATH=str(tmp / "rec"),
-            LOG_LEVEL="WARNING",
-        )
-        env.pop("REDIS_URL", None)
-        stack = Stack(env, quiet=True).start()
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                async with aiohttp.ClientSession() as s, s.get(f"{base}/health") as r:
-                    h = await r.json()
-                    if h.get("media_processes") == args.media:
-                        break
-            except (aiohttp.ClientError, ValueError):
-                pass
-            await asyncio.sleep(0.2)
+        base, stack = await start_stack(args.web, args.media, args.calls, tmp)
     ws_base = base.replace("http", "ws", 1)
     root_pids = [p.pid for p in (stack.web, stack.worker) if p is not None] if stack else []
     if stack and stack.redis and stack.redis.proc:

@@ -1,0 +1,45 @@
+"""Start a private stack for a benchmark run, and pick percentiles."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import aiohttp
+
+from common.embedded import free_port
+from scripts.stack import Stack
+
+
+async def start_stack(web: int, media: int, max_calls: int, root: Path) -> tuple[str, Stack]:
+    """A stack of its own (embedded Redis on a free port) with `web` frontends and `media` processes."""
+    port = free_port()
+    env = dict(
+        os.environ,
+        PORT=str(port),
+        WEB_CONCURRENCY=str(web),
+        WORKER_PROCESSES=str(media),
+        MAX_CALLS=str(max_calls),
+        RECORDER_PATH=str(root / "rec"),
+        LOG_LEVEL="WARNING",
+    )
+    env.pop("REDIS_URL", None)
+    stack = Stack(env, quiet=True).start()
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(150):
+        try:
+            async with aiohttp.ClientSession() as s, s.get(f"{base}/health") as r:
+                if (await r.json()).get("media_processes") == media:
+                    break
+        except (aiohttp.ClientError, ValueError):
+            pass
+        await asyncio.sleep(0.2)
+    return base, stack
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
