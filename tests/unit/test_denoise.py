@@ -67,3 +67,17 @@ def test_batcher_returns_frames_in_order_per_call() -> None:
     got = asyncio.run(main())
     assert [ts for k, ts in got if k == 1] == list(range(10))
     assert [ts for k, ts in got if k == 2] == list(range(10))
+
+
+def test_backlog_is_bounded(monkeypatch: Any) -> None:
+    import worker.media.offload as offload
+
+    monkeypatch.setattr(offload, "MAX_BACKLOG", 100)
+
+    async def main() -> None:
+        batcher = FrameBatcher("t", lambda fn, *a: asyncio.sleep(0))
+        for i in range(1000):
+            batcher.submit(object(), lambda f: f, np.zeros(1), i, lambda r, ts: None)
+        assert len(batcher._queue) <= 100 and batcher.dropped >= 900
+
+    asyncio.run(main())

@@ -19,6 +19,8 @@ log = logging.getLogger("pbx.worker.vad")
 DEFAULT_SPEECH_PADDING = 250
 DEFAULT_SILENCE_PADDING = 100
 DEFAULT_THRESHOLD = 0.5
+# Silero windows waiting at most (~1.5 s for 300 calls); past it the oldest half is dropped.
+MAX_BACKLOG = 15_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,11 +220,17 @@ class SileroBatcher:
         self._queue: list[_Job] = []
         self._wake = asyncio.Event()
         self.batches = 0
+        self.dropped = 0
 
     def submit(
         self, stream: SileroStream, window: np.ndarray, ts_ms: int, done: Callable[[float, int], None]
     ) -> None:
         self._queue.append(_Job(stream, window, ts_ms, done))
+        if len(self._queue) > MAX_BACKLOG:
+            drop = len(self._queue) - MAX_BACKLOG // 2
+            del self._queue[:drop]
+            self.dropped += drop
+            log.warning("silero is behind real time: dropped %d windows (%d so far)", drop, self.dropped)
 
     def forget(self, stream: SileroStream) -> None:
         self._queue = [j for j in self._queue if j.stream is not stream]
