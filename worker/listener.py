@@ -13,6 +13,7 @@ from common import events
 from common.errors import ProviderError
 from common.protocol import CallOption, TranscriptionOption
 from worker.media.denoise import Denoiser
+from worker.media.dtmf import DtmfDetector
 from worker.media.vad import Discarded, Silence, Speaking, VadEvent, VadProcessor
 from worker.speech.asr import AsrClient, AsrContext, Transcript
 from worker.speech.eou import EouDetector
@@ -39,14 +40,12 @@ class CallerListener:
         self.asr: AsrClient | None = None
         self.denoiser: Denoiser | None = None
         self.eou: EouDetector | None = None
+        # In-band DTMF is always listened for (RustPBX only reads RFC 4733 events and SIP INFO).
+        self.dtmf = DtmfDetector()
         self._asr_first_audio: int | None = None
         self._frames = bytearray()
         self._t0: int | None = None
         self._samples = 0
-
-    @property
-    def active(self) -> bool:
-        return any(x is not None for x in (self.vad, self.asr, self.denoiser, self.eou))
 
     # --- set-up ------------------------------------------------------------------------------------------
 
@@ -150,10 +149,19 @@ class CallerListener:
             del self._frames[:640]
             ts = self._t0 + self._samples // 16
             self._samples += 320
+            self.session.proc.dtmf.feed(self.dtmf, frame, self.digit)
             if self.denoiser is not None:
                 self.session.proc.denoise.submit(self.denoiser, self.denoiser.process, frame, ts, self._clean)
             else:
                 self._clean(frame, ts)
+
+    def digit(self, digit: str) -> None:
+        """A key press: detected in-band here, or (later) from RTP telephone-events or SIP INFO."""
+        s = self.session
+        if s.ending:
+            return
+        s.input_detected()
+        s.emit(events.event("dtmf", track_id=self.call_id, digit=digit))
 
     def _clean(self, frame: np.ndarray, ts: int) -> None:
         """A frame ready for speech processing (denoised when asked)."""

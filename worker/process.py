@@ -23,6 +23,7 @@ from common.keys import DISPATCH_GROUP, Keys
 from common.logs import call_id_var
 from common.registry import Registry
 from worker.media.cache import MediaCache
+from worker.media.dtmf import DtmfBank
 from worker.media.offload import FrameBatcher
 from worker.media.vad import SileroBatcher
 from worker.session import CallSession
@@ -33,6 +34,8 @@ log = logging.getLogger("pbx.worker.process")
 TICK = 0.020
 # Dispatch requests left unacknowledged this long by a consumer are taken over (its process died).
 AUTOCLAIM_IDLE_MS = 3000
+# A tick longer than this (ms) is logged (at most every 10 s): the next frames go out late.
+SLOW_TICK_MS = 15.0
 # Garbage collection cadence in ticks (automatic collection is off in media processes).
 GC_YOUNG_TICKS = 10
 GC_MIDDLE_TICKS = 250
@@ -67,11 +70,14 @@ class MediaProcess:
         self.denoise_thread = ThreadPoolExecutor(1, thread_name_prefix="denoise")
         self.denoise = FrameBatcher("denoise", self._denoise_in_thread)
         self.ten = FrameBatcher("ten", self._infer)
+        self.dtmf = DtmfBank()
+        self.dtmf_thread = ThreadPoolExecutor(1, thread_name_prefix="dtmf")
         self.asr_threads = ThreadPoolExecutor(2, thread_name_prefix="asr")
         self.ticks = 0
         self.late_ticks = 0
         # Longest media tick since the last heartbeat: how close the clock is to overrunning.
         self.tick_max_ms = 0.0
+        self._slow_logged = 0.0
         self._accepting = True
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -83,6 +89,9 @@ class MediaProcess:
 
     def _infer(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().run_in_executor(self.inference, fn, *args)
+
+    def _dtmf_in_thread(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().run_in_executor(self.dtmf_thread, fn, *args)
 
     def _denoise_in_thread(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().run_in_executor(self.denoise_thread, fn, *args)
@@ -120,6 +129,7 @@ class MediaProcess:
             ("whisper", self.whisper.run()),
             ("denoise", self.denoise.run()),
             ("ten", self.ten.run()),
+            ("dtmf", self.dtmf.run(self._dtmf_in_thread)),
         ):
             self._tasks.append(asyncio.create_task(coro, name=f"{self.proc_id}:{name}"))
         log.info("media process %s up, capacity %d", self.proc_id, self.settings.max_calls)
@@ -165,6 +175,7 @@ class MediaProcess:
         self.inference.shutdown(wait=False, cancel_futures=True)
         self.asr_threads.shutdown(wait=False, cancel_futures=True)
         self.denoise_thread.shutdown(wait=False, cancel_futures=True)
+        self.dtmf_thread.shutdown(wait=False, cancel_futures=True)
 
     async def _ensure_group(self) -> None:
         backoff = 0.1
@@ -358,8 +369,20 @@ class MediaProcess:
                 except Exception:
                     log.exception("call %s: media tick failed", session.call_id)
                     session.spawn(session.hangup("media_error", "system"), "media-error")
-            self.tick_max_ms = max(self.tick_max_ms, (time.perf_counter() - began) * 1000)
+            took = (time.perf_counter() - began) * 1000
+            self.tick_max_ms = max(self.tick_max_ms, took)
+            self.dtmf.kick()
             self.denoise.kick()
             self.ten.kick()
             self.silero.kick()
+            gc_began = time.perf_counter()
             self._collect_garbage()
+            gc_took = (time.perf_counter() - gc_began) * 1000
+            if took + gc_took > SLOW_TICK_MS and time.monotonic() - self._slow_logged > 10:
+                self._slow_logged = time.monotonic()
+                log.warning(
+                    "slow media tick: %.1f ms for %d calls (+%.1f ms collecting garbage)",
+                    took,
+                    len(self.sessions),
+                    gc_took,
+                )

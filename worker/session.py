@@ -156,8 +156,7 @@ class CallSession:
         self.frames_in += 1
         if self.recorder is not None:
             self.recorder.caller(pcm.tobytes())
-        if self.listener.active:
-            self.listener.feed(np.zeros_like(pcm) if self.caller_muted else pcm)
+        self.listener.feed(np.zeros_like(pcm) if self.caller_muted else pcm)
 
     def input_detected(self) -> None:
         """The caller spoke or keyed: a pending waitInputTimeout no longer applies."""

@@ -20,6 +20,7 @@ from common.keys import Keys
 
 log = logging.getLogger("pbx.worker.supervisor")
 
+SINGLE_THREADED = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # A child that dies sooner than this after starting is restarted only after a pause (crash loop).
 MIN_UPTIME = 5.0
 
@@ -43,7 +44,11 @@ class Supervisor:
 
     def _spawn(self, slot: int) -> Child:
         proc_id = f"media-{os.uname().nodename}-{slot}-{uuid.uuid4().hex[:6]}"
-        popen = subprocess.Popen([sys.executable, "-m", "worker.child", proc_id])
+        # One thread per numeric library: a media process is one event loop plus a few worker threads of its
+        # own, and BLAS/OpenMP thread pools spinning next to it turned ~1 ms matrix products into 100+ ms
+        # stalls of the media clock once the cores were busy.
+        env = dict(os.environ, **SINGLE_THREADED)
+        popen = subprocess.Popen([sys.executable, "-m", "worker.child", proc_id], env=env)
         log.info("started media process %s (pid %d)", proc_id, popen.pid)
         return Child(slot, proc_id, popen, time.monotonic())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import numpy as np
 import pytest
 
 from tests.e2e.client import CallClient
@@ -98,8 +99,6 @@ async def test_local_asr_transcribes_utterances(stack: StackInfo, call_id: str) 
 async def test_denoise_feeds_vad_clean_audio_and_records_raw(stack: StackInfo, call_id: str) -> None:
     import wave
 
-    import numpy as np
-
     from tests.audio_util import rms
 
     voice, spans = with_silence(1.0, speech("Please book a table for two people tonight."), 1.0)
@@ -120,3 +119,41 @@ async def test_denoise_feeds_vad_clean_audio_and_records_raw(stack: StackInfo, c
     with wave.open(str(stack.recorder_path / f"{call_id}.wav")) as w:
         left = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")[0::2]
     assert rms(left[1600:12800]) > 800, "the recording keeps the raw, noisy caller audio"
+
+
+def dtmf_tones(digits: str, on: float = 0.08, off: float = 0.06) -> np.ndarray:
+    keys = {d: (r, c) for r, row in enumerate(("123A", "456B", "789C", "*0#D")) for c, d in enumerate(row)}
+    rows, cols = (697, 770, 852, 941), (1209, 1336, 1477, 1633)
+    t = np.arange(int(on * 16000)) / 16000
+    parts = [np.zeros(int(0.3 * 16000))]
+    for d in digits:
+        r, c = keys[d]
+        parts += [
+            (np.sin(2 * np.pi * rows[r] * t) + np.sin(2 * np.pi * cols[c] * t)) * 6000,
+            np.zeros(int(off * 16000)),
+        ]
+    return np.concatenate(parts)
+
+
+@pytest.mark.parametrize("codec", ["pcm", "pcmu"])
+async def test_in_band_dtmf(stack: StackInfo, call_id: str, codec: str) -> None:
+    from worker.media.codecs import make_codec
+
+    digits = "0123456789*#ABCD"
+    audio = dtmf_tones(digits)
+    talk, _ = with_silence(0.2, speech("Thank you very much, goodbye."), 0.2)
+    mixed = np.concatenate([audio, talk.astype(np.float64)])
+    mixed = np.clip(mixed + np.random.default_rng(9).standard_normal(len(mixed)) * 300, -32768, 32767)
+    pcm = mixed.astype(np.int16)
+    enc = make_codec(codec)
+    frames = [enc.encode(pcm[i : i + 320]) for i in range(0, len(pcm) - 319, 320)]
+    c = await CallClient.open(stack.ws, call_id=call_id)
+    try:
+        await c.invite(codec=codec)
+        await stream(c, frames)
+        await asyncio.sleep(0.3)
+        got = [e for e in c.events if e["event"] == "dtmf"]
+        assert "".join(e["digit"] for e in got) == digits, "each key once, none from the speech"
+        assert all(e["trackId"] == call_id for e in got)
+    finally:
+        await c.close()
