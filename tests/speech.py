@@ -22,7 +22,6 @@ def _voice() -> Any:
 def speech(text: str) -> np.ndarray:
     """`text` spoken, as int16 at 16 kHz, trimmed to the speech (first to last sample above -40 dBFS)."""
     import av
-
     from piper import SynthesisConfig
 
     # No generator noise: the same text gives the same audio on every run, so tests are repeatable.
