@@ -34,6 +34,7 @@ from common.protocol import (
     Tts,
     Unmute,
     command_from_dict,
+    redact,
 )
 from worker.dump import EventDump
 from worker.listener import CallerListener
@@ -207,7 +208,7 @@ class CallSession:
         while not self.ending:
             body = await self._commands.get()
             if self.dump is not None:
-                self.dump.add("command", body)
+                self.dump.add("command", redact(body))
             try:
                 cmd = command_from_dict(body)
                 await self._dispatch(cmd)

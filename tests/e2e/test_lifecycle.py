@@ -136,6 +136,9 @@ async def test_list_and_kill_from_another_frontend(stack: StackInfo, call_id: st
             await c.wait_closed()
             async with other.get(f"{stack.base}/call/lists") as resp:
                 assert call_id not in [x["id"] for x in (await resp.json())["calls"]]
+            dump = (stack.recorder_path / f"{call_id}.events.jsonl").read_text()
+            assert '\\"password\\":\\"***\\"' in dump, "the invite is in the dump, its secrets masked"
+            assert "hunter2" not in dump and "sk-secret" not in dump and "id-secret" not in dump
             async with other.post(f"{stack.base}/call/kill/{call_id}") as resp:
                 assert resp.status == 404
                 body = await resp.json()
