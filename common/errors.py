@@ -54,3 +54,14 @@ class ProviderError(PbxError):
     status = 502
     code = "PROVIDER_ERROR"
     retryable = True
+
+
+class ProviderRefused(ProviderError):
+    """A speech provider answered with an error of its own (or cannot start with the option given): permanent
+    for this request, so it is reported, not retried. `code` is the provider's code, or an HTTP-like one."""
+
+    retryable = False
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.status = code

@@ -15,7 +15,8 @@ from common.protocol import CallOption, TranscriptionOption
 from worker.media.denoise import Denoiser
 from worker.media.dtmf import DtmfDetector
 from worker.media.vad import Discarded, Silence, Speaking, VadEvent, VadProcessor
-from worker.speech.asr import AsrClient, AsrContext, Transcript
+from worker.speech.asr import AsrClient, Transcript
+from worker.speech.context import SpeechContext
 from worker.speech.eou import EouDetector
 
 if TYPE_CHECKING:
@@ -101,14 +102,7 @@ class CallerListener:
     def _make_asr(self, option: TranscriptionOption) -> None:
         s = self.session
         provider = (option.provider or "local").lower()
-        settings = s.proc.settings
-        context = AsrContext(
-            call_id=self.call_id,
-            tencent_appid=settings.tencent_appid,
-            tencent_secret_id=settings.tencent_secret_id,
-            tencent_secret_key=settings.tencent_secret_key,
-            voiceapi_endpoint=settings.voiceapi_endpoint,
-        )
+        context = SpeechContext.for_call(self.call_id, s.proc.settings)
         client: AsrClient
         if provider == "local":
             from worker.speech.local_asr import LocalAsr

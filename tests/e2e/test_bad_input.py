@@ -52,6 +52,7 @@ async def test_each_bad_command_gets_an_error_and_the_call_goes_on(stack: StackI
         await c.event("addHistory")
         await c.send({"command": "hangup"})
         await c.event("hangup")
+        await c.wait_closed()  # the server closes the socket once the dump is complete
     finally:
         await c.close()
     dump = (stack.recorder_path / f"{call_id}.events.jsonl").read_text().splitlines()
@@ -68,7 +69,6 @@ async def test_unbuilt_capabilities_answer_with_an_error(stack: StackInfo, call_
     try:
         await c.invite()
         for cmd, needle in [
-            ({"command": "tts", "text": "hi"}, "tts"),
             ({"command": "refer", "target": "sip:a@b"}, "refer"),
             ({"command": "accept", "option": {}}, "accept"),
             ({"command": "ringing"}, "ringing"),

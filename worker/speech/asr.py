@@ -16,6 +16,7 @@ import numpy as np
 
 from common.errors import ProviderError
 from common.protocol import TranscriptionOption
+from worker.speech.context import SpeechContext
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,16 +30,7 @@ class Transcript:
     end_ms: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class AsrContext:
-    """What a provider needs besides its option: the call, and credentials from the environment."""
-
-    call_id: str
-    tencent_appid: str = ""
-    tencent_secret_id: str = ""
-    tencent_secret_key: str = ""
-    voiceapi_endpoint: str = ""
-
+AsrContext = SpeechContext
 
 ResultCallback = Callable[[Transcript], None]
 ErrorCallback = Callable[[ProviderError], None]

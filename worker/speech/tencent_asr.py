@@ -19,10 +19,12 @@ import random
 import time
 import uuid
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
+from common.errors import ProviderRefused
 from worker.speech.asr import Transcript
-from worker.speech.ws_asr import ProviderRefused, StreamingAsr
+from worker.speech.endpoints import split_endpoint
+from worker.speech.ws_asr import StreamingAsr
 
 DEFAULT_HOST = "asr.cloud.tencent.com"
 DEFAULT_MODEL = "16k_zh_en"
@@ -43,19 +45,6 @@ def sign(secret_key: str, host_and_path: str, params: dict[str, str]) -> str:
     plain = f"{host_and_path}?{'&'.join(f'{k}={params[k]}' for k in sorted(params))}"
     digest = hmac.new(secret_key.encode(), plain.encode(), hashlib.sha1).digest()
     return quote(base64.b64encode(digest).decode(), safe="")
-
-
-def split_endpoint(endpoint: str | None, default_host: str) -> tuple[str, str, str]:
-    """(ws scheme, host[:port], path prefix) of an `endpoint` override: a URL, or a bare host for wss."""
-    if not endpoint:
-        return "wss", default_host, ""
-    if "://" not in endpoint:
-        endpoint = f"wss://{endpoint}"
-    parts = urlsplit(endpoint)
-    scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
-    if scheme not in ("ws", "wss") or not parts.netloc:
-        raise ProviderRefused(f"option.asr.endpoint: cannot use {endpoint!r} as a WebSocket address", 400)
-    return scheme, parts.netloc, parts.path.rstrip("/")
 
 
 def _extra_value(key: str, value: Any) -> str:
@@ -91,7 +80,7 @@ class TencentAsr(StreamingAsr):
                 "TENCENT_SECRET_ID, TENCENT_SECRET_KEY)",
                 400,
             )
-        split_endpoint(self.option.endpoint, DEFAULT_HOST)
+        split_endpoint(self.option.endpoint, DEFAULT_HOST, "option.asr.endpoint")
         self.query()
 
     def query(self) -> dict[str, str]:
@@ -115,7 +104,7 @@ class TencentAsr(StreamingAsr):
 
     def url(self) -> str:
         appid, _sid, secret_key = self._credentials()
-        scheme, host, prefix = split_endpoint(self.option.endpoint, DEFAULT_HOST)
+        scheme, host, prefix = split_endpoint(self.option.endpoint, DEFAULT_HOST, "option.asr.endpoint")
         path = f"{prefix}/asr/v2/{appid}"
         params = self.query()
         signature = sign(secret_key, host + path, params)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from worker.speech.asr import Transcript
-from worker.speech.tencent_asr import split_endpoint
+from worker.speech.endpoints import split_endpoint
 from worker.speech.ws_asr import StreamingAsr
 
 DEFAULT_ENDPOINT = "ws://localhost:8000"
@@ -26,10 +26,10 @@ class VoiceApiAsr(StreamingAsr):
         return self.option.endpoint or self.context.voiceapi_endpoint or DEFAULT_ENDPOINT
 
     def check(self) -> None:
-        split_endpoint(self._endpoint(), "")
+        split_endpoint(self._endpoint(), "", "option.asr.endpoint")
 
     def url(self) -> str:
-        scheme, host, prefix = split_endpoint(self._endpoint(), "")
+        scheme, host, prefix = split_endpoint(self._endpoint(), "", "option.asr.endpoint")
         return f"{scheme}://{host}{prefix}/asr?samplerate=16000"  # the caller track is 16 kHz
 
     def parse(self, message: dict[str, Any]) -> Transcript | None:

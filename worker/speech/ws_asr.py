@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from common.errors import ProviderError
+from common.errors import ProviderError, ProviderRefused
 from common.protocol import TranscriptionOption
 from worker.speech.asr import AsrClient, AsrContext, ErrorCallback, ResultCallback, Transcript
 
@@ -29,16 +29,6 @@ MAX_BUFFER_MS = 10_000
 CONNECT_TIMEOUT = 5.0
 RECONNECT_DELAYS = (0.2, 1.0, 3.0)  # then give up: the caller is told, the call goes on without ASR
 CLOSE_GRACE = 0.5  # seconds to wait for the last results after telling the provider the audio ended
-
-
-class ProviderRefused(ProviderError):
-    """The provider answered with an error of its own: permanent for this call."""
-
-    retryable = False
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.status = code
 
 
 class StreamingAsr(AsrClient, abc.ABC):

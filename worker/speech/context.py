@@ -1,0 +1,33 @@
+"""What a speech provider needs besides its option: the call, and the credentials of the environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.config import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechContext:
+    """Fallbacks for options that leave credentials out (`TENCENT_*`, `VOICEAPI_*`); secrets not in repr."""
+
+    call_id: str
+    tencent_appid: str = ""
+    tencent_secret_id: str = ""
+    tencent_secret_key: str = ""
+    voiceapi_endpoint: str = ""
+    voiceapi_speaker_id: str = ""
+
+    @classmethod
+    def for_call(cls, call_id: str, settings: Settings) -> SpeechContext:
+        return cls(
+            call_id=call_id,
+            tencent_appid=settings.tencent_appid,
+            tencent_secret_id=settings.tencent_secret_id,
+            tencent_secret_key=settings.tencent_secret_key,
+            voiceapi_endpoint=settings.voiceapi_endpoint,
+            voiceapi_speaker_id=settings.voiceapi_speaker_id,
+        )
+
+    def __repr__(self) -> str:
+        return f"SpeechContext(call_id={self.call_id!r})"
