@@ -28,6 +28,7 @@ from worker.media.offload import FrameBatcher
 from worker.media.vad import SileroBatcher
 from worker.session import CallSession
 from worker.speech.local_asr import WhisperPool
+from worker.speech.local_tts import PiperEngine
 
 log = logging.getLogger("pbx.worker.process")
 
@@ -73,6 +74,8 @@ class MediaProcess:
         self.dtmf = DtmfBank()
         self.dtmf_thread = ThreadPoolExecutor(1, thread_name_prefix="dtmf")
         self.asr_threads = ThreadPoolExecutor(2, thread_name_prefix="asr")
+        self.tts_thread = ThreadPoolExecutor(1, thread_name_prefix="tts")
+        self.piper = PiperEngine(self._tts_in_thread)
         self.ticks = 0
         self.late_ticks = 0
         # Longest media tick since the last heartbeat: how close the clock is to overrunning.
@@ -98,6 +101,9 @@ class MediaProcess:
 
     def _transcribe_in_thread(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().run_in_executor(self.asr_threads, fn, *args)
+
+    def _tts_in_thread(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().run_in_executor(self.tts_thread, fn, *args)
 
     def send(self, proc: str, message: dict[str, Any]) -> None:
         self.outbox.send(proc, message)
@@ -130,6 +136,7 @@ class MediaProcess:
             ("denoise", self.denoise.run()),
             ("ten", self.ten.run()),
             ("dtmf", self.dtmf.run(self._dtmf_in_thread)),
+            ("piper", self.piper.warm_up()),
         ):
             self._tasks.append(asyncio.create_task(coro, name=f"{self.proc_id}:{name}"))
         log.info("media process %s up, capacity %d", self.proc_id, self.settings.max_calls)
@@ -176,6 +183,7 @@ class MediaProcess:
         self.asr_threads.shutdown(wait=False, cancel_futures=True)
         self.denoise_thread.shutdown(wait=False, cancel_futures=True)
         self.dtmf_thread.shutdown(wait=False, cancel_futures=True)
+        self.tts_thread.shutdown(wait=False, cancel_futures=True)
 
     async def _ensure_group(self) -> None:
         backoff = 0.1

@@ -43,6 +43,8 @@ from worker.media.cache import FetchError, is_url
 from worker.media.codecs import Codec, make_codec
 from worker.media.player import FilePlayer
 from worker.media.recorder import CallRecorder
+from worker.media.tts_player import TtsPlayer
+from worker.speaker import CallSpeaker, TtsRun
 
 if TYPE_CHECKING:
     from worker.process import MediaProcess
@@ -64,8 +66,9 @@ class ServerTrack:
     auto_hangup: bool = False
     wait_input_timeout: int = 0
     ssrc: int = field(default_factory=lambda: random.getrandbits(32))
-    player: FilePlayer | None = None
+    player: FilePlayer | TtsPlayer | None = None
     loader: asyncio.Task[None] | None = None
+    tts: TtsRun | None = None  # set on TTS tracks
 
 
 class CallSession:
@@ -93,6 +96,7 @@ class CallSession:
         self._bad_audio = False
         self._caller_ssrc = random.getrandbits(32)
         self.listener = CallerListener(self)
+        self.speaker = CallSpeaker(self)
         self._commands: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._wait_input: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -188,7 +192,8 @@ class CallSession:
         if track is not None and track.player is not None and not track.player.paused:
             frame = track.player.next_frame()
             if frame is None:
-                self._finish_server_track(natural=True)
+                if track.player.finished:
+                    self._finish_server_track(natural=True)
             else:
                 if self.server_muted:
                     frame = SILENT_FRAME
@@ -226,7 +231,10 @@ class CallSession:
                 self._play(cmd)
             case Interrupt():
                 if self.server is not None:
-                    self._finish_server_track(natural=False)
+                    if cmd.graceful and isinstance(self.server.player, TtsPlayer):
+                        self.server.player.graceful_stop()
+                    else:
+                        self._finish_server_track(natural=False)
             case Pause() | Resume():
                 if self.server is not None and self.server.player is not None:
                     self.server.player.paused = isinstance(cmd, Pause)
@@ -239,9 +247,10 @@ class CallSession:
             case Candidate():
                 pass  # trickle candidates of RustPBX's first API; the answer carries all candidates
             case Tts():
-                self.error(
-                    "command", "tts is not available yet: this server has no speech synthesis provider", 501
-                )
+                if self.answer_ms is None:
+                    self.error("tts", "tts before the call is set up (send invite first)", 409)
+                else:
+                    self.speaker.tts(cmd)
             case Accept() | Reject() | Ringing():
                 name = type(cmd).__name__.lower()
                 self.error(
@@ -262,6 +271,7 @@ class CallSession:
         option = cmd.option
         self.codec = make_codec(option.codec)
         self.listener.configure(option)
+        self.speaker.call_option = option.tts
         if option.recorder is not None:
             path = self._recorder_path(option.recorder.recorder_file)
             recorder = CallRecorder(str(path), self.proc.io)
@@ -300,20 +310,31 @@ class CallSession:
 
     # --- the server-side track ---------------------------------------------------------------------------
 
-    def _play(self, cmd: Play) -> None:
+    def _start_track(self, track: ServerTrack) -> ServerTrack:
+        """Put a new track on the server side, replacing (interrupting) whatever plays there."""
         if self.server is not None:
             self._finish_server_track(natural=False)
         self._cancel_wait_input()
-        track = ServerTrack(
-            play_id=cmd.play_id or cmd.url,
-            source=cmd.url,
-            started_ms=events.now_ms(),
-            auto_hangup=bool(cmd.auto_hangup),
-            wait_input_timeout=cmd.wait_input_timeout or 0,
-        )
         self.server = track
         self.emit(events.event("trackStart", track_id=SERVER_SIDE_TRACK, play_id=track.play_id))
+        return track
+
+    def _play(self, cmd: Play) -> None:
+        track = self._start_track(
+            ServerTrack(
+                play_id=cmd.play_id or cmd.url,
+                source=cmd.url,
+                started_ms=events.now_ms(),
+                auto_hangup=bool(cmd.auto_hangup),
+                wait_input_timeout=cmd.wait_input_timeout or 0,
+            )
+        )
         track.loader = asyncio.create_task(self._load(track), name=f"call:{self.call_id}:load")
+
+    def start_tts_track(self, play_id: str | None, run: TtsRun) -> ServerTrack:
+        return self._start_track(
+            ServerTrack(play_id=play_id, source="tts", started_ms=events.now_ms(), player=run.player, tts=run)
+        )
 
     async def _load(self, track: ServerTrack) -> None:
         loop = asyncio.get_running_loop()
@@ -336,6 +357,18 @@ class CallSession:
         if track.loader is not None and not track.loader.done():
             track.loader.cancel()
         now = events.now_ms()
+        if not natural and track.tts is not None:
+            cut = track.tts.player.interruption()
+            if cut is not None:
+                self.emit(
+                    events.event(
+                        "interruption",
+                        track_id=SERVER_SIDE_TRACK,
+                        timestamp=now,
+                        play_id=track.play_id,
+                        **cut,
+                    )
+                )
         self.emit(
             events.event(
                 "trackEnd",

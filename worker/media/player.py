@@ -20,6 +20,10 @@ class FilePlayer:
         return -(-len(self._samples) // FRAME)
 
     @property
+    def finished(self) -> bool:
+        return self._pos >= len(self._samples)
+
+    @property
     def position_ms(self) -> int:
         return self._pos * 1000 // 16000
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 # Half-band low-pass (windowed sinc, cut-off at a quarter of the 16 kHz rate): keeps up to ~3.4 kHz,
@@ -42,3 +44,42 @@ class Upsampler2x:
         out = np.convolve(data, _LOWPASS * 2, mode="valid")
         self._history = data[len(data) - (_TAPS - 1) :]
         return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
+
+
+class RateConverter:
+    """Any rate → 16 kHz (or another `dst`), stateful across chunks (libswresample through PyAV).
+
+    For provider audio (Piper's 22.05 kHz, Tencent's 8/24 kHz): chunks of any length in, the converted
+    samples out as they become available; `flush` returns what the filter still holds at the end.
+    """
+
+    def __init__(self, src: int, dst: int = 16000) -> None:
+        self.src = src
+        self.dst = dst
+        self._resampler: Any = None
+        if src != dst:
+            import av
+
+            self._resampler = av.AudioResampler(format="s16", layout="mono", rate=dst)
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        if self._resampler is None or len(x) == 0:
+            return x.astype(np.int16, copy=False)
+        import av
+
+        frame = av.AudioFrame.from_ndarray(
+            x.astype(np.int16, copy=False).reshape(1, -1), format="s16", layout="mono"
+        )
+        frame.rate = self.src
+        return self._collect(self._resampler.resample(frame))
+
+    def flush(self) -> np.ndarray:
+        if self._resampler is None:
+            return np.zeros(0, dtype=np.int16)
+        return self._collect(self._resampler.resample(None))
+
+    @staticmethod
+    def _collect(frames: list[Any]) -> np.ndarray:
+        if not frames:
+            return np.zeros(0, dtype=np.int16)
+        return np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype(np.int16, copy=False)
