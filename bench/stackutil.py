@@ -22,6 +22,7 @@ async def start_stack(web: int, media: int, max_calls: int, root: Path) -> tuple
         WORKER_PROCESSES=str(media),
         MAX_CALLS=str(max_calls),
         RECORDER_PATH=str(root / "rec"),
+        MEDIA_CACHE_PATH=str(root / "cache"),
         LOG_LEVEL="WARNING",
     )
     env.pop("REDIS_URL", None)

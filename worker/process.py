@@ -136,7 +136,7 @@ class MediaProcess:
             ("denoise", self.denoise.run()),
             ("ten", self.ten.run()),
             ("dtmf", self.dtmf.run(self._dtmf_in_thread)),
-            ("piper", self.piper.warm_up()),
+            ("piper", self.piper.run()),
         ):
             self._tasks.append(asyncio.create_task(coro, name=f"{self.proc_id}:{name}"))
         log.info("media process %s up, capacity %d", self.proc_id, self.settings.max_calls)

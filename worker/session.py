@@ -381,6 +381,8 @@ class CallSession:
         )
         if not natural or self.ending:
             return
+        if isinstance(track.player, TtsPlayer) and track.player.closing:
+            return  # a graceful interrupt is still an interrupt: no autoHangup, no waitInputTimeout
         if track.auto_hangup:
             self.spawn(self.hangup("autohangup", "system"), "autohangup")
         elif track.wait_input_timeout > 0:

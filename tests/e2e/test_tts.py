@@ -132,7 +132,9 @@ async def test_graceful_interrupt_finishes_the_sentence(stack: StackInfo, call_i
     try:
         await c.invite()
         await c.send({"command": "tts", "text": "Let me check that for you.", "playId": "g"})
-        await c.send({"command": "tts", "text": "This part is never heard at all.", "playId": "g"})
+        await c.send(
+            {"command": "tts", "text": "This part is never heard at all.", "playId": "g", "autoHangup": True}
+        )
         await c.event("trackStart", playId="g")
         while len(c.frames) < 10:
             await asyncio.sleep(0.01)
@@ -140,6 +142,8 @@ async def test_graceful_interrupt_finishes_the_sentence(stack: StackInfo, call_i
         await c.event("trackEnd", playId="g", timeout=10)
         first = completed(c)[0]["data"]["length"] // 2
         assert len(c.frames) == -(-first // 320), "the first sentence plays to its end, the second not at all"
+        await asyncio.sleep(0.3)
+        assert "hangup" not in c.names() and "interruption" not in c.names(), "an interrupt never hangs up"
     finally:
         await c.close()
 

@@ -8,7 +8,7 @@ from common.protocol import SynthesisOption
 from tests.audio_util import peak_freq, tone
 from worker.media.tts_player import Segment, TtsPlayer
 from worker.speaker import cache_file, merge
-from worker.speech.local_tts import first_clause_split
+from worker.speech.local_tts import pieces
 from worker.speech.tts import SentenceSplitter, Subtitle, strip_emoji
 
 
@@ -120,9 +120,11 @@ def test_option_merge_and_cache_key() -> None:
     )
 
 
-def test_first_clause_of_a_long_sentence_goes_first() -> None:
-    assert first_clause_split("Hi there. How are you?") == ["Hi there. How are you?"]
-    assert first_clause_split("Thank you for calling, we will be with you in just a moment.") == [
+def test_texts_are_synthesized_in_sentences_the_first_long_one_cut_at_a_clause() -> None:
+    assert pieces("Hi there. How are you?") == ["Hi there.", "How are you?"]
+    assert pieces("Thank you for calling, we will be with you in just a moment. Bye.") == [
         "Thank you for calling,",
         "we will be with you in just a moment.",
+        "Bye.",
     ]
+    assert pieces("  ") == []

