@@ -64,6 +64,11 @@ class Settings:
     sip_webhook_url: str = ""
     ice_servers: str = ""
     restsend_token: str = ""
+    restsend_ice_url: str = "https://restsend.com/api/iceservers"
+    # Local addresses WebRTC gathers host candidates on (empty: every interface's).
+    rtc_addresses: tuple[str, ...] = ()
+    # Seconds without any packet from a WebRTC peer before its call is hung up (ICE consent takes ~30 s).
+    rtc_media_timeout: float = 10.0
     openai_base_url: str = "https://api.openai.com/v1"
     openai_api_key: str = ""
     tencent_appid: str = ""
@@ -100,6 +105,9 @@ class Settings:
             sip_webhook_url=env.get("SIP_WEBHOOK_URL", ""),
             ice_servers=env.get("ICE_SERVERS", ""),
             restsend_token=env.get("RESTSEND_TOKEN", ""),
+            restsend_ice_url=env.get("RESTSEND_ICE_URL", "") or "https://restsend.com/api/iceservers",
+            rtc_addresses=tuple(a.strip() for a in env.get("RTC_ADDRESSES", "").split(",") if a.strip()),
+            rtc_media_timeout=_float(env, "RTC_MEDIA_TIMEOUT", 10.0),
             openai_base_url=env.get("OPENAI_BASE_URL", "") or "https://api.openai.com/v1",
             openai_api_key=env.get("OPENAI_API_KEY", ""),
             tencent_appid=env.get("TENCENT_APPID", ""),

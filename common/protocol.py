@@ -166,6 +166,15 @@ class Candidate:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AddIceCandidate:
+    """RustPBX's trickle ICE command (AC-M): one candidate, as the browser's `icecandidate` event gives it."""
+
+    candidate: str
+    sdp_mid: str | None = None
+    sdp_m_line_index: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Tts:
     text: str
     speaker: str | None = None
@@ -238,6 +247,7 @@ Command = (
     | Reject
     | Ringing
     | Candidate
+    | AddIceCandidate
     | Tts
     | Play
     | Interrupt
@@ -256,6 +266,7 @@ COMMANDS: dict[str, type] = {
     "reject": Reject,
     "ringing": Ringing,
     "candidate": Candidate,
+    "addIceCandidate": AddIceCandidate,
     "tts": Tts,
     "play": Play,
     "interrupt": Interrupt,

@@ -26,6 +26,7 @@ from worker.media.cache import MediaCache
 from worker.media.dtmf import DtmfBank
 from worker.media.offload import FrameBatcher
 from worker.media.vad import SileroBatcher
+from worker.rtc import limit_host_addresses
 from worker.session import CallSession
 from worker.speech.local_asr import WhisperPool
 from worker.speech.local_tts import PiperEngine
@@ -56,6 +57,7 @@ class MediaProcess:
         self.settings = settings
         self.proc_id = proc_id or new_proc_id("media")
         self.keys = Keys(settings.redis_prefix)
+        limit_host_addresses(settings.rtc_addresses)
         self.redis = connect(settings.redis_url or DEFAULT_LOCAL_URL)
         self.registry = Registry(self.redis, self.keys)
         self.outbox = Outbox(self.redis, self.keys)

@@ -18,6 +18,7 @@ from common.events import SERVER_SIDE_TRACK
 from common.logs import call_id_var
 from common.protocol import (
     Accept,
+    AddIceCandidate,
     Candidate,
     Command,
     Hangup,
@@ -44,6 +45,7 @@ from worker.media.codecs import Codec, make_codec
 from worker.media.player import FilePlayer
 from worker.media.recorder import CallRecorder
 from worker.media.tts_player import TtsPlayer
+from worker.rtc import RtcError, RtcPeer
 from worker.speaker import CallSpeaker, TtsRun
 
 if TYPE_CHECKING:
@@ -95,6 +97,8 @@ class CallSession:
         self._early_overflow = False
         self._bad_audio = False
         self._caller_ssrc = random.getrandbits(32)
+        self.rtc: RtcPeer | None = None
+        self._candidates: list[tuple[str, str | None, int | None]] = []  # trickled before the offer
         self.listener = CallerListener(self)
         self.speaker = CallSpeaker(self)
         self._commands: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -133,6 +137,13 @@ class CallSession:
         self._tasks.append(task)
 
     def on_audio(self, data: bytes) -> None:
+        if self.call_type == "webrtc":
+            if not self._bad_audio:
+                self._bad_audio = True
+                self.error(
+                    "audio", "a WebRTC call carries its audio on the peer connection, not the socket", 400
+                )
+            return
         if self.answer_ms is None:
             if len(self._early) + len(data) > MAX_EARLY_AUDIO:
                 if not self._early_overflow:
@@ -157,6 +168,12 @@ class CallSession:
                 self.emit(
                     events.error(self.call_id, "audio", f"cannot decode {self.codec.name} audio: {exc}", 400)
                 )
+            return
+        self.caller_audio(pcm)
+
+    def caller_audio(self, pcm: np.ndarray) -> None:
+        """Decoded caller audio (16 kHz int16), from the socket or the peer connection."""
+        if self.ending:
             return
         self.frames_in += 1
         if self.recorder is not None:
@@ -188,6 +205,7 @@ class CallSession:
     def tick(self) -> None:
         """Advance one 20 ms frame of the media clock."""
         out: bytes | None = None
+        frame: np.ndarray | None = None
         track = self.server
         if track is not None and track.player is not None and not track.player.paused:
             frame = track.player.next_frame()
@@ -199,8 +217,12 @@ class CallSession:
                     frame = SILENT_FRAME
                 if self.recorder is not None:
                     out = frame.tobytes()
-                self.proc.send(self.frontend, wire.msg(self.call_id, wire.PCM, self.codec.encode(frame)))
+                if self.rtc is None:
+                    self.proc.send(self.frontend, wire.msg(self.call_id, wire.PCM, self.codec.encode(frame)))
                 self.frames_out += 1
+        if self.rtc is not None and self.answer_ms is not None:
+            # Silence too: the RTP stream keeps its pace and timestamps whether or not anything plays.
+            self.rtc.push(SILENT_FRAME if frame is None else frame)
         if self.recorder is not None:
             self.recorder.tick(out)
         if self.dump is not None and self.proc.ticks % 10 == 0:
@@ -245,7 +267,10 @@ class CallSession:
             case Hangup():
                 await self.hangup(cmd.reason or "normal_clearing", cmd.initiator or "caller")
             case Candidate():
-                pass  # trickle candidates of RustPBX's first API; the answer carries all candidates
+                for line in cmd.candidates:
+                    await self._candidate(line, None, None)
+            case AddIceCandidate():
+                await self._candidate(cmd.candidate, cmd.sdp_mid, cmd.sdp_m_line_index)
             case Tts():
                 if self.answer_ms is None:
                     self.error("tts", "tts before the call is set up (send invite first)", 409)
@@ -263,12 +288,15 @@ class CallSession:
         if self.answer_ms is not None:
             self.error("invite", "the call is already set up", 409)
             return
-        if self.call_type != "websocket":
-            kind = "WebRTC" if self.call_type == "webrtc" else "SIP"
-            self.error("invite", f"{kind} calls are not available on this server yet", 501)
+        if self.call_type == "sip":
+            self.error("invite", "SIP calls are not available on this server yet", 501)
             await self.hangup("failed", "system")
             return
         option = cmd.option
+        if self.call_type == "webrtc" and not option.offer:
+            self.error("invite", "option.offer: required for a WebRTC call (the browser's SDP offer)", 400)
+            await self.hangup("failed", "system")
+            return
         self.codec = make_codec(option.codec)
         self.listener.configure(option)
         self.speaker.call_option = option.tts
@@ -280,12 +308,50 @@ class CallSession:
                 self.recorder = recorder
             except OSError as exc:
                 self.error("recorder", f"cannot record to {path}: {exc.strerror or exc}", 500)
+        sdp = ""
+        if self.call_type == "webrtc":
+            answer = await self._answer_webrtc(option)
+            if answer is None:
+                return
+            sdp = answer
         self.answer_ms = events.now_ms()
         self.emit(events.event("trackStart", track_id=self.call_id))
-        self.emit(events.event("answer", track_id=self.call_id, sdp=""))
+        self.emit(events.event("answer", track_id=self.call_id, sdp=sdp))
         self._replay_early_audio()
         with contextlib.suppress(Exception):
             await self.proc.registry.update(self.call_id, state="active", answered_at=self.answer_ms)
+
+    async def _answer_webrtc(self, option: Any) -> str | None:
+        """The peer connection's answer, or None after telling the client why there is none."""
+        peer = RtcPeer(
+            self.call_id, self.proc.settings, self.caller_audio, self.listener.digit, self._rtc_ended
+        )
+        self.rtc = peer
+        try:
+            for line, mid, index in self._candidates:
+                await peer.add_candidate(line, mid, index)
+            self._candidates.clear()
+            return await peer.answer(option.offer, option.handshake_seconds(), bool(option.enable_ipv6))
+        except RtcError as exc:
+            self.error("invite", str(exc), exc.code)
+        except ValueError as exc:
+            self.error("invite", str(exc), 400)
+        await self.hangup("failed", "system")
+        return None
+
+    async def _candidate(self, line: str, sdp_mid: str | None, index: int | None) -> None:
+        if self.call_type != "webrtc":
+            return  # RustPBX's first API sent candidates on every call type; nothing uses them there
+        if self.rtc is None:
+            self._candidates.append((line, sdp_mid, index))
+            return
+        try:
+            await self.rtc.add_candidate(line, sdp_mid, index)
+        except ValueError as exc:
+            self.error("candidate", str(exc), 400)
+
+    def _rtc_ended(self, reason: str, initiator: str) -> None:
+        self.spawn(self.hangup(reason, initiator), "rtc-ended")
 
     def _recorder_path(self, name: str | None) -> Path:
         base = Path(self.proc.settings.recorder_path)
@@ -441,6 +507,8 @@ class CallSession:
 
     async def _finish(self) -> None:
         try:
+            if self.rtc is not None:
+                await self.rtc.close()
             await self.listener.close()
             if self.recorder is not None:
                 await self.recorder.close()

@@ -55,6 +55,8 @@ def stack_env(root: Path, port: int, redis_url: str | None, **settings: str) -> 
         MEDIA_CACHE_PATH=str(root / "cache"),
         DRAIN_TIMEOUT="5",
         LOG_LEVEL="WARNING",
+        RTC_ADDRESSES="127.0.0.1",
+        RTC_MEDIA_TIMEOUT="3",
     )
     env.pop("PYTHONWARNINGS", None)
     env.pop("REDIS_URL", None)
