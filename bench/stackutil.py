@@ -12,7 +12,7 @@ from common.embedded import free_port
 from scripts.stack import Stack
 
 
-async def start_stack(web: int, media: int, max_calls: int, root: Path) -> tuple[str, Stack]:
+async def start_stack(web: int, media: int, max_calls: int, root: Path, **extra: str) -> tuple[str, Stack]:
     """A stack of its own (embedded Redis on a free port) with `web` frontends and `media` processes."""
     port = free_port()
     env = dict(
@@ -25,6 +25,7 @@ async def start_stack(web: int, media: int, max_calls: int, root: Path) -> tuple
         MEDIA_CACHE_PATH=str(root / "cache"),
         LOG_LEVEL="WARNING",
     )
+    env.update(extra)
     env.pop("REDIS_URL", None)
     stack = Stack(env, quiet=True).start()
     base = f"http://127.0.0.1:{port}"

@@ -26,7 +26,7 @@ from worker.media.cache import MediaCache
 from worker.media.dtmf import DtmfBank
 from worker.media.offload import FrameBatcher
 from worker.media.vad import SileroBatcher
-from worker.rtc import limit_host_addresses
+from worker.rtc import InlineEncoding, limit_host_addresses
 from worker.session import CallSession
 from worker.speech.local_asr import WhisperPool
 from worker.speech.local_tts import PiperEngine
@@ -119,6 +119,7 @@ class MediaProcess:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        loop.set_default_executor(InlineEncoding(ThreadPoolExecutor(4, thread_name_prefix="default")))
         loop.add_signal_handler(signal.SIGTERM, self._request_stop, "drain")
         loop.add_signal_handler(signal.SIGINT, self._request_stop, "now")
         await self._ensure_group()
