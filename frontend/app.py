@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from aiohttp import web
 
@@ -11,12 +12,14 @@ from common import logs
 from common.bus import connect
 from common.config import Settings
 from common.embedded import DEFAULT_LOCAL_URL
-from frontend import calls, health
+from frontend import calls, health, iceservers
 from frontend.errors import errors_middleware
 from frontend.hub import Hub
 from frontend.keys import HUB, SETTINGS
 
 log = logging.getLogger("pbx.frontend")
+
+STATIC = Path(__file__).resolve().parent / "static"
 
 
 async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -36,6 +39,18 @@ async def _proc_header(request: web.Request, response: web.StreamResponse) -> No
     response.headers["X-Pbx-Proc"] = request.app[HUB].proc_id
 
 
+async def _playground(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "index.html")
+
+
+async def _static(request: web.Request) -> web.FileResponse:
+    # Not add_static: its 404 is an empty body, and every error here is the JSON error body.
+    path = STATIC / request.match_info["name"]
+    if path.resolve().parent != STATIC or not path.is_file():
+        raise web.HTTPNotFound(text="no such file in the playground")
+    return web.FileResponse(path)
+
+
 async def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings.from_env()
     logs.setup(settings.log_level, "web")
@@ -45,4 +60,8 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     app.cleanup_ctx.append(_hub_ctx)
     calls.setup_routes(app)
     app.router.add_get("/health", health.health)
+    iceservers.setup(app)
+    # The playground page: plain files, no build step; everything it loads comes from here.
+    app.router.add_get("/", _playground)
+    app.router.add_get("/static/{name}", _static)
     return app

@@ -3,14 +3,31 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+apt_updated=""
+# Install Debian packages, refreshing the package lists once per run (before that, apt may find nothing).
+apt_install() {
+  if [ -z "$apt_updated" ]; then
+    $SUDO apt-get update -qq >/dev/null
+    apt_updated=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
 # The TEN VAD's native library needs the LLVM C++ runtime (Debian: libc++1).
 if ! ldconfig -p 2>/dev/null | grep 'libc++\.so\.1' >/dev/null; then
   if command -v apt-get >/dev/null 2>&1; then
-    SUDO=""
-    [ "$(id -u)" = 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq >/dev/null && $SUDO apt-get install -y -qq libc++1 >/dev/null
+    apt_install libc++1
   else
     echo "warning: libc++1 is missing; the ten VAD will not load" >&2
+  fi
+fi
+# The playground test drives Debian's Chromium through playwright (which must never download a browser).
+if [ "${1:-}" = "dev" ] && [ ! -x /usr/bin/chromium ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    apt_install chromium
+  else
+    echo "warning: /usr/bin/chromium is missing; the playground test will fail" >&2
   fi
 fi
 if [ ! -x .venv/bin/python ]; then

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 
 from common.config import Settings
+from common.ice import parse_configured
 from worker import rtc_sdp
 from worker.media.telephone_event import TelephoneEventDecoder
 
@@ -57,17 +57,11 @@ class RtcError(Exception):
 
 def ice_servers(settings: Settings) -> list[RTCIceServer]:
     """The configured ICE servers (`ICE_SERVERS`); none by default: a peer offers only its own addresses."""
-    if not settings.ice_servers:
-        return []
-    try:
-        entries = json.loads(settings.ice_servers)
-        return [
-            RTCIceServer(urls=e["urls"], username=e.get("username"), credential=e.get("credential"))
-            for e in entries
-        ]
-    except (ValueError, TypeError, KeyError) as exc:
-        log.warning("ICE_SERVERS is not a list of {urls, username?, credential?}: %s", exc)
-        return []
+    servers = parse_configured(settings.ice_servers) or []
+    return [
+        RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
+        for s in servers
+    ]
 
 
 def limit_host_addresses(addresses: tuple[str, ...]) -> None:
