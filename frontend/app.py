@@ -12,7 +12,7 @@ from common import logs
 from common.bus import connect
 from common.config import Settings
 from common.embedded import DEFAULT_LOCAL_URL
-from frontend import calls, health, iceservers
+from frontend import calls, health, iceservers, llm
 from frontend.errors import errors_middleware
 from frontend.hub import Hub
 from frontend.keys import HUB, SETTINGS
@@ -61,6 +61,8 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     calls.setup_routes(app)
     app.router.add_get("/health", health.health)
     iceservers.setup(app)
+    app.cleanup_ctx.append(llm.session_ctx)
+    llm.setup_routes(app)
     # The playground page: plain files, no build step; everything it loads comes from here.
     app.router.add_get("/", _playground)
     app.router.add_get("/static/{name}", _static)
