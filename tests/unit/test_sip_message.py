@@ -30,7 +30,7 @@ from worker.sip.uri import AbsoluteUri, NameAddr, SipUri, TelUri, parse_name_add
 # shared fixtures keep it. Without it the corpus cases are skipped, not failed.
 CORPUS_DIRS = (
     Path(__file__).resolve().parents[1] / "sip" / "torture",
-    Path("/work/shared/fixtures/rfc4475"),
+    Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "rfc4475",  # beside the checkout
 )
 
 
