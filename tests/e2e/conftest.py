@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -66,19 +67,13 @@ def stack_env(root: Path, port: int, redis_url: str | None, **settings: str) -> 
     return env
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
-    root = tmp_path_factory.mktemp("stack")
+@contextlib.contextmanager
+def running_stack(root: Path, media: int, web: int, **settings: str) -> Iterator[StackInfo]:
+    """A whole stack of its own (embedded Redis, gunicorn, media pool), healthy, stopped on exit."""
     with EmbeddedRedis() as server:
         port = free_port()
         env = stack_env(
-            root,
-            port,
-            server.url,
-            WEB_CONCURRENCY="2",
-            WORKER_PROCESSES="2",
-            MAX_CALLS="100",
-            PBX_CLAIM_TIMEOUT="5",
+            root, port, server.url, WEB_CONCURRENCY=str(web), WORKER_PROCESSES=str(media), **settings
         )
         stack = Stack(env, quiet=os.environ.get("PBX_TEST_LOGS") != "1").start()
         info = StackInfo(
@@ -90,11 +85,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
             redis.Redis.from_url(server.url),
         )
         try:
-            wait_healthy(info, media=2, web=2)
+            wait_healthy(info, media=media, web=web)
             yield info
         finally:
             stack.stop()
             info.redis.close()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
+    with running_stack(
+        tmp_path_factory.mktemp("stack"), 2, 2, MAX_CALLS="100", PBX_CLAIM_TIMEOUT="5"
+    ) as info:
+        yield info
 
 
 @pytest.fixture

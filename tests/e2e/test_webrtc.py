@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import time
 import wave
@@ -13,11 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.embedded import EmbeddedRedis, free_port
-from scripts.stack import Stack
 from tests.audio_util import peak_freq, rms, tone
 from tests.e2e.client import CallClient
-from tests.e2e.conftest import StackInfo, stack_env, wait_healthy
+from tests.e2e.conftest import StackInfo, running_stack
 from tests.e2e.rtc_client import RtcCaller
 from tests.e2e.test_playback import write_wav
 
@@ -176,31 +173,14 @@ VIDEO_ONLY = (
 @pytest.fixture(scope="module")
 def stun_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
     """A stack whose ICE server never answers (a UDP port that swallows everything)."""
-    import redis
-
     hole = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     hole.bind(("127.0.0.1", 0))
     stun = f'[{{"urls": ["stun:127.0.0.1:{hole.getsockname()[1]}"]}}]'
-    root = tmp_path_factory.mktemp("stun")
-    with EmbeddedRedis() as server:
-        port = free_port()
-        env = stack_env(root, port, server.url, WEB_CONCURRENCY="1", WORKER_PROCESSES="1", ICE_SERVERS=stun)
-        stack = Stack(env, quiet=os.environ.get("PBX_TEST_LOGS") != "1").start()
-        info = StackInfo(
-            f"http://127.0.0.1:{port}",
-            f"ws://127.0.0.1:{port}",
-            server.url,
-            root / "rec",
-            root / "cache",
-            redis.Redis.from_url(server.url),
-        )
-        try:
-            wait_healthy(info, media=1, web=1)
+    try:
+        with running_stack(tmp_path_factory.mktemp("stun"), 1, 1, ICE_SERVERS=stun) as info:
             yield info
-        finally:
-            stack.stop()
-            info.redis.close()
-            hole.close()
+    finally:
+        hole.close()
 
 
 @pytest.mark.parametrize("timeout", ["1s", "1", 1])
