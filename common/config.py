@@ -6,7 +6,9 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-_SECRET_FIELDS = frozenset({"openai_api_key", "tencent_secret_id", "tencent_secret_key", "restsend_token"})
+_SECRET_FIELDS = frozenset(
+    {"sip_register", "openai_api_key", "tencent_secret_id", "tencent_secret_key", "restsend_token"}
+)
 
 
 def _read_dotenv(path: Path) -> dict[str, str]:
@@ -62,6 +64,12 @@ class Settings:
     rtp_port_max: int = 42000
     sip_port: int = 25060
     sip_webhook_url: str = ""
+    # Address the SIP and RTP sockets bind (PUBLIC_IP, else this, goes into Via, Contact and SDP).
+    sip_addr: str = "0.0.0.0"
+    # Seconds an inbound call waits for the app's accept/reject before it is turned away.
+    sip_accept_timeout: float = 50.0
+    # Accounts to keep registered with a PBX: JSON list, or @path of a JSON file (docs/sip.md).
+    sip_register: str = ""
     ice_servers: str = ""
     restsend_token: str = ""
     restsend_ice_url: str = "https://restsend.com/api/iceservers"
@@ -103,6 +111,9 @@ class Settings:
             rtp_port_max=_int(env, "RTP_PORT_MAX", 42000),
             sip_port=_int(env, "SIP_PORT", 25060),
             sip_webhook_url=env.get("SIP_WEBHOOK_URL", ""),
+            sip_addr=env.get("SIP_ADDR", "") or "0.0.0.0",
+            sip_accept_timeout=_float(env, "SIP_ACCEPT_TIMEOUT", 50.0),
+            sip_register=env.get("SIP_REGISTER", ""),
             ice_servers=env.get("ICE_SERVERS", ""),
             restsend_token=env.get("RESTSEND_TOKEN", ""),
             restsend_ice_url=env.get("RESTSEND_ICE_URL", "") or "https://restsend.com/api/iceservers",

@@ -28,6 +28,13 @@ redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
 
+# Hand an inbound call that waits for its app to the frontend whose socket asked for it, once.
+_ATTACH = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'incoming' then return false end
+redis.call('HSET', KEYS[1], 'frontend', ARGV[1], 'state', 'attached')
+return redis.call('HGET', KEYS[1], 'owner')
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class CallEntry:
@@ -77,6 +84,7 @@ class Registry:
         self.keys = keys
         self._claim = redis.register_script(_CLAIM)
         self._update = redis.register_script(_UPDATE)
+        self._attach = redis.register_script(_ATTACH)
 
     async def register_pending(
         self, call_id: str, call_type: str, frontend: str, params: bytes | None = None
@@ -103,6 +111,36 @@ class Registry:
             pipe.xadd(self.keys.dispatch, fields, maxlen=100_000, approximate=True)  # type: ignore[arg-type]
         await pipe.execute()
         return created
+
+    async def register_incoming(self, call_id: str, owner: str, option: dict[str, Any]) -> int:
+        """Register an inbound call that the owner holds until an app's socket attaches to it."""
+        created = time.time_ns() // 1_000_000
+        key = self.keys.call(call_id)
+        if not await self.redis.hsetnx(key, "id", call_id):
+            raise DuplicateCall(f"call {call_id!r} already exists", "a live call already uses this id")
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(
+            key,
+            mapping={
+                "call_type": "sip",
+                "created_at": created,
+                "state": "incoming",
+                "owner": owner,
+                "frontend": "",
+                "option": json.dumps(option),
+            },
+        )
+        pipe.zadd(self.keys.calls, {call_id: created})
+        await pipe.execute()
+        return created
+
+    async def attach(self, call_id: str, frontend: str) -> str | None:
+        """The owner of an inbound call waiting for its app, now attached to `frontend`; None when there
+        is no such call (or another socket took it)."""
+        owner = await self._attach(keys=[self.keys.call(call_id)], args=[frontend])
+        if not owner:
+            return None
+        return owner.decode() if isinstance(owner, bytes) else str(owner)
 
     async def claim(self, call_id: str, owner: str) -> int:
         """1 = now ours, 0 = someone else owns it, -1 = the call is gone."""

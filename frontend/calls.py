@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 import msgpack
 from aiohttp import web
 
-from common import wire
+from common import events, wire
 from common.errors import BadCommand, CallNotFound, DuplicateCall
 from common.logs import call_id_var
 from common.protocol import MAX_TEXT_FRAME
@@ -93,6 +93,16 @@ def call_handler(call_type: str) -> Callable[[web.Request], Awaitable[web.Stream
         try:
             # Dispatched while the handshake completes, so a media process is usually ready first.
             conn.created_ms = await hub.registry.register_pending(call_id, call_type, hub.proc_id, params)
+        except DuplicateCall:
+            # `/call/sip?id=<dialogId>`: the app picks up an inbound call that a media process holds.
+            owner = await hub.registry.attach(call_id, hub.proc_id) if call_type == "sip" else None
+            if owner is None:
+                hub.connections.pop(call_id, None)
+                raise
+            conn.created_ms = events.now_ms()
+            body = {"op": "attach", "frontend": hub.proc_id, "dump": dump}
+            hub.send(owner, wire.msg(call_id, wire.CTL, body))
+            conn.owner = owner  # the inbox keeps order: commands arrive after the attach
         except BaseException:
             hub.connections.pop(call_id, None)
             raise

@@ -30,6 +30,7 @@ from worker.rtc import InlineEncoding, limit_host_addresses
 from worker.session import CallSession
 from worker.speech.local_asr import WhisperPool
 from worker.speech.local_tts import PiperEngine
+from worker.telephony import SIP, Telephony
 
 log = logging.getLogger("pbx.worker.process")
 
@@ -78,6 +79,7 @@ class MediaProcess:
         self.asr_threads = ThreadPoolExecutor(2, thread_name_prefix="asr")
         self.tts_thread = ThreadPoolExecutor(1, thread_name_prefix="tts")
         self.piper = PiperEngine(self._tts_in_thread)
+        self.telephony: Telephony | None = None
         self.ticks = 0
         self.late_ticks = 0
         # Longest media tick since the last heartbeat: how close the clock is to overrunning.
@@ -123,6 +125,13 @@ class MediaProcess:
         loop.add_signal_handler(signal.SIGTERM, self._request_stop, "drain")
         loop.add_signal_handler(signal.SIGINT, self._request_stop, "now")
         await self._ensure_group()
+        telephony = Telephony(self)
+        try:
+            await telephony.start()
+            self.telephony = telephony
+        except OSError as exc:
+            log.error("SIP is off in this process: cannot bind %s:%d (%s)", self.settings.sip_addr,
+                      self.settings.sip_port, exc)  # fmt: skip
         await self._beat()
         # Everything built so far lives as long as the process: keep it out of every future collection.
         gc.freeze()
@@ -164,6 +173,8 @@ class MediaProcess:
         if pending:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.gather(*(s.done.wait() for s in pending)), 5)
+        if self.telephony is not None:
+            await self.telephony.close()
         await self.outbox.flush()
         for task in reversed(self._tasks):
             task.cancel()
@@ -342,11 +353,44 @@ class MediaProcess:
             for m in batch:
                 session = self.sessions.get(m["c"])
                 if session is None:
+                    self._unowned(m)
                     continue
                 try:
                     session.deliver(m["k"], m["b"])
                 except Exception:
                     log.exception("call %s: could not handle %s message", m["c"], m["k"])
+
+    def _unowned(self, m: dict[str, Any]) -> None:
+        """A message for no session here: a forwarded SIP message, or a socket for an inbound call."""
+        try:
+            if m["k"] == SIP and self.telephony is not None:
+                self.telephony.forwarded(m["b"])
+            elif m["k"] == wire.CTL and m["b"].get("op") == "attach":
+                self._attach(str(m["c"]), m["b"])
+        except Exception:
+            log.exception("call %s: could not handle %s message", m.get("c"), m.get("k"))
+
+    def _attach(self, call_id: str, body: dict[str, Any]) -> None:
+        frontend = str(body.get("frontend") or "")
+        pending = self.telephony.take(call_id) if self.telephony is not None else None
+        if pending is None or not frontend:
+            if frontend:
+                self.send(frontend, wire.msg(call_id, wire.EVT, events.error(
+                    call_id, "accept", "the inbound call is no longer waiting", 404)))  # fmt: skip
+                self.send(frontend, wire.msg(call_id, wire.CTL, {"op": "close"}))
+            return
+        token = call_id_var.set(call_id)
+        try:
+            session = CallSession(
+                self, call_id, "sip", frontend, bool(body.get("dump", True)), pending.created_ms
+            )
+            self.sessions[call_id] = session
+            session.start()
+            self.send(frontend, wire.msg(call_id, wire.CTL, {"op": "claimed", "owner": self.proc_id}))
+            session.attach_incoming(pending)
+            log.info("inbound SIP call attached to %s", frontend)
+        finally:
+            call_id_var.reset(token)
 
     def _collect_garbage(self) -> None:
         """Run the cyclic garbage collector right after a tick, where the loop has the most slack.

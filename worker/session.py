@@ -42,11 +42,13 @@ from worker.listener import CallerListener
 from worker.media.audiofile import AudioFileError, load_audio
 from worker.media.cache import FetchError, is_url
 from worker.media.codecs import Codec, make_codec
-from worker.media.player import FilePlayer
+from worker.media.player import BridgePlayer, FilePlayer
 from worker.media.recorder import CallRecorder
 from worker.media.tts_player import TtsPlayer
 from worker.rtc import RtcError, RtcPeer
+from worker.sip_call import SipCall
 from worker.speaker import CallSpeaker, TtsRun
+from worker.transfer import Transfer
 
 if TYPE_CHECKING:
     from worker.process import MediaProcess
@@ -68,7 +70,7 @@ class ServerTrack:
     auto_hangup: bool = False
     wait_input_timeout: int = 0
     ssrc: int = field(default_factory=lambda: random.getrandbits(32))
-    player: FilePlayer | TtsPlayer | None = None
+    player: FilePlayer | TtsPlayer | BridgePlayer | None = None
     loader: asyncio.Task[None] | None = None
     tts: TtsRun | None = None  # set on TTS tracks
 
@@ -98,6 +100,8 @@ class CallSession:
         self._bad_audio = False
         self._caller_ssrc = random.getrandbits(32)
         self.rtc: RtcPeer | None = None
+        self.sip: SipCall | None = None
+        self.transfer: Transfer | None = None
         self._candidates: list[tuple[str, str | None, int | None]] = []  # trickled before the offer
         self.listener = CallerListener(self)
         self.speaker = CallSpeaker(self)
@@ -179,6 +183,8 @@ class CallSession:
         if self.recorder is not None:
             self.recorder.caller(pcm.tobytes())
         self.listener.feed(np.zeros_like(pcm) if self.caller_muted else pcm)
+        if self.transfer is not None:
+            self.transfer.caller_audio(pcm)
 
     def input_detected(self) -> None:
         """The caller spoke or keyed: a pending waitInputTimeout no longer applies."""
@@ -217,12 +223,16 @@ class CallSession:
                     frame = SILENT_FRAME
                 if self.recorder is not None:
                     out = frame.tobytes()
-                if self.rtc is None:
+                if self.call_type == "websocket":
                     self.proc.send(self.frontend, wire.msg(self.call_id, wire.PCM, self.codec.encode(frame)))
                 self.frames_out += 1
+        # Silence too: an RTP stream keeps its pace and timestamps whether or not anything plays.
         if self.rtc is not None and self.answer_ms is not None:
-            # Silence too: the RTP stream keeps its pace and timestamps whether or not anything plays.
             self.rtc.push(SILENT_FRAME if frame is None else frame)
+        elif self.sip is not None:
+            self.sip.push(SILENT_FRAME if frame is None else frame)
+        if self.transfer is not None:
+            self.transfer.tick()
         if self.recorder is not None:
             self.recorder.tick(out)
         if self.dump is not None and self.proc.ticks % 10 == 0:
@@ -276,50 +286,133 @@ class CallSession:
                     self.error("tts", "tts before the call is set up (send invite first)", 409)
                 else:
                     self.speaker.tts(cmd)
-            case Accept() | Reject() | Ringing():
-                name = type(cmd).__name__.lower()
-                self.error(
-                    "command", f"{name} answers an inbound SIP call; SIP calls are not available yet", 501
-                )
+            case Accept():
+                await self._accept(cmd)
+            case Reject():
+                if self.sip is None or self.answer_ms is not None:
+                    self.error("reject", "no pending call to reject", 400)
+                elif self.sip.reject(cmd.code or 603, cmd.reason):
+                    await self.hangup("rejected", "caller")
+            case Ringing():
+                await self._ringing(cmd)
             case Refer():
-                self.error("command", "refer (call transfer) needs SIP, which is not available yet", 501)
+                await self._refer(cmd)
 
     async def _invite(self, cmd: Invite) -> None:
         if self.answer_ms is not None:
             self.error("invite", "the call is already set up", 409)
             return
-        if self.call_type == "sip":
-            self.error("invite", "SIP calls are not available on this server yet", 501)
-            await self.hangup("failed", "system")
-            return
         option = cmd.option
+        if self.call_type == "sip" and self.sip is not None:
+            self.error("invite", "this is an inbound SIP call: answer it with accept (or reject)", 409)
+            return
         if self.call_type == "webrtc" and not option.offer:
             self.error("invite", "option.offer: required for a WebRTC call (the browser's SDP offer)", 400)
             await self.hangup("failed", "system")
             return
-        self.codec = make_codec(option.codec)
-        self.listener.configure(option)
-        self.speaker.call_option = option.tts
-        if option.recorder is not None:
-            path = self._recorder_path(option.recorder.recorder_file)
-            recorder = CallRecorder(str(path), self.proc.io)
-            try:
-                await recorder.open()
-                self.recorder = recorder
-            except OSError as exc:
-                self.error("recorder", f"cannot record to {path}: {exc.strerror or exc}", 500)
+        await self._prepare(option)
+        if self.call_type == "sip":
+            if self.proc.telephony is None:
+                self.error("invite", "SIP is not available in this media process", 503)
+                await self.hangup("failed", "system")
+                return
+            self.sip = SipCall(self)
+            await self.sip.dial(option)  # the answer comes as media_up (or the call ends)
+            return
         sdp = ""
         if self.call_type == "webrtc":
             answer = await self._answer_webrtc(option)
             if answer is None:
                 return
             sdp = answer
+        await self.media_up(sdp)
+
+    async def _prepare(self, option: Any) -> None:
+        """What every call type sets up from its option before media flows."""
+        self.codec = make_codec(option.codec)
+        self.listener.configure(option)
+        self.speaker.call_option = option.tts
+        if option.recorder is not None and self.recorder is None:
+            await self._start_recorder(option.recorder)
+
+    async def _start_recorder(self, recorder_option: Any) -> None:
+        path = self._recorder_path(recorder_option.recorder_file)
+        recorder = CallRecorder(str(path), self.proc.io)
+        try:
+            await recorder.open()
+            self.recorder = recorder
+        except OSError as exc:
+            self.error("recorder", f"cannot record to {path}: {exc.strerror or exc}", 500)
+
+    async def media_up(self, sdp: str) -> None:
+        """The call is answered: media flows from now on."""
+        if self.ending or self.answer_ms is not None:
+            return
         self.answer_ms = events.now_ms()
         self.emit(events.event("trackStart", track_id=self.call_id))
         self.emit(events.event("answer", track_id=self.call_id, sdp=sdp))
         self._replay_early_audio()
         with contextlib.suppress(Exception):
             await self.proc.registry.update(self.call_id, state="active", answered_at=self.answer_ms)
+
+    # --- SIP -----------------------------------------------------------------------------------------------
+
+    def attach_incoming(self, pending: Any) -> None:
+        """An inbound SIP call (held by the telephony side) now has this session's socket."""
+        self.sip = SipCall(self)
+        self.sip.attach(pending)
+
+    async def _accept(self, cmd: Accept) -> None:
+        if self.sip is None or self.answer_ms is not None:
+            self.error("accept", "no pending call to accept", 400)
+            return
+        await self._prepare(cmd.option)
+        answer = await self.sip.accept()
+        if answer is None:
+            await self.hangup("failed", "system")
+            return
+        await self.media_up(answer)
+
+    async def _ringing(self, cmd: Ringing) -> None:
+        if self.sip is None or self.answer_ms is not None:
+            self.error("ringing", "ringing answers an inbound SIP call; this call has none", 400)
+            return
+        if cmd.recorder is not None and self.recorder is None:
+            await self._start_recorder(cmd.recorder)
+        if await self.sip.ringing(cmd) and cmd.ringtone:
+            self._play(Play(url=cmd.ringtone))
+
+    async def _refer(self, cmd: Refer) -> None:
+        if self.answer_ms is None:
+            self.error("refer", "refer needs a connected call", 409)
+            return
+        if self.transfer is not None and not self.transfer.ended:
+            self.error("refer", "a transfer is already in progress", 409)
+            return
+        if self.proc.telephony is None:
+            self.error("refer", "SIP is not available in this media process", 503)
+            return
+        self.transfer = Transfer(self, cmd)
+        await self.transfer.start()
+
+    def play_moh(self, url: str) -> None:
+        track = self._start_track(ServerTrack(play_id=url, source=url, started_ms=events.now_ms()))
+        track.loader = asyncio.create_task(self._load(track, loop=True), name=f"call:{self.call_id}:moh")
+
+    def end_moh(self) -> None:
+        if self.server is not None and isinstance(self.server.player, FilePlayer) and self.server.player.loop:
+            self._finish_server_track(natural=False)
+        elif self.server is not None and self.server.player is None and self.server.loader is not None:
+            self._finish_server_track(natural=False)
+
+    def start_bridge_track(self, player: BridgePlayer, ssrc: int) -> None:
+        self._start_track(
+            ServerTrack(play_id=None, source="refer", started_ms=events.now_ms(), player=player, ssrc=ssrc)
+        )
+
+    def end_bridge_track(self, player: BridgePlayer) -> None:
+        if self.server is not None and self.server.player is player:
+            self._finish_server_track(natural=False)
 
     async def _answer_webrtc(self, option: Any) -> str | None:
         """The peer connection's answer, or None after telling the client why there is none."""
@@ -402,18 +495,17 @@ class CallSession:
             ServerTrack(play_id=play_id, source="tts", started_ms=events.now_ms(), player=run.player, tts=run)
         )
 
-    async def _load(self, track: ServerTrack) -> None:
-        loop = asyncio.get_running_loop()
+    async def _load(self, track: ServerTrack, loop: bool = False) -> None:
         try:
             path = str(await self.proc.cache.path_for(track.source)) if is_url(track.source) else track.source
-            samples = await loop.run_in_executor(self.proc.cpu, load_audio, path)
+            samples = await asyncio.get_running_loop().run_in_executor(self.proc.cpu, load_audio, path)
         except (FetchError, AudioFileError, OSError) as exc:
             if self.server is track:
                 self.emit(events.error(SERVER_SIDE_TRACK, f"filetrack: {track.source}", str(exc), 404))
                 self._finish_server_track(natural=True)
             return
         if self.server is track:
-            track.player = FilePlayer(samples)
+            track.player = FilePlayer(samples, loop=loop)
 
     def _finish_server_track(self, natural: bool) -> None:
         track = self.server
@@ -507,6 +599,10 @@ class CallSession:
 
     async def _finish(self) -> None:
         try:
+            if self.transfer is not None:
+                self.transfer.close()
+            if self.sip is not None:
+                self.sip.close()
             if self.rtc is not None:
                 await self.rtc.close()
             await self.listener.close()

@@ -27,6 +27,7 @@ class StackInfo:
     recorder_path: Path
     cache_path: Path
     redis: redis.Redis
+    sip_port: int = 0
 
     def health(self) -> dict[str, object]:
         with urllib.request.urlopen(f"{self.base}/health", timeout=5) as resp:
@@ -58,6 +59,8 @@ def stack_env(root: Path, port: int, redis_url: str | None, **settings: str) -> 
         LOG_LEVEL="WARNING",
         RTC_ADDRESSES="127.0.0.1",
         RTC_MEDIA_TIMEOUT="3",
+        SIP_ADDR="127.0.0.1",
+        SIP_PORT=str(free_port()),
     )
     env.pop("PYTHONWARNINGS", None)
     env.pop("REDIS_URL", None)
@@ -83,6 +86,7 @@ def running_stack(root: Path, media: int, web: int, **settings: str) -> Iterator
             root / "rec",
             root / "cache",
             redis.Redis.from_url(server.url),
+            int(env["SIP_PORT"]),
         )
         try:
             wait_healthy(info, media=media, web=web)

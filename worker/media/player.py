@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
 
 FRAME = 320  # 20 ms at 16 kHz
@@ -10,10 +12,11 @@ FRAME = 320  # 20 ms at 16 kHz
 class FilePlayer:
     """Plays a mono 16 kHz int16 buffer; `pause` holds the position, nothing is lost."""
 
-    def __init__(self, samples: np.ndarray) -> None:
+    def __init__(self, samples: np.ndarray, loop: bool = False) -> None:
         self._samples = samples
         self._pos = 0
         self.paused = False
+        self.loop = loop and len(samples) > 0  # music on hold: starts over until replaced
 
     @property
     def frames_total(self) -> int:
@@ -21,7 +24,7 @@ class FilePlayer:
 
     @property
     def finished(self) -> bool:
-        return self._pos >= len(self._samples)
+        return not self.loop and self._pos >= len(self._samples)
 
     @property
     def position_ms(self) -> int:
@@ -30,9 +33,38 @@ class FilePlayer:
     def next_frame(self) -> np.ndarray | None:
         """The next 20 ms frame, or None once the buffer is played out."""
         if self._pos >= len(self._samples):
-            return None
+            if not self.loop:
+                return None
+            self._pos = 0
         frame = self._samples[self._pos : self._pos + FRAME]
         self._pos += FRAME
         if len(frame) < FRAME:
             frame = np.concatenate([frame, np.zeros(FRAME - len(frame), dtype=np.int16)])
         return frame
+
+
+class BridgePlayer:
+    """The far leg of a transfer as the server-side track: its audio, frame by frame, as it arrives.
+
+    At most `depth` frames wait (older ones are dropped: latency stays bounded when the clocks drift);
+    when none is there the caller hears silence. It finishes when the leg ends."""
+
+    def __init__(self, depth: int = 6) -> None:
+        self._frames: deque[np.ndarray] = deque(maxlen=depth)
+        self._pending = np.zeros(0, dtype=np.int16)
+        self.paused = False
+        self.finished = False
+        self._silence = np.zeros(FRAME, dtype=np.int16)
+
+    def feed(self, pcm: np.ndarray) -> None:
+        buf = np.concatenate([self._pending, pcm]) if len(self._pending) else pcm
+        i = 0
+        while i + FRAME <= len(buf):
+            self._frames.append(buf[i : i + FRAME])
+            i += FRAME
+        self._pending = buf[i:].copy()
+
+    def next_frame(self) -> np.ndarray | None:
+        if self.finished:
+            return None
+        return self._frames.popleft() if self._frames else self._silence

@@ -1,0 +1,228 @@
+"""The SIP side of one media process: the user agent, RTP ports, inbound calls waiting for their app.
+
+An INVITE from outside becomes a pending call: registered in Redis (state `incoming`, owned here), announced
+to the webhook, and held (100 Trying) until an app opens `/call/sip?id=<dialogId>` and the frontend attaches
+the socket to it; then a CallSession runs it like any other call. A request for a dialog that another
+process owns is forwarded to it through its inbox (`pbx:sip:{call-id}` names the owner).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import numpy as np
+from redis.exceptions import RedisError
+
+from common import events, wire
+from common.errors import DuplicateCall
+from common.logs import call_id_var
+from worker.sip.agent import SipAgent
+from worker.sip.leg import SipLeg
+from worker.sip.message import Request
+from worker.sip.register import Registrations
+from worker.sip.rtp import PortPool
+from worker.sip.transaction import ServerTransaction
+from worker.sip.transport import Source
+
+if TYPE_CHECKING:
+    from worker.process import MediaProcess
+
+log = logging.getLogger("pbx.worker.telephony")
+
+SIP = "sip"  # inbox kind of a forwarded SIP message
+DIALOG_TTL = 6 * 3600
+WEBHOOK_TIMEOUT = 5.0
+
+
+class PendingCall:
+    """An inbound leg nobody has picked up yet; it ends if the peer cancels or nobody answers in time."""
+
+    def __init__(self, telephony: Telephony, leg: SipLeg, created_ms: int) -> None:
+        self.telephony = telephony
+        self.leg = leg
+        self.created_ms = created_ms
+        self.call_id = leg.dialog_id
+        self.timer: asyncio.TimerHandle | None = None
+
+    # LegEvents while nobody is attached
+    def leg_ended(self, leg: SipLeg, initiator: str, reason: str) -> None:
+        self.telephony.drop(self.call_id)
+
+    def leg_ringing(self, leg: SipLeg, early_media: bool) -> None: ...
+
+    def leg_answered(self, leg: SipLeg, remote_sdp: str) -> None: ...
+
+    def leg_failed(self, leg: SipLeg, code: int, reason: str) -> None: ...
+
+    def leg_audio(self, leg: SipLeg, pcm: np.ndarray) -> None: ...
+
+    def leg_digit(self, leg: SipLeg, digit: str) -> None: ...
+
+    def leg_refer(self, leg: SipLeg, target: str) -> None: ...
+
+    def leg_notify(self, leg: SipLeg, status: int, reason: str) -> None: ...
+
+
+class Telephony:
+    def __init__(self, proc: MediaProcess) -> None:
+        self.proc = proc
+        s = proc.settings
+        self.agent = SipAgent(s.sip_addr, s.sip_port, s.public_ip, forwarder=self._forward, claim=self._claim)
+        self.pool = PortPool(s.rtp_port_min, s.rtp_port_max)
+        if s.sip_webhook_url:
+            self.agent.on_invite = self._on_invite
+        self.pending: dict[str, PendingCall] = {}
+        self.registrations = Registrations(self.agent, s.sip_register)
+        self._http: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        await self.agent.start()
+        self.registrations.start()
+
+    async def close(self) -> None:
+        await self.registrations.close()
+        for pending in list(self.pending.values()):
+            pending.leg.reject(503, "Service Unavailable")
+            self.drop(pending.call_id)
+        if self._http is not None:
+            await self._http.close()
+        await self.agent.close()
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- cross-process routing ---------------------------------------------------------------------------
+
+    def _claim(self, sip_call_id: str, owned: bool) -> None:
+        self.spawn(self._record_claim(sip_call_id, owned))
+
+    async def _record_claim(self, sip_call_id: str, owned: bool) -> None:
+        key = self.proc.keys.sip(sip_call_id)
+        try:
+            if owned:
+                await self.proc.redis.set(key, self.proc.proc_id, ex=DIALOG_TTL)
+            else:
+                await self.proc.redis.delete(key)
+        except RedisError as exc:
+            log.warning("could not record the SIP dialog %s: %s", sip_call_id, exc)
+
+    async def _forward(self, sip_call_id: str, data: bytes, source: Source) -> bool:
+        owner: Any = await self.proc.redis.get(self.proc.keys.sip(sip_call_id))
+        if not owner:
+            return False
+        owner = owner.decode() if isinstance(owner, bytes) else str(owner)
+        if owner == self.proc.proc_id:
+            return False
+        body = {"d": data, "t": source.transport, "h": source.host, "p": source.port, "l": source.local_port}
+        self.proc.send(owner, wire.msg(sip_call_id, SIP, body))
+        return True
+
+    def forwarded(self, body: dict[str, Any]) -> None:
+        source = Source(str(body["t"]), str(body["h"]), int(body["p"]), int(body["l"]))
+        self.agent.handle(bytes(body["d"]), source, forwarded=True)
+
+    # --- inbound -----------------------------------------------------------------------------------------
+
+    def _on_invite(self, request: Request, tx: ServerTransaction) -> None:
+        if len(self.proc.sessions) + len(self.pending) >= self.proc.settings.max_calls:
+            self.agent.reply(tx, 503, headers=[("Retry-After", "5")])
+            return
+        leg = SipLeg.incoming(self.agent, self.pool, _Detached(), request, tx)
+        pending = PendingCall(self, leg, events.now_ms())
+        leg.bind_events(pending)
+        self.pending[pending.call_id] = pending
+        self.spawn(self._announce(pending, request))
+
+    async def _announce(self, pending: PendingCall, request: Request) -> None:
+        call_id = pending.call_id
+        token = call_id_var.set(call_id)
+        try:
+            caller, callee = str(request.from_.uri), str(request.to.uri)
+            try:
+                await self.proc.registry.register_incoming(
+                    call_id, self.proc.proc_id, {"caller": caller, "callee": callee}
+                )
+            except (DuplicateCall, RedisError) as exc:
+                log.warning("cannot register the inbound call: %s", exc)
+                pending.leg.reject(503, "Service Unavailable")
+                self.pending.pop(call_id, None)
+                return
+            timeout = self.proc.settings.sip_accept_timeout
+            pending.timer = asyncio.get_running_loop().call_later(timeout, self._unanswered, call_id)
+            payload = {
+                "dialogId": call_id,
+                "createdAt": events.rfc3339(pending.created_ms),
+                "caller": caller,
+                "callee": callee,
+                "event": "invite",
+                "headers": [f"{name}: {value}" for name, value in request.headers],
+                "offer": request.body.decode("utf-8", "replace"),
+            }
+            if not await self._post_webhook(payload) and call_id in self.pending:
+                pending.leg.reject(503, "Service Unavailable")
+                self.drop(call_id)
+        finally:
+            call_id_var.reset(token)
+
+    async def _post_webhook(self, payload: dict[str, Any]) -> bool:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT))
+        url = self.proc.settings.sip_webhook_url
+        try:
+            async with self._http.post(
+                url, data=json.dumps(payload), headers={"Content-Type": "application/json"}
+            ) as resp:
+                if 200 <= resp.status < 300:
+                    return True
+                log.warning("webhook %s answered %d: rejecting the call", url, resp.status)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.warning("webhook %s failed (%s): rejecting the call", url, exc)
+        return False
+
+    def _unanswered(self, call_id: str) -> None:
+        pending = self.pending.get(call_id)
+        if pending is None:
+            return
+        log.info("inbound call %s not answered in %.0f s", call_id, self.proc.settings.sip_accept_timeout)
+        if pending.leg.state in ("calling", "early"):
+            pending.leg.reject(480, "Temporarily Unavailable")
+        session = self.proc.sessions.get(call_id)
+        if session is not None:
+            session.spawn(session.hangup("no_answer", "system"), "accept-timeout")
+        self.drop(call_id)
+
+    def take(self, call_id: str) -> PendingCall | None:
+        """The pending call an attached session now runs (its timer keeps running until accept)."""
+        return self.pending.get(call_id)
+
+    def answered(self, call_id: str) -> None:
+        pending = self.pending.pop(call_id, None)
+        if pending is not None and pending.timer is not None:
+            pending.timer.cancel()
+
+    def drop(self, call_id: str) -> None:
+        pending = self.pending.pop(call_id, None)
+        if pending is None:
+            return
+        if pending.timer is not None:
+            pending.timer.cancel()
+        if call_id not in self.proc.sessions:
+            with contextlib.suppress(Exception):
+                self.spawn(self.proc.registry.remove(call_id))
+
+
+class _Detached(PendingCall):
+    """Events before the pending call is built (a 100 Trying is all that happens then)."""
+
+    def __init__(self) -> None:  # noqa: D107 - nothing to hold
+        pass
+
+    def leg_ended(self, leg: SipLeg, initiator: str, reason: str) -> None: ...
