@@ -1,0 +1,241 @@
+"""Outbound SIP calls, in-dialog requests and transfers over the real stack, against a scriptable SIP peer."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.audio_util import peak_freq, rms, tone
+from tests.e2e.client import CallClient
+from tests.e2e.conftest import StackInfo
+from tests.e2e.sip_peer import play_tone, sip_peer
+from tests.e2e.test_playback import write_wav
+from worker.sip import sdp
+from worker.sip.message import Request, Response, parse
+
+pytestmark = pytest.mark.e2e
+
+
+async def dial(stack: StackInfo, callee: str, call_id: str, **option: object) -> CallClient:
+    c = await CallClient.open(stack.ws, "/call/sip", call_id=call_id)
+    await c.send(
+        {"command": "invite", "option": {"callee": callee, "caller": "sip:bot@example.com", **option}}
+    )
+    return c
+
+
+def caller_channel(path: Path) -> np.ndarray:
+    with wave.open(str(path)) as w:
+        data = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+    return data[0::2]
+
+
+async def test_outbound_call_audio_both_ways_and_hangup(
+    stack: StackInfo, call_id: str, tmp_path: Path
+) -> None:
+    wav = tmp_path / "khz.wav"
+    write_wav(wav, tone(1000, 1.0))
+    async with sip_peer() as peer:
+        c = await dial(stack, peer.uri, call_id, sip={"headers": {"X-Campaign": "42"}}, recorder={})
+        try:
+            answer = await c.event("answer", timeout=10)
+            assert "m=audio" in answer["sdp"] and answer["trackId"] == call_id
+            names = c.names()
+            assert names.index("ringing") < names.index("trackStart") < names.index("answer")
+            invite = peer.invites[0]
+            assert invite.headers.get("X-Campaign") == "42"
+            assert str(invite.from_.uri) == "sip:bot@example.com"
+            leg, phone = await peer.leg()
+            await c.send({"command": "play", "url": str(wav)})
+            await play_tone(leg, 440, 1.5)
+            await c.event("trackEnd", trackId="server-side-track", timeout=5)
+            heard = phone.heard()
+            loud = np.array([rms(heard[i : i + 320]) for i in range(0, len(heard) - 319, 320)]) > 1000
+            assert 40 <= loud.sum() <= 55, f"{loud.sum()} loud frames for 1 s of tone"
+            seg = heard[np.argmax(loud) * 320 :][:8000]
+            assert abs(peak_freq(seg) - 1000) < 30
+            await c.send({"command": "hangup"})
+            hangup = await c.event("hangup", timeout=5)
+            assert hangup["initiator"] == "caller"
+            assert await phone.wait("ended") == "bye"
+            await c.wait_closed()
+        finally:
+            await c.close()
+    left = caller_channel(stack.recorder_path / f"{call_id}.wav")
+    assert abs(peak_freq(left[len(left) // 4 : len(left) // 4 + 8000]) - 440) < 30
+
+
+async def test_rejected_call(stack: StackInfo, call_id: str) -> None:
+    async with sip_peer(reject=486) as peer:
+        c = await dial(stack, peer.uri, call_id)
+        try:
+            reject = await c.event("reject", timeout=10)
+            assert reject["code"] == 486 and reject["reason"] == "Busy Here"
+            hangup = await c.event("hangup")
+            assert hangup["reason"] == "rejected" and "answer" not in c.names()
+        finally:
+            await c.close()
+
+
+async def test_remote_bye_ends_the_call(stack: StackInfo, call_id: str) -> None:
+    async with sip_peer() as peer:
+        c = await dial(stack, peer.uri, call_id)
+        try:
+            await c.event("answer", timeout=10)
+            leg, _ = await peer.leg()
+            leg.hangup()
+            hangup = await c.event("hangup", timeout=5)
+            assert hangup["initiator"] == "callee" and hangup["reason"] == "bye"
+            names = c.names()
+            assert names.index("trackEnd") < names.index("hangup")
+        finally:
+            await c.close()
+
+
+async def test_no_answer_is_cancelled(stack: StackInfo, call_id: str) -> None:
+    async with sip_peer(answer=False) as peer:
+        c = await dial(stack, peer.uri, call_id, handshakeTimeout="2s")
+        try:
+            await c.event("ringing", timeout=5)
+            reject = await c.event("reject", timeout=6)
+            assert reject["code"] == 408
+            _, phone = await peer.leg()
+            assert await phone.wait("ended") == "canceled"
+        finally:
+            await c.close()
+
+
+async def test_unreachable_callee_and_bad_uri(stack: StackInfo, call_id: str) -> None:
+    c = await dial(stack, "not a uri", call_id)
+    try:
+        err = await c.event("error", timeout=5)
+        assert err["sender"] == "invite" and err["code"] == 400
+        await c.event("hangup")
+    finally:
+        await c.close()
+
+
+def _info(template: Request, digit: str, cseq: int, port: int) -> bytes:
+    """An in-dialog INFO like the peer would send, from another socket (another source port)."""
+    h = template.headers.copy()
+    h.remove("Via")
+    h.prepend("Via", f"SIP/2.0/UDP 127.0.0.1:{port};rport;branch=z9hG4bKfwd{cseq}")
+    h.set("CSeq", f"{cseq} INFO")
+    h.remove("Content-Type")
+    h.add("Content-Type", "application/dtmf-relay")
+    return Request("INFO", template.uri, h, f"Signal={digit}\r\nDuration=160\r\n".encode()).serialize()
+
+
+async def test_info_dtmf_reaches_the_owner_from_any_process(stack: StackInfo, call_id: str) -> None:
+    """INFOs sent to the shared SIP port from many source ports land on both media processes; the one
+    that does not own the dialog forwards them through Redis, so every one is answered 200 and reported."""
+    async with sip_peer() as peer:
+        c = await dial(stack, peer.uri, call_id)
+        try:
+            await c.event("answer", timeout=10)
+            leg, _ = await peer.leg()
+            assert leg.dialog is not None
+            template = leg.dialog.request("INFO", leg.contact)
+            digits = "1234567890" * 2
+            loop = asyncio.get_running_loop()
+            for i, digit in enumerate(digits):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.bind(("127.0.0.1", 0))
+                    s.setblocking(False)
+                    data = _info(template, digit, 100 + i, s.getsockname()[1])
+                    seen = len(c.events)
+                    s.sendto(data, ("127.0.0.1", stack.sip_port))
+                    reply = await asyncio.wait_for(loop.sock_recv(s, 4096), 3)
+                resp = parse(reply)
+                assert isinstance(resp, Response) and resp.status == 200, reply[:80]
+                await c.event("dtmf", digit=digit, after=seen, timeout=3)
+            got = [e["digit"] for e in c.events if e.get("event") == "dtmf"]
+            assert got == list(digits)
+        finally:
+            await c.close()
+
+
+async def test_reinvite_hold_and_unhold(stack: StackInfo, call_id: str) -> None:
+    async with sip_peer() as peer:
+        c = await dial(stack, peer.uri, call_id)
+        try:
+            await c.event("answer", timeout=10)
+            leg, _ = await peer.leg()
+            assert leg.rtp is not None
+            for direction, expect in (("sendonly", "recvonly"), ("sendrecv", "sendrecv")):
+                offer = sdp.offer("127.0.0.1", leg.rtp.local_port, ("PCMU",), direction=direction)  # type: ignore[arg-type]
+                final = leg._send_in_dialog("INVITE", offer.encode(), "application/sdp")
+                assert final is not None
+                resp = await asyncio.wait_for(final, 5)
+                assert resp.status == 200
+                assert f"a={expect}" in resp.body.decode()
+                assert "PCMU" in resp.body.decode()
+        finally:
+            await c.close()
+
+
+async def test_bridged_transfer_of_a_websocket_call(stack: StackInfo, call_id: str) -> None:
+    async with sip_peer(ring_for=0.5) as agent:
+        c = await CallClient.open(stack.ws, "/call", call_id=call_id)
+        try:
+            await c.invite()
+            await c.send({"command": "refer", "target": agent.uri, "options": {"timeout": 5}})
+            ringing = await c.event("ringing", timeout=5, refer=True)
+            assert ringing["trackId"] == "server-side-track"
+            answer = await c.event("answer", timeout=5, refer=True)
+            assert answer["trackId"] == "server-side-track"
+            assert agent.invites[0].headers.get("X-Referred-Id") == call_id
+            leg, phone = await agent.leg()
+            frames_before = len(c.frames)
+            caller_tone = tone(1000, 1.5)
+
+            async def caller_speaks() -> None:
+                for i in range(0, len(caller_tone) - 319, 320):
+                    await c.ws.send_bytes(caller_tone[i : i + 320].tobytes())
+                    await asyncio.sleep(0.02)
+
+            await asyncio.gather(caller_speaks(), play_tone(leg, 440, 1.5))
+            got = np.frombuffer(b"".join(f for _, f in c.frames[frames_before:]), dtype=np.int16)
+            assert abs(peak_freq(got[len(got) // 3 :][:8000]) - 440) < 30
+            heard = phone.heard()
+            assert abs(peak_freq(heard[len(heard) // 3 :][:8000]) - 1000) < 30
+            leg.hangup()
+            leg_hangup = await c.event("hangup", timeout=5, refer=True)
+            assert leg_hangup["trackId"] == "server-side-track"
+            final = await c.event("hangup", timeout=5, reason="refer")
+            assert final["trackId"] == call_id
+        finally:
+            await c.close()
+
+
+async def test_transfer_to_nobody_times_out_and_the_call_goes_on(stack: StackInfo, call_id: str) -> None:
+    async with sip_peer(answer=False) as agent:
+        c = await CallClient.open(stack.ws, "/call", call_id=call_id)
+        try:
+            await c.invite()
+            await c.send({"command": "refer", "callee": agent.uri, "options": {"timeout": 1}})
+            reject = await c.event("reject", timeout=5, refer=True)
+            assert reject["code"] == 408 and reject["reason"] == "Timeout when refer"
+            await c.send({"command": "history", "speaker": "user", "text": "still here"})
+            await c.event("addHistory", timeout=3)
+            assert "hangup" not in c.names()
+        finally:
+            await c.close()
+
+
+async def test_bypass_refer_sends_refer_to_the_peer(stack: StackInfo, call_id: str) -> None:
+    async with sip_peer() as peer:
+        c = await dial(stack, peer.uri, call_id)
+        try:
+            await c.event("answer", timeout=10)
+            _, phone = await peer.leg()
+            await c.send({"command": "refer", "target": "sip:agent@127.0.0.1", "options": {"bypass": True}})
+            assert await phone.wait("refer") == "<sip:agent@127.0.0.1>"
+            await c.event("ringing", refer=True, timeout=5)
+        finally:
+            await c.close()
