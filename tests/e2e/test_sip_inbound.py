@@ -1,0 +1,241 @@
+"""Inbound SIP calls: the webhook, `/call/sip?id=<dialogId>`, accept / reject / ringing, CANCEL, timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+
+from common.embedded import free_port
+from tests.audio_util import peak_freq, tone
+from tests.e2e.client import CallClient
+from tests.e2e.conftest import StackInfo, running_stack
+from tests.e2e.sip_peer import Phone, play_tone
+from tests.e2e.test_playback import write_wav
+from worker.sip.agent import SipAgent
+from worker.sip.leg import SipLeg
+from worker.sip.rtp import PortPool
+
+pytestmark = pytest.mark.e2e
+
+
+class Webhook:
+    """An HTTP endpoint in a thread that records each POSTed payload (status = `status`)."""
+
+    def __init__(self) -> None:
+        self.payloads: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.status = 200
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                n = int(self.headers.get("Content-Length") or 0)
+                hook.payloads.put(json.loads(self.rfile.read(n)))
+                self.send_response(hook.status)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    async def next(self, timeout: float = 5.0) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, lambda: self.payloads.get(timeout=timeout))
+
+
+@pytest.fixture(scope="module")
+def webhook() -> Iterator[Webhook]:
+    hook = Webhook()
+    yield hook
+    hook.server.shutdown()
+    hook.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def inbound(tmp_path_factory: pytest.TempPathFactory, webhook: Webhook) -> Iterator[StackInfo]:
+    root = tmp_path_factory.mktemp("inbound")
+    with running_stack(root, 2, 1, SIP_WEBHOOK_URL=webhook.url, SIP_ACCEPT_TIMEOUT="3") as info:
+        yield info
+
+
+class Caller:
+    """A phone in the test calling the server."""
+
+    def __init__(self) -> None:
+        self.agent = SipAgent("127.0.0.1", 0)
+        self.phone = Phone()
+        self.leg: SipLeg | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def call(self, port: int, user: str = "bot", timeout: float = 10.0) -> SipLeg:
+        await self.agent.start()
+        self.leg = SipLeg(self.agent, PortPool(44000, 45000), self.phone, "uac")
+        target = f"sip:{user}@127.0.0.1:{port}"
+        self.task = asyncio.ensure_future(self.leg.dial("sip:alice@127.0.0.1", target, timeout=timeout))
+        return self.leg
+
+    async def close(self) -> None:
+        if self.leg is not None:
+            self.leg.hangup()
+        if self.task is not None:
+            self.task.cancel()
+        await asyncio.sleep(0.05)
+        await self.agent.close()
+
+
+async def test_webhook_incoming_accept_audio_and_bye(
+    inbound: StackInfo, webhook: Webhook, tmp_path: Path
+) -> None:
+    wav = tmp_path / "khz.wav"
+    write_wav(wav, tone(1000, 1.0))
+    caller = Caller()
+    try:
+        leg = await caller.call(inbound.sip_port)
+        hook = await webhook.next()
+        assert hook["event"] == "invite" and hook["caller"] == "sip:alice@127.0.0.1"
+        assert hook["callee"] == f"sip:bot@127.0.0.1:{inbound.sip_port}"
+        assert hook["offer"].startswith("v=0") and any(h.startswith("Call-ID:") for h in hook["headers"])
+        dialog_id = hook["dialogId"]
+        assert dialog_id.startswith(leg.call_id + "-" + leg.local_tag + "-")
+        async with aiohttp.ClientSession() as http, http.get(f"{inbound.base}/call/lists") as resp:
+            listed = {e["id"]: e for e in (await resp.json())["calls"]}
+        assert listed[dialog_id]["call_type"] == "sip"
+        c = await CallClient.open(inbound.ws, "/call/sip", call_id=dialog_id)
+        try:
+            incoming = await c.event("incoming")
+            assert incoming["caller"] == "sip:alice@127.0.0.1" and "m=audio" in incoming["sdp"]
+            await c.send({"command": "ringing"})
+            assert await caller.phone.wait("ringing") is False
+            await c.send({"command": "accept", "option": {"recorder": {}}})
+            answer = await c.event("answer")
+            assert "m=audio" in answer["sdp"]
+            await caller.phone.wait("answered")
+            await c.send({"command": "play", "url": str(wav)})
+            await play_tone(leg, 440, 1.2)
+            await c.event("trackEnd", trackId="server-side-track", timeout=5)
+            heard = caller.phone.heard()
+            assert abs(peak_freq(heard[len(heard) // 3 :][:8000]) - 1000) < 30
+            leg.hangup()
+            hangup = await c.event("hangup")
+            assert hangup["initiator"] == "caller" and hangup["reason"] == "bye"
+        finally:
+            await c.close()
+    finally:
+        await caller.close()
+    assert not inbound.redis.exists(f"pbx:call:{dialog_id}")
+
+
+async def test_reject_sends_the_code(inbound: StackInfo, webhook: Webhook) -> None:
+    caller = Caller()
+    try:
+        await caller.call(inbound.sip_port)
+        hook = await webhook.next()
+        c = await CallClient.open(inbound.ws, "/call/sip", call_id=hook["dialogId"])
+        try:
+            await c.event("incoming")
+            await c.send({"command": "reject", "reason": "Busy", "code": 486})
+            assert await caller.phone.wait("failed") == 486
+            await c.event("hangup")
+        finally:
+            await c.close()
+    finally:
+        await caller.close()
+
+
+async def test_early_media_ringtone_then_cancel(inbound: StackInfo, webhook: Webhook, tmp_path: Path) -> None:
+    ring = tmp_path / "ring.wav"
+    write_wav(ring, tone(600, 3.0))
+    caller = Caller()
+    try:
+        await caller.call(inbound.sip_port)
+        hook = await webhook.next()
+        c = await CallClient.open(inbound.ws, "/call/sip", call_id=hook["dialogId"])
+        try:
+            await c.event("incoming")
+            await c.send({"command": "ringing", "ringtone": str(ring)})
+            assert await caller.phone.wait("ringing") is True  # 183 with SDP
+            await asyncio.sleep(1.0)
+            heard = caller.phone.heard()
+            assert len(heard) > 8000 and abs(peak_freq(heard[-8000:]) - 600) < 30
+            assert caller.leg is not None
+            caller.leg.hangup()  # CANCEL
+            hangup = await c.event("hangup", timeout=5)
+            assert hangup["reason"] == "canceled" and hangup["initiator"] == "caller"
+        finally:
+            await c.close()
+    finally:
+        await caller.close()
+
+
+async def test_unanswered_call_is_turned_away(inbound: StackInfo, webhook: Webhook) -> None:
+    caller = Caller()
+    try:
+        await caller.call(inbound.sip_port)
+        hook = await webhook.next()
+        c = await CallClient.open(inbound.ws, "/call/sip", call_id=hook["dialogId"])
+        try:
+            await c.event("incoming")
+            assert await caller.phone.wait("failed", timeout=6) == 480
+            hangup = await c.event("hangup")
+            assert hangup["reason"] == "no_answer"
+        finally:
+            await c.close()
+    finally:
+        await caller.close()
+
+
+async def test_socket_closing_before_accept_declines(inbound: StackInfo, webhook: Webhook) -> None:
+    caller = Caller()
+    try:
+        await caller.call(inbound.sip_port)
+        hook = await webhook.next()
+        c = await CallClient.open(inbound.ws, "/call/sip", call_id=hook["dialogId"])
+        await c.event("incoming")
+        await c.close()
+        assert await caller.phone.wait("failed", timeout=5) == 603
+    finally:
+        await caller.close()
+
+
+async def test_webhook_failure_rejects(inbound: StackInfo, webhook: Webhook) -> None:
+    webhook.status = 500
+    caller = Caller()
+    try:
+        await caller.call(inbound.sip_port)
+        await webhook.next()
+        assert await caller.phone.wait("failed", timeout=5) == 503
+    finally:
+        webhook.status = 200
+        await caller.close()
+
+
+async def test_no_webhook_configured_is_503(stack: StackInfo) -> None:
+    caller = Caller()
+    try:
+        await caller.call(stack.sip_port)
+        assert await caller.phone.wait("failed", timeout=5) == 503
+    finally:
+        await caller.close()
+
+
+async def test_accept_without_pending_call_is_an_error(stack: StackInfo, call_id: str) -> None:
+    c = await CallClient.open(stack.ws, "/call/sip", call_id=call_id)
+    try:
+        await c.send({"command": "accept", "option": {}})
+        err = await c.event("error")
+        assert err["sender"] == "accept" and err["code"] == 400
+        assert np.all([e.get("event") != "hangup" for e in c.events])
+    finally:
+        await c.close()
