@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
+import queue
+import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -107,3 +112,45 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
 @pytest.fixture
 def call_id() -> str:
     return f"t.{uuid.uuid4()}"
+
+
+class Webhook:
+    """An HTTP endpoint in a thread that records each POSTed payload (status = `status`)."""
+
+    def __init__(self) -> None:
+        self.payloads: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.status = 200
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                n = int(self.headers.get("Content-Length") or 0)
+                hook.payloads.put(json.loads(self.rfile.read(n)))
+                self.send_response(hook.status)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    async def next(self, timeout: float = 5.0) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, lambda: self.payloads.get(timeout=timeout))
+
+
+@pytest.fixture(scope="module")
+def webhook() -> Iterator[Webhook]:
+    hook = Webhook()
+    yield hook
+    hook.server.shutdown()
+    hook.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def inbound(tmp_path_factory: pytest.TempPathFactory, webhook: Webhook) -> Iterator[StackInfo]:
+    root = tmp_path_factory.mktemp("inbound")
+    with running_stack(root, 2, 1, SIP_WEBHOOK_URL=webhook.url, SIP_ACCEPT_TIMEOUT="3") as info:
+        yield info

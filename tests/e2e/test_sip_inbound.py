@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import queue
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import numpy as np
 import pytest
 
-from common.embedded import free_port
 from tests.audio_util import peak_freq, tone
 from tests.e2e.client import CallClient
-from tests.e2e.conftest import StackInfo, running_stack
+from tests.e2e.conftest import StackInfo, Webhook
 from tests.e2e.sip_peer import Phone, play_tone
 from tests.e2e.test_playback import write_wav
 from worker.sip.agent import SipAgent
@@ -26,48 +19,6 @@ from worker.sip.leg import SipLeg
 from worker.sip.rtp import PortPool
 
 pytestmark = pytest.mark.e2e
-
-
-class Webhook:
-    """An HTTP endpoint in a thread that records each POSTed payload (status = `status`)."""
-
-    def __init__(self) -> None:
-        self.payloads: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.status = 200
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                n = int(self.headers.get("Content-Length") or 0)
-                hook.payloads.put(json.loads(self.rfile.read(n)))
-                self.send_response(hook.status)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    async def next(self, timeout: float = 5.0) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, lambda: self.payloads.get(timeout=timeout))
-
-
-@pytest.fixture(scope="module")
-def webhook() -> Iterator[Webhook]:
-    hook = Webhook()
-    yield hook
-    hook.server.shutdown()
-    hook.server.server_close()
-
-
-@pytest.fixture(scope="module")
-def inbound(tmp_path_factory: pytest.TempPathFactory, webhook: Webhook) -> Iterator[StackInfo]:
-    root = tmp_path_factory.mktemp("inbound")
-    with running_stack(root, 2, 1, SIP_WEBHOOK_URL=webhook.url, SIP_ACCEPT_TIMEOUT="3") as info:
-        yield info
 
 
 class Caller:
