@@ -12,7 +12,9 @@ from common.embedded import free_port
 from scripts.stack import Stack
 
 
-async def start_stack(web: int, media: int, max_calls: int, root: Path, **extra: str) -> tuple[str, Stack]:
+async def start_stack(
+    web: int, media: int, max_calls: int, root: Path, log: Path | None = None, **extra: str
+) -> tuple[str, Stack]:
     """A stack of its own (embedded Redis on a free port) with `web` frontends and `media` processes."""
     port = free_port()
     env = dict(
@@ -27,7 +29,7 @@ async def start_stack(web: int, media: int, max_calls: int, root: Path, **extra:
     )
     env.update(extra)
     env.pop("REDIS_URL", None)
-    stack = Stack(env, quiet=True).start()
+    stack = Stack(env, quiet=True, log=log).start()
     base = f"http://127.0.0.1:{port}"
     for _ in range(150):
         try:

@@ -21,14 +21,22 @@ ROOT = Path(__file__).resolve().parent.parent
 class Stack:
     """The processes of one local deployment, started in order and stopped in reverse."""
 
-    def __init__(self, env: dict[str, str] | None = None, quiet: bool = False) -> None:
+    def __init__(
+        self, env: dict[str, str] | None = None, quiet: bool = False, log: Path | None = None
+    ) -> None:
         self.env = dict(os.environ if env is None else env)
         self.quiet = quiet
+        self.log = log  # where the processes' output goes instead (benchmarks read it)
         self.redis: EmbeddedRedis | None = None
         self.web: subprocess.Popen[bytes] | None = None
         self.worker: subprocess.Popen[bytes] | None = None
 
     def _popen(self, args: list[str]) -> subprocess.Popen[bytes]:
+        if self.log is not None:
+            with self.log.open("ab") as log:
+                return subprocess.Popen(
+                    args, cwd=ROOT, env=self.env, stdout=log, stderr=log, start_new_session=True
+                )
         out = subprocess.DEVNULL if self.quiet else None
         return subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=out, stderr=out, start_new_session=True)
 

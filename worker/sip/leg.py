@@ -82,6 +82,7 @@ class SipLeg:
         self._auth: DigestState | None = None
         self._provisional = False
         self._cancel_wanted = False
+        self._cancel_sent = False
         self._ack: bytes | None = None
         self._ack_target: Target | None = None
         self._outcome: asyncio.Future[None] | None = None
@@ -216,11 +217,11 @@ class SipLeg:
     def _on_invite_response(self, resp: Response) -> None:
         status = resp.status
         if status < 200:
-            if status == 100:
-                return
-            self._provisional = True
+            self._provisional = True  # any provisional, 100 Trying too, allows the CANCEL (§9.1)
             if self._cancel_wanted:
                 self._send_cancel()
+                return
+            if status == 100:
                 return
             if self.state == "ended":
                 return
@@ -269,6 +270,8 @@ class SipLeg:
             self.dialog.early = False
             self.agent.add_dialog(self.dialog.key, self)
         self._send_ack()
+        if self.state == "confirmed":
+            return  # a retransmission of the 2xx: ACKed again, nothing more to do
         if self.state == "ended" or self._cancel_wanted:
             self._send_bye()  # answered after we gave up: hang it up at once (§15)
             return
@@ -308,8 +311,9 @@ class SipLeg:
         if self._invite is None or self._target is None:
             return
         self._cancel_wanted = True
-        if not self._provisional:
+        if not self._provisional or self._cancel_sent:
             return
+        self._cancel_sent = True
         invite = self._invite
         h = Headers()
         h.add("Via", invite.headers.get_all("Via")[0])
@@ -463,8 +467,10 @@ class SipLeg:
         self._send_in_dialog("BYE", headers=headers)
 
     def on_ack(self, request: Request) -> None:
-        if self.tx is not None and not self.tx.acked.done():
-            self.tx.ack(request)
+        # The ACK of our 2xx to the initial INVITE or to a re-INVITE: same CSeq number (§13.2.2.4).
+        for tx in (self.tx, self._reinvite_tx):
+            if tx is not None and not tx.acked.done() and tx.request.cseq.number == request.cseq.number:
+                tx.ack(request)
         body = request.body.decode("utf-8", "replace")
         if body.strip() and self._reoffer is not None:
             with contextlib.suppress(ValueError):
@@ -472,6 +478,7 @@ class SipLeg:
             self._reoffer = None
 
     _reoffer: str | None = None
+    _reinvite_tx: ServerTransaction | None = None
 
     def on_request(self, request: Request, tx: ServerTransaction) -> None:
         agent = self.agent
@@ -490,6 +497,8 @@ class SipLeg:
             if digit is not None and self.state != "ended":
                 self.events.leg_digit(self, digit)
         elif method in ("INVITE", "UPDATE"):
+            if method == "INVITE":
+                self._reinvite_tx = tx
             self._on_reoffer(request, tx)
         elif method == "OPTIONS":
             agent.reply(tx, 200, headers=[("Accept", "application/sdp")])

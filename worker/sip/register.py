@@ -77,6 +77,7 @@ class Registration:
         self.registered = asyncio.Event()
         self.granted = 0
         self.last_status = 0
+        self.contact = ""
 
     async def register_once(self, expires: int | None = None) -> Response:
         """One REGISTER (retried once per fresh challenge); the final response."""
@@ -91,6 +92,7 @@ class Registration:
         expires = account.expires if expires is None else expires
         port = self.agent.transport.shared_port or self.agent.port
         contact = f"<sip:{account.username}@{self.agent.address}:{port}>"
+        self.contact = contact
         for _attempt in range(3):
             self.cseq += 1
             h = Headers()
@@ -104,6 +106,10 @@ class Registration:
             for name, value in self.auth.authorize("REGISTER", str(server)):
                 request.headers.add(name, value)
             response = await self.agent.send_request(request, target).final
+            min_expires = (response.headers.get("Min-Expires") or "").strip()
+            if response.status == 423 and min_expires.isdigit() and int(min_expires) > expires:
+                expires = int(min_expires)  # Interval Too Brief (§10.2.8): ask again for what it allows
+                continue
             if response.status in (401, 407):
                 name = "WWW-Authenticate" if response.status == 401 else "Proxy-Authenticate"
                 try:
@@ -124,7 +130,7 @@ class Registration:
                 continue
             self.last_status = response.status
             if 200 <= response.status < 300:
-                self.granted = _granted(response, self.account.expires)
+                self.granted = _granted(response, self.account.expires, self.contact)
                 self.registered.set()
                 log.info(
                     "registered %s at %s for %d s", self.account.username, self.account.server, self.granted
@@ -141,8 +147,12 @@ class Registration:
                 await asyncio.sleep(RETRY_AFTER)
 
 
-def _granted(response: Response, asked: int) -> int:
+def _granted(response: Response, asked: int, ours: str = "") -> int:
+    # §10.2.4: the 200 lists every binding of the address-of-record; ours is the one that counts.
+    mine = uri_of(ours) if ours else None
     for contact in response.contacts:
+        if mine is not None and not contact.uri.equivalent(mine):
+            continue
         if contact.expires is not None:
             return contact.expires
     value = response.headers.get("Expires")

@@ -179,6 +179,9 @@ class RtpSession:
         self.received = 0
         self.octets = 0
         self.last_packet = time.monotonic()
+        self._seq_first: int | None = None
+        self._seq_high = 0  # highest extended sequence number seen (RFC 3550 A.1, simplified)
+        self.audio_received = 0
         self.local_port = 0
         self._rtp: asyncio.DatagramTransport | None = None
         self._rtcp: asyncio.DatagramTransport | None = None
@@ -251,11 +254,28 @@ class RtpSession:
             return
         if header.payload_type != self.payload_type:
             return  # comfort noise and other payloads are not audio for the pipeline
+        self._count(header.sequence)
         for chunk in self._jitter.push(header.sequence, payload):
             try:
                 self.on_audio(self._decoder.decode(chunk))
             except Exception:
                 log.debug("undecodable %s payload of %d bytes", self.codec_name, len(chunk))
+
+    def _count(self, seq: int) -> None:
+        self.audio_received += 1
+        if self._seq_first is None:
+            self._seq_first = self._seq_high = seq
+            return
+        delta = (seq - self._seq_high) & 0xFFFF
+        if delta < 0x8000:  # ahead (maybe across a wrap)
+            self._seq_high += delta
+
+    @property
+    def lost(self) -> int:
+        """Audio packets that never came (cumulative, as RTCP counts it; duplicates can make it negative)."""
+        if self._seq_first is None:
+            return 0
+        return self._seq_high - self._seq_first + 1 - self.audio_received
 
     def _on_rtcp(self, data: bytes, addr: tuple[str, int]) -> None:
         self.last_packet = time.monotonic()
@@ -278,6 +298,11 @@ class RtpSession:
             self._rtcp.sendto(sr + sdes, self.remote_rtcp)
 
     async def close(self) -> None:
+        if self._rtp is not None:
+            log.info(
+                "rtp port %d: sent %d, received %d, lost %d",
+                *(self.local_port, self.sent, self.audio_received, self.lost),
+            )
         if self._reports is not None:
             self._reports.cancel()
         for transport in (self._rtp, self._rtcp):

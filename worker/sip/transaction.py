@@ -112,8 +112,11 @@ class ClientTransaction:
         self._later(nxt, self._retransmit, nxt)
 
     def _timeout(self) -> None:
-        if not self.final.done():
-            self.fail(408, "Request Timeout")
+        if self.final.done():
+            return
+        if self.provisional and self.method == "INVITE":
+            return  # Timer B only runs in Calling: a ringing INVITE waits for its TU (§17.1.1.2)
+        self.fail(408, "Request Timeout")
 
     def fail(self, status: int, reason: str) -> None:
         """End without a real final response (timeout, transport error): a synthetic one reports it."""

@@ -13,6 +13,7 @@ it (RFC 3261 §18.3); a stream that breaks that framing is closed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import socket
@@ -23,6 +24,7 @@ from typing import cast
 log = logging.getLogger("pbx.worker.sip.transport")
 
 MAX_MESSAGE = 64 * 1024
+RECEIVE_BUFFER = 4 * 1024 * 1024
 _CONTENT_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d+)[ \t]*$", re.IGNORECASE | re.MULTILINE)
 
 
@@ -129,8 +131,20 @@ class SipTransport:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        own = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        own.bind((self.host, 0))
+        # TCP listens on the number the kernel gave the UDP socket; that TCP port may be in use (any local
+        # connection can hold it), so pick again until both are free.
+        for attempt in range(20):
+            own = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            own.bind((self.host, 0))
+            try:
+                server = await loop.create_server(lambda: _Tcp(self), self.host, own.getsockname()[1])
+            except OSError:
+                own.close()
+                if attempt == 19:
+                    raise
+                continue
+            break
+        self._servers.append(server)
         self.own_port = own.getsockname()[1]
         sockets = [own]
         if self.shared_port:
@@ -140,12 +154,14 @@ class SipTransport:
             shared.bind((self.host, self.shared_port))
             sockets.append(shared)
         for sock in sockets:
+            # A burst of requests (many calls set up at once) must queue, not overflow the default buffer.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
             port = sock.getsockname()[1]
             sock.setblocking(False)
             proto = _Udp(self.handler, port)
             await loop.create_datagram_endpoint(_returning(proto), sock=sock)
             self._udp[port] = proto
-        self._servers.append(await loop.create_server(lambda: _Tcp(self), self.host, self.own_port))
 
     def send(
         self, data: bytes, host: str, port: int, transport: str = "udp", local_port: int | None = None
