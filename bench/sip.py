@@ -96,7 +96,7 @@ async def setup_rate(rate: int, calls: int, hold: float, media: int) -> None:
             SIP_WEBHOOK_URL=f"http://127.0.0.1:{hook_port}/hook",
         )
         app.base = base.replace("http", "ws")
-        app.session = aiohttp.ClientSession()
+        app.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         try:
             began = time.monotonic()
             sipp = await asyncio.create_subprocess_exec(
@@ -132,11 +132,11 @@ async def setup_rate(rate: int, calls: int, hold: float, media: int) -> None:
 
 async def rtp_step(base: str, n: int, uas_port: int, window: float, log: Path) -> None:
     mark = log.stat().st_size
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         sockets: list[aiohttp.ClientWebSocketResponse] = []
         setup: list[float] = []
         for _ in range(n):
-            ws = await session.ws_connect(f"{base}/call/sip", params={"id": f"b.{uuid.uuid4()}"})
+            ws = await session.ws_connect(f"{base}/call/sip", params={"id": f"b.{uuid.uuid4()}", "ping": "0"})
             sockets.append(ws)
         sent_at = time.monotonic()
         for ws in sockets:
