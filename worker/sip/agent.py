@@ -289,6 +289,7 @@ class SipAgent:
             return
         st = self.layer.match_request(request)
         if st is not None:
+            st.source = target  # answer where it came from this time (a NAT may have moved it)
             st.retransmission()
             return
         if request.method == "CANCEL":
