@@ -375,7 +375,7 @@ class CallSession:
 
     async def _ringing(self, cmd: Ringing) -> None:
         if self.sip is None or self.answer_ms is not None:
-            self.error("ringing", "ringing answers an inbound SIP call; this call has none", 400)
+            self.error("ringing", "no pending call to ring (ringing answers an inbound SIP call)", 400)
             return
         if cmd.recorder is not None and self.recorder is None:
             await self._start_recorder(cmd.recorder)

@@ -95,7 +95,9 @@ class SipCall:
         """180 (or 183 with our answer when earlyMedia/ringtone); False when there is nothing to ring."""
         leg = self.leg
         if leg is None or leg.role != "uas":
-            self.session.error("ringing", "ringing answers an inbound SIP call; this call has none", 400)
+            self.session.error(
+                "ringing", "no pending call to ring (ringing answers an inbound SIP call)", 400
+            )
             return False
         try:
             await leg.ringing(bool(cmd.early_media or cmd.ringtone))

@@ -64,22 +64,25 @@ async def test_each_bad_command_gets_an_error_and_the_call_goes_on(stack: StackI
     assert len(errors) == len(CASES) + 2, "every error event is in the dump"
 
 
-async def test_unbuilt_capabilities_answer_with_an_error(stack: StackInfo, call_id: str) -> None:
+async def test_inbound_sip_commands_on_another_call_answer_with_an_error(
+    stack: StackInfo, call_id: str
+) -> None:
     c = await CallClient.open(stack.ws, call_id=call_id)
     try:
         await c.invite()
-        for cmd, needle in [
-            ({"command": "refer", "target": "sip:a@b"}, "refer"),
+        for cmd, sender in [
             ({"command": "accept", "option": {}}, "accept"),
             ({"command": "ringing"}, "ringing"),
+            ({"command": "reject", "reason": "busy"}, "reject"),
         ]:
             mark = len(c.events)
             await c.send(cmd)
             err = await c.event("error", after=mark)
-            assert needle in err["error"] and err["code"] == 501
+            assert err["sender"] == sender and err["code"] == 400 and "no pending call" in err["error"]
         await c.send({"command": "invite", "option": {}})
         err = await c.event("error", sender="invite")
         assert "already" in err["error"]
+        assert "hangup" not in c.names()
     finally:
         await c.close()
 
