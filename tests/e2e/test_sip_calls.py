@@ -7,6 +7,7 @@ import socket
 import wave
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 import pytest
 
@@ -99,15 +100,21 @@ async def test_remote_bye_ends_the_call(stack: StackInfo, call_id: str) -> None:
 
 async def test_no_answer_is_cancelled(stack: StackInfo, call_id: str) -> None:
     async with sip_peer(answer=False) as peer:
-        c = await dial(stack, peer.uri, call_id, handshakeTimeout="2s")
+        sip = {"username": "bot", "password": "s3cret-pw", "realm": "example.com"}
+        c = await dial(stack, peer.uri, call_id, handshakeTimeout="2s", sip=sip)
         try:
             await c.event("ringing", timeout=5)
+            async with aiohttp.ClientSession() as http, http.get(f"{stack.base}/call/lists") as resp:
+                listing = await resp.text()
+            assert call_id in listing and "s3cret-pw" not in listing and '"***"' in listing
             reject = await c.event("reject", timeout=6)
             assert reject["code"] == 408
             _, phone = await peer.leg()
             assert await phone.wait("ended") == "canceled"
+            await c.wait_closed()
         finally:
             await c.close()
+    assert "s3cret-pw" not in (stack.recorder_path / f"{call_id}.events.jsonl").read_text()
 
 
 async def test_unreachable_callee_and_bad_uri(stack: StackInfo, call_id: str) -> None:
