@@ -86,20 +86,25 @@ class Registry:
         self._update = redis.register_script(_UPDATE)
         self._attach = redis.register_script(_ATTACH)
 
-    async def register_pending(
-        self, call_id: str, call_type: str, frontend: str, params: bytes | None = None
-    ) -> int:
-        """Register a new call (refusing a live duplicate id) and, with `params`, ask for a media process."""
+    async def _insert(self, call_id: str, fields: dict[str, str]) -> tuple[int, Any]:
+        """Claim the id (refusing a live duplicate); a pipeline that writes the entry when executed."""
         created = time.time_ns() // 1_000_000
         key = self.keys.call(call_id)
         if not await self.redis.hsetnx(key, "id", call_id):
             raise DuplicateCall(f"call {call_id!r} already exists", "a live call already uses this id")
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(
-            key,
-            mapping={"call_type": call_type, "created_at": created, "state": "pending", "frontend": frontend},
-        )
+        mapping: dict[str, str | int] = {"created_at": created, **fields}
+        pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
         pipe.zadd(self.keys.calls, {call_id: created})
+        return created, pipe
+
+    async def register_pending(
+        self, call_id: str, call_type: str, frontend: str, params: bytes | None = None
+    ) -> int:
+        """Register a new call (refusing a live duplicate id) and, with `params`, ask for a media process."""
+        created, pipe = await self._insert(
+            call_id, {"call_type": call_type, "state": "pending", "frontend": frontend}
+        )
         if params is not None:
             fields = {
                 "call_id": call_id,
@@ -108,29 +113,20 @@ class Registry:
                 "created_at": created,
                 "params": params,
             }
-            pipe.xadd(self.keys.dispatch, fields, maxlen=100_000, approximate=True)  # type: ignore[arg-type]
+            pipe.xadd(self.keys.dispatch, fields, maxlen=100_000, approximate=True)
         await pipe.execute()
         return created
 
     async def register_incoming(self, call_id: str, owner: str, option: dict[str, Any]) -> int:
         """Register an inbound call that the owner holds until an app's socket attaches to it."""
-        created = time.time_ns() // 1_000_000
-        key = self.keys.call(call_id)
-        if not await self.redis.hsetnx(key, "id", call_id):
-            raise DuplicateCall(f"call {call_id!r} already exists", "a live call already uses this id")
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(
-            key,
-            mapping={
-                "call_type": "sip",
-                "created_at": created,
-                "state": "incoming",
-                "owner": owner,
-                "frontend": "",
-                "option": json.dumps(option),
-            },
-        )
-        pipe.zadd(self.keys.calls, {call_id: created})
+        fields = {
+            "call_type": "sip",
+            "state": "incoming",
+            "owner": owner,
+            "frontend": "",
+            "option": json.dumps(option),
+        }
+        created, pipe = await self._insert(call_id, fields)
         await pipe.execute()
         return created
 
