@@ -30,6 +30,21 @@ if [ "${1:-}" = "dev" ] && [ ! -x /usr/bin/chromium ]; then
     echo "warning: /usr/bin/chromium is missing; the playground test will fail" >&2
   fi
 fi
+# The SIP tests drive Debian's SIPp (sip-tester, with its pcap files) and baresip as peers of the server.
+if [ "${1:-}" = "dev" ] && [ ! -x /usr/bin/sipp ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    apt_install sip-tester
+  else
+    echo "warning: /usr/bin/sipp is missing; the SIPp tests will fail" >&2
+  fi
+fi
+if [ "${1:-}" = "dev" ] && [ ! -x /usr/bin/baresip ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    apt_install baresip-core
+  else
+    echo "warning: /usr/bin/baresip is missing; the baresip tests will fail" >&2
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
