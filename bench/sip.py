@@ -108,16 +108,11 @@ async def setup_rate(rate: int, calls: int, hold: float, media: int) -> None:
             )  # fmt: skip
             code = await sipp.wait()
             took = time.monotonic() - began
-            setup: list[float] = []
-            for path in Path(tmp).glob("*_rtt.csv"):
-                with path.open() as f:
-                    for row in csv.DictReader(f, delimiter=";"):
-                        value = row.get("response_time_ms") or ""
-                        if value.strip():
-                            setup.append(float(value))
+            setup = read_rtts(Path(tmp))
             print(
                 f"setup rate={rate}/s calls={calls} hold={hold:.0f}s media={media}: sipp exit {code}, "
-                f"answered {app.accepted}, app failures {app.failed}, {calls / (took - hold):.1f} setups/s sustained; "
+                f"answered {app.accepted}, app failures {app.failed}, "
+                f"{calls / (took - hold):.1f} setups/s sustained; "
                 f"setup p50={pct(setup, 50):.1f} p99={pct(setup, 99):.1f} max={max(setup or [0]):.1f} ms "
                 f"({len(setup)} samples)"
             )
@@ -130,8 +125,30 @@ async def setup_rate(rate: int, calls: int, hold: float, media: int) -> None:
 # --- concurrent RTP ------------------------------------------------------------------------------------
 
 
+def read_rtts(folder: Path) -> list[float]:
+    """The INVITE → 200 times sipp wrote (`-trace_rtt`), in ms."""
+    out: list[float] = []
+    for path in folder.glob("*_rtt.csv"):
+        with path.open() as f:
+            out += [
+                float(v) for row in csv.DictReader(f, delimiter=";") if (v := row.get("response_time_ms"))
+            ]
+    return out
+
+
+def read_rtp_lines(log: Path, mark: int) -> list[tuple[int, ...]]:
+    """(sent, received, lost) of each RTP stream that closed after offset `mark` of the stack's log."""
+    with log.open() as f:
+        f.seek(mark)
+        return [tuple(int(x) for x in m.groups()) for m in _RTP_LINE.finditer(f.read())]
+
+
+def log_size(log: Path) -> int:
+    return log.stat().st_size
+
+
 async def rtp_step(base: str, n: int, uas_port: int, window: float, log: Path) -> None:
-    mark = log.stat().st_size
+    mark = log_size(log)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         sockets: list[aiohttp.ClientWebSocketResponse] = []
         setup: list[float] = []
@@ -165,9 +182,7 @@ async def rtp_step(base: str, n: int, uas_port: int, window: float, log: Path) -
             async for _msg in ws:
                 pass
     await asyncio.sleep(1.0)
-    with log.open() as f:
-        f.seek(mark)
-        rows = [tuple(int(x) for x in m.groups()) for m in _RTP_LINE.finditer(f.read())]
+    rows = read_rtp_lines(log, mark)
     sent = sum(r[0] for r in rows)
     received = sum(r[1] for r in rows)
     lost = sum(max(0, r[2]) for r in rows)

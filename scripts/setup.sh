@@ -38,6 +38,11 @@ if [ "${1:-}" = "dev" ] && [ ! -x /usr/bin/sipp ]; then
     echo "warning: /usr/bin/sipp is missing; the SIPp tests will fail" >&2
   fi
 fi
+# SIPp plays RTP from pcap files through a raw socket: without root it needs CAP_NET_RAW.
+if [ "${1:-}" = "dev" ] && [ "$(id -u)" != 0 ] && [ -x /usr/bin/sipp ] && command -v apt-get >/dev/null 2>&1; then
+  command -v setcap >/dev/null 2>&1 || apt_install libcap2-bin
+  $SUDO setcap cap_net_raw+ep /usr/bin/sipp || echo "warning: cannot give sipp CAP_NET_RAW; pcap tests will fail" >&2
+fi
 if [ "${1:-}" = "dev" ] && [ ! -x /usr/bin/baresip ]; then
   if command -v apt-get >/dev/null 2>&1; then
     apt_install baresip-core
