@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 _SECRET_FIELDS = frozenset(
-    {"sip_register", "openai_api_key", "tencent_secret_id", "tencent_secret_key", "restsend_token"}
+    {"sip_register", "openai_api_key", "tencent_secret_id", "tencent_secret_key", "restsend_token", "api_token"}
 )
 
 
@@ -91,6 +91,12 @@ class Settings:
     # Seconds a new call may wait for a media process before the client is told none is available.
     claim_timeout: float = 10.0
     log_level: str = "INFO"
+    # When set, every REST and WebSocket endpoint asks for it (`Authorization: Bearer` or `?token=`).
+    api_token: str = ""
+    # Per call socket: commands (text frames) and audio frames a client may send per second (burst: one
+    # second's worth); beyond that they are refused with an `error` event.
+    ws_max_commands_per_sec: float = 100.0
+    ws_max_audio_frames_per_sec: float = 150.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, dotenv: Path | None = Path(".env")) -> Settings:
@@ -130,6 +136,9 @@ class Settings:
             heartbeat_ttl=_float(env, "PBX_HEARTBEAT_TTL", 3.0),
             claim_timeout=_float(env, "PBX_CLAIM_TIMEOUT", 10.0),
             log_level=env.get("LOG_LEVEL", "") or "INFO",
+            api_token=env.get("API_TOKEN", ""),
+            ws_max_commands_per_sec=_float(env, "WS_MAX_COMMANDS_PER_SEC", 100.0),
+            ws_max_audio_frames_per_sec=_float(env, "WS_MAX_AUDIO_FRAMES_PER_SEC", 150.0),
         )
 
     def __repr__(self) -> str:
