@@ -21,5 +21,12 @@ def post_worker_init(worker: object) -> None:
     gc.freeze()
 
 
+def child_exit(server: object, worker: object) -> None:
+    """A frontend died (or stopped): its calls are hung up by their owners at once, not after the TTL."""
+    from frontend.arbiter import forget_worker
+
+    forget_worker(worker.pid)  # type: ignore[attr-defined]
+
+
 # No control socket in the home directory (gunicorn >= 24 creates one by default).
 control_socket_disable = True

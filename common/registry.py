@@ -191,10 +191,26 @@ class Registry:
         alive = await pipe.execute()
         return {p for p, a in zip(ordered, alive, strict=True) if a}
 
-    async def heartbeat(self, proc: str, info: dict[str, Any], ttl: float) -> None:
+    async def heartbeat(self, proc: str, info: dict[str, Any], ttl: float) -> bool:
+        """Refresh a process's heartbeat; False when it was not there any more (first beat, a stall longer
+        than `ttl`, or a Redis that restarted without its data)."""
         pipe = self.redis.pipeline(transaction=False)
+        pipe.exists(self.keys.proc(proc))
         pipe.set(self.keys.proc(proc), json.dumps(info), px=int(ttl * 1000))
         pipe.expire(self.keys.inbox(proc), 60)
+        existed, _, _ = await pipe.execute()
+        return bool(existed)
+
+    async def restore(self, entries: list[dict[str, str | int]]) -> None:
+        """Write back the entries of calls that outlived their registry (Redis restarted empty); each
+        entry holds every field of the call's hash, `id` and `created_at` included."""
+        if not entries:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for fields in entries:
+            call_id = str(fields["id"])
+            pipe.hset(self.keys.call(call_id), mapping=fields)  # type: ignore[arg-type]
+            pipe.zadd(self.keys.calls, {call_id: int(fields["created_at"])})
         await pipe.execute()
 
     async def procs(self) -> list[dict[str, Any]]:

@@ -89,6 +89,7 @@ class MediaProcess:
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._missing_frontends: set[str] = set()
+        self._redis_back_at = 0.0
         self._capacity_free = asyncio.Event()
         self._capacity_free.set()
 
@@ -216,8 +217,8 @@ class MediaProcess:
 
     # --- loops -------------------------------------------------------------------------------------------
 
-    async def _beat(self) -> None:
-        await self.registry.heartbeat(
+    async def _beat(self) -> bool:
+        return await self.registry.heartbeat(
             self.proc_id,
             {
                 "role": "media",
@@ -235,11 +236,32 @@ class MediaProcess:
         while True:
             await asyncio.sleep(HEARTBEAT_EVERY)
             try:
-                await self._beat()
+                if not await self._beat():
+                    await self._restore_registry()
                 self.tick_max_ms = 0.0
-                await self._check_frontends()
+                if time.monotonic() - self._redis_back_at > self.settings.heartbeat_ttl:
+                    await self._check_frontends()
             except RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
+                # Until Redis has been back a whole heartbeat TTL, a missing frontend heartbeat means
+                # nothing: the frontends may not have beaten into it yet.
+                self._redis_back_at = time.monotonic()
+                self._missing_frontends = set()
+
+    async def _restore_registry(self) -> None:
+        """Our heartbeat had vanished: Redis restarted without its data (or we stalled past the TTL).
+
+        Write back what this process knows about its live calls, so `/call/lists`, `/call/kill` and the
+        SIP forwarding work again. A call whose frontend is really gone is hung up by the frontend check.
+        """
+        entries = [s.registry_fields() for s in self.sessions.values() if not s.ending]
+        if self.telephony is not None:
+            entries += self.telephony.registry_entries()
+            await self.telephony.reclaim_dialogs()
+        await self.registry.restore(entries)
+        await self._ensure_group()
+        if entries:
+            log.warning("heartbeat was gone from Redis: restored %d call entries", len(entries))
 
     async def _check_frontends(self) -> None:
         """Hang up calls whose frontend process died (design §5)."""

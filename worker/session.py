@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 from dataclasses import dataclass, field
@@ -87,6 +88,8 @@ class CallSession:
         self.frontend = frontend
         self.created_ms = created_ms
         self.answer_ms: int | None = None
+        # The option as `/call/lists` shows it (secrets redacted), kept to rebuild a lost registry entry.
+        self.listed_option: str | None = None
         self.codec: Codec = make_codec("pcm")
         self.recorder: CallRecorder | None = None
         self.server: ServerTrack | None = None
@@ -246,6 +249,8 @@ class CallSession:
             body = await self._commands.get()
             if self.dump is not None:
                 self.dump.add("command", redact(body))
+            if body.get("command") in ("invite", "accept") and isinstance(body.get("option"), dict):
+                self.listed_option = json.dumps(redact(body["option"]))
             try:
                 cmd = command_from_dict(body)
                 await self._dispatch(cmd)
@@ -559,6 +564,22 @@ class CallSession:
         if self._wait_input is not None:
             self._wait_input.cancel()
             self._wait_input = None
+
+    def registry_fields(self) -> dict[str, str | int]:
+        """This call's registry entry, written back when Redis restarted without it."""
+        fields: dict[str, str | int] = {
+            "id": self.call_id,
+            "call_type": self.call_type,
+            "state": "active" if self.answer_ms is not None else "claimed",
+            "owner": self.proc.proc_id,
+            "frontend": self.frontend,
+            "created_at": self.created_ms,
+        }
+        if self.answer_ms is not None:
+            fields["answered_at"] = self.answer_ms
+        if self.listed_option is not None:
+            fields["option"] = self.listed_option
+        return fields
 
     # --- the end -----------------------------------------------------------------------------------------
 

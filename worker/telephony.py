@@ -47,6 +47,8 @@ class PendingCall:
         self.leg = leg
         self.created_ms = created_ms
         self.call_id = leg.dialog_id
+        self.caller = ""
+        self.callee = ""
         self.timer: asyncio.TimerHandle | None = None
 
     # LegEvents while nobody is attached
@@ -101,6 +103,28 @@ class Telephony:
 
     # --- cross-process routing ---------------------------------------------------------------------------
 
+    def registry_entries(self) -> list[dict[str, str | int]]:
+        """The registry entries of the inbound calls still waiting for their app (see MediaProcess)."""
+        return [
+            {
+                "id": p.call_id,
+                "call_type": "sip",
+                "state": "incoming",
+                "owner": self.proc.proc_id,
+                "frontend": "",
+                "created_at": p.created_ms,
+                "option": json.dumps({"caller": p.caller, "callee": p.callee}),
+            }
+            for p in self.pending.values()
+        ]
+
+    async def reclaim_dialogs(self) -> None:
+        """Record again which SIP dialogs this process owns, after Redis lost the claims."""
+        pipe = self.proc.redis.pipeline(transaction=False)
+        for sip_call_id in self.agent.owned_call_ids():
+            pipe.set(self.proc.keys.sip(sip_call_id), self.proc.proc_id, ex=DIALOG_TTL)
+        await pipe.execute()
+
     def _claim(self, sip_call_id: str, owned: bool) -> None:
         self.spawn(self._record_claim(sip_call_id, owned))
 
@@ -146,6 +170,7 @@ class Telephony:
         token = call_id_var.set(call_id)
         try:
             caller, callee = str(request.from_.uri), str(request.to.uri)
+            pending.caller, pending.callee = caller, callee
             try:
                 await self.proc.registry.register_incoming(
                     call_id, self.proc.proc_id, {"caller": caller, "callee": callee}

@@ -85,3 +85,20 @@ async def test_reaper_notifies_frontend_of_dead_owner(registry: Registry) -> Non
     kinds = [(m["k"], m["b"].get("event") or m["b"].get("op")) for m in batch]
     assert kinds == [("evt", "error"), ("evt", "hangup"), ("ctl", "close")]
     assert batch[1]["b"]["reason"] == "worker_lost"
+
+
+async def test_heartbeat_tells_a_lost_registry_and_restore_rebuilds_it(registry: Registry) -> None:
+    assert await registry.heartbeat("media-1", {"role": "media"}, 5) is False, "first beat"
+    assert await registry.heartbeat("media-1", {"role": "media"}, 5) is True
+    await registry.redis.flushall()  # Redis restarted without its data
+    assert await registry.heartbeat("media-1", {"role": "media"}, 5) is False
+    fields: dict[str, str | int] = {
+        "id": "c1", "call_type": "sip", "state": "active", "owner": "media-1", "frontend": "web-1",
+        "created_at": 1700000000000, "option": '{"callee": "sip:a@b"}',
+    }  # fmt: skip
+    await registry.restore([fields])
+    [entry] = await registry.entries()
+    assert (entry.id, entry.owner, entry.frontend, entry.state) == ("c1", "media-1", "web-1", "active")
+    listing = entry.listing()
+    assert listing["created_at"] == "2023-11-14T22:13:20.000Z" and listing["option"] == {"callee": "sip:a@b"}
+    assert await registry.claim("c1", "media-2") == 0, "the restored owner keeps it"

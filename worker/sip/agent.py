@@ -143,6 +143,10 @@ class SipAgent:
         if count == 0 and self.claim is not None:
             self.claim(key[0], True)
 
+    def owned_call_ids(self) -> list[str]:
+        """The Call-IDs of the dialogs this agent holds (what its `claim` callback was told about)."""
+        return list(self._by_call_id)
+
     def remove_dialog(self, key: tuple[str, str]) -> None:
         if self._dialogs.pop(key, None) is None:
             return

@@ -1,0 +1,37 @@
+"""What gunicorn's master process does for its frontends (hooks in gunicorn.conf.py)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import redis
+
+from common.config import Settings
+from common.embedded import DEFAULT_LOCAL_URL
+from common.keys import Keys
+
+log = logging.getLogger("pbx.frontend.arbiter")
+
+
+def forget_worker(pid: int) -> int:
+    """A frontend process exited: drop its heartbeat and inbox now, so the media processes hang its calls
+    up at their next check instead of waiting for the heartbeat to expire. Returns the keys deleted."""
+    settings = Settings.from_env()
+    keys = Keys(settings.redis_prefix)
+    r = redis.Redis.from_url(settings.redis_url or DEFAULT_LOCAL_URL, socket_timeout=2)
+    try:
+        found = [
+            k
+            for pattern in (
+                keys.proc(f"web-{socket.gethostname()}-{pid}-*"),
+                keys.inbox(f"web-{socket.gethostname()}-{pid}-*"),
+            )  # fmt: skip
+            for k in r.scan_iter(match=pattern, count=1000)
+        ]
+        return int(r.delete(*found)) if found else 0
+    except redis.RedisError as exc:
+        log.warning("could not clear the heartbeat of frontend pid %d: %s", pid, exc)
+        return 0
+    finally:
+        r.close()
