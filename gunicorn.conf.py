@@ -7,7 +7,10 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "aiohttp.GunicornUVLoopWebWorker"
 # Calls are long-lived WebSockets: never kill a worker for a slow request.
 timeout = 0
-graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "10"))
+# SIGTERM drains: live calls get DRAIN_TIMEOUT to end, then a few seconds to be hung up.
+graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "0") or 0) or int(
+    float(os.environ.get("DRAIN_TIMEOUT", "30") or 30) + 10
+)
 keepalive = 5
 accesslog = None
 errorlog = "-"
@@ -19,6 +22,13 @@ def post_worker_init(worker: object) -> None:
     import gc
 
     gc.freeze()
+
+
+def worker_int(worker: object) -> None:
+    """SIGINT/SIGQUIT (Ctrl-C, quick shutdown): the frontend hangs its calls up without draining."""
+    from frontend.hub import Hub
+
+    Hub.stop_now = True
 
 
 def child_exit(server: object, worker: object) -> None:

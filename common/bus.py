@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from common import wire
 from common.keys import Keys
+from common.metrics import AUDIO_DROPPED, redis_error
 
 log = logging.getLogger("pbx.bus")
 
@@ -72,6 +73,7 @@ class Outbox:
                 await self._write(batch)
                 backoff = 0.05
             except RedisError as exc:
+                redis_error("outbox_write")
                 log.warning("redis write failed (%s); retrying in %.2fs", exc, backoff)
                 self._requeue(batch)
                 await asyncio.sleep(backoff)
@@ -85,6 +87,7 @@ class Outbox:
             try:
                 await asyncio.wait_for(self._write(batch), timeout)
             except (RedisError, TimeoutError) as exc:
+                redis_error("outbox_flush")
                 log.warning("final flush failed: %s", exc)
 
     async def _write(self, batch: dict[str, list[dict[str, Any]]]) -> None:
@@ -106,6 +109,7 @@ class Outbox:
             if audio > MAX_PENDING_AUDIO:
                 kept = [m for m in merged if m["k"] != wire.PCM]
                 self.dropped_audio += audio
+                AUDIO_DROPPED.labels("redis_backlog").inc(audio)
                 merged = kept
             self._pending[proc] = merged
 
@@ -123,6 +127,7 @@ async def read_inbox(
             reply: Any = await redis.xread({stream: last}, count=500, block=block_ms)
             backoff = 0.05
         except RedisError as exc:
+            redis_error("inbox_read")
             log.warning("inbox read failed (%s); retrying in %.2fs", exc, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
@@ -147,4 +152,4 @@ async def read_inbox(
             try:
                 await redis.xtrim(stream, minid=last, approximate=True)
             except RedisError:
-                pass
+                redis_error("inbox_trim")

@@ -7,7 +7,14 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 _SECRET_FIELDS = frozenset(
-    {"sip_register", "openai_api_key", "tencent_secret_id", "tencent_secret_key", "restsend_token", "api_token"}
+    {
+        "sip_register",
+        "openai_api_key",
+        "tencent_secret_id",
+        "tencent_secret_key",
+        "restsend_token",
+        "api_token",
+    }
 )
 
 

@@ -33,6 +33,19 @@ class DuplicateCall(PbxError):
     code = "DUPLICATE_CALL"
 
 
+class Unauthorized(PbxError):
+    status = 401
+    code = "UNAUTHORIZED"
+
+
+class RateLimited(PbxError):
+    """A client sent more than its share (commands or audio frames per second)."""
+
+    status = 429
+    code = "RATE_LIMITED"
+    retryable = True
+
+
 class NoCapacity(PbxError):
     status = 503
     code = "NO_CAPACITY"

@@ -31,5 +31,11 @@ class Keys:
     def proc_pattern(self) -> str:
         return f"{self.prefix}proc:*"
 
+    def metrics(self, proc: str) -> str:
+        return f"{self.prefix}metrics:{proc}"
+
+    def metrics_pattern(self) -> str:
+        return f"{self.prefix}metrics:*"
+
     def sip(self, sip_call_id: str) -> str:
         return f"{self.prefix}sip:{sip_call_id}"

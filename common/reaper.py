@@ -6,6 +6,7 @@ import logging
 
 from common import events, wire
 from common.bus import Outbox
+from common.metrics import call_failed
 from common.registry import Registry
 
 log = logging.getLogger("pbx.reaper")
@@ -51,6 +52,7 @@ async def reap_once(registry: Registry, outbox: Outbox, claim_timeout: float) ->
             if await registry.remove(e.id):
                 removed += 1
                 log.warning("call %s lost its media process %s", e.id, e.owner)
+                call_failed(e.call_type, "worker_lost")
                 if e.frontend in alive:
                     for m in worker_lost_messages(e.id, e.created_at):
                         outbox.send(e.frontend, m)

@@ -7,12 +7,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from common import logs
 from common.bus import connect
 from common.config import Settings
 from common.embedded import DEFAULT_LOCAL_URL
-from frontend import calls, health, iceservers, llm
+from frontend import auth, calls, health, iceservers, llm, metrics
 from frontend.errors import errors_middleware
 from frontend.hub import Hub
 from frontend.keys import HUB, SETTINGS
@@ -32,6 +33,11 @@ async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await hub.stop()
     await redis.aclose()
+
+
+async def _drain(app: web.Application) -> None:
+    # gunicorn's SIGTERM: calls may finish for DRAIN_TIMEOUT, then they are hung up (SIGINT: at once).
+    await app[HUB].drain(app[SETTINGS].drain_timeout)
 
 
 async def _proc_header(request: web.Request, response: web.StreamResponse) -> None:
@@ -54,12 +60,22 @@ async def _static(request: web.Request) -> web.FileResponse:
 async def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings.from_env()
     logs.setup(settings.log_level, "web")
-    app = web.Application(middlewares=[errors_middleware], client_max_size=4 * 1024 * 1024)
+    middlewares: list[Middleware] = [errors_middleware]
+    if settings.api_token:
+        middlewares.append(auth.auth_middleware(settings.api_token))
+    app = web.Application(
+        middlewares=middlewares,
+        client_max_size=4 * 1024 * 1024,
+        # The access log (when gunicorn's is turned on) must not show a `?token=` API token.
+        handler_args={"access_log_class": auth.AccessLog},
+    )
     app[SETTINGS] = settings
     app.on_response_prepare.append(_proc_header)
     app.cleanup_ctx.append(_hub_ctx)
+    app.on_shutdown.append(_drain)
     calls.setup_routes(app)
     app.router.add_get("/health", health.health)
+    app.router.add_get("/metrics", metrics.handler)
     iceservers.setup(app)
     app.cleanup_ctx.append(llm.session_ctx)
     llm.setup_routes(app)

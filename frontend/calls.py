@@ -17,6 +17,7 @@ from common.logs import call_id_var
 from common.protocol import MAX_TEXT_FRAME
 from frontend.connection import CallConnection
 from frontend.keys import HUB
+from frontend.limits import CallSocket
 
 log = logging.getLogger("pbx.frontend.calls")
 
@@ -71,6 +72,21 @@ def _limit_send_buffers(request: web.Request) -> None:
         transport.set_write_buffer_limits(high=SEND_BUFFER)
 
 
+async def _refuse_no_capacity(request: web.Request, conn: CallConnection) -> web.StreamResponse:
+    """Accept the socket, send `error{code:503}` and `hangup{reason:"no_capacity"}`, close. Nothing is
+    registered: no media process will ever see this call."""
+    log.warning("no media process has room for a new call (MAX_CALLS reached or draining)")
+    conn.created_ms = events.now_ms()
+    await conn.ws.prepare(request)
+    conn.end_locally(
+        "no_capacity",
+        "no media worker has room for another call: every media process is at MAX_CALLS or draining",
+        503,
+    )
+    await conn.serve()
+    return conn.ws
+
+
 def call_handler(call_type: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         hub = request.app[HUB]
@@ -78,14 +94,17 @@ def call_handler(call_type: str) -> Callable[[web.Request], Awaitable[web.Stream
         dump = _flag(request, "dump", True)
         ping = _ping(request)
         call_id_var.set(call_id)
-        ws = web.WebSocketResponse(
-            heartbeat=ping or None, max_msg_size=4 * MAX_TEXT_FRAME, writer_limit=SEND_BUFFER
-        )
+        ws = CallSocket(heartbeat=ping or None, max_msg_size=4 * MAX_TEXT_FRAME, writer_limit=SEND_BUFFER)
         ws.headers["X-Pbx-Proc"] = hub.proc_id
         if not ws.can_prepare(request).ok:
             raise BadCommand("this endpoint takes a WebSocket upgrade")
         if call_id in hub.connections:
             raise DuplicateCall(f"call {call_id!r} already exists", "a live call already uses this id")
+        if not await hub.capacity.admit() and await hub.registry.get(call_id) is None:
+            # Every media process is full or draining: say so now rather than after the claim timeout. An
+            # id already in the registry goes on below, to its 409 or, on `/call/sip`, to the inbound call
+            # a media process already holds.
+            return await _refuse_no_capacity(request, CallConnection(hub, call_id, call_type, ws))
         params = msgpack.packb({"dump": dump, "ping": ping})
         # In the table before it is dispatched: the owner's `claimed` may arrive before the handshake ends.
         conn = CallConnection(hub, call_id, call_type, ws)

@@ -12,8 +12,11 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from common import events, wire
-from common.errors import BadCommand
+from common.errors import BadCommand, PbxError, RateLimited
+from common.metrics import call_failed
 from common.protocol import MAX_TEXT_FRAME, command_to_dict, parse_command, redact
+from frontend.limits import CallSocket, TokenBucket
+from frontend.metrics import COMMANDS_REFUSED, RATE_LIMIT_DROPS, SLOW_CLIENT_DROPS, CommandTimer
 
 if TYPE_CHECKING:
     from frontend.hub import Hub
@@ -48,6 +51,17 @@ class CallConnection:
         self.closed_by_server = False
         self.dropped_audio = 0
         self._option_registered = False
+        self.command_timer = CommandTimer()
+        settings = hub.settings
+        self._commands = TokenBucket(settings.ws_max_commands_per_sec)
+        self._audio_frames = TokenBucket(settings.ws_max_audio_frames_per_sec)
+        # Caller audio frames dropped for going over WS_MAX_AUDIO_FRAMES_PER_SEC.
+        self.rate_dropped_audio = 0
+        # At most one 429 per second about audio, and one per second of commands in the dump.
+        self._audio_429 = TokenBucket(1.0)
+        self._command_429_dump = TokenBucket(1.0)
+        if isinstance(ws, CallSocket):
+            ws.too_big_event = self._too_big
 
     # --- client → owner ---------------------------------------------------------------------------------
 
@@ -75,6 +89,16 @@ class CallConnection:
                 await claim_watch
 
     def _on_text(self, text: str) -> None:
+        if not self._commands.take():
+            limit = self.hub.settings.ws_max_commands_per_sec
+            self._reject(
+                RateLimited(
+                    f"more than {limit:g} commands per second (WS_MAX_COMMANDS_PER_SEC): "
+                    "this command was dropped"
+                ),
+                dump=self._command_429_dump.take(),
+            )
+            return
         if len(text) > MAX_TEXT_FRAME:
             self._reject(
                 BadCommand(f"text frame of {len(text)} bytes exceeds the {MAX_TEXT_FRAME}-byte limit")
@@ -92,9 +116,22 @@ class CallConnection:
                 self._register_option(body.get("option") or {}), name=f"call:{self.call_id}:option"
             )
             self.hub.background(task)
-        self._to_owner(wire.msg(self.call_id, wire.CMD, body))
+        self._to_owner(wire.msg(self.call_id, wire.CMD, self.command_timer.stamp(body)))
 
     def _on_binary(self, data: bytes) -> None:
+        if not self._audio_frames.take():
+            self.rate_dropped_audio += 1
+            RATE_LIMIT_DROPS.inc()
+            if self._audio_429.take():
+                limit = self.hub.settings.ws_max_audio_frames_per_sec
+                self._reject(
+                    RateLimited(
+                        f"more than {limit:g} audio frames per second (WS_MAX_AUDIO_FRAMES_PER_SEC): "
+                        f"frames over the limit are dropped ({self.rate_dropped_audio} so far)"
+                    ),
+                    sender="audio",
+                )
+            return
         if len(data) > MAX_BINARY_FRAME:
             self._reject(
                 BadCommand(
@@ -106,11 +143,27 @@ class CallConnection:
             return
         self._to_owner(wire.msg(self.call_id, wire.PCM, data))
 
-    def _reject(self, exc: BadCommand, sender: str = "command") -> None:
-        ev = events.error(self.call_id, sender, exc.message, 400)
+    def _reject(self, exc: PbxError, sender: str = "command", dump: bool = True) -> None:
+        ev = events.error(self.call_id, sender, exc.message, exc.status)
         self.push_event(ev)
+        if sender == "command":
+            COMMANDS_REFUSED.labels("rate_limit" if exc.status == 429 else "invalid").inc()
         # The owner keeps the dump; it records the error in order with everything else.
+        if dump:
+            self._to_owner(wire.msg(self.call_id, wire.LOG, ev))
+
+    def _too_big(self) -> dict[str, Any]:
+        """The error for a message over the socket's size limit, which closes the socket."""
+        limit = self.ws.max_msg_size if isinstance(self.ws, CallSocket) else 0
+        ev = events.error(
+            self.call_id,
+            "socket",
+            f"a WebSocket message exceeds the {limit}-byte limit: the socket is closed "
+            f"(commands are at most {MAX_TEXT_FRAME} bytes, audio frames {MAX_BINARY_FRAME})",
+            413,
+        )
         self._to_owner(wire.msg(self.call_id, wire.LOG, ev))
+        return ev
 
     async def _register_option(self, option: dict[str, Any]) -> None:
         try:
@@ -153,6 +206,7 @@ class CallConnection:
 
     def end_locally(self, reason: str, message: str, code: int) -> None:
         """End a call that has no owner: tell the client and close."""
+        call_failed(self.call_type, reason)
         now = events.now_ms()
         self.push_event(events.error(self.call_id, "worker", message, code))
         self.push_event(
@@ -177,6 +231,8 @@ class CallConnection:
             pending, self._unclaimed = self._unclaimed, []
             for m in pending:
                 self.hub.send(self.owner, m)
+        elif op == "ack":
+            self.command_timer.acked(body.get("seq"))
         elif op == "close":
             self._closing = True
             self._wake.set()
@@ -204,6 +260,7 @@ class CallConnection:
     def push_audio(self, frame: bytes) -> None:
         if self._queued_audio >= MAX_QUEUED_AUDIO:
             self.dropped_audio += 1
+            SLOW_CLIENT_DROPS.value += 1
             return
         self._queued_audio += 1
         self._out.append(("a", frame))
@@ -230,6 +287,13 @@ class CallConnection:
                 self.closed_by_server = True
                 await ws.close()
                 return
+
+    def shutdown(self) -> None:
+        """The frontend stops: the owner hangs the call up (the client gets `hangup`), then closes it."""
+        if self.owner is not None:
+            self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": "shutdown"}))
+        else:
+            self.end_locally("shutdown", "the server is shutting down", 503)
 
     async def server_close(self) -> None:
         """Shutdown of this frontend: the owner hangs the call up, the socket closes."""

@@ -14,22 +14,33 @@ from common import reaper, wire
 from common.bus import Outbox, new_proc_id, read_inbox
 from common.config import Settings
 from common.keys import Keys
+from common.metrics import redis_error
 from common.registry import Registry
+from frontend import metrics
+from frontend.limits import MediaCapacity
 
 if TYPE_CHECKING:
     from frontend.connection import CallConnection
 
 log = logging.getLogger("pbx.frontend.hub")
 
+# Seconds the owners get, at the end of a drain, to hang their calls up before the sockets are just closed.
+SHUTDOWN_HANGUP_WAIT = 5.0
+
 
 class Hub:
     """Owns everything a frontend process shares between its client connections."""
+
+    # Set by gunicorn's worker_int hook (SIGINT/SIGQUIT): stop without draining.
+    stop_now = False
 
     def __init__(self, settings: Settings, redis: aioredis.Redis) -> None:
         self.settings = settings
         self.redis = redis
         self.keys = Keys(settings.redis_prefix)
         self.registry = Registry(redis, self.keys)
+        # Free room in the media pool, for refusing new calls at once when there is none.
+        self.capacity = MediaCapacity(self.registry)
         self.outbox = Outbox(redis, self.keys)
         self.proc_id = new_proc_id("web")
         self.connections: dict[str, CallConnection] = {}
@@ -43,11 +54,29 @@ class Hub:
             ("inbox", self._inbox()),
             ("heartbeat", self._heartbeat()),
             ("reaper", self._reaper()),
+            ("metrics", metrics.publish(self)),
         ):
             self._tasks.append(asyncio.create_task(coro, name=f"{self.proc_id}:{name}"))
         # Register before serving so that media processes see this frontend alive from the first call.
         with contextlib.suppress(RedisError):
             await self._beat()
+
+    async def drain(self, timeout: float) -> None:
+        """SIGTERM: no new sockets arrive any more (gunicorn closed the listener); live calls may go on
+        for up to `timeout` s, then their owners hang them up, so each client gets its `hangup`."""
+        if Hub.stop_now or not self.connections:
+            return
+        loop = asyncio.get_running_loop()
+        log.info("draining %d calls for up to %.0fs", len(self.connections), timeout)
+        deadline = loop.time() + timeout
+        while self.connections and loop.time() < deadline and not Hub.stop_now:
+            await asyncio.sleep(0.1)
+        for conn in list(self.connections.values()):
+            conn.shutdown()
+        await self.outbox.flush()
+        deadline = loop.time() + SHUTDOWN_HANGUP_WAIT
+        while self.connections and loop.time() < deadline:
+            await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
         for conn in list(self.connections.values()):
@@ -87,6 +116,7 @@ class Hub:
                 await self._beat()
                 self.redis_ok = True
             except RedisError as exc:
+                redis_error("heartbeat")
                 if self.redis_ok:
                     log.warning("heartbeat failed: %s", exc)
                 self.redis_ok = False
@@ -98,6 +128,7 @@ class Hub:
             try:
                 await reaper.reap_once(self.registry, self.outbox, self.settings.claim_timeout)
             except RedisError as exc:
+                redis_error("reaper")
                 log.debug("reaper pass failed: %s", exc)
             except Exception:
                 log.exception("reaper pass crashed")

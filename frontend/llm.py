@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
-from urllib.parse import unquote
+from urllib.parse import unquote, unquote_plus
 
 import aiohttp
 from aiohttp import web
@@ -20,6 +20,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from common.errors import BadCommand, ProviderError
+from frontend import auth
 from frontend.keys import LLM_SESSION, SETTINGS
 
 log = logging.getLogger("pbx.frontend.llm")
@@ -63,20 +64,33 @@ def _dropped(headers: CIMultiDictProxy[str], extra: frozenset[str]) -> frozenset
     return _HOP_BY_HOP | extra | listed
 
 
-def upstream_url(base: str, request: web.Request) -> URL:
-    """`<base>/<path after /llm/v1>?<query>`, path and query exactly as the client encoded them."""
+def upstream_url(base: str, request: web.Request, api_token: str = "") -> URL:
+    """`<base>/<path after /llm/v1>?<query>`, path and query exactly as the client encoded them; with an
+    `api_token`, less the `token` parameter, which is this server's and never goes upstream."""
     tail = request.rel_url.raw_path[len(PREFIX) :]
     # A dot segment would climb out of the base path (`/llm/v1/../admin`), with our key attached.
     if any(unquote(segment) in (".", "..") for segment in tail.split("/")):
         raise BadCommand("the path must not contain '.' or '..' segments")
     query = request.rel_url.raw_query_string
+    if api_token and query:
+        query = "&".join(
+            part for part in query.split("&") if unquote_plus(part.partition("=")[0]) != auth.QUERY_PARAM
+        )
     return URL(base.rstrip("/") + tail + (f"?{query}" if query else ""), encoded=True)
 
 
-def upstream_headers(request: web.Request, api_key: str) -> CIMultiDict[str]:
-    """The client's headers as they go upstream, with the configured key unless the client sent its own."""
+def upstream_headers(request: web.Request, api_key: str, api_token: str = "") -> CIMultiDict[str]:
+    """The client's headers as they go upstream, with the configured key unless the client sent its own.
+
+    An `Authorization` that carries this server's `api_token` is this hop's and is dropped, so the
+    configured key goes in its place."""
     drop = _dropped(request.headers, _REQUEST_ONLY)
-    headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in drop)
+    headers = CIMultiDict(
+        (k, v)
+        for k, v in request.headers.items()
+        if k.lower() not in drop
+        and not (api_token and k.lower() == "authorization" and auth.matches(auth.bearer(v), api_token))
+    )
     if api_key and "Authorization" not in headers:
         headers["Authorization"] = f"Bearer {api_key}"
     return headers
@@ -196,8 +210,8 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     Upstream errors (4xx/5xx) pass through as they are; an unreachable service is a 502 JSON error body.
     """
     settings = request.app[SETTINGS]
-    url = upstream_url(settings.openai_base_url, request)
-    headers = upstream_headers(request, settings.openai_api_key)
+    url = upstream_url(settings.openai_base_url, request, settings.api_token)
+    headers = upstream_headers(request, settings.openai_api_key, settings.api_token)
     forward = asyncio.create_task(_forward(request, url, headers), name=f"llm:{request.method}:{url.path}")
     try:
         while not forward.done():

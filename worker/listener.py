@@ -12,6 +12,7 @@ import numpy as np
 from common import events
 from common.errors import ProviderError
 from common.protocol import CallOption, TranscriptionOption
+from worker import metrics
 from worker.media.denoise import Denoiser
 from worker.media.dtmf import DtmfDetector
 from worker.media.vad import Discarded, Silence, Speaking, VadEvent, VadProcessor
@@ -216,6 +217,8 @@ class CallerListener:
         )
         since = self._asr_first_audio if self._asr_first_audio is not None else now
         if t.final:
+            if t.end_ms is not None:
+                metrics.ASR_FINAL_LATENCY.labels(provider).observe(max(0, now - t.end_ms) / 1000)
             # Local recognition knows when the words ended; the time to the final result counts from there.
             reference = t.end_ms if t.end_ms is not None and provider == "local" else since
             s.emit(
@@ -254,6 +257,7 @@ class CallerListener:
         s = self.session
         if s.ending or self.asr is None:
             return
+        metrics.SPEECH_ERRORS.labels("asr", self.asr.provider).inc()
         s.error(f"{self.asr.provider}_asr", exc.message, exc.status)
 
     # --- the end -----------------------------------------------------------------------------------------

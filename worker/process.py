@@ -21,7 +21,9 @@ from common.config import Settings
 from common.embedded import DEFAULT_LOCAL_URL
 from common.keys import DISPATCH_GROUP, Keys
 from common.logs import call_id_var
+from common.metrics import redis_error
 from common.registry import Registry
+from worker import metrics
 from worker.media.cache import MediaCache
 from worker.media.dtmf import DtmfBank
 from worker.media.offload import FrameBatcher
@@ -90,6 +92,8 @@ class MediaProcess:
         self._tasks: list[asyncio.Task[Any]] = []
         self._missing_frontends: set[str] = set()
         self._redis_back_at = 0.0
+        # Set to send the next heartbeat at once (capacity changed).
+        self._beat_now = asyncio.Event()
         self._capacity_free = asyncio.Event()
         self._capacity_free.set()
 
@@ -114,9 +118,12 @@ class MediaProcess:
         self.outbox.send(proc, message)
 
     def session_ended(self, session: CallSession) -> None:
+        was_full = len(self.sessions) >= self.settings.max_calls
         self.sessions.pop(session.call_id, None)
         if len(self.sessions) < self.settings.max_calls:
             self._capacity_free.set()
+            if was_full and self._accepting:
+                self._beat_now.set()  # room again: frontends read it from the heartbeat
 
     # --- main --------------------------------------------------------------------------------------------
 
@@ -150,6 +157,7 @@ class MediaProcess:
             ("ten", self.ten.run()),
             ("dtmf", self.dtmf.run(self._dtmf_in_thread)),
             ("piper", self.piper.run()),
+            ("metrics", metrics.publish(self)),
         ):
             self._tasks.append(asyncio.create_task(coro, name=f"{self.proc_id}:{name}"))
         log.info("media process %s up, capacity %d", self.proc_id, self.settings.max_calls)
@@ -161,6 +169,8 @@ class MediaProcess:
         self._stop_mode = how if getattr(self, "_stop_mode", "drain") == "drain" else "now"
         self._accepting = False
         self._stop.set()
+        # Capacity 0 in the heartbeat now, not at the next beat: frontends stop counting on this process.
+        self._beat_now.set()
 
     async def _shutdown(self) -> None:
         mode = getattr(self, "_stop_mode", "now")
@@ -211,6 +221,7 @@ class MediaProcess:
                     return
                 raise
             except RedisError as exc:
+                redis_error("dispatch_group")
                 log.warning("redis not reachable (%s); retrying", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -234,7 +245,9 @@ class MediaProcess:
 
     async def _heartbeat(self) -> None:
         while True:
-            await asyncio.sleep(HEARTBEAT_EVERY)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beat_now.wait(), HEARTBEAT_EVERY)
+            self._beat_now.clear()
             try:
                 if not await self._beat():
                     await self._restore_registry()
@@ -242,6 +255,7 @@ class MediaProcess:
                 if time.monotonic() - self._redis_back_at > self.settings.heartbeat_ttl:
                     await self._check_frontends()
             except RedisError as exc:
+                redis_error("heartbeat")
                 log.warning("heartbeat failed: %s", exc)
                 # Until Redis has been back a whole heartbeat TTL, a missing frontend heartbeat means
                 # nothing: the frontends may not have beaten into it yet.
@@ -283,7 +297,7 @@ class MediaProcess:
             try:
                 await reaper.reap_once(self.registry, self.outbox, self.settings.claim_timeout)
             except RedisError:
-                pass
+                redis_error("reaper")
             except Exception:
                 log.exception("reaper pass crashed")
 
@@ -328,6 +342,7 @@ class MediaProcess:
                     continue
                 raise
             except RedisError as exc:
+                redis_error("dispatch")
                 log.warning("dispatch failed (%s)", exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -335,7 +350,13 @@ class MediaProcess:
     async def _take(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         """Claim a batch of dispatch requests with one pipelined round trip."""
         if not self._accepting:
-            # Read just as the drain began: left unacknowledged, a live process takes them over.
+            # Read just as the drain began: handed straight back to the stream, for a live process.
+            back = self.redis.pipeline(transaction=False)
+            for _entry_id, fields in entries:
+                back.xadd(self.keys.dispatch, fields, maxlen=100_000, approximate=True)  # type: ignore[arg-type]
+            back.xack(self.keys.dispatch, DISPATCH_GROUP, *(entry_id for entry_id, _ in entries))
+            back.xdel(self.keys.dispatch, *(entry_id for entry_id, _ in entries))
+            await back.execute()
             return
         pipe = self.redis.pipeline(transaction=False)
         for _entry_id, fields in entries:
@@ -436,6 +457,8 @@ class MediaProcess:
             elif -delay > TICK * MAX_CATCH_UP:
                 self.late_ticks += 1
                 next_at = loop.time()
+            if delay < -TICK:
+                metrics.LATE_TICKS.value += 1
             self.ticks += 1
             began = time.perf_counter()
             for session in list(self.sessions.values()):
@@ -448,6 +471,7 @@ class MediaProcess:
                     session.spawn(session.hangup("media_error", "system"), "media-error")
             took = (time.perf_counter() - began) * 1000
             self.tick_max_ms = max(self.tick_max_ms, took)
+            metrics.TICK_TIME.observe(took / 1000)
             self.dtmf.kick()
             self.denoise.kick()
             self.ten.kick()

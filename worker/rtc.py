@@ -37,7 +37,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from common.config import Settings
 from common.ice import parse_configured
-from worker import rtc_sdp
+from worker import metrics, rtc_sdp
 from worker.media.telephone_event import TelephoneEventDecoder
 
 log = logging.getLogger("pbx.worker.rtc")
@@ -117,6 +117,7 @@ class _ServerAudio(MediaStreamTrack):
         if self._frames.qsize() >= OUT_QUEUE:
             self._frames.get_nowait()
             self.dropped += 1
+            metrics.RTC_SENDER_DROPS.value += 1
         self._frames.put_nowait(frame)
 
     async def recv(self) -> av.AudioFrame:

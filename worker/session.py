@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ from common.protocol import (
     command_from_dict,
     redact,
 )
+from worker import metrics
 from worker.dump import EventDump
 from worker.listener import CallerListener
 from worker.media.audiofile import AudioFileError, load_audio
@@ -98,6 +100,9 @@ class CallSession:
         self.ending = False
         self.frames_in = 0
         self.frames_out = 0
+        self._frames_in = metrics.FRAMES_IN.labels(call_type)  # counted per frame: bound once
+        self._frames_out = metrics.FRAMES_OUT.labels(call_type)
+        self._setup_began: float | None = None
         self._early = bytearray()
         self._early_overflow = False
         self._bad_audio = False
@@ -118,6 +123,7 @@ class CallSession:
         self.done = asyncio.Event()
 
     def start(self) -> None:
+        metrics.CALLS_STARTED.labels(self.call_type).inc()
         self._tasks.append(asyncio.create_task(self._run_commands(), name=f"call:{self.call_id}:cmd"))
 
     # --- inbound -----------------------------------------------------------------------------------------
@@ -136,6 +142,8 @@ class CallSession:
             op = body.get("op")
             if op == "kill":
                 self.spawn(self.hangup("killed", "system"), "kill")
+            elif op == "shutdown":  # the frontend is stopping and its drain time is over
+                self.spawn(self.hangup("shutdown", "system"), "shutdown")
             elif op == "gone":
                 self.spawn(self.hangup("connection_closed", "caller"), "gone")
 
@@ -183,6 +191,7 @@ class CallSession:
         if self.ending:
             return
         self.frames_in += 1
+        self._frames_in.value += 1
         if self.recorder is not None:
             self.recorder.caller(pcm.tobytes())
         self.listener.feed(np.zeros_like(pcm) if self.caller_muted else pcm)
@@ -229,6 +238,7 @@ class CallSession:
                 if self.call_type == "websocket":
                     self.proc.send(self.frontend, wire.msg(self.call_id, wire.PCM, self.codec.encode(frame)))
                 self.frames_out += 1
+                self._frames_out.value += 1
         # Silence too: an RTP stream keeps its pace and timestamps whether or not anything plays.
         if self.rtc is not None and self.answer_ms is not None:
             self.rtc.push(SILENT_FRAME if frame is None else frame)
@@ -247,6 +257,7 @@ class CallSession:
         call_id_var.set(self.call_id)
         while not self.ending:
             body = await self._commands.get()
+            seq = body.pop(wire.SEQ, None)
             if self.dump is not None:
                 self.dump.add("command", redact(body))
             if body.get("command") in ("invite", "accept") and isinstance(body.get("option"), dict):
@@ -259,6 +270,8 @@ class CallSession:
             except Exception as exc:
                 log.exception("command %s failed", body.get("command"))
                 self.error("command", f"{body.get('command')} failed: {exc}", 500)
+            if seq is not None:  # handled: the frontend times the round trip
+                self.proc.send(self.frontend, wire.msg(self.call_id, wire.CTL, {"op": "ack", "seq": seq}))
 
     async def _dispatch(self, cmd: Command) -> None:
         match cmd:
@@ -304,6 +317,7 @@ class CallSession:
                 await self._refer(cmd)
 
     async def _invite(self, cmd: Invite) -> None:
+        self._setup_began = time.monotonic()
         if self.answer_ms is not None:
             self.error("invite", "the call is already set up", 409)
             return
@@ -354,6 +368,8 @@ class CallSession:
         if self.ending or self.answer_ms is not None:
             return
         self.answer_ms = events.now_ms()
+        if self._setup_began is not None:
+            metrics.SETUP_SECONDS.labels(self.call_type).observe(time.monotonic() - self._setup_began)
         self.emit(events.event("trackStart", track_id=self.call_id))
         self.emit(events.event("answer", track_id=self.call_id, sdp=sdp))
         self._replay_early_audio()
@@ -368,6 +384,7 @@ class CallSession:
         self.sip.attach(pending)
 
     async def _accept(self, cmd: Accept) -> None:
+        self._setup_began = time.monotonic()
         if self.sip is None or self.answer_ms is not None:
             self.error("accept", "no pending call to accept", 400)
             return
@@ -588,6 +605,7 @@ class CallSession:
         if self.ending:
             return
         self.ending = True
+        metrics.call_ended(self.call_type, reason)
         log.info(
             "hangup reason=%s initiator=%s in=%d out=%d", reason, initiator, self.frames_in, self.frames_out
         )

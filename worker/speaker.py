@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ import numpy as np
 from common import events
 from common.errors import ProviderError, ProviderRefused
 from common.protocol import SynthesisOption, Tts
+from worker import metrics
 from worker.media.tts_player import Segment, TtsPlayer
 from worker.speech.context import SpeechContext
 from worker.speech.tts import (
@@ -254,8 +256,10 @@ class CallSpeaker:
             try:
                 await self._job(job)
             except ProviderError as exc:
+                metrics.SPEECH_ERRORS.labels("tts", job.provider.name).inc()
                 self._failed(job.segment, f"{job.provider.name}_tts", exc)
             except Exception as exc:
+                metrics.SPEECH_ERRORS.labels("tts", job.provider.name).inc()
                 log.exception("tts synthesis failed")
                 self._failed(job.segment, f"{job.provider.name}_tts", ProviderError(f"tts failed: {exc}"))
 
@@ -269,9 +273,11 @@ class CallSpeaker:
                 seg.audio += hit[0]
                 seg.subtitles = hit[1]
                 seg.finish()
+                metrics.TTS_SYNTHESES.labels(job.provider.name, "cache").inc()
                 self._metrics(job, 0, 0, cached=True)
                 return
         first: int | None = None
+        asked = time.monotonic()
         outputs: AsyncIterator[Any]
         if job.texts is not None:
             outputs = job.provider.stream(_drain(job.texts))
@@ -282,6 +288,7 @@ class CallSpeaker:
                 if isinstance(out, TtsAudio):
                     if first is None:
                         first = events.now_ms()
+                        metrics.TTS_FIRST_AUDIO.labels(job.provider.name).observe(time.monotonic() - asked)
                     seg.add(out.samples, out.rate)
                 elif isinstance(out, TtsSubtitles):
                     seg.subtitles.extend(out.items)
@@ -290,6 +297,7 @@ class CallSpeaker:
             if closer is not None:
                 await closer()
         seg.finish()
+        metrics.TTS_SYNTHESES.labels(job.provider.name, "provider").inc()
         now = events.now_ms()
         self._metrics(job, now - job.received_ms, (first or now) - job.received_ms, cached=False)
         if job.cache_path is not None and seg.received:

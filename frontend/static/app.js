@@ -9,6 +9,7 @@ const CALLS_POLL_MS = 2000;
 const MAX_LOG_ENTRIES = 2000;
 const DTMF_DURATION_MS = 100;
 const DTMF_GAP_MS = 70;
+const TOKEN_STORAGE_KEY = "pbx.apiToken";
 
 // What tests (and curious people in the console) can see of the page.
 const pbx = {
@@ -37,26 +38,65 @@ function serverBase() {
   return raw || location.origin;
 }
 
+function apiToken() {
+  return $("token").value.trim();
+}
+
 function socketUrl(path, id) {
   const url = new URL(path, serverBase());
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
   url.searchParams.set("id", id);
+  // Browsers cannot set headers on a WebSocket: the token goes in the query (the server never logs it).
+  const token = apiToken();
+  if (token) url.searchParams.set("token", token);
   return url.toString();
 }
 
-async function fetchJson(path, init) {
-  const resp = await fetch(serverBase() + path, init);
+function unauthorizedMessage() {
+  return apiToken()
+    ? "the server refused the API token: check the API token field"
+    : "the server asks for an API token (API_TOKEN): enter it in the API token field";
+}
+
+async function fetchJson(path, init = {}) {
+  const headers = new Headers(init.headers || {});
+  const token = apiToken();
+  if (token) headers.set("Authorization", `Bearer ${token}`);
+  const resp = await fetch(serverBase() + path, { ...init, headers });
   let body = null;
   try {
     body = await resp.json();
   } catch {
     // A non-JSON answer is reported by its status below.
   }
+  if (resp.status === 401) {
+    const err = new Error(unauthorizedMessage());
+    err.status = 401;
+    throw err;
+  }
   if (!resp.ok) {
     const detail = body && body.error ? `: ${body.error}` : "";
     throw new Error(`${path} answered HTTP ${resp.status}${detail}`);
   }
   return body;
+}
+
+function loadToken() {
+  try {
+    $("token").value = localStorage.getItem(TOKEN_STORAGE_KEY) || "";
+  } catch {
+    // No storage (a private window may refuse it): the field just starts empty.
+  }
+}
+
+function saveToken() {
+  try {
+    const token = apiToken();
+    if (token) localStorage.setItem(TOKEN_STORAGE_KEY, token);
+    else localStorage.removeItem(TOKEN_STORAGE_KEY);
+  } catch {
+    // As above: kept for this page only.
+  }
 }
 
 function randomId() {
@@ -141,9 +181,8 @@ function setState(state) {
   const live = state === "calling" || state === "answered";
   $("call").disabled = live;
   $("hangup").disabled = !live;
-  for (const id of ["server", "call-type", "call-id", "vad", "asr", "tts", "denoise", "record", "aec"]) {
-    $(id).disabled = live;
-  }
+  const fields = ["server", "token", "call-type", "call-id", "vad", "asr", "tts", "denoise", "record", "aec"];
+  for (const id of fields) $(id).disabled = live;
   $("controls").disabled = state !== "answered";
   const rtc = pbx.callType === "webrtc";
   for (const key of document.querySelectorAll("#keypad button")) key.disabled = !rtc;
@@ -180,9 +219,19 @@ function openSocket(path, id) {
     const ws = new WebSocket(socketUrl(path, id));
     ws.binaryType = "arraybuffer";
     ws.onopen = () => resolve(ws);
-    // The browser hides why a WebSocket failed (a 409 or 503 looks the same); onclose has the code.
-    ws.onerror = () => reject(new Error(`could not open ${path} (is the id in use, or the server down?)`));
+    ws.onerror = async () => reject(new Error(await socketFailure(path)));
   });
+}
+
+async function socketFailure(path) {
+  // The browser hides why a WebSocket failed (a 401, 409 or 503 look the same): ask the REST side,
+  // which has the same token check.
+  try {
+    await fetchJson("/call/lists");
+  } catch (err) {
+    if (err.status === 401) return err.message;
+  }
+  return `could not open ${path} (is the id in use, or the server down?)`;
 }
 
 function send(command) {
@@ -541,8 +590,15 @@ async function refreshCalls() {
     const body = await fetchJson("/call/lists");
     renderCalls(body.calls || []);
     status.textContent = `updated ${clock(Date.now()).slice(0, 8)}`;
+    status.title = "";
   } catch (err) {
-    status.textContent = "server unreachable";
+    if (err.status === 401) {
+      status.textContent = apiToken() ? "API token refused" : "API token needed";
+      status.title = err.message;
+    } else {
+      status.textContent = "server unreachable";
+      status.title = "";
+    }
   } finally {
     setTimeout(refreshCalls, CALLS_POLL_MS);
   }
@@ -643,6 +699,8 @@ function onEnter(input, action) {
 
 function init() {
   $("server").value = location.origin;
+  loadToken();
+  $("token").addEventListener("input", saveToken);
   $("connect-form").addEventListener("submit", (e) => {
     e.preventDefault();
     placeCall();

@@ -76,14 +76,17 @@ def stack_env(root: Path, port: int, redis_url: str | None, **settings: str) -> 
 
 
 @contextlib.contextmanager
-def running_stack(root: Path, media: int, web: int, **settings: str) -> Iterator[StackInfo]:
-    """A whole stack of its own (embedded Redis, gunicorn, media pool), healthy, stopped on exit."""
+def running_stack(
+    root: Path, media: int, web: int, log: Path | None = None, **settings: str
+) -> Iterator[StackInfo]:
+    """A whole stack of its own (embedded Redis, gunicorn, media pool), healthy, stopped on exit; with
+    `log`, every process's output is appended to that file."""
     with EmbeddedRedis() as server:
         port = free_port()
         env = stack_env(
             root, port, server.url, WEB_CONCURRENCY=str(web), WORKER_PROCESSES=str(media), **settings
         )
-        stack = Stack(env, quiet=os.environ.get("PBX_TEST_LOGS") != "1").start()
+        stack = Stack(env, quiet=os.environ.get("PBX_TEST_LOGS") != "1", log=log).start()
         info = StackInfo(
             f"http://127.0.0.1:{port}",
             f"ws://127.0.0.1:{port}",

@@ -13,6 +13,7 @@ import urllib.request
 import wave
 from pathlib import Path
 
+import aiohttp
 import psutil
 import pytest
 
@@ -37,6 +38,17 @@ def wait_for(url: str, key: str, value: object, timeout: float = 30.0) -> None:
             pass
         time.sleep(0.2)
     raise AssertionError(f"{url} never had {key}={value}")
+
+
+async def wait_capacity_zero(url: str, timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while True:
+            async with session.get(url) as resp:
+                if (await resp.json()).get("capacity") == 0:
+                    return
+            assert time.monotonic() < deadline, "the draining media process still announces capacity"
+            await asyncio.sleep(0.1)
 
 
 async def test_sigterm_drains_media_pool(tmp_path: Path) -> None:
@@ -65,6 +77,9 @@ async def test_sigterm_drains_media_pool(tmp_path: Path) -> None:
             t0 = time.monotonic()
             stack.worker.send_signal(signal.SIGTERM)
             await asyncio.sleep(0.5)
+            # A draining process announces capacity 0 in its next heartbeat; from then on a new call is
+            # refused at once.
+            await wait_capacity_zero(f"http://127.0.0.1:{port}/health")
             late = await CallClient.open(f"ws://127.0.0.1:{port}", call_id="drain-2")
             clients.append(late)
             n = len(c.frames)
@@ -73,9 +88,9 @@ async def test_sigterm_drains_media_pool(tmp_path: Path) -> None:
             hangup = await c.event("hangup", timeout=6)
             elapsed = time.monotonic() - t0
             assert hangup["reason"] == "shutdown" and 1.8 <= elapsed <= 5.0, elapsed
-            err = await late.event("error", timeout=5)
+            err = await late.event("error", timeout=1)
             assert err["sender"] == "worker" and err["code"] == 503
-            assert (await late.event("hangup"))["reason"] == "no_worker"
+            assert (await late.event("hangup"))["reason"] == "no_capacity"
             assert stack.worker.wait(10) == 0
             with wave.open(str(tmp_path / "rec" / "drain-1.wav")) as w:
                 assert w.getnframes() >= 16000 * 2

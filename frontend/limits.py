@@ -1,0 +1,113 @@
+"""Limits on what one client may send, and on how many calls the media pool can take right now."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import WSCloseCode, web
+
+from common.registry import Registry
+
+# How long the media processes' free capacity, read from their heartbeats, is reused: a burst of new calls
+# costs one Redis read. The heartbeats themselves are up to ~1 s old (one every 0.8 s).
+CAPACITY_CACHE_TTL = 0.5
+
+
+class TokenBucket:
+    """`rate` tokens a second, at most `burst` of them (default: one second's worth, and at least one)
+    saved up; it starts full. A rate of 0 or less means no limit."""
+
+    def __init__(
+        self, rate: float, burst: float | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = rate
+        self.burst = max(burst if burst is not None else rate, 1.0)
+        self._clock = clock
+        self._tokens = self.burst
+        self._at = clock()
+
+    def take(self, n: float = 1.0) -> bool:
+        """Spend `n` tokens if there are that many; False (and nothing spent) when there are not."""
+        if self.rate <= 0:
+            return True
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens < n:
+            return False
+        self._tokens -= n
+        return True
+
+
+class CallSocket(web.WebSocketResponse):
+    """A call's WebSocket that says why it is closed when a message exceeds `max_msg_size`.
+
+    aiohttp answers such a message by closing with a bare 1009 from inside `receive()`: the framing of the
+    stream is lost, so the socket cannot go on. Before that close this sends the client an `error` event
+    (from `too_big_event`) and puts a reason in the close frame; the call then ends as if the client had
+    closed it.
+    """
+
+    def __init__(self, *, max_msg_size: int, **kwargs: Any) -> None:
+        super().__init__(max_msg_size=max_msg_size, **kwargs)
+        self.max_msg_size = max_msg_size
+        self.too_big_event: Callable[[], dict[str, Any]] | None = None
+
+    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True) -> bool:
+        if code == WSCloseCode.MESSAGE_TOO_BIG and not message and not self.closed:
+            if self.too_big_event is not None:
+                event = json.dumps(self.too_big_event(), separators=(",", ":"), ensure_ascii=False)
+                try:
+                    await self.send_str(event)
+                except (ConnectionError, RuntimeError):
+                    pass
+            # A close frame's reason is at most 123 bytes.
+            message = f"message too big (limit {self.max_msg_size} bytes)".encode()[:123]
+        return await super().close(code=code, message=message, drain=drain)
+
+
+class MediaCapacity:
+    """Whether the live media processes can take another call, from their heartbeats (`calls`,
+    `capacity`; a draining process announces capacity 0).
+
+    The figures are read at most every `ttl` seconds; calls admitted since the last read count against
+    them, so a burst on this frontend does not all squeeze into the last free slot. The heartbeats are up
+    to ~1 s stale and other frontends admit calls too, so this is a fast refusal, not a guarantee: a call
+    let through may still find no room, and then the claim timeout ends it.
+    """
+
+    def __init__(
+        self, registry: Registry, ttl: float = CAPACITY_CACHE_TTL, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.registry = registry
+        self.ttl = ttl
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._read_at: float | None = None
+        self._free = 0
+        self._admitted = 0
+
+    async def free(self) -> int:
+        """Calls the media processes can still take, as far as this frontend knows."""
+        async with self._lock:
+            if self._read_at is None or self._clock() - self._read_at >= self.ttl:
+                procs = await self.registry.procs()
+                self._free = sum(
+                    max(0, int(p.get("capacity", 0)) - int(p.get("calls", 0)))
+                    for p in procs
+                    if p.get("role") == "media"
+                )
+                self._read_at = self._clock()
+                self._admitted = 0
+            return self._free - self._admitted
+
+    async def admit(self) -> bool:
+        """Count a new call against the free capacity; False when there is none."""
+        if await self.free() <= 0:
+            return False
+        self._admitted += 1
+        return True

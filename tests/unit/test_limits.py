@@ -1,0 +1,196 @@
+"""Token bucket, media-capacity cache and the call socket's message-size close."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import fakeredis
+import pytest
+from aiohttp import WSCloseCode, web
+from aiohttp.test_utils import TestServer
+
+from common.keys import Keys
+from common.registry import Registry
+from frontend.limits import CallSocket, MediaCapacity, TokenBucket
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def takes(bucket: TokenBucket, n: int) -> int:
+    return sum(bucket.take() for _ in range(n))
+
+
+def test_bucket_starts_full_with_one_seconds_worth() -> None:
+    clock = Clock()
+    bucket = TokenBucket(100, clock=clock)
+    assert takes(bucket, 150) == 100, "the burst is one second's worth"
+    assert not bucket.take()
+
+
+def test_bucket_refills_at_its_rate_up_to_the_burst() -> None:
+    clock = Clock()
+    bucket = TokenBucket(64, clock=clock)
+    takes(bucket, 64)
+    clock.now += 0.125
+    assert takes(bucket, 20) == 8, "1/8 s at 64/s is 8 tokens"
+    clock.now += 1 / 128
+    assert bucket.take() is False, "half a token is not one"
+    clock.now += 1 / 128
+    assert bucket.take() is True
+    clock.now += 60
+    assert takes(bucket, 200) == 64, "a long pause saves up one burst, not more"
+
+
+def test_bucket_steady_rate_is_the_limit() -> None:
+    clock = Clock()
+    bucket = TokenBucket(150, clock=clock)
+    takes(bucket, 150)
+    passed = 0
+    for _ in range(1000):  # 10 s of a client sending every 10 ms, 3 frames each: 300/s
+        clock.now += 0.01
+        passed += takes(bucket, 3)
+    assert 1490 <= passed <= 1510, passed
+
+
+def test_bucket_failed_take_spends_nothing() -> None:
+    clock = Clock()
+    bucket = TokenBucket(2, burst=2, clock=clock)
+    assert bucket.take(2)
+    clock.now += 0.25
+    assert not bucket.take(1), "half a token"
+    clock.now += 0.25
+    assert bucket.take(1), "the failed take did not spend the half token"
+
+
+def test_bucket_edge_rates() -> None:
+    clock = Clock()
+    assert takes(TokenBucket(0, clock=clock), 10_000) == 10_000, "0 means no limit"
+    slow = TokenBucket(0.5, clock=clock)
+    assert takes(slow, 5) == 1, "a rate under one still lets one through"
+    clock.now += 1.0
+    assert not slow.take()
+    clock.now += 1.0
+    assert slow.take()
+
+
+@pytest.fixture
+async def registry() -> AsyncIterator[Registry]:
+    redis = fakeredis.FakeAsyncRedis()
+    yield Registry(redis, Keys("pbx:"))
+    await redis.aclose()
+
+
+async def beat(registry: Registry, proc: str, role: str = "media", **info: Any) -> None:
+    await registry.heartbeat(proc, {"role": role, "proc": proc, **info}, 3.0)
+
+
+class CountingRegistry:
+    """A registry stand-in that counts heartbeat reads."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.reads = 0
+
+    async def procs(self) -> list[dict[str, Any]]:
+        self.reads += 1
+        return await self.registry.procs()
+
+
+async def test_capacity_from_heartbeats(registry: Registry) -> None:
+    await beat(registry, "media-1", calls=3, capacity=4)
+    await beat(registry, "media-2", calls=5, capacity=0)  # draining, still has calls
+    await beat(registry, "web-1", role="web", calls=9)
+    clock = Clock()
+    capacity = MediaCapacity(registry, clock=clock)
+    assert await capacity.free() == 1
+    assert await capacity.admit() is True
+    assert await capacity.admit() is False, "the call admitted counts against the cached figure"
+    await beat(registry, "media-1", calls=4, capacity=4)
+    clock.now += 0.5
+    assert await capacity.free() == 0
+
+
+async def test_capacity_none_when_no_media_process(registry: Registry) -> None:
+    await beat(registry, "web-1", role="web", calls=0)
+    assert await MediaCapacity(registry).admit() is False
+
+
+async def test_capacity_is_read_once_per_ttl(registry: Registry) -> None:
+    await beat(registry, "media-1", calls=0, capacity=100)
+    counting = CountingRegistry(registry)
+    clock = Clock()
+    capacity = MediaCapacity(counting, clock=clock)  # type: ignore[arg-type]
+    assert all([await capacity.admit() for _ in range(20)])
+    assert counting.reads == 1, "a burst of calls costs one Redis read"
+    clock.now += 0.49
+    await capacity.free()
+    assert counting.reads == 1
+    clock.now += 0.02
+    assert await capacity.free() == 100, "a new read forgets the calls admitted against the old one"
+    assert counting.reads == 2
+
+
+async def ws_server(handler: Any) -> TestServer:
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    return server
+
+
+async def test_call_socket_explains_a_message_too_big() -> None:
+    received: list[str] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        ws = CallSocket(max_msg_size=1000)
+        ws.too_big_event = lambda: {"event": "error", "sender": "socket", "code": 413}
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                received.append(msg.data)
+        return ws
+
+    server = await ws_server(handle)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(server.make_url("/ws")) as ws:
+                await ws.send_str("small")
+                await ws.send_str("x" * 5000)
+                msg = await ws.receive(timeout=5)
+                assert msg.type == aiohttp.WSMsgType.TEXT
+                assert json.loads(msg.data) == {"event": "error", "sender": "socket", "code": 413}
+                msg = await ws.receive(timeout=5)
+                assert msg.type == aiohttp.WSMsgType.CLOSE
+                assert msg.data == WSCloseCode.MESSAGE_TOO_BIG
+                assert msg.extra == "message too big (limit 1000 bytes)"
+    finally:
+        await server.close()
+    assert received == ["small"]
+
+
+async def test_call_socket_closes_normally_otherwise() -> None:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        ws = CallSocket(max_msg_size=1000)
+        ws.too_big_event = lambda: {"event": "error"}
+        await ws.prepare(request)
+        await ws.close()
+        return ws
+
+    server = await ws_server(handle)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(server.make_url("/ws")) as ws:
+                msg = await ws.receive(timeout=5)
+                assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == WSCloseCode.OK
+                assert not msg.extra
+    finally:
+        await server.close()

@@ -1,0 +1,118 @@
+"""The media process's figures (calls, audio, the media clock, speech providers) and its publishing loop.
+
+Call figures are counted by the process that owns the call: a call starts when its session is created
+(claimed from the dispatch stream, or an inbound SIP call attached to a socket) and ends in `hangup`.
+docs/metrics.md says what each figure means.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from common import metrics
+from common.metrics import AUDIO_DROPPED, CALL_TYPES, REGISTRY
+
+if TYPE_CHECKING:
+    from worker.process import MediaProcess
+
+R = REGISTRY
+
+CALLS_STARTED = R.counter(
+    "pbx_calls_started_total", "Calls whose session started in this process.", ("type",)
+)
+CALLS_ENDED = R.counter(
+    "pbx_calls_ended_total", "Calls that ended in this process, for any reason.", ("type",)
+)
+CALLS_ACTIVE = R.gauge("pbx_calls_active", "Calls this process owns now (from claim to teardown).", ("type",))
+CALLS_CAPACITY = R.gauge("pbx_calls_capacity", "Calls this process takes at most (0 while it drains).")
+SETUP_SECONDS = R.histogram(
+    "pbx_call_setup_seconds",
+    "From the owner starting on invite (or accept) to the answer going out.",
+    ("type",),
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+FRAMES_IN = R.counter(
+    "pbx_audio_frames_in_total", "Caller audio frames (socket messages or RTP packets) decoded.", ("type",)
+)
+FRAMES_OUT = R.counter(
+    "pbx_audio_frames_out_total", "20 ms frames of server-side audio (play, tts, transfer) sent.", ("type",)
+)
+
+TICK_SECONDS = R.histogram(
+    "pbx_media_tick_seconds",
+    "Time one media clock tick spends advancing every call (garbage collection not included).",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.04, 0.1),
+)
+TICKS = R.counter("pbx_media_ticks_total", "Media clock ticks.")
+TICKS_LATE = R.counter(
+    "pbx_media_ticks_late_total", "Media clock ticks that began more than one tick (20 ms) behind schedule."
+)
+CLOCK_RESTARTS = R.counter(
+    "pbx_media_clock_restarts_total", "Times the media clock fell 5 ticks behind and started afresh."
+)
+WORK_DROPPED = R.counter(
+    "pbx_media_work_dropped_total",
+    "Frames (or Silero windows) of caller audio a batcher dropped because it was behind real time.",
+    ("stage",),
+)
+
+TTS_FIRST_AUDIO = R.histogram(
+    "pbx_tts_first_audio_seconds",
+    "From asking the TTS provider (cache miss) to its first audio.",
+    ("provider",),
+    buckets=(0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
+)
+TTS_SYNTHESES = R.counter(
+    "pbx_tts_syntheses_total",
+    "TTS segments completed, from the cache or by the provider.",
+    ("provider", "source"),
+)
+ASR_FINAL_LATENCY = R.histogram(
+    "pbx_asr_final_latency_seconds",
+    "From the end of the recognized speech (on the call's audio clock) to its asrFinal.",
+    ("provider",),
+    buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0),
+)
+SPEECH_ERRORS = R.counter(
+    "pbx_speech_errors_total",
+    "Speech provider errors reported on a call (a failed connection, synthesis or transcription).",
+    ("kind", "provider"),
+)
+
+RTC_SENDER_DROPS = AUDIO_DROPPED.labels("rtc_sender")
+TICK_TIME = TICK_SECONDS.labels()
+LATE_TICKS = TICKS_LATE.labels()
+
+for _t in CALL_TYPES:  # every call type shows, at zero, from the first scrape
+    CALLS_STARTED.labels(_t)
+    CALLS_ENDED.labels(_t)
+    FRAMES_IN.labels(_t)
+    FRAMES_OUT.labels(_t)
+
+
+async def publish(proc: MediaProcess) -> None:
+    """The process's snapshot to Redis every second, for as long as the process runs."""
+
+    def collect() -> None:
+        active = dict.fromkeys(CALL_TYPES, 0)
+        for session in list(proc.sessions.values()):
+            active[session.call_type] = active.get(session.call_type, 0) + 1
+        for call_type, n in active.items():
+            CALLS_ACTIVE.labels(call_type).set(n)
+        CALLS_CAPACITY.labels().set(proc.settings.max_calls if proc._accepting else 0)
+        TICKS.labels().value = proc.ticks
+        CLOCK_RESTARTS.labels().value = proc.late_ticks
+        WORK_DROPPED.labels("denoise").value = proc.denoise.dropped
+        WORK_DROPPED.labels("ten_vad").value = proc.ten.dropped
+        WORK_DROPPED.labels("silero_vad").value = proc.silero.dropped
+
+    REGISTRY.add_collector(collect)
+    try:
+        await metrics.publish(proc.redis, proc.keys, proc.proc_id, "media")
+    finally:
+        REGISTRY.remove_collector(collect)
+
+
+def call_ended(call_type: str, reason: str) -> None:
+    CALLS_ENDED.labels(call_type).inc()
+    metrics.call_failed(call_type, reason)
