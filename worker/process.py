@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -49,6 +50,9 @@ GC_FULL_TICKS = 3000
 HEARTBEAT_EVERY = 0.8
 # Dispatch requests read at once.
 CLAIM_BATCH = 8
+# Calls hung up per media tick when many end at once (a frontend died or stops): ending a call costs about
+# a millisecond of loop time, and a hundred at once would hold up every other call's next frames.
+HANGUPS_PER_TICK = 8
 # When the loop falls this far behind the clock, it stops catching up and starts the clock afresh.
 MAX_CATCH_UP = 5
 
@@ -94,6 +98,8 @@ class MediaProcess:
         self._redis_back_at = 0.0
         # Set to send the next heartbeat at once (capacity changed).
         self._beat_now = asyncio.Event()
+        self._ending: deque[tuple[CallSession, str, str]] = deque()
+        self._ending_wake = asyncio.Event()
         self._capacity_free = asyncio.Event()
         self._capacity_free.set()
 
@@ -125,6 +131,22 @@ class MediaProcess:
             if was_full and self._accepting:
                 self._beat_now.set()  # room again: frontends read it from the heartbeat
 
+    def end_soon(self, session: CallSession, reason: str, initiator: str) -> None:
+        """Hang a call up shortly: when many end together, a few per tick, so the others keep their pace."""
+        self._ending.append((session, reason, initiator))
+        self._ending_wake.set()
+
+    async def _ender(self) -> None:
+        while True:
+            await self._ending_wake.wait()
+            self._ending_wake.clear()
+            while self._ending:
+                for _ in range(min(HANGUPS_PER_TICK, len(self._ending))):
+                    session, reason, initiator = self._ending.popleft()
+                    if not session.ending:
+                        session.spawn(session.hangup(reason, initiator), reason)
+                await asyncio.sleep(TICK)
+
     # --- main --------------------------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -148,6 +170,7 @@ class MediaProcess:
             ("outbox", self.outbox.run()),
             ("inbox", self._inbox()),
             ("clock", self._clock()),
+            ("ender", self._ender()),
             ("heartbeat", self._heartbeat()),
             ("dispatch", self._dispatch()),
             ("reaper", self._reaper()),
@@ -289,7 +312,7 @@ class MediaProcess:
         for s in list(self.sessions.values()):
             if s.frontend in gone and not s.ending:
                 log.warning("frontend %s of call %s is gone", s.frontend, s.call_id)
-                s.spawn(s.hangup("frontend_lost", "system"), "frontend-lost")
+                self.end_soon(s, "frontend_lost", "system")
 
     async def _reaper(self) -> None:
         while True:

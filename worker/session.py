@@ -143,9 +143,9 @@ class CallSession:
             if op == "kill":
                 self.spawn(self.hangup("killed", "system"), "kill")
             elif op == "shutdown":  # the frontend is stopping and its drain time is over
-                self.spawn(self.hangup("shutdown", "system"), "shutdown")
+                self.proc.end_soon(self, "shutdown", "system")
             elif op == "gone":
-                self.spawn(self.hangup("connection_closed", "caller"), "gone")
+                self.proc.end_soon(self, "connection_closed", "caller")
 
     def spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=f"call:{self.call_id}:{name}")
