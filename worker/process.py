@@ -421,10 +421,13 @@ class MediaProcess:
                 if session is None:
                     self._unowned(m)
                     continue
+                token = call_id_var.set(session.call_id)  # every log line carries the call id
                 try:
                     session.deliver(m["k"], m["b"])
                 except Exception:
-                    log.exception("call %s: could not handle %s message", m["c"], m["k"])
+                    log.exception("could not handle %s message", m["k"])
+                finally:
+                    call_id_var.reset(token)
 
     def _unowned(self, m: dict[str, Any]) -> None:
         """A message for no session here: a forwarded SIP message, or a socket for an inbound call."""
@@ -487,11 +490,14 @@ class MediaProcess:
             for session in list(self.sessions.values()):
                 if session.ending:
                     continue
+                token = call_id_var.set(session.call_id)
                 try:
                     session.tick()
                 except Exception:
-                    log.exception("call %s: media tick failed", session.call_id)
+                    log.exception("media tick failed")
                     session.spawn(session.hangup("media_error", "system"), "media-error")
+                finally:
+                    call_id_var.reset(token)
             took = (time.perf_counter() - began) * 1000
             self.tick_max_ms = max(self.tick_max_ms, took)
             metrics.TICK_TIME.observe(took / 1000)

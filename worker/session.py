@@ -148,7 +148,12 @@ class CallSession:
                 self.proc.end_soon(self, "connection_closed", "caller")
 
     def spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.create_task(coro, name=f"call:{self.call_id}:{name}")
+        # The task's context is copied now: whoever spawns it, its log lines carry this call's id.
+        token = call_id_var.set(self.call_id)
+        try:
+            task = asyncio.create_task(coro, name=f"call:{self.call_id}:{name}")
+        finally:
+            call_id_var.reset(token)
         self._tasks.append(task)
 
     def on_audio(self, data: bytes) -> None:
