@@ -7,6 +7,7 @@ import logging
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import msgpack
 from aiohttp import web
@@ -18,6 +19,9 @@ from common.protocol import MAX_TEXT_FRAME
 from frontend.connection import CallConnection
 from frontend.keys import HUB
 from frontend.limits import CallSocket
+
+if TYPE_CHECKING:
+    from frontend.hub import Hub
 
 log = logging.getLogger("pbx.frontend.calls")
 
@@ -94,50 +98,67 @@ def call_handler(call_type: str) -> Callable[[web.Request], Awaitable[web.Stream
         dump = _flag(request, "dump", True)
         ping = _ping(request)
         call_id_var.set(call_id)
-        ws = CallSocket(heartbeat=ping or None, max_msg_size=4 * MAX_TEXT_FRAME, writer_limit=SEND_BUFFER)
+        ws = CallSocket(
+            heartbeat=ping or None,
+            max_msg_size=4 * MAX_TEXT_FRAME,
+            writer_limit=SEND_BUFFER,
+            # No permessage-deflate: audio frames do not compress, and deflating each one costs CPU.
+            compress=False,
+        )
         ws.headers["X-Pbx-Proc"] = hub.proc_id
         if not ws.can_prepare(request).ok:
             raise BadCommand("this endpoint takes a WebSocket upgrade")
         if call_id in hub.connections:
             raise DuplicateCall(f"call {call_id!r} already exists", "a live call already uses this id")
-        if not await hub.capacity.admit() and await hub.registry.get(call_id) is None:
+        ticket = await hub.capacity.admit()
+        if ticket is None and await hub.registry.get(call_id) is None:
             # Every media process is full or draining: say so now rather than after the claim timeout. An
             # id already in the registry goes on below, to its 409 or, on `/call/sip`, to the inbound call
             # a media process already holds.
             return await _refuse_no_capacity(request, CallConnection(hub, call_id, call_type, ws))
-        params = msgpack.packb({"dump": dump, "ping": ping})
-        # In the table before it is dispatched: the owner's `claimed` may arrive before the handshake ends.
-        conn = CallConnection(hub, call_id, call_type, ws)
-        hub.connections[call_id] = conn
         try:
-            # Dispatched while the handshake completes, so a media process is usually ready first.
-            conn.created_ms = await hub.registry.register_pending(call_id, call_type, hub.proc_id, params)
-        except DuplicateCall:
-            # `/call/sip?id=<dialogId>`: the app picks up an inbound call that a media process holds.
-            owner = await hub.registry.attach(call_id, hub.proc_id) if call_type == "sip" else None
-            if owner is None:
-                hub.connections.pop(call_id, None)
-                raise
-            conn.created_ms = events.now_ms()
-            body = {"op": "attach", "frontend": hub.proc_id, "dump": dump}
-            hub.send(owner, wire.msg(call_id, wire.CTL, body))
-            conn.owner = owner  # the inbox keeps order: commands arrive after the attach
-        except BaseException:
-            hub.connections.pop(call_id, None)
-            raise
-        try:
-            _limit_send_buffers(request)
-            await ws.prepare(request)
-            log.info("%s call opened", call_type)
-            await conn.serve()
+            return await _serve_call(request, hub, call_id, call_type, ws, dump, ping)
         finally:
-            hub.connections.pop(call_id, None)
-            if not ws.prepared:
-                conn.client_gone()
-            log.info("call socket closed")
-        return ws
+            hub.capacity.release(ticket)
 
     return handle
+
+
+async def _serve_call(
+    request: web.Request, hub: Hub, call_id: str, call_type: str, ws: CallSocket, dump: bool, ping: int
+) -> web.StreamResponse:
+    """Register the call, dispatch it (or attach to the inbound call it names) and serve its socket."""
+    params = msgpack.packb({"dump": dump, "ping": ping})
+    # In the table before it is dispatched: the owner's `claimed` may arrive before the handshake ends.
+    conn = CallConnection(hub, call_id, call_type, ws)
+    hub.connections[call_id] = conn
+    try:
+        # Dispatched while the handshake completes, so a media process is usually ready first.
+        conn.created_ms = await hub.registry.register_pending(call_id, call_type, hub.proc_id, params)
+    except DuplicateCall:
+        # `/call/sip?id=<dialogId>`: the app picks up an inbound call that a media process holds.
+        owner = await hub.registry.attach(call_id, hub.proc_id) if call_type == "sip" else None
+        if owner is None:
+            hub.connections.pop(call_id, None)
+            raise
+        conn.created_ms = events.now_ms()
+        body = {"op": "attach", "frontend": hub.proc_id, "dump": dump}
+        hub.send(owner, wire.msg(call_id, wire.CTL, body))
+        conn.owner = owner  # the inbox keeps order: commands arrive after the attach
+    except BaseException:
+        hub.connections.pop(call_id, None)
+        raise
+    try:
+        _limit_send_buffers(request)
+        await ws.prepare(request)
+        log.info("%s call opened", call_type)
+        await conn.serve()
+    finally:
+        hub.connections.pop(call_id, None)
+        if not ws.prepared:
+            conn.client_gone()
+        log.info("call socket closed")
+    return ws
 
 
 async def list_calls(request: web.Request) -> web.Response:

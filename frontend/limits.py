@@ -90,6 +90,7 @@ class MediaCapacity:
         self._read_at: float | None = None
         self._free = 0
         self._admitted = 0
+        self._window = 0  # which read the admitted calls count against
 
     async def free(self) -> int:
         """Calls the media processes can still take, as far as this frontend knows."""
@@ -103,11 +104,19 @@ class MediaCapacity:
                 )
                 self._read_at = self._clock()
                 self._admitted = 0
+                self._window += 1
             return self._free - self._admitted
 
-    async def admit(self) -> bool:
-        """Count a new call against the free capacity; False when there is none."""
+    async def admit(self) -> int | None:
+        """Count a new call against the free capacity: None when there is none, else a ticket for
+        `release`."""
         if await self.free() <= 0:
-            return False
+            return None
         self._admitted += 1
-        return True
+        return self._window
+
+    def release(self, ticket: int | None) -> None:
+        """An admitted call's socket closed. If the figures were not read again since it was admitted, it
+        no longer counts against them: short calls in quick succession do not use up the room."""
+        if ticket is not None and ticket == self._window and self._admitted > 0:
+            self._admitted -= 1

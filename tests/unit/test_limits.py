@@ -112,8 +112,13 @@ async def test_capacity_from_heartbeats(registry: Registry) -> None:
     clock = Clock()
     capacity = MediaCapacity(registry, clock=clock)
     assert await capacity.free() == 1
-    assert await capacity.admit() is True
-    assert await capacity.admit() is False, "the call admitted counts against the cached figure"
+    ticket = await capacity.admit()
+    assert ticket is not None
+    assert await capacity.admit() is None, "the call admitted counts against the cached figure"
+    capacity.release(ticket)
+    assert await capacity.free() == 1, "a call that ended before the next read gives its room back"
+    ticket = await capacity.admit()
+    assert ticket is not None
     await beat(registry, "media-1", calls=4, capacity=4)
     clock.now += 0.5
     assert await capacity.free() == 0
@@ -121,7 +126,7 @@ async def test_capacity_from_heartbeats(registry: Registry) -> None:
 
 async def test_capacity_none_when_no_media_process(registry: Registry) -> None:
     await beat(registry, "web-1", role="web", calls=0)
-    assert await MediaCapacity(registry).admit() is False
+    assert await MediaCapacity(registry).admit() is None
 
 
 async def test_capacity_is_read_once_per_ttl(registry: Registry) -> None:
@@ -129,7 +134,8 @@ async def test_capacity_is_read_once_per_ttl(registry: Registry) -> None:
     counting = CountingRegistry(registry)
     clock = Clock()
     capacity = MediaCapacity(counting, clock=clock)  # type: ignore[arg-type]
-    assert all([await capacity.admit() for _ in range(20)])
+    tickets = [await capacity.admit() for _ in range(20)]
+    assert None not in tickets
     assert counting.reads == 1, "a burst of calls costs one Redis read"
     clock.now += 0.49
     await capacity.free()
@@ -137,6 +143,8 @@ async def test_capacity_is_read_once_per_ttl(registry: Registry) -> None:
     clock.now += 0.02
     assert await capacity.free() == 100, "a new read forgets the calls admitted against the old one"
     assert counting.reads == 2
+    capacity.release(tickets[0])
+    assert await capacity.free() == 100, "a release from before the read changes nothing"
 
 
 async def ws_server(handler: Any) -> TestServer:
