@@ -210,3 +210,23 @@ async def test_no_capacity_is_refused_at_once(one_slot: StackInfo, call_id: str)
     finally:
         for c in clients:
             await c.close()
+
+
+async def test_short_calls_in_quick_succession_are_not_refused(one_slot: StackInfo, call_id: str) -> None:
+    # One slot, calls one after the other, faster than the frontend re-reads the heartbeats (0.5 s): each
+    # call that ended gives its room back, and a heartbeat says so as soon as the full process frees up.
+    await wait_media_calls(one_slot, 0)
+    await asyncio.sleep(0.6)
+    t0 = time.monotonic()
+    for i in range(8):
+        c = await CallClient.open(one_slot.ws, call_id=f"{call_id}-q{i}")
+        try:
+            await c.invite()
+            await c.send({"command": "hangup"})
+            assert (await c.event("hangup"))["reason"] == "normal_clearing", c.names()
+            await c.wait_closed()
+        finally:
+            await c.close()
+        # The freed process beats at once: whenever the frontend re-reads, it finds the room.
+        await wait_media_calls(one_slot, 0)
+    assert time.monotonic() - t0 < 5.0
