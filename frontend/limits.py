@@ -69,6 +69,13 @@ class CallSocket(web.WebSocketResponse):
             message = f"message too big (limit {self.max_msg_size} bytes)".encode()[:123]
         return await super().close(code=code, message=message, drain=drain)
 
+    def _reset_heartbeat(self) -> None:
+        # aiohttp (3.14) re-arms the ping timer when data arrives after close() began, typically the
+        # client's reply to our close frame: the loop's timer then kept the closed socket, its request,
+        # transport and parser, and the CallConnection for 1.5 × `heartbeat` (30 s at ping=20).
+        if not self.closed:
+            super()._reset_heartbeat()
+
 
 class MediaCapacity:
     """Whether the live media processes can take another call, from their heartbeats (`calls`,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -200,5 +203,33 @@ async def test_call_socket_closes_normally_otherwise() -> None:
                 msg = await ws.receive(timeout=5)
                 assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == WSCloseCode.OK
                 assert not msg.extra
+    finally:
+        await server.close()
+
+
+async def test_closed_call_socket_is_released_at_once() -> None:
+    """The client's reply to our close frame must not re-arm the ping timer: the loop would keep the
+    closed socket (and the call's connection, request, transport) for 1.5 × heartbeat (a memory leak
+    proportional to call churn)."""
+    sockets: list[weakref.ref[CallSocket]] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        ws = CallSocket(max_msg_size=1000, heartbeat=20)
+        sockets.append(weakref.ref(ws))
+        await ws.prepare(request)
+        await ws.close()  # the server closes first, as when a call hangs up
+        return ws
+
+    server = await ws_server(handle)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(3):
+                async with session.ws_connect(server.make_url("/ws")) as ws:
+                    msg = await ws.receive(timeout=5)
+                    assert msg.type == aiohttp.WSMsgType.CLOSE
+        await asyncio.sleep(0.05)
+        gc.collect()
+        assert len(sockets) == 3
+        assert [ref() for ref in sockets] == [None, None, None]
     finally:
         await server.close()
