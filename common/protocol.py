@@ -7,6 +7,7 @@ types. Field names on the wire are camelCase (see common.schema), as in RustPBX.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,12 @@ from common.errors import BadCommand
 from common.schema import parse_object, to_wire
 
 MAX_TEXT_FRAME = 1 << 20
+# Arrays and objects inside one another, at most (serde_json's limit in RustPBX is 128; a real command has
+# 4). Deeper values would overflow the recursion of msgpack (512) or Python before they reached the owner.
+MAX_DEPTH = 32
+# What msgpack can carry between processes: a larger integer would fail there, not here.
+_INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 CODECS = ("pcm", "pcmu", "pcma", "g722")
 DEFAULT_HANDSHAKE_TIMEOUT = 15.0
 
@@ -281,20 +288,70 @@ COMMANDS: dict[str, type] = {
 NAMES: dict[type, str] = {cls: name for name, cls in COMMANDS.items()}
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _not_json(name: str) -> Any:
+    # RFC 8259 has no NaN or Infinity; json.loads would take them and every JSON writer after it refuse them.
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def parse_command(text: str | bytes) -> Command:
     """Parse one client text frame into a command, or raise BadCommand naming what is wrong."""
     if len(text) > MAX_TEXT_FRAME:
         raise BadCommand(f"text frame of {len(text)} bytes exceeds the {MAX_TEXT_FRAME}-byte limit")
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_float=_finite, parse_constant=_not_json)
+    except RecursionError:
+        raise BadCommand(f"invalid JSON: nested deeper than {MAX_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadCommand(f"invalid JSON: {exc}") from None
     return command_from_dict(data)
 
 
+def _check_values(data: Any) -> None:
+    """Refuse what JSON can say but the rest of the way cannot carry: nesting beyond MAX_DEPTH, lone UTF-16
+    surrogates (`"\\ud800"`: no UTF-8 for them, so no event, dump line or msgpack message could hold them),
+    integers beyond 64 bits and non-finite numbers. Iterative, so no depth overflows it."""
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if isinstance(value, str):
+            if not value.isascii() and _SURROGATE.search(value):
+                raise BadCommand(f"{path or 'command'}: a lone UTF-16 surrogate is not text")
+        elif isinstance(value, bool) or value is None:
+            continue
+        elif isinstance(value, int):
+            if not _INT_MIN <= value <= _INT_MAX:
+                raise BadCommand(f"{path or 'command'}: integer out of range")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise BadCommand(f"{path or 'command'}: number out of range")
+        elif isinstance(value, dict | list):
+            if depth >= MAX_DEPTH:
+                raise BadCommand(f"{path or 'command'}: nested deeper than {MAX_DEPTH} levels")
+            if isinstance(value, list):
+                stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value))
+                continue
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    raise BadCommand(f"{path or 'command'}: object keys must be strings")
+                where = f"{path}.{k}" if path else k
+                if not k.isascii() and _SURROGATE.search(k):
+                    raise BadCommand(f"{path or 'command'}: a key holds a lone UTF-16 surrogate")
+                stack.append((v, where, depth + 1))
+        else:
+            raise BadCommand(f"{path or 'command'}: {type(value).__name__} is not a JSON value")
+
+
 def command_from_dict(data: Any) -> Command:
     if not isinstance(data, dict):
         raise BadCommand("a command must be a JSON object")
+    _check_values(data)
     name = data.get("command")
     if not isinstance(name, str):
         raise BadCommand(
@@ -339,6 +396,8 @@ def parse_duration(value: str | int | float | None, default: float) -> float:
     if value is None:
         return default
     if isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("must be a finite number")
         if value < 0:
             raise ValueError("must not be negative")
         return float(value)
@@ -346,6 +405,8 @@ def parse_duration(value: str | int | float | None, default: float) -> float:
     if not m:
         raise ValueError(f'cannot read {value!r} as a duration (use 30, "30" or "30s")')
     number = float(m.group(1))
+    if not math.isfinite(number):
+        raise ValueError(f"{value[:40]!r} is out of range")
     return number / 1000 if m.group(2) == "ms" else number
 
 

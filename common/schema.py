@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import types
 import typing
 from typing import Any, TypeVar, Union
@@ -16,6 +17,8 @@ from typing import Any, TypeVar, Union
 from common.errors import BadCommand
 
 T = TypeVar("T")
+
+_INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1
 
 _TYPE_NAMES = {
     str: "a string",
@@ -104,13 +107,23 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise BadCommand(f"{path}: expected an integer, got {_json_type(value)}")
+                value = int(value)
+            else:
+                raise BadCommand(f"{path}: expected an integer, got {_json_type(value)}")
+        if not _INT_MIN <= value <= _INT_MAX:
+            # 64 bits, as RustPBX's i64/u64 fields; msgpack could not carry more to the media process.
+            raise BadCommand(f"{path}: integer out of range")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise BadCommand(f"{path}: expected a number, got {_json_type(value)}")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+        if not math.isfinite(number):
+            raise BadCommand(f"{path}: number out of range")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise BadCommand(f"{path}: expected a string, got {_json_type(value)}")

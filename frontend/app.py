@@ -52,7 +52,11 @@ async def _playground(request: web.Request) -> web.FileResponse:
 async def _static(request: web.Request) -> web.FileResponse:
     # Not add_static: its 404 is an empty body, and every error here is the JSON error body.
     path = STATIC / request.match_info["name"]
-    if path.resolve().parent != STATIC or not path.is_file():
+    try:
+        found = path.resolve().parent == STATIC and path.is_file()
+    except (ValueError, OSError):  # a NUL byte, a name too long for the filesystem
+        found = False
+    if not found:
         raise web.HTTPNotFound(text="no such file in the playground")
     return web.FileResponse(path)
 

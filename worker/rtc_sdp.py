@@ -10,8 +10,12 @@ from __future__ import annotations
 import re
 
 CODEC_ORDER = ("opus", "g722", "pcma", "pcmu")
-_RTPMAP = re.compile(r"^a=rtpmap:(\d+) ([^/\s]+)/(\d+)", re.IGNORECASE)
-_CANDIDATE = re.compile(r"^a=candidate:(\S+) (\d+) (\S+) (\d+) (\S+) (\d+) typ (\S+)(.*)$")
+# Numbers are bounded (payload type 0-127, rates and ICE priorities 32 bits): the offer is the client's
+# text, and int() refuses digit runs past 4300 with a ValueError that would say nothing about the offer.
+_RTPMAP = re.compile(r"^a=rtpmap:([0-9]{1,3}) ([^/\s]+)/([0-9]{1,10})(?![0-9])", re.IGNORECASE)
+_CANDIDATE = re.compile(
+    r"^a=candidate:(\S+) ([0-9]{1,3}) (\S+) ([0-9]{1,10}) (\S+) ([0-9]{1,5}) typ (\S+)(.*)$"
+)
 
 
 def _lines(sdp: str) -> list[str]:
@@ -32,7 +36,8 @@ def audio_rtpmaps(sdp: str) -> list[tuple[int, str, int]]:
                 break
             in_audio = line.startswith("m=audio")
         elif in_audio and (m := _RTPMAP.match(line)):
-            out.append((int(m.group(1)), m.group(2).lower(), int(m.group(3))))
+            if int(m.group(1)) <= 127:
+                out.append((int(m.group(1)), m.group(2).lower(), int(m.group(3))))
     return out
 
 

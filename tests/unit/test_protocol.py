@@ -221,3 +221,61 @@ def test_redact() -> None:
         "list": [{"apiKey": "***"}],
         "empty": {"password": ""},
     }
+
+
+# Found by tests/fuzz/test_protocol_fuzz.py: JSON that json.loads takes but nothing after it can carry. Each
+# of these used to pass (or escape as another exception) and then break the frontend's relay to the owner.
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        # msgpack (the relay) and UTF-8 (the socket) cannot encode a lone surrogate
+        ('{"command": "history", "speaker": "u", "text": "\\ud800"}', "text: a lone UTF-16 surrogate"),
+        ('{"command": "tts", "text": "a\\udfffb"}', "text: a lone UTF-16 surrogate"),
+        ('{"command": "invite", "option": {"sip": {"headers": {"\\udc80": "x"}}}}', "option.sip.headers"),
+        ('{"command": "invite", "option": {"extra": {"k": ["\\ud83d"]}}}', "option.extra.k[0]"),
+        # json.loads raised RecursionError, which is not BadCommand
+        ("[" * 100_000 + "]" * 100_000, "nested deeper"),
+        # deep enough for msgpack's or Python's recursion further on
+        ('{"command": "invite", "option": {"extra": {"a": ' + "[" * 600 + "]" * 600 + "}}}", "nested deeper"),
+        # past 64 bits: msgpack raised OverflowError in the frontend's outbox
+        (
+            '{"command": "tts", "text": "a", "waitInputTimeout": 1e300}',
+            "waitInputTimeout: integer out of range",
+        ),
+        ('{"command": "reject", "reason": "x", "code": 18446744073709551616}', "code: integer out of range"),
+        (
+            '{"command": "invite", "option": {"extra": {"n": -9223372036854775809}}}',
+            "option.extra.n: integer",
+        ),
+        ('{"command": "invite", "option": {"vad": {"voiceThreshold": ' + "9" * 400 + "}}}", "out of range"),
+        # not JSON (RFC 8259); json.dumps of the dump line would write them back as invalid JSON
+        ('{"command": "invite", "option": {"handshakeTimeout": NaN}}', "NaN is not a JSON value"),
+        ('{"command": "invite", "option": {"vad": {"voiceThreshold": -Infinity}}}', "-Infinity is not"),
+        ('{"command": "invite", "option": {"handshakeTimeout": 1e400}}', "out of range"),
+        # a duration of infinity (uvloop refuses NaN timeouts outright)
+        ('{"command": "invite", "option": {"handshakeTimeout": "' + "9" * 400 + 's"}}', "out of range"),
+    ],
+)
+def test_values_the_relay_cannot_carry_are_refused(text: str, needle: str) -> None:
+    with pytest.raises(BadCommand) as info:
+        parse_command(text)
+    assert needle in info.value.message
+    info.value.message.encode("utf-8")  # the error event itself can be sent
+
+
+def test_limits_leave_real_commands_alone() -> None:
+    nested = {"a": {"b": {"c": [[[[1, 2.5, "\U0001f600 é"]]]]}}}
+    cmd = parse(
+        {
+            "command": "invite",
+            "option": {"extra": nested, "handshakeTimeout": 30.5, "vad": {"samplerate": 2**63 - 1}},
+        }
+    )
+    assert isinstance(cmd, Invite)
+    assert cmd.option.extra == nested and cmd.option.vad is not None
+    assert cmd.option.vad.samplerate == 2**63 - 1
+    assert parse_duration(1e300, 1.0) == 1e300
+    with pytest.raises(ValueError):
+        parse_duration(float("nan"), 1.0)
+    with pytest.raises(ValueError):
+        parse_duration(float("inf"), 1.0)

@@ -86,3 +86,15 @@ async def test_trickled_candidates_reach_the_ice_agent() -> None:
     finally:
         await peer.close()
         await caller.close()
+
+
+def test_offers_with_numbers_past_any_bound_are_read_not_raised_on() -> None:
+    # Found by tests/fuzz/test_sip_fuzz.py: int() refuses more than 4300 digits with a ValueError about
+    # integer conversion, which reached the client as the reason its offer failed.
+    huge = "9" * 5000
+    offer = OFFER.replace("a=rtpmap:111 opus/48000/2", f"a=rtpmap:{huge} opus/48000/2")
+    assert rtc_sdp.choose_codec(offer) == ("g722", 8000)
+    assert rtc_sdp.choose_codec(OFFER.replace("G722/8000", f"G722/{huge}")) == ("opus", 48000)
+    assert rtc_sdp.choose_codec(OFFER.replace("rtpmap:111", "rtpmap:200")) == ("g722", 8000)
+    candidate = f"a=candidate:1 1 udp {huge} 192.168.1.5 50000 typ host"
+    assert rtc_sdp.add_public_address(OFFER.replace(OFFER.splitlines()[-2], candidate), "198.51.100.1")

@@ -293,3 +293,28 @@ def test_password_stays_out_of_repr_and_errors() -> None:
     with pytest.raises(ValueError) as info:
         answer(parse_challenge('Digest realm="r", nonce="n", qop=x'), "INVITE", "sip:x", "a", "hunter2-pw")
     assert "hunter2" not in str(info.value)
+
+
+# Found by tests/fuzz/test_sip_fuzz.py.
+def test_a_challenge_with_octets_that_are_not_utf8_is_answered_over_those_octets() -> None:
+    # message.parse keeps undecodable octets as surrogates; hashing used to raise UnicodeEncodeError, out
+    # of DigestState.authorize and so out of the leg's response handler (the call never failed or ended).
+    realm_octets = b"r\xe9alm"  # Latin-1, as some PBXes send it
+    value = 'Digest realm="' + realm_octets.decode("utf-8", "surrogateescape") + '", nonce="n", qop="auth"'
+    state = DigestState("alice", "pw")
+    assert state.on_challenge(401, [value])
+    ((_, credentials),) = state.authorize("REGISTER", "sip:example.com")
+    creds = parse_credentials(credentials)
+    ha1 = hashlib.md5(b"alice:" + realm_octets + b":pw").hexdigest()
+    ha2 = hashlib.md5(b"REGISTER:sip:example.com").hexdigest()
+    expected = hashlib.md5(f"{ha1}:n:{creds.nc:08x}:{creds.cnonce}:auth:{ha2}".encode()).hexdigest()
+    assert creds.response == expected
+    assert verify(credentials, "REGISTER", lambda user, realm: "pw")
+
+
+def test_verify_is_false_never_an_exception_for_odd_text() -> None:
+    # hmac.compare_digest raises TypeError on non-ASCII text; a lone surrogate (not from octets) cannot be
+    # hashed at all.
+    base = 'Digest username="u", realm="r", nonce="n", uri="sip:x", response='
+    assert verify(base + '"\u00e9"', "REGISTER", lambda user, realm: "pw") is False
+    assert verify(base + '"abc"', "REGISTER", lambda user, realm: "\ud800") is False

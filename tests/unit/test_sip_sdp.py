@@ -443,3 +443,34 @@ def test_bump_raises_the_version_only() -> None:
     assert parse(bump(bump(ASTERISK))).origin.version == 1866294215
     with pytest.raises(ValueError, match="o="):
         bump("v=0\r\ns=-\r\n")
+
+
+# Found by tests/fuzz/test_sip_fuzz.py: values that parsed and were negotiated, then failed in uvloop's
+# sendto() on every 20 ms frame (the RTP sockets are IPv4; nothing resolves host names) or RTCP report.
+@pytest.mark.parametrize(
+    "address", ["pbx.example.com", "2001:db8::1", "sendrecv", "192.0.2.", "192.0.2.300", "::ffff:192.0.2.1"]
+)
+def test_a_connection_address_rtp_cannot_reach_is_refused(address: str) -> None:
+    kind = "IP6" if ":" in address else "IP4"
+    head = ("v=0", "o=- 1 1 IN IP4 192.0.2.7", "s=-", f"c=IN {kind} {address}", "t=0 0")
+    with pytest.raises(NoCommonMedia, match="not an IPv4 address"):
+        answer(parse(sdp(*head, "m=audio 5000 RTP/AVP 0")), "192.0.2.1", 4000)
+    # one audio line the RTP layer can reach is still taken
+    text, neg = answer(
+        parse(sdp(*head, "m=audio 5000 RTP/AVP 0", "m=audio 5002 RTP/AVP 0", "c=IN IP4 192.0.2.8")),
+        "192.0.2.1",
+        4000,
+    )
+    assert neg.remote_address == "192.0.2.8" and parse(text).media[0].port == 0
+    with pytest.raises(ValueError, match="not an IPv4 address"):
+        negotiated_from_answer(offer("192.0.2.1", 4000), parse(sdp(*head, "m=audio 5000 RTP/AVP 0")))
+
+
+def test_rtcp_ports_stay_ports() -> None:
+    head = ("v=0", "o=- 1 1 IN IP4 192.0.2.7", "s=-", "c=IN IP4 192.0.2.7", "t=0 0")
+    _, neg = answer(parse(sdp(*head, "m=audio 5000 RTP/AVP 0", "a=rtcp:99999")), "192.0.2.1", 4000)
+    assert neg.remote_rtcp_port == 5001, "an a=rtcp past 65535 is ignored like any malformed hint"
+    _, neg = answer(parse(sdp(*head, "m=audio 65535 RTP/AVP 0")), "192.0.2.1", 4000)
+    assert neg.remote_rtcp_port == 65535, "no port 65536"
+    sd = parse(sdp(*head, "m=audio 5000 RTP/AVP 0 \u00b2", "a=ptime:" + "9" * 5000))
+    assert sd.media[0].payload_types == (0,) and sd.media[0].ptime is None

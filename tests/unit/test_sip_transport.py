@@ -68,3 +68,14 @@ async def test_udp_shared_and_own_ports_and_tcp() -> None:
     udp.close()
     await a.close()
     await b.close()
+
+
+def test_content_length_anywhere_in_the_headers() -> None:
+    # Found by tests/fuzz/test_sip_fuzz.py: the pattern only matched Content-Length on the last header line
+    # (the CR of the others stood before `$`), so a peer writing it earlier had its TCP connection closed.
+    first = INVITE.replace(b"Content-Length: 4\r\n", b"").replace(
+        b"Call-ID: a", b"Content-Length: 4\r\nCall-ID: a"
+    )
+    second = INVITE.replace(b"Content-Length: 4\r\n", b"").replace(b"Call-ID: a", b"l:4  \r\nCall-ID: a")
+    buf = bytearray(first + second)
+    assert split_stream(buf) == [first, second] and not buf

@@ -222,7 +222,10 @@ def _response(
     hash_name = _ALGORITHMS[algorithm.lower()][1]
 
     def h(data: str | bytes) -> str:
-        return hashlib.new(hash_name, data.encode() if isinstance(data, str) else data).hexdigest()
+        # Header text holds the octets UTF-8 could not decode as surrogates (message.parse decodes with
+        # surrogateescape): hash the octets the peer sent, not a failure to encode them.
+        raw = data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data
+        return hashlib.new(hash_name, raw).hexdigest()
 
     ha1 = h(f"{username}:{realm}:{password}")
     if algorithm.endswith("-sess"):
@@ -342,20 +345,24 @@ def verify(
         return False
     if creds.qop is not None and creds.qop not in QOPS:
         return False
-    expected = _response(
-        algorithm=creds.algorithm,
-        username=creds.username,
-        realm=creds.realm,
-        password=password,
-        nonce=creds.nonce,
-        method=method,
-        uri=creds.uri,
-        qop=creds.qop,
-        nc=f"{creds.nc or 0:08x}",
-        cnonce=creds.cnonce,
-        body=body,
-    )
-    return hmac.compare_digest(expected, creds.response)
+    try:
+        expected = _response(
+            algorithm=creds.algorithm,
+            username=creds.username,
+            realm=creds.realm,
+            password=password,
+            nonce=creds.nonce,
+            method=method,
+            uri=creds.uri,
+            qop=creds.qop,
+            nc=f"{creds.nc or 0:08x}",
+            cnonce=creds.cnonce,
+            body=body,
+        )
+    except UnicodeEncodeError:  # text no octets could have given (a lone surrogate from elsewhere)
+        return False
+    # compare_digest refuses non-ASCII text; a response that is not hex digits is wrong anyway.
+    return creds.response.isascii() and hmac.compare_digest(expected, creds.response)
 
 
 @dataclass(slots=True)

@@ -43,7 +43,7 @@ _SPLIT = re.compile(r"\r\n|\r|\n")
 _RTPMAP = re.compile(r"(\d{1,3})\s+([^/\s]+)/(\d+)(?:/(\d+))?\s*")
 _FMTP = re.compile(r"(\d{1,3})\s+(.*)")
 _RTCP = re.compile(r"(\d{1,5})(?:\s+IN\s+IP[46]\s+(\S+))?\s*", re.IGNORECASE)
-_PTIME = re.compile(r"(\d+)(?:\.\d*)?")
+_PTIME = re.compile(r"(\d{1,6})(?:\.\d*)?")
 _PORT = re.compile(r"(\d{1,5})(?:/(\d+))?")
 _ORIGIN_VERSION = re.compile(r"^(o=\S+[ \t]+\S+[ \t]+)(\d+)", re.MULTILINE)
 
@@ -132,7 +132,8 @@ class Media:
     @property
     def payload_types(self) -> tuple[int, ...]:
         """The formats that are RTP payload type numbers, in the offered order."""
-        return tuple(int(f) for f in self.formats if f.isdigit() and int(f) <= 127)
+        # isascii: str.isdigit() takes superscripts and other digits that int() refuses.
+        return tuple(int(f) for f in self.formats if f.isascii() and f.isdigit() and int(f) <= 127)
 
     def codec(self, pt: int) -> RtpMap | None:
         """What payload type `pt` carries here: its rtpmap, else the RFC 3551 static assignment."""
@@ -256,7 +257,8 @@ def _media(
                 else:
                     maxptime = int(p.group(1)) or None
             elif name == "rtcp" and value is not None and (r := _RTCP.fullmatch(value)):
-                rtcp_port, rtcp_address = int(r.group(1)), r.group(2)
+                if 0 < int(r.group(1)) <= 65535:
+                    rtcp_port, rtcp_address = int(r.group(1)), r.group(2)
     return Media(
         kind=kind.lower(),
         port=port,
@@ -435,6 +437,21 @@ def _pick(m: Media, supported: Sequence[str], prefer: Sequence[str] | None) -> R
     return common[0] if common else None  # RFC 3264 §6.1: the offerer's order decides by default
 
 
+def _sendable(address: str) -> bool:
+    """Whether RTP can go to `address`: the RTP sockets are IPv4 and nothing resolves host names (RFC 4566
+    §5.7 allows them; uvloop's sendto refuses anything but an address of the socket's family)."""
+    try:
+        ipaddress.IPv4Address(address)
+    except ValueError:
+        return False
+    return True
+
+
+def _rtcp_port(m: Media) -> int:
+    # RFC 3605 a=rtcp when given, else the next port up (RFC 3550 §11), which port 65535 does not have.
+    return m.rtcp_port or min(m.port + 1, 65535)
+
+
 def _rejected(m: Media) -> str:
     # RFC 3264 §6: a rejected stream keeps its m-line with port 0 and at least one format.
     return f"m={m.kind} 0 {m.proto} {' '.join(m.formats) or '0'}"
@@ -483,10 +500,12 @@ def answer(
             reasons.append(f"{label}: not plain RTP")
         elif m.connection is None:
             reasons.append(f"{label}: no connection address")
+        elif not _sendable(m.connection):
+            reasons.append(f"{label}: connection address {m.connection[:60]!r} is not an IPv4 address")
         elif (codec := _pick(m, supported, prefer)) is None:
             offered = ", ".join(f"{c.encoding}/{c.clock_rate}" for c in m.codecs) or "nothing known"
             reasons.append(f"{label}: no codec in common (offered {offered})")
-        if codec is None or m.connection is None:
+        if codec is None or m.connection is None or not _sendable(m.connection):
             out.append(_rejected(m))
             continue
         event = _event_for(m, codec.clock_rate) if telephone_event else None
@@ -512,8 +531,8 @@ def answer(
             telephone_event_pt=event.pt if event else None,
             remote_address=m.connection,
             remote_port=m.port,
-            # RFC 3605 a=rtcp when given, else the next port up (RFC 3550 §11); rtcp-mux is not answered
-            remote_rtcp_port=m.rtcp_port or m.port + 1,
+            # rtcp-mux is not answered: RTCP goes to its own port
+            remote_rtcp_port=_rtcp_port(m),
             direction=ours,
             ptime=m.ptime or DEFAULT_PTIME,
         )
@@ -544,6 +563,8 @@ def negotiated_from_answer(offer_text: str, answer: SessionDescription) -> Negot
             raise ValueError(f"answer chose no codec we offered (it has {' '.join(am.formats)})")
         if am.connection is None:
             raise ValueError("answer has no connection address for its audio")
+        if not _sendable(am.connection):
+            raise ValueError(f"answer's connection address {am.connection[:60]!r} is not an IPv4 address")
         event = _event_for(am, codec.clock_rate) if om.telephone_events else None
         offered_sends, offered_receives = _FLAGS[om.direction]
         remote_sends, remote_receives = _remote_flags(am)
@@ -554,7 +575,7 @@ def negotiated_from_answer(offer_text: str, answer: SessionDescription) -> Negot
             telephone_event_pt=event.pt if event else None,
             remote_address=am.connection,
             remote_port=am.port,
-            remote_rtcp_port=am.rtcp_port or am.port + 1,
+            remote_rtcp_port=_rtcp_port(am),
             direction=_BY_FLAGS[(offered_sends and remote_receives, offered_receives and remote_sends)],
             ptime=am.ptime or DEFAULT_PTIME,
         )

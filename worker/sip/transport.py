@@ -25,7 +25,10 @@ log = logging.getLogger("pbx.worker.sip.transport")
 
 MAX_MESSAGE = 64 * 1024
 RECEIVE_BUFFER = 4 * 1024 * 1024
-_CONTENT_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d+)[ \t]*$", re.IGNORECASE | re.MULTILINE)
+# Any header line: `$` (MULTILINE) is before the LF, so the CR of every line but the last must be let in.
+_CONTENT_LENGTH = re.compile(
+    rb"^(?:content-length|l)[ \t]*:[ \t]*(\d+)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE
+)
 
 
 @dataclass(frozen=True, slots=True)
