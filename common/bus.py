@@ -95,12 +95,28 @@ class Outbox:
         for proc, messages in batch.items():
             pipe.xadd(
                 self._keys.inbox(proc),
-                {wire.FIELD: wire.pack(messages)},
+                {wire.FIELD: self._pack(proc, messages)},
                 maxlen=INBOX_MAXLEN,
                 approximate=True,
             )
         await pipe.execute()
         self.sent_batches += 1
+
+    def _pack(self, proc: str, messages: list[dict[str, Any]]) -> bytes:
+        """The batch as one blob; a message that cannot be packed (a lone surrogate in some provider's text,
+        an integer beyond 64 bits) is logged and left out, so it cannot stop this process's messaging."""
+        try:
+            return wire.pack(messages)
+        except (TypeError, ValueError, OverflowError) as exc:  # UnicodeError is a ValueError
+            good = []
+            for m in messages:
+                try:
+                    wire.pack([m])
+                    good.append(m)
+                except (TypeError, ValueError, OverflowError):
+                    log.error("dropped a %s message for %s to %s that cannot be packed: %s",
+                              m.get("k"), m.get("c"), proc, exc)  # fmt: skip
+            return wire.pack(good)
 
     def _requeue(self, batch: dict[str, list[dict[str, Any]]]) -> None:
         for proc, messages in batch.items():

@@ -102,3 +102,12 @@ async def test_heartbeat_tells_a_lost_registry_and_restore_rebuilds_it(registry:
     listing = entry.listing()
     assert listing["created_at"] == "2023-11-14T22:13:20.000Z" and listing["option"] == {"callee": "sip:a@b"}
     assert await registry.claim("c1", "media-2") == 0, "the restored owner keeps it"
+
+
+async def test_outbox_drops_a_message_it_cannot_pack_and_goes_on(registry: Registry) -> None:
+    outbox = Outbox(registry.redis, registry.keys)
+    outbox.send("web-1", wire.msg("c1", wire.EVT, {"event": "asrFinal", "text": "\ud800"}))
+    outbox.send("web-1", wire.msg("c1", wire.EVT, {"event": "asrFinal", "text": "fine"}))
+    await outbox.flush()
+    batch = await anext(read_inbox(registry.redis, registry.keys, "web-1", block_ms=50))
+    assert [m["b"]["text"] for m in batch] == ["fine"]

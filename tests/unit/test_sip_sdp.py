@@ -472,5 +472,6 @@ def test_rtcp_ports_stay_ports() -> None:
     assert neg.remote_rtcp_port == 5001, "an a=rtcp past 65535 is ignored like any malformed hint"
     _, neg = answer(parse(sdp(*head, "m=audio 65535 RTP/AVP 0")), "192.0.2.1", 4000)
     assert neg.remote_rtcp_port == 65535, "no port 65536"
-    sd = parse(sdp(*head, "m=audio 5000 RTP/AVP 0 \u00b2", "a=ptime:" + "9" * 5000))
+    sd = parse(sdp(*head, "m=audio 5000 RTP/AVP 0 \u00b2 " + "9" * 5000, "a=ptime:" + "9" * 5000))
     assert sd.media[0].payload_types == (0,) and sd.media[0].ptime is None
+    assert answer(sd, "192.0.2.1", 4000)[1].codec == "PCMU"

@@ -40,11 +40,12 @@ _LEGACY_HOLD = "0.0.0.0"  # RFC 3264 §8.4: RFC 2543's way of saying "send nothi
 
 _LINE = re.compile(r"([a-z])=(.*)")
 _SPLIT = re.compile(r"\r\n|\r|\n")
-_RTPMAP = re.compile(r"(\d{1,3})\s+([^/\s]+)/(\d+)(?:/(\d+))?\s*")
+# Numbers are bounded: a malformed line gets this module's error, not int()'s refusal of 4300+ digits.
+_RTPMAP = re.compile(r"(\d{1,3})\s+([^/\s]+)/(\d{1,10})(?:/(\d{1,3}))?\s*")
 _FMTP = re.compile(r"(\d{1,3})\s+(.*)")
 _RTCP = re.compile(r"(\d{1,5})(?:\s+IN\s+IP[46]\s+(\S+))?\s*", re.IGNORECASE)
 _PTIME = re.compile(r"(\d{1,6})(?:\.\d*)?")
-_PORT = re.compile(r"(\d{1,5})(?:/(\d+))?")
+_PORT = re.compile(r"(\d{1,5})(?:/(\d{1,5}))?")
 _ORIGIN_VERSION = re.compile(r"^(o=\S+[ \t]+\S+[ \t]+)(\d+)", re.MULTILINE)
 
 
@@ -132,8 +133,11 @@ class Media:
     @property
     def payload_types(self) -> tuple[int, ...]:
         """The formats that are RTP payload type numbers, in the offered order."""
-        # isascii: str.isdigit() takes superscripts and other digits that int() refuses.
-        return tuple(int(f) for f in self.formats if f.isascii() and f.isdigit() and int(f) <= 127)
+        # isascii: str.isdigit() takes superscripts and other digits that int() refuses; and at most three
+        # digits, past which int() may refuse the length (and no payload type is that large anyway).
+        return tuple(
+            int(f) for f in self.formats if len(f) <= 3 and f.isascii() and f.isdigit() and int(f) <= 127
+        )
 
     def codec(self, pt: int) -> RtpMap | None:
         """What payload type `pt` carries here: its rtpmap, else the RFC 3551 static assignment."""
