@@ -96,6 +96,7 @@ class MediaProcess:
         self._tasks: list[asyncio.Task[Any]] = []
         self._missing_frontends: set[str] = set()
         self._redis_back_at = 0.0
+        self._restore_pending = False
         # Set to send the next heartbeat at once (capacity changed).
         self._beat_now = asyncio.Event()
         self._ending: deque[tuple[CallSession, str, str]] = deque()
@@ -273,7 +274,10 @@ class MediaProcess:
             self._beat_now.clear()
             try:
                 if not await self._beat():
+                    self._restore_pending = True
+                if self._restore_pending:  # kept until it succeeds: the next beat finds its key again
                     await self._restore_registry()
+                    self._restore_pending = False
                 self.tick_max_ms = 0.0
                 if time.monotonic() - self._redis_back_at > self.settings.heartbeat_ttl:
                     await self._check_frontends()
