@@ -109,6 +109,19 @@ class EouOption:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MediaPassOption:
+    """RustPBX's `mediaPass`: the call's audio to and from a bot's WebSocket (worker/bot)."""
+
+    url: str = field(repr=False)  # may carry the bot's token
+    input_sample_rate: int | None = None
+    output_sample_rate: int | None = None
+    packet_size: int | None = None
+    ptime: int | None = None
+    dialect: str | None = None  # ours: "raw" (RustPBX's, the default) or "twilio" (Media Streams)
+    hangup_on_close: bool | None = None  # ours: false keeps the call up when the bot goes away
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CallOption:
     denoise: bool | None = None
     offer: str | None = None
@@ -124,7 +137,7 @@ class CallOption:
     extra: dict[str, Any] | None = None
     codec: str | None = None
     eou: EouOption | None = None
-    media_pass: dict[str, Any] | None = None
+    media_pass: MediaPassOption | None = None
 
     def handshake_seconds(self) -> float:
         return parse_duration(self.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT)
@@ -377,10 +390,40 @@ def _check(cmd: Any) -> None:
             cmd.option.handshake_seconds()
         except ValueError as exc:
             raise BadCommand(f"option.handshakeTimeout: {exc}") from None
+        if cmd.option.media_pass is not None:
+            _check_media_pass(cmd.option.media_pass)
     elif isinstance(cmd, Refer) and not (cmd.target or cmd.callee):
         raise BadCommand("refer: target (or callee) is required")
     elif isinstance(cmd, Play) and not cmd.url.strip():
         raise BadCommand("url: must not be empty")
+
+
+MEDIA_PASS_DIALECTS = ("raw", "twilio")
+MIN_RATE, MAX_RATE = 8000, 48000
+MIN_PACKET, MAX_PACKET = 160, 65536
+
+
+def _check_media_pass(mp: MediaPassOption) -> None:
+    where = "option.mediaPass"
+    if not re.match(r"^wss?://[^/?#\s]+", mp.url, re.IGNORECASE):
+        raise BadCommand(f"{where}.url: expected a ws:// or wss:// URL")
+    if mp.dialect is not None and mp.dialect.lower() not in MEDIA_PASS_DIALECTS:
+        raise BadCommand(
+            f"{where}.dialect: unknown dialect {mp.dialect!r} (expected {' or '.join(MEDIA_PASS_DIALECTS)})"
+        )
+    for name, rate in (
+        ("inputSampleRate", mp.input_sample_rate),
+        ("outputSampleRate", mp.output_sample_rate),
+    ):
+        if rate is not None and not MIN_RATE <= rate <= MAX_RATE:
+            raise BadCommand(f"{where}.{name}: expected a rate from {MIN_RATE} to {MAX_RATE} Hz")
+    size = mp.packet_size
+    if size is not None and (not MIN_PACKET <= size <= MAX_PACKET or size % 2):
+        raise BadCommand(
+            f"{where}.packetSize: expected an even number of bytes from {MIN_PACKET} to {MAX_PACKET}"
+        )
+    if mp.ptime is not None and not 10 <= mp.ptime <= 200:
+        raise BadCommand(f"{where}.ptime: expected 10 to 200 ms")
 
 
 def command_to_dict(cmd: Command) -> dict[str, Any]:
@@ -425,10 +468,31 @@ SECRET_KEYS = frozenset(
 )
 
 
+# URL query parameters whose values are credentials (a bot's `?token=`, a signed media URL's signature).
+_SECRET_QUERY = re.compile(
+    r"([?&][^=&#]*(?:token|key|secret|password|passwd|auth|sig|credential)[^=&#]*=)[^&#]*", re.I
+)
+_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^/@:]*:)[^/@]*@", re.I)
+
+
+def redact_url(url: str) -> str:
+    """A URL with its password and credential-like query values replaced by `***`."""
+    return _SECRET_QUERY.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", url))
+
+
 def redact(value: Any) -> Any:
-    """A copy of a JSON value with every secret replaced by `***`."""
+    """A copy of a JSON value with every secret replaced by `***` (URLs keep all but their credentials)."""
     if isinstance(value, dict):
-        return {k: ("***" if k in SECRET_KEYS and v else redact(v)) for k, v in value.items()}
+        return {
+            k: (
+                "***"
+                if k in SECRET_KEYS and v
+                else redact_url(v)
+                if k == "url" and isinstance(v, str)
+                else redact(v)
+            )
+            for k, v in value.items()
+        }
     if isinstance(value, list):
         return [redact(v) for v in value]
     return value

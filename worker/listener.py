@@ -157,6 +157,8 @@ class CallerListener:
             return
         s.input_detected()
         s.emit(events.event("dtmf", track_id=self.call_id, digit=digit))
+        if s.bot is not None:
+            s.bot.digit(digit)
 
     def _clean(self, frame: np.ndarray, ts: int) -> None:
         """A frame ready for speech processing (denoised when asked)."""

@@ -79,7 +79,19 @@ SPEECH_ERRORS = R.counter(
     ("kind", "provider"),
 )
 
+BOT_CONNECTS = R.counter(
+    "pbx_bot_connects_total",
+    "mediaPass bot connections attempted, by dialect and outcome.",
+    ("dialect", "outcome"),
+)
+BOT_ENDS = R.counter(
+    "pbx_bot_ends_total",
+    "mediaPass bot connections the bot ended: closed (a close frame) or dropped.",
+    ("dialect", "how"),
+)
+
 RTC_SENDER_DROPS = AUDIO_DROPPED.labels("rtc_sender")
+BOT_DROPPED = AUDIO_DROPPED.labels("slow_bot")
 TICK_TIME = TICK_SECONDS.labels()
 LATE_TICKS = TICKS_LATE.labels()
 

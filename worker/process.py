@@ -13,6 +13,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import aiohttp
 import msgpack
 from redis.exceptions import RedisError, ResponseError
 
@@ -86,6 +87,7 @@ class MediaProcess:
         self.tts_thread = ThreadPoolExecutor(1, thread_name_prefix="tts")
         self.piper = PiperEngine(self._tts_in_thread)
         self.telephony: Telephony | None = None
+        self._bot_http: aiohttp.ClientSession | None = None
         self.ticks = 0
         self.late_ticks = 0
         # Longest media tick since the last heartbeat: how close the clock is to overrunning.
@@ -120,6 +122,12 @@ class MediaProcess:
 
     def _tts_in_thread(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().run_in_executor(self.tts_thread, fn, *args)
+
+    def bot_http(self) -> aiohttp.ClientSession:
+        """The HTTP client every call's mediaPass socket is opened with (one pool for the process)."""
+        if self._bot_http is None:
+            self._bot_http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+        return self._bot_http
 
     def send(self, proc: str, message: dict[str, Any]) -> None:
         self.outbox.send(proc, message)
@@ -225,6 +233,8 @@ class MediaProcess:
             if not still_pending:
                 await self.redis.xgroup_delconsumer(self.keys.dispatch, DISPATCH_GROUP, self.proc_id)
         await self.cache.close()
+        if self._bot_http is not None:
+            await self._bot_http.close()
         await self.redis.aclose()
         self.io.shutdown(wait=True)
         self.cpu.shutdown(wait=False, cancel_futures=True)

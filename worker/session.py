@@ -40,6 +40,8 @@ from common.protocol import (
     redact,
 )
 from worker import metrics
+from worker.bot.link import BotLink
+from worker.bot.player import BotPlayer
 from worker.dump import EventDump
 from worker.listener import CallerListener
 from worker.media.audiofile import AudioFileError, load_audio
@@ -73,7 +75,7 @@ class ServerTrack:
     auto_hangup: bool = False
     wait_input_timeout: int = 0
     ssrc: int = field(default_factory=lambda: random.getrandbits(32))
-    player: FilePlayer | TtsPlayer | BridgePlayer | None = None
+    player: FilePlayer | TtsPlayer | BridgePlayer | BotPlayer | None = None
     loader: asyncio.Task[None] | None = None
     tts: TtsRun | None = None  # set on TTS tracks
 
@@ -110,6 +112,7 @@ class CallSession:
         self.rtc: RtcPeer | None = None
         self.sip: SipCall | None = None
         self.transfer: Transfer | None = None
+        self.bot: BotLink | None = None  # option.mediaPass
         self._candidates: list[tuple[str, str | None, int | None]] = []  # trickled before the offer
         self.listener = CallerListener(self)
         self.speaker = CallSpeaker(self)
@@ -199,7 +202,10 @@ class CallSession:
         self._frames_in.value += 1
         if self.recorder is not None:
             self.recorder.caller(pcm.tobytes())
-        self.listener.feed(np.zeros_like(pcm) if self.caller_muted else pcm)
+        heard = np.zeros_like(pcm) if self.caller_muted else pcm
+        self.listener.feed(heard)
+        if self.bot is not None:
+            self.bot.caller_audio(heard)
         if self.transfer is not None:
             self.transfer.caller_audio(pcm)
 
@@ -335,6 +341,9 @@ class CallSession:
             await self.hangup("failed", "system")
             return
         await self._prepare(option)
+        if not await self._connect_bot(option):
+            await self.hangup("failed", "system")
+            return
         if self.call_type == "sip":
             if self.proc.telephony is None:
                 self.error("invite", "SIP is not available in this media process", 503)
@@ -359,6 +368,19 @@ class CallSession:
         if option.recorder is not None and self.recorder is None:
             await self._start_recorder(option.recorder)
 
+    async def _connect_bot(self, option: Any) -> bool:
+        """Open the mediaPass bot's socket if the option names one; False (the client told why) if not."""
+        if option.media_pass is None or self.bot is not None:
+            return True
+        link = BotLink(self, option.media_pass, option.extra)
+        problem = await link.connect()
+        if problem is None:
+            self.bot = link
+            return True
+        self.error("mediaPass", problem, 502)
+        self.emit(events.event("reject", track_id=self.call_id, reason=f"mediaPass: {problem}", code=502))
+        return False
+
     async def _start_recorder(self, recorder_option: Any) -> None:
         path = self._recorder_path(recorder_option.recorder_file)
         recorder = CallRecorder(str(path), self.proc.io)
@@ -377,6 +399,10 @@ class CallSession:
             metrics.SETUP_SECONDS.labels(self.call_type).observe(time.monotonic() - self._setup_began)
         self.emit(events.event("trackStart", track_id=self.call_id))
         self.emit(events.event("answer", track_id=self.call_id, sdp=sdp))
+        if self.bot is not None:
+            self.bot.start()
+            if self.bot.player.pending and self.server is None:
+                self._start_bot_track()  # what the bot said before the answer
         self._replay_early_audio()
         with contextlib.suppress(Exception):
             await self.proc.registry.update(self.call_id, state="active", answered_at=self.answer_ms)
@@ -394,6 +420,10 @@ class CallSession:
             self.error("accept", "no pending call to accept", 400)
             return
         await self._prepare(cmd.option)
+        if not await self._connect_bot(cmd.option):
+            self.sip.reject(503, "Service Unavailable")
+            await self.hangup("failed", "system")
+            return
         answer = await self.sip.accept()
         if answer is None:
             await self.hangup("failed", "system")
@@ -436,6 +466,43 @@ class CallSession:
         self._start_track(
             ServerTrack(play_id=None, source="refer", started_ms=events.now_ms(), player=player, ssrc=ssrc)
         )
+
+    # --- the mediaPass bot ---------------------------------------------------------------------------------
+
+    def bot_audio(self, pcm: np.ndarray) -> None:
+        """Audio from the bot: it plays as the server-side track, unless the app put something else there."""
+        bot = self.bot
+        if bot is None or self.ending:
+            return
+        track = self.server
+        if track is not None and track.player is not bot.player:
+            bot.player.dropped += len(pcm)  # the app's play, tts or transfer has the track
+            return
+        if bot.player.add(pcm) and track is None and self.answer_ms is not None:
+            self._start_bot_track()
+
+    def _start_bot_track(self) -> None:
+        assert self.bot is not None
+        self._start_track(
+            ServerTrack(play_id=None, source="mediaPass", started_ms=events.now_ms(), player=self.bot.player)
+        )
+
+    def bot_gone(self, problem: str | None) -> None:
+        """The bot's socket closed: a drop is an error; the call ends unless the option says otherwise."""
+        bot = self.bot
+        if bot is None or self.ending:
+            return
+        if problem is not None:
+            self.error(
+                "mediaPass", f"the bot's connection dropped: {problem}", 502, track_id=SERVER_SIDE_TRACK
+            )
+        if not bot.hangup_on_close:
+            return
+        if problem is not None:
+            self.spawn(self.hangup("bot_lost", "system"), "bot-lost")
+        elif self.server is None or self.server.player is not bot.player or not bot.player.pending:
+            self.spawn(self.hangup("bot_closed", "system"), "bot-closed")
+        # else the bot's last words play out first; the end of its track hangs up
 
     def end_bridge_track(self, player: BridgePlayer) -> None:
         if self.server is not None and self.server.player is player:
@@ -542,6 +609,9 @@ class CallSession:
         if track.loader is not None and not track.loader.done():
             track.loader.cancel()
         now = events.now_ms()
+        bot = self.bot
+        if bot is not None and track.player is bot.player and not natural:
+            bot.player.cut()  # an interrupt, or the app's own track: the bot's sentence is cut off
         if not natural and track.tts is not None:
             cut = track.tts.player.interruption()
             if cut is not None:
@@ -565,6 +635,10 @@ class CallSession:
             )
         )
         if not natural or self.ending:
+            return
+        if bot is not None and track.player is bot.player:
+            if bot.gone and bot.hangup_on_close:
+                self.spawn(self.hangup("bot_closed", "system"), "bot-closed")
             return
         if isinstance(track.player, TtsPlayer) and track.player.closing:
             return  # a graceful interrupt is still an interrupt: no autoHangup, no waitInputTimeout
@@ -645,6 +719,8 @@ class CallSession:
         try:
             if self.transfer is not None:
                 self.transfer.close()
+            if self.bot is not None:
+                await self.bot.close()
             if self.sip is not None:
                 self.sip.close()
             if self.rtc is not None:

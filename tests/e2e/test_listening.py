@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from tests.audio_util import dtmf_tones
 from tests.e2e.client import CallClient
 from tests.e2e.conftest import StackInfo
 from tests.e2e.test_recorder import stream
@@ -119,20 +120,6 @@ async def test_denoise_feeds_vad_clean_audio_and_records_raw(stack: StackInfo, c
     with wave.open(str(stack.recorder_path / f"{call_id}.wav")) as w:
         left = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")[0::2]
     assert rms(left[1600:12800]) > 800, "the recording keeps the raw, noisy caller audio"
-
-
-def dtmf_tones(digits: str, on: float = 0.08, off: float = 0.06) -> np.ndarray:
-    keys = {d: (r, c) for r, row in enumerate(("123A", "456B", "789C", "*0#D")) for c, d in enumerate(row)}
-    rows, cols = (697, 770, 852, 941), (1209, 1336, 1477, 1633)
-    t = np.arange(int(on * 16000)) / 16000
-    parts = [np.zeros(int(0.3 * 16000))]
-    for d in digits:
-        r, c = keys[d]
-        parts += [
-            (np.sin(2 * np.pi * rows[r] * t) + np.sin(2 * np.pi * cols[c] * t)) * 6000,
-            np.zeros(int(off * 16000)),
-        ]
-    return np.concatenate(parts)
 
 
 @pytest.mark.parametrize("codec", ["pcm", "pcmu"])
