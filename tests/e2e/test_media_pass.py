@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 import numpy as np
 import pytest
 
@@ -226,7 +227,10 @@ async def test_call_outlives_the_bot_when_asked(stack: StackInfo, call_id: str) 
     async with bot_server(script) as bot:
         c = await CallClient.open(stack.ws, call_id=call_id)
         try:
-            await c.invite(mediaPass={"url": bot.url, "hangupOnClose": False})
+            await c.invite(mediaPass={"url": bot.url + "?token=s3cret", "hangupOnClose": False})
+            async with aiohttp.ClientSession() as http, http.get(f"{stack.base}/call/lists") as resp:
+                listing = await resp.text()
+            assert call_id in listing and "s3cret" not in listing and "token=***" in listing
             await c.event("error", sender="mediaPass", timeout=3)
             await c.send({"command": "history", "speaker": "app", "text": "still here"})
             await c.event("addHistory")

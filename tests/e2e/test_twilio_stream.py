@@ -201,3 +201,37 @@ async def test_junk_from_the_bot_is_reported_once_and_the_call_goes_on(
             assert "hangup" not in c.names()
         finally:
             await c.close()
+
+
+async def test_webrtc_caller_talks_with_a_twilio_bot(stack: StackInfo, call_id: str) -> None:
+    from tests.e2e.rtc_client import RtcCaller
+    from tests.e2e.test_webrtc import call, loud_span
+
+    async def script(conn: BotConnection) -> None:
+        sid = (await conn.event("start"))["streamSid"]
+        await conn.ws.send_str(media(sid, tone(600, 1.0, rate=8000, amp=0.3)))
+        await conn.closed.wait()
+
+    peer = RtcCaller(freq=440, seconds=2.0)
+    async with bot_server(script) as bot:
+        c = await CallClient.open(stack.ws, "/call/webrtc", call_id=call_id)
+        try:
+            mark_time = time.monotonic()
+            await call(c, peer, mediaPass={"url": bot.url, "dialect": "twilio"})
+            conn = await bot.connection()
+            await c.event("trackEnd", trackId="server-side-track", timeout=5)
+            await asyncio.sleep(0.3)
+            await peer.press("3")
+            await conn.wait_for(lambda: conn.events("dtmf"), what="the key press")
+            heard = peer.audio(after=mark_time)
+            start, end = loud_span(heard)
+            assert abs((end - start) / 16000 - 1.0) < 0.15, "the bot's second, heard in real time"
+            assert abs(peak_freq(heard[start + 1600 : end - 1600]) - 600) < 15
+        finally:
+            await peer.close()
+            await c.close()
+    assert conn.events("dtmf")[0]["dtmf"]["digit"] == "3"
+    bot_side = bot_heard(conn)
+    start, end = loud_span(bot_side, threshold=1000)
+    assert end - start > 8000, "the caller's tone reached the bot"
+    assert abs(peak_freq(bot_side[start:end][:8000], rate=8000) - 440) < 15
