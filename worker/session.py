@@ -374,6 +374,9 @@ class CallSession:
             return True
         link = BotLink(self, option.media_pass, option.extra)
         problem = await link.connect()
+        if problem is None and self.ending:  # the call ended while the bot was being reached
+            await link.close()
+            return False
         if problem is None:
             self.bot = link
             return True
