@@ -1,4 +1,4 @@
-"""mediaPass on SIP calls: SIPp phones calling in, answered with a bot scripted by the test."""
+"""mediaPass and SIP: SIPp phones calling in to a scripted bot, and a bot call transferred to a person."""
 
 from __future__ import annotations
 
@@ -71,3 +71,42 @@ async def test_sipp_call_refused_when_the_bot_is_unreachable(inbound: StackInfo,
             await c.close()
         result = await asyncio.wait_for(uac.wait(timeout=10), 15)
     result.assert_ok()
+
+
+async def test_app_transfers_a_bot_call_to_a_person(stack: StackInfo, call_id: str) -> None:
+    from tests.e2e.client import CallClient
+    from tests.e2e.sip_peer import play_tone, sip_peer
+
+    async def script(conn: BotConnection) -> None:  # a bot that talks all the time
+        sid = (await conn.event("start"))["streamSid"]
+        while not conn.closed.is_set():
+            await conn.ws.send_str(media(sid, tone(600, 0.02, rate=8000, amp=0.3)))
+            await asyncio.sleep(0.02)
+
+    async with bot_server(script) as bot, sip_peer() as agent:
+        c = await CallClient.open(stack.ws, "/call", call_id=call_id)
+        try:
+            await c.invite(mediaPass={"url": bot.url, "dialect": "twilio"})
+            conn = await bot.connection()
+            await c.event("trackStart", trackId="server-side-track")
+            await c.send({"command": "refer", "target": agent.uri, "options": {"timeout": 5}})
+            await c.event("answer", timeout=5, refer=True)
+            leg, _phone = await agent.leg()
+            before = len(c.frames)
+            heard_before = len(conn.events("media"))
+            caller = tone(1000, 1.0)
+
+            async def caller_speaks() -> None:
+                for i in range(0, len(caller) - 319, 320):
+                    await c.ws.send_bytes(caller[i : i + 320].tobytes())
+                    await asyncio.sleep(0.02)
+
+            await asyncio.gather(caller_speaks(), play_tone(leg, 440, 1.0))
+            got = np.frombuffer(b"".join(f for _, f in c.frames[before:]), dtype=np.int16)
+            assert abs(peak_freq(got[len(got) // 3 :][:8000]) - 440) < 30, "the person, not the bot"
+            assert len(conn.events("media")) - heard_before > 30, "the bot still hears the caller"
+            await c.send({"command": "hangup"})
+            await c.event("hangup", trackId=call_id)
+            await conn.event("stop", timeout=3)
+        finally:
+            await c.close()
