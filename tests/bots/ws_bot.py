@@ -10,14 +10,14 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import aiohttp
 import numpy as np
 from aiohttp import web
 
-Script = Callable[["BotConnection"], Awaitable[None]]
+Script = Callable[["BotConnection"], Coroutine[Any, Any, None]]
 
 
 class BotConnection:
@@ -139,7 +139,7 @@ class BotServer:
         await site.start()
         server = site._server
         assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
 
     async def stop(self) -> None:
         for task in list(self._tasks):
