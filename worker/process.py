@@ -126,7 +126,11 @@ class MediaProcess:
     def bot_http(self) -> aiohttp.ClientSession:
         """The HTTP client every call's mediaPass socket is opened with (one pool for the process)."""
         if self._bot_http is None:
-            self._bot_http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+            # No pool limit: each call's bot socket holds a connection for the whole call (aiohttp's default
+            # of 100 made the 101st bot call wait, then fail).
+            self._bot_http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
+            )
         return self._bot_http
 
     def send(self, proc: str, message: dict[str, Any]) -> None:

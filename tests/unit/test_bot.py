@@ -121,3 +121,24 @@ def test_bot_url_credentials_are_redacted() -> None:
     shown = redact({"mediaPass": {"url": "ws://h/p?apiKey=k1&x=1"}})
     assert shown == {"mediaPass": {"url": "ws://h/p?apiKey=***&x=1"}}
     assert "k1" not in repr(MediaPassOption(url="ws://h/p?apiKey=k1"))
+
+
+@pytest.mark.parametrize("level,trimmed", [(0, 1), (8000, 0)])
+def test_player_trims_a_standing_backlog_only_in_silence(level: int, trimmed: int) -> None:
+    from worker.bot.player import TRIM_WINDOW
+
+    p = BotPlayer(lambda _n: None)
+    frame = np.full(FRAME, level, dtype=np.int16)
+    p.add(frame)
+    p.add(frame)  # one packet came late once: a frame stands in the queue from now on
+    backlog = []
+    for _ in range(3 * TRIM_WINDOW):
+        assert p.next_frame() is not None
+        backlog.append(p.pending)
+        p.add(frame)
+    assert p.trimmed == trimmed
+    if trimmed:
+        assert backlog[-1] == 0, "the backlog (latency) came back down"
+        assert p.dropped == 0, "a trimmed silent frame is not counted as dropped audio"
+    else:
+        assert set(backlog) == {FRAME}, "speech is never cut to save latency"

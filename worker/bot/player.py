@@ -22,6 +22,11 @@ IDLE_END_FRAMES = 10
 MAX_QUEUED = 16000 * 60
 # After an interrupt, audio the bot keeps sending without a pause this long (ms) is the rest of what was cut.
 CUT_GAP_MS = 200
+# A bot that streams in real time keeps a steady backlog, and each of its packets that comes just after a
+# tick adds a frame to it for the rest of the call. When a whole window (1 s) went by with at least a frame
+# always waiting, the next quiet frame (peak under QUIET) is skipped: latency comes back down, unheard.
+TRIM_WINDOW = 50
+QUIET = 300
 
 
 class BotPlayer:
@@ -37,6 +42,10 @@ class BotPlayer:
         self.paused = False
         self.closed = False  # the bot has gone: nothing more will be queued
         self.dropped = 0  # samples dropped (overflow, clear, interrupt)
+        self.trimmed = 0  # quiet frames skipped to bring a standing backlog down
+        self._window = 0
+        self._least = MAX_QUEUED  # the smallest backlog (samples) left after a tick in this window
+        self._trim = False
 
     @property
     def pending(self) -> int:
@@ -93,12 +102,34 @@ class BotPlayer:
             del self._audio[: take * 2]
             self.played += take
             self._idle = 0
+            self._watch_backlog()
             self._answer_marks()
             if take < FRAME:
                 frame = np.concatenate([frame, np.zeros(FRAME - take, dtype=np.int16)])
             return frame
         self._idle += 1
+        self._least = 0
         return None
+
+    def _watch_backlog(self) -> None:
+        backlog = len(self._audio) // 2
+        if self._trim and backlog >= FRAME:
+            peak = np.abs(np.frombuffer(bytes(self._audio[: FRAME * 2]), dtype="<i2")).max()
+            if peak < QUIET:
+                self._drop(FRAME)
+                self.dropped -= FRAME
+                self.trimmed += 1
+                self._trim = False
+                backlog -= FRAME
+        elif backlog < FRAME:
+            self._trim = False
+        self._least = min(self._least, backlog)
+        self._window += 1
+        if self._window >= TRIM_WINDOW:
+            if self._least >= FRAME:
+                self._trim = True
+            self._window = 0
+            self._least = MAX_QUEUED
 
     def _drop(self, samples: int) -> None:
         del self._audio[: samples * 2]

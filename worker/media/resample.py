@@ -12,6 +12,7 @@ _TAPS = 31
 _n = np.arange(_TAPS) - (_TAPS - 1) / 2
 _LOWPASS = np.sinc(_n / 2) / 2 * np.hamming(_TAPS)
 _LOWPASS /= _LOWPASS.sum()
+_LOWPASS_X2 = _LOWPASS * 2  # the upsampler's filter: zero-stuffing halves the energy
 
 
 class Downsampler2x:
@@ -41,7 +42,7 @@ class Upsampler2x:
         stuffed = np.zeros(2 * len(x), dtype=np.float64)
         stuffed[0::2] = x
         data = np.concatenate([self._history, stuffed])
-        out = np.convolve(data, _LOWPASS * 2, mode="valid")
+        out = np.convolve(data, _LOWPASS_X2, mode="valid")
         self._history = data[len(data) - (_TAPS - 1) :]
         return np.clip(np.rint(out), -32768, 32767).astype(np.int16)
 
