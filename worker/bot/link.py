@@ -149,18 +149,27 @@ class BotLink:
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         problem: str | None = None
+        code: int | None = None
         try:
-            async for msg in ws:
+            while True:
+                msg = await ws.receive()
                 if msg.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
                     self._handle(msg.data)
+                elif msg.type == aiohttp.WSMsgType.CLOSE:
+                    # The bot's own code: aiohttp's close_code turns 1006 when the bot shuts its end before
+                    # our reply to its close frame is written.
+                    code = msg.data
+                    break
                 elif msg.type == aiohttp.WSMsgType.ERROR:
                     problem = f"connection error: {ws.exception()}"
+                    break
+                elif msg.type in (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+                    code = ws.close_code
                     break
         except (aiohttp.ClientError, ConnectionError) as exc:
             problem = f"connection error: {exc}"
         if self.gone:
             return  # the call ended first and closed it
-        code = ws.close_code
         if problem is None and code not in NORMAL_CLOSES:
             problem = "closed without a close frame" if code in (None, 1006) else f"closed with code {code}"
         self._closed(problem)
