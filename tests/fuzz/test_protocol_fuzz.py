@@ -68,8 +68,16 @@ _RULES: dict[str, st.SearchStrategy[Any]] = {
         st.floats(0, 1e6),
         st.sampled_from(["30", "30s", "500ms", " 2.5 s ", "0"]),
     ),
-    "url": st.text(min_size=1, max_size=20).filter(str.strip),
+    # A ws:// URL is a valid play URL too (any non-empty text is) and the only kind mediaPass takes.
+    "url": st.builds(lambda rest: "ws://bot/" + rest, st.text(max_size=20)),
+    "inputSampleRate": st.integers(8000, 48000),
+    "outputSampleRate": st.integers(8000, 48000),
+    "packetSize": st.integers(80, 32768).map(lambda n: n * 2),
+    "ptime": st.integers(10, 200),
+    "dialect": st.sampled_from(["raw", "twilio", "TWILIO"]),
 }
+# Required fields of nested options, filled in when a test reaches inside one.
+NESTED_REQUIRED: dict[str, dict[str, Any]] = {"mediaPass": {"url": "ws://bot"}}
 
 
 def _typed(tp: Any, hostile: bool) -> st.SearchStrategy[Any]:
@@ -301,7 +309,7 @@ def test_wrong_type_for_every_field(name: str, data: st.DataObject) -> None:
     cmd: dict[str, Any] = {"command": name, **REQUIRED.get(name, {})}
     node = cmd
     for key in path[:-1]:
-        node = node.setdefault(key, {})
+        node = node.setdefault(key, dict(NESTED_REQUIRED.get(key, {})))
     node[path[-1]] = WRONG[kind]
     text = json.dumps(cmd)
     note(text)
