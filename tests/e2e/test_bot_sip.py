@@ -11,7 +11,8 @@ from common.embedded import free_port
 from tests.audio_util import peak_freq, rms, tone
 from tests.bots.ws_bot import BotConnection, bot_server
 from tests.e2e.conftest import StackInfo, Webhook
-from tests.e2e.test_recorder import read_stereo
+from tests.e2e.test_media_pass import frames_of
+from tests.e2e.test_recorder import read_stereo, stream
 from tests.e2e.test_sipp import answer_next
 from tests.e2e.test_twilio_stream import bot_heard, media
 from tests.sip.sipp import Sipp
@@ -94,14 +95,7 @@ async def test_app_transfers_a_bot_call_to_a_person(stack: StackInfo, call_id: s
             leg, _phone = await agent.leg()
             before = len(c.frames)
             heard_before = len(conn.events("media"))
-            caller = tone(1000, 1.0)
-
-            async def caller_speaks() -> None:
-                for i in range(0, len(caller) - 319, 320):
-                    await c.ws.send_bytes(caller[i : i + 320].tobytes())
-                    await asyncio.sleep(0.02)
-
-            await asyncio.gather(caller_speaks(), play_tone(leg, 440, 1.0))
+            await asyncio.gather(stream(c, frames_of(tone(1000, 1.0))), play_tone(leg, 440, 1.0))
             got = np.frombuffer(b"".join(f for _, f in c.frames[before:]), dtype=np.int16)
             assert abs(peak_freq(got[len(got) // 3 :][:8000]) - 440) < 30, "the person, not the bot"
             assert len(conn.events("media")) - heard_before > 30, "the bot still hears the caller"
