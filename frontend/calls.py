@@ -16,9 +16,9 @@ from common import events, wire
 from common.errors import BadCommand, CallNotFound, DuplicateCall
 from common.logs import call_id_var
 from common.protocol import MAX_TEXT_FRAME
+from frontend.callsocket import CallSocket
 from frontend.connection import CallConnection
 from frontend.keys import HUB
-from frontend.limits import CallSocket
 
 if TYPE_CHECKING:
     from frontend.hub import Hub

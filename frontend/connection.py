@@ -15,7 +15,8 @@ from common import events, wire
 from common.errors import BadCommand, PbxError, RateLimited
 from common.metrics import call_failed
 from common.protocol import MAX_TEXT_FRAME, command_to_dict, parse_command, redact
-from frontend.limits import CallSocket, TokenBucket
+from frontend.callsocket import CallSocket
+from frontend.limits import TokenBucket
 from frontend.metrics import COMMANDS_REFUSED, RATE_LIMIT_DROPS, SLOW_CLIENT_DROPS, CommandTimer
 
 if TYPE_CHECKING:
@@ -60,6 +61,8 @@ class CallConnection:
         # At most one 429 per second about audio, and one per second of commands in the dump.
         self._audio_429 = TokenBucket(1.0)
         self._command_429_dump = TokenBucket(1.0)
+        # Frames go straight to the transport when nothing waits ahead of them (CallSocket.send_now).
+        self._direct: CallSocket | None = ws if isinstance(ws, CallSocket) else None
         if isinstance(ws, CallSocket):
             ws.too_big_event = self._too_big
 
@@ -247,6 +250,10 @@ class CallConnection:
                 self.hub.background(task)
 
     def push_event(self, ev: dict[str, Any]) -> None:
+        direct = self._direct
+        if direct is not None and not self._out and not self._closing:
+            if direct.send_now(json.dumps(ev, separators=(",", ":"), ensure_ascii=False)):
+                return
         self._out.append(("e", ev))
         self._wake.set()
         if len(self._out) - self._queued_audio > MAX_QUEUED_EVENTS and not self._closing:
@@ -258,6 +265,10 @@ class CallConnection:
             self._queued_audio = 0
 
     def push_audio(self, frame: bytes) -> None:
+        # Nothing queued ahead and a transport keeping up (the usual case): written here, no task hop.
+        direct = self._direct
+        if direct is not None and not self._out and not self._closing and direct.send_now(frame):
+            return
         if self._queued_audio >= MAX_QUEUED_AUDIO:
             self.dropped_audio += 1
             SLOW_CLIENT_DROPS.value += 1

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
-from typing import Any
-
-from aiohttp import WSCloseCode, web
 
 from common.registry import Registry
 
@@ -41,40 +37,6 @@ class TokenBucket:
             return False
         self._tokens -= n
         return True
-
-
-class CallSocket(web.WebSocketResponse):
-    """A call's WebSocket that says why it is closed when a message exceeds `max_msg_size`.
-
-    aiohttp answers such a message by closing with a bare 1009 from inside `receive()`: the framing of the
-    stream is lost, so the socket cannot go on. Before that close this sends the client an `error` event
-    (from `too_big_event`) and puts a reason in the close frame; the call then ends as if the client had
-    closed it.
-    """
-
-    def __init__(self, *, max_msg_size: int, **kwargs: Any) -> None:
-        super().__init__(max_msg_size=max_msg_size, **kwargs)
-        self.max_msg_size = max_msg_size
-        self.too_big_event: Callable[[], dict[str, Any]] | None = None
-
-    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True) -> bool:
-        if code == WSCloseCode.MESSAGE_TOO_BIG and not message and not self.closed:
-            if self.too_big_event is not None:
-                event = json.dumps(self.too_big_event(), separators=(",", ":"), ensure_ascii=False)
-                try:
-                    await self.send_str(event)
-                except (ConnectionError, RuntimeError):
-                    pass
-            # A close frame's reason is at most 123 bytes.
-            message = f"message too big (limit {self.max_msg_size} bytes)".encode()[:123]
-        return await super().close(code=code, message=message, drain=drain)
-
-    def _reset_heartbeat(self) -> None:
-        # aiohttp (3.14) re-arms the ping timer when data arrives after close() began, typically the
-        # client's reply to our close frame: the loop's timer then kept the closed socket, its request,
-        # transport and parser, and the CallConnection for 1.5 × `heartbeat` (30 s at ping=20).
-        if not self.closed:
-            super()._reset_heartbeat()
 
 
 class MediaCapacity:

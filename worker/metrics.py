@@ -50,6 +50,11 @@ TICKS_LATE = R.counter(
 CLOCK_RESTARTS = R.counter(
     "pbx_media_clock_restarts_total", "Times the media clock fell 5 ticks behind and started afresh."
 )
+FRAMES_LATE_TOTAL = R.counter(
+    "pbx_audio_frames_late_total",
+    "Frames of every call the media clock produced more than one frame time (20 ms) after their moment.",
+    ("reason",),
+)
 WORK_DROPPED = R.counter(
     "pbx_media_work_dropped_total",
     "Frames (or Silero windows) of caller audio a batcher dropped because it was behind real time.",
@@ -94,6 +99,10 @@ RTC_SENDER_DROPS = AUDIO_DROPPED.labels("rtc_sender")
 BOT_DROPPED = AUDIO_DROPPED.labels("slow_bot")
 TICK_TIME = TICK_SECONDS.labels()
 LATE_TICKS = TICKS_LATE.labels()
+# A tick that began late: every call's frame of that tick is late. A clock restart: the ticks it skipped
+# never produce their frames (one per call and tick).
+FRAMES_LATE = FRAMES_LATE_TOTAL.labels("late_tick")
+FRAMES_SKIPPED = AUDIO_DROPPED.labels("clock_restart")
 
 for _t in CALL_TYPES:  # every call type shows, at zero, from the first scrape
     CALLS_STARTED.labels(_t)

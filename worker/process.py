@@ -499,10 +499,15 @@ class MediaProcess:
             if delay > 0:
                 await asyncio.sleep(delay)
             elif -delay > TICK * MAX_CATCH_UP:
+                # Too far behind to catch up: the ticks in between never happen, and their frames are lost.
                 self.late_ticks += 1
+                skipped = int(-delay / TICK)
+                metrics.FRAMES_SKIPPED.value += skipped * len(self.sessions)
                 next_at = loop.time()
-            if delay < -TICK:
+            elif delay < -TICK:
+                # Caught up in a burst: this tick's frames leave more than one frame time after their moment.
                 metrics.LATE_TICKS.value += 1
+                metrics.FRAMES_LATE.value += len(self.sessions)
             self.ticks += 1
             began = time.perf_counter()
             for session in list(self.sessions.values()):
@@ -516,6 +521,8 @@ class MediaProcess:
                     session.spawn(session.hangup("media_error", "system"), "media-error")
                 finally:
                     call_id_var.reset(token)
+            # The tick's frames for every call leave together, now: no linger for audio that is due.
+            self.outbox.kick()
             took = (time.perf_counter() - began) * 1000
             self.tick_max_ms = max(self.tick_max_ms, took)
             metrics.TICK_TIME.observe(took / 1000)

@@ -17,7 +17,8 @@ from aiohttp.test_utils import TestServer
 
 from common.keys import Keys
 from common.registry import Registry
-from frontend.limits import CallSocket, MediaCapacity, TokenBucket
+from frontend.callsocket import CallSocket
+from frontend.limits import MediaCapacity, TokenBucket
 
 
 class Clock:
