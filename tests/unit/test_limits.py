@@ -234,3 +234,38 @@ async def test_closed_call_socket_is_released_at_once() -> None:
         assert [ref() for ref in sockets] == [None, None, None]
     finally:
         await server.close()
+
+
+async def test_send_now_frames_parse_as_aiohttp_sends_them() -> None:
+    """Frames written straight to the transport (no task hop) are valid WebSocket frames of every length
+    class (7-bit, 16-bit and 64-bit lengths), interleave with aiohttp's own writes, and stop at close."""
+    sizes = [0, 1, 125, 126, 640, 65535, 65536, 70000]
+    results: list[bool] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        ws = CallSocket(max_msg_size=1 << 20)
+        await ws.prepare(request)
+        for n in sizes:
+            results.append(ws.send_now(bytes([n % 251]) * n))
+        results.append(ws.send_now('{"event":"é"}'))
+        await ws.send_str("from aiohttp")
+        results.append(ws.send_now(b"after"))
+        await ws.close()
+        results.append(ws.send_now(b"after close"))
+        return ws
+
+    server = await ws_server(handle)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(server.make_url("/ws"), max_msg_size=1 << 20) as ws:
+                got = []
+                async for msg in ws:
+                    got.append(msg.data)
+    finally:
+        await server.close()
+    # A full transport buffer makes send_now refuse (the caller queues); here the client reads.
+    assert results[: len(sizes)] == [n <= 16 * 1024 or r for n, r in zip(sizes, results, strict=False)]
+    written = [bytes([n % 251]) * n for n, ok in zip(sizes, results, strict=False) if ok]
+    assert got[: len(written)] == written
+    assert got[len(written) :] == ['{"event":"é"}', "from aiohttp", b"after"]
+    assert results[-1] is False, "nothing is written once the socket is closed"
