@@ -97,6 +97,23 @@ class Settings:
     heartbeat_ttl: float = 3.0
     # Seconds a new call may wait for a media process before the client is told none is available.
     claim_timeout: float = 10.0
+    # Seconds a heartbeat must stay missing (seen on two checks this far apart) before its process's calls
+    # are ended: one late write never reaps a call.
+    reap_grace: float = 1.0
+    # Seconds an event loop may go without running before its process stops writing heartbeats (and is
+    # then taken for dead); 0 = heartbeats go on whatever the loop does.
+    loop_stall_limit: float = 30.0
+    # Load above which a process takes no new call (0 = not used): its event loop's own CPU share, its
+    # event-loop lag (90th percentile over a second, ms), a media process's mean media tick (ms). New calls
+    # are taken again once every figure is back under `load_resume` times its limit.
+    load_loop_busy: float = 0.75
+    load_lag_ms: float = 15.0
+    load_tick_ms: float = 10.0
+    load_resume: float = 0.8
+    # Test knobs, never for production: CPU burnt on a media process's event loop per call every 20 ms
+    # (microseconds), and the seconds SIGUSR2 blocks a process's event loop for (0 = SIGUSR2 not handled).
+    test_tick_burn_us: float = 0.0
+    test_stall_seconds: float = 0.0
     log_level: str = "INFO"
     # When set, every REST and WebSocket endpoint asks for it (`Authorization: Bearer` or `?token=`).
     api_token: str = ""
@@ -142,6 +159,14 @@ class Settings:
             drain_timeout=_float(env, "DRAIN_TIMEOUT", 30.0),
             heartbeat_ttl=_float(env, "PBX_HEARTBEAT_TTL", 3.0),
             claim_timeout=_float(env, "PBX_CLAIM_TIMEOUT", 10.0),
+            reap_grace=_float(env, "PBX_REAP_GRACE", 1.0),
+            loop_stall_limit=_float(env, "PBX_LOOP_STALL_LIMIT", 30.0),
+            load_loop_busy=_float(env, "PBX_LOAD_LOOP_BUSY", 0.75),
+            load_lag_ms=_float(env, "PBX_LOAD_LAG_MS", 15.0),
+            load_tick_ms=_float(env, "PBX_LOAD_TICK_MS", 10.0),
+            load_resume=_float(env, "PBX_LOAD_RESUME", 0.8),
+            test_tick_burn_us=_float(env, "PBX_TEST_TICK_BURN_US", 0.0),
+            test_stall_seconds=_float(env, "PBX_TEST_STALL_SECONDS", 0.0),
             log_level=env.get("LOG_LEVEL", "") or "INFO",
             api_token=env.get("API_TOKEN", ""),
             ws_max_commands_per_sec=_float(env, "WS_MAX_COMMANDS_PER_SEC", 100.0),

@@ -28,6 +28,10 @@ class Keys:
     def proc(self, proc: str) -> str:
         return f"{self.prefix}proc:{proc}"
 
+    def dead(self, proc: str) -> str:
+        """A tombstone: the process is known to have exited (set by whoever saw it exit)."""
+        return f"{self.prefix}dead:{proc}"
+
     def proc_pattern(self) -> str:
         return f"{self.prefix}proc:*"
 

@@ -6,6 +6,7 @@ import logging
 
 from common import events, wire
 from common.bus import Outbox
+from common.liveness import DeathWatch
 from common.metrics import call_failed
 from common.registry import Registry
 
@@ -38,13 +39,26 @@ def worker_lost_messages(call_id: str, started_ms: int) -> list[dict[str, object
     ]
 
 
-async def reap_once(registry: Registry, outbox: Outbox, claim_timeout: float) -> int:
-    """One pass over the registry; returns how many calls were removed."""
+async def reap_once(
+    registry: Registry, outbox: Outbox, claim_timeout: float, watch: DeathWatch | None = None
+) -> int:
+    """One pass over the registry; returns how many calls were removed.
+
+    With `watch`, a process whose heartbeat is missing counts as dead only once `watch` confirms it
+    (missing on two passes at least its grace apart): a heartbeat written late reaps nothing. Without it, a
+    missing heartbeat is a dead process at once.
+    """
     entries = await registry.entries()
     if not entries:
+        if watch is not None:
+            watch.confirm(set())
         return 0
     referenced = {e.owner for e in entries if e.owner} | {e.frontend for e in entries if e.frontend}
     alive = await registry.live_procs(referenced)
+    if watch is not None:
+        # Not yet confirmed dead: treated as alive on this pass.
+        missing = referenced - alive
+        alive |= missing - watch.confirm(missing, await registry.dead_procs(missing))
     removed = 0
     now = events.now_ms()
     for e in entries:

@@ -191,6 +191,17 @@ class Registry:
         alive = await pipe.execute()
         return {p for p, a in zip(ordered, alive, strict=True) if a}
 
+    async def dead_procs(self, procs: set[str]) -> set[str]:
+        """Those of `procs` that left a tombstone: known to have exited, no grace needed."""
+        if not procs:
+            return set()
+        ordered = sorted(procs)
+        pipe = self.redis.pipeline(transaction=False)
+        for p in ordered:
+            pipe.exists(self.keys.dead(p))
+        dead = await pipe.execute()
+        return {p for p, d in zip(ordered, dead, strict=True) if d}
+
     async def heartbeat(self, proc: str, info: dict[str, Any], ttl: float) -> bool:
         """Refresh a process's heartbeat; False when it was not there any more (first beat, a stall longer
         than `ttl`, or a Redis that restarted without its data)."""

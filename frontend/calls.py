@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -26,6 +27,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("pbx.frontend.calls")
 
 MAX_CALL_ID = 128
+# Seconds between log lines about refused calls (no_capacity), and the count since the last line / its time.
+REFUSAL_LOG_EVERY = 10.0
+_refusals: list[float] = [0, -REFUSAL_LOG_EVERY]
 # Bytes of outgoing data the kernel (and, again, the transport) may hold per call socket: ~0.5 s of PCM.
 SEND_BUFFER = 16 * 1024
 
@@ -79,14 +83,14 @@ def _limit_send_buffers(request: web.Request) -> None:
 async def _refuse_no_capacity(request: web.Request, conn: CallConnection) -> web.StreamResponse:
     """Accept the socket, send `error{code:503}` and `hangup{reason:"no_capacity"}`, close. Nothing is
     registered: no media process will ever see this call."""
-    log.warning("no media process has room for a new call (MAX_CALLS reached or draining)")
+    why = conn.hub.capacity.refused
+    _refusals[0] += 1
+    if time.monotonic() - _refusals[1] >= REFUSAL_LOG_EVERY:  # an overload refuses many: a line now and then
+        log.warning("new call refused (%d since the last such line): %s", int(_refusals[0]), why)
+        _refusals[:] = [0, time.monotonic()]
     conn.created_ms = events.now_ms()
     await conn.ws.prepare(request)
-    conn.end_locally(
-        "no_capacity",
-        "no media worker has room for another call: every media process is at MAX_CALLS or draining",
-        503,
-    )
+    conn.end_locally("no_capacity", why, 503)
     await conn.serve()
     return conn.ws
 

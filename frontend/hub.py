@@ -13,10 +13,14 @@ from redis.exceptions import RedisError
 from common import reaper, wire
 from common.bus import Outbox, new_proc_id, read_inbox
 from common.config import Settings
+from common.embedded import DEFAULT_LOCAL_URL
+from common.headroom import install_stall_knob
 from common.keys import Keys
+from common.liveness import HEARTBEAT_EVERY, DeathWatch, Heartbeat
 from common.metrics import redis_error
 from common.registry import Registry
 from frontend import metrics
+from frontend.admission import CallAdmission, FrontendLoad
 from frontend.limits import MediaCapacity
 
 if TYPE_CHECKING:
@@ -39,10 +43,15 @@ class Hub:
         self.redis = redis
         self.keys = Keys(settings.redis_prefix)
         self.registry = Registry(redis, self.keys)
-        # Free room in the media pool, for refusing new calls at once when there is none.
-        self.capacity = MediaCapacity(self.registry)
         self.outbox = Outbox(redis, self.keys)
         self.proc_id = new_proc_id("web")
+        # Heartbeats from a thread of their own (common/liveness.py); deaths confirmed before acting on them.
+        self.heartbeat = Heartbeat(settings.redis_url or DEFAULT_LOCAL_URL, self.keys, self.proc_id,
+                                   settings.heartbeat_ttl, stall_limit=settings.loop_stall_limit)  # fmt: skip
+        self._reap_watch = DeathWatch(settings.reap_grace)
+        self.load = FrontendLoad(settings, lambda: len(self.connections), self.heartbeat.touch)
+        # Room in the media pool and on this frontend's loop: without it, new calls are refused at once.
+        self.capacity = CallAdmission(MediaCapacity(self.registry), self.load.admission)
         self.connections: dict[str, CallConnection] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.redis_ok = False
@@ -53,13 +62,17 @@ class Hub:
             ("outbox", self.outbox.run()),
             ("inbox", self._inbox()),
             ("heartbeat", self._heartbeat()),
+            ("load", self.load.meter.run()),
             ("reaper", self._reaper()),
             ("metrics", metrics.publish(self)),
         ):
             self._tasks.append(asyncio.create_task(coro, name=f"{self.proc_id}:{name}"))
         # Register before serving so that media processes see this frontend alive from the first call.
-        with contextlib.suppress(RedisError):
-            await self._beat()
+        self.heartbeat.on_error = self._heartbeat_failed
+        self.heartbeat.on_ok = self._heartbeat_ok
+        self.heartbeat.publish(self._beat_fields())
+        install_stall_knob(asyncio.get_running_loop(), self.settings.test_stall_seconds)
+        self.redis_ok = await self.heartbeat.start()
 
     async def drain(self, timeout: float) -> None:
         """SIGTERM: no new sockets arrive any more (gunicorn closed the listener); live calls may go on
@@ -87,6 +100,7 @@ class Hub:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.heartbeat.stop()  # before the key goes: a later write would bring it back
         with contextlib.suppress(RedisError):
             await self.redis.delete(self.keys.proc(self.proc_id), self.keys.inbox(self.proc_id))
 
@@ -103,30 +117,35 @@ class Hub:
     def send(self, proc: str, message: dict[str, Any]) -> None:
         self.outbox.send(proc, message)
 
-    async def _beat(self) -> None:
-        await self.registry.heartbeat(
-            self.proc_id,
-            {"role": "web", "proc": self.proc_id, "calls": len(self.connections)},
-            self.settings.heartbeat_ttl,
-        )
+    def _beat_fields(self) -> dict[str, Any]:
+        return {
+            "role": "web",
+            "proc": self.proc_id,
+            "calls": len(self.connections),
+            "load": self.load.figures(),
+        }
+
+    def _heartbeat_failed(self, exc: Exception) -> None:
+        redis_error("heartbeat")
+        self.redis_ok = False
+        self._reap_watch.forget()
+
+    def _heartbeat_ok(self) -> None:
+        self.redis_ok = True
 
     async def _heartbeat(self) -> None:
+        """Publish the heartbeat's fields; the heartbeat thread writes them whatever this loop is doing."""
         while True:
-            try:
-                await self._beat()
-                self.redis_ok = True
-            except RedisError as exc:
-                redis_error("heartbeat")
-                if self.redis_ok:
-                    log.warning("heartbeat failed: %s", exc)
-                self.redis_ok = False
-            await asyncio.sleep(self.settings.heartbeat_ttl / 3)
+            self.heartbeat.publish(self._beat_fields())
+            await asyncio.sleep(HEARTBEAT_EVERY)
 
     async def _reaper(self) -> None:
         while True:
             await asyncio.sleep(0.5)
             try:
-                await reaper.reap_once(self.registry, self.outbox, self.settings.claim_timeout)
+                await reaper.reap_once(
+                    self.registry, self.outbox, self.settings.claim_timeout, self._reap_watch
+                )
             except RedisError as exc:
                 redis_error("reaper")
                 log.debug("reaper pass failed: %s", exc)

@@ -24,7 +24,11 @@ CALLS_ENDED = R.counter(
     "pbx_calls_ended_total", "Calls that ended in this process, for any reason.", ("type",)
 )
 CALLS_ACTIVE = R.gauge("pbx_calls_active", "Calls this process owns now (from claim to teardown).", ("type",))
-CALLS_CAPACITY = R.gauge("pbx_calls_capacity", "Calls this process takes at most (0 while it drains).")
+CALLS_CAPACITY = R.gauge(
+    "pbx_calls_capacity",
+    "Calls this process announces it can carry in all: MAX_CALLS, less when its load says so, its calls "
+    "while overloaded, 0 while it drains.",
+)
 SETUP_SECONDS = R.histogram(
     "pbx_call_setup_seconds",
     "From the owner starting on invite (or accept) to the answer going out.",
@@ -120,7 +124,7 @@ async def publish(proc: MediaProcess) -> None:
             active[session.call_type] = active.get(session.call_type, 0) + 1
         for call_type, n in active.items():
             CALLS_ACTIVE.labels(call_type).set(n)
-        CALLS_CAPACITY.labels().set(proc.settings.max_calls if proc._accepting else 0)
+        CALLS_CAPACITY.labels().set(proc.capacity())
         TICKS.labels().value = proc.ticks
         CLOCK_RESTARTS.labels().value = proc.late_ticks
         WORK_DROPPED.labels("denoise").value = proc.denoise.dropped

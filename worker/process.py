@@ -21,11 +21,14 @@ from common import events, reaper, wire
 from common.bus import Outbox, connect, new_proc_id, read_inbox
 from common.config import Settings
 from common.embedded import DEFAULT_LOCAL_URL
+from common.headroom import install_stall_knob
 from common.keys import DISPATCH_GROUP, Keys
+from common.liveness import DeathWatch, Heartbeat
 from common.logs import call_id_var
 from common.metrics import redis_error
 from common.registry import Registry
 from worker import metrics
+from worker.load import MediaLoad
 from worker.media.cache import MediaCache
 from worker.media.dtmf import DtmfBank
 from worker.media.offload import FrameBatcher
@@ -96,7 +99,13 @@ class MediaProcess:
         self._accepting = True
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
-        self._missing_frontends: set[str] = set()
+        # Heartbeats from a thread of their own (common/liveness.py); deaths confirmed before acting on them.
+        self.heartbeat = Heartbeat(settings.redis_url or DEFAULT_LOCAL_URL, self.keys, self.proc_id,
+                                   settings.heartbeat_ttl, stall_limit=settings.loop_stall_limit)  # fmt: skip
+        self._reap_watch = DeathWatch(settings.reap_grace)
+        self._frontend_watch = DeathWatch(settings.reap_grace)
+        # Admission by headroom (common/headroom.py): capacity announced and calls claimed by load.
+        self.load = MediaLoad(self, self._load_changed)
         self._redis_back_at = 0.0
         self._restore_pending = False
         # Set to send the next heartbeat at once (capacity changed).
@@ -137,12 +146,26 @@ class MediaProcess:
         self.outbox.send(proc, message)
 
     def session_ended(self, session: CallSession) -> None:
-        was_full = len(self.sessions) >= self.settings.max_calls
+        # Full by its announced capacity, not overloaded (then every call that ends would beat at once).
+        was_full = self.load.admission.admitting and len(self.sessions) >= self.capacity()
         self.sessions.pop(session.call_id, None)
         if len(self.sessions) < self.settings.max_calls:
             self._capacity_free.set()
             if was_full and self._accepting:
                 self._beat_now.set()  # room again: frontends read it from the heartbeat
+
+    def capacity(self) -> int:
+        """The calls this process would carry in all, as announced in its heartbeat: 0 while it drains, its
+        calls now while it is overloaded, else what its load says it can carry (at most MAX_CALLS)."""
+        if not self._accepting:
+            return 0
+        return self.load.admission.capacity(len(self.sessions))
+
+    def _load_changed(self) -> None:
+        """The process stopped or started admitting (or claiming): say so now, and claim again if it may."""
+        self._beat_now.set()
+        if self.load.admission.claiming:
+            self._capacity_free.set()
 
     def end_soon(self, session: CallSession, reason: str, initiator: str) -> None:
         """Hang a call up shortly: when many end together, a few per tick, so the others keep their pace."""
@@ -175,7 +198,7 @@ class MediaProcess:
         except OSError as exc:
             log.error("SIP is off in this process: cannot bind %s:%d (%s)", self.settings.sip_addr,
                       self.settings.sip_port, exc)  # fmt: skip
-        await self._beat()
+        await self._start_heartbeat()
         # Everything built so far lives as long as the process: keep it out of every future collection.
         gc.freeze()
         gc.disable()
@@ -185,6 +208,7 @@ class MediaProcess:
             ("clock", self._clock()),
             ("ender", self._ender()),
             ("heartbeat", self._heartbeat()),
+            ("load", self.load.run()),
             ("dispatch", self._dispatch()),
             ("reaper", self._reaper()),
             ("silero", self.silero.run()),
@@ -228,6 +252,7 @@ class MediaProcess:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self.heartbeat.stop()  # before the key goes: a later write would bring it back
         with contextlib.suppress(RedisError):
             await self.redis.delete(self.keys.proc(self.proc_id), self.keys.inbox(self.proc_id))
             # Leave the consumer group tidy, unless requests read during the drain still wait for a taker.
@@ -266,42 +291,59 @@ class MediaProcess:
 
     # --- loops -------------------------------------------------------------------------------------------
 
-    async def _beat(self) -> bool:
-        return await self.registry.heartbeat(
-            self.proc_id,
-            {
-                "role": "media",
-                "proc": self.proc_id,
-                "pid": os.getpid(),
-                "calls": len(self.sessions),
-                "capacity": self.settings.max_calls if self._accepting else 0,
-                "tick_max_ms": round(self.tick_max_ms, 2),
-                "late_ticks": self.late_ticks,
-            },
-            self.settings.heartbeat_ttl,
-        )
+    def _beat_fields(self) -> dict[str, Any]:
+        return {
+            "role": "media",
+            "proc": self.proc_id,
+            "pid": os.getpid(),
+            "calls": len(self.sessions),
+            "capacity": self.capacity(),
+            "max_calls": self.settings.max_calls if self._accepting else 0,
+            "tick_max_ms": round(self.tick_max_ms, 2),
+            "late_ticks": self.late_ticks,
+            "load": self.load.figures(),
+        }
+
+    async def _start_heartbeat(self) -> None:
+        """The first heartbeat, written before any call is taken; the thread goes on from there."""
+        self.heartbeat.on_lost = self._heartbeat_lost
+        self.heartbeat.on_error = self._heartbeat_failed
+        self.heartbeat.publish(self._beat_fields())
+        install_stall_knob(asyncio.get_running_loop(), self.settings.test_stall_seconds)
+        await self.heartbeat.start()
+
+    def _heartbeat_lost(self) -> None:
+        """The heartbeat thread found our previous heartbeat gone: Redis restarted without its data."""
+        self._restore_pending = True
+        self._beat_now.set()
+
+    def _heartbeat_failed(self, exc: Exception) -> None:
+        redis_error("heartbeat")
+        # Until Redis has been back a whole heartbeat TTL, a missing frontend heartbeat means nothing: the
+        # frontends may not have beaten into it yet.
+        self._redis_back_at = time.monotonic()
+        self._frontend_watch.forget()
+        self._reap_watch.forget()
 
     async def _heartbeat(self) -> None:
+        """Publish the heartbeat's fields (the thread writes them) and act on what the beats found."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._beat_now.wait(), HEARTBEAT_EVERY)
+            now = self._beat_now.is_set()
             self._beat_now.clear()
+            self.heartbeat.publish(self._beat_fields(), now=now)
+            self.tick_max_ms = 0.0
             try:
-                if not await self._beat():
-                    self._restore_pending = True
-                if self._restore_pending:  # kept until it succeeds: the next beat finds its key again
+                if self._restore_pending:  # kept until it succeeds
                     await self._restore_registry()
                     self._restore_pending = False
-                self.tick_max_ms = 0.0
                 if time.monotonic() - self._redis_back_at > self.settings.heartbeat_ttl:
                     await self._check_frontends()
             except RedisError as exc:
                 redis_error("heartbeat")
                 log.warning("heartbeat failed: %s", exc)
-                # Until Redis has been back a whole heartbeat TTL, a missing frontend heartbeat means
-                # nothing: the frontends may not have beaten into it yet.
-                self._redis_back_at = time.monotonic()
-                self._missing_frontends = set()
+                self._heartbeat_failed(exc)
 
     async def _restore_registry(self) -> None:
         """Our heartbeat had vanished: Redis restarted without its data (or we stalled past the TTL).
@@ -324,9 +366,9 @@ class MediaProcess:
         if not frontends:
             return
         alive = await self.registry.live_procs(frontends)
-        # Missing on two checks in a row, not one: a Redis that just came back empty has no heartbeats yet.
+        # Dead once confirmed (missing on two checks a grace apart, or a tombstone), not on one missing read.
         missing = frontends - alive
-        gone, self._missing_frontends = missing & self._missing_frontends, missing
+        gone = self._frontend_watch.confirm(missing, await self.registry.dead_procs(missing))
         for s in list(self.sessions.values()):
             if s.frontend in gone and not s.ending:
                 log.warning("frontend %s of call %s is gone", s.frontend, s.call_id)
@@ -336,7 +378,9 @@ class MediaProcess:
         while True:
             await asyncio.sleep(1.0)
             try:
-                await reaper.reap_once(self.registry, self.outbox, self.settings.claim_timeout)
+                await reaper.reap_once(
+                    self.registry, self.outbox, self.settings.claim_timeout, self._reap_watch
+                )
             except RedisError:
                 redis_error("reaper")
             except Exception:
@@ -347,7 +391,8 @@ class MediaProcess:
         backoff = 0.1
         last_autoclaim = 0.0
         while True:
-            free = self.settings.max_calls - len(self.sessions)
+            # Not while overloaded: `claiming` is off well past the load limits (common/headroom.py).
+            free = self.settings.max_calls - len(self.sessions) if self.load.admission.claiming else 0
             if free <= 0:
                 self._capacity_free.clear()
                 await self._capacity_free.wait()

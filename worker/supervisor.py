@@ -23,6 +23,8 @@ log = logging.getLogger("pbx.worker.supervisor")
 SINGLE_THREADED = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # A child that dies sooner than this after starting is restarted only after a pause (crash loop).
 MIN_UPTIME = 5.0
+# Seconds a dead child's tombstone (`pbx:dead:{proc}`) stays: longer than any reaper takes to see it.
+TOMBSTONE_TTL = 60
 
 
 @dataclass
@@ -79,9 +81,13 @@ class Supervisor:
         return self._stop()
 
     def _forget(self, child: Child) -> None:
-        """Drop a dead child's heartbeat at once, so its calls are reaped now rather than at TTL expiry."""
+        """Drop a dead child's heartbeat at once and leave a tombstone (it is known dead: no grace), so its
+        calls are reaped now rather than at TTL expiry."""
         try:
-            self.redis.delete(self.keys.proc(child.proc_id))
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.delete(self.keys.proc(child.proc_id))
+            pipe.set(self.keys.dead(child.proc_id), 1, ex=TOMBSTONE_TTL)
+            pipe.execute()
         except redis.RedisError as exc:
             log.warning("could not clear heartbeat of %s: %s", child.proc_id, exc)
 
