@@ -29,6 +29,7 @@ log = logging.getLogger("pbx.worker.listener")
 MAX_AUDIO_CLOCK_LAG = 1000
 VAD_TYPES = ("webrtc", "silero", "ten")
 ASR_PROVIDERS = ("local", "tencent", "voiceapi")
+PCM = np.dtype("<i2")
 
 
 class CallerListener:
@@ -138,17 +139,26 @@ class CallerListener:
         now = events.now_ms()
         if self._t0 is None or now - (self._t0 + self._samples // 16) > MAX_AUDIO_CLOCK_LAG:
             self._t0 = now - self._samples // 16 - len(self._frames) // 32
-        self._frames += pcm.astype("<i2", copy=False).tobytes()
+        if not self._frames and pcm.size == 320:
+            # The usual case, one whole frame and nothing held over: no re-framing (still a read-only copy).
+            self._frame(np.frombuffer(pcm.astype(PCM, copy=False).tobytes(), PCM))
+            return
+        self._frames += pcm.astype(PCM, copy=False).tobytes()
         while len(self._frames) >= 640:
-            frame = np.frombuffer(bytes(self._frames[:640]), dtype="<i2")
+            frame = np.frombuffer(bytes(self._frames[:640]), PCM)
             del self._frames[:640]
-            ts = self._t0 + self._samples // 16
-            self._samples += 320
-            self.session.proc.dtmf.feed(self.dtmf, frame, self.digit)
-            if self.denoiser is not None:
-                self.session.proc.denoise.submit(self.denoiser, self.denoiser.process, frame, ts, self._clean)
-            else:
-                self._clean(frame, ts)
+            self._frame(frame)
+
+    def _frame(self, frame: np.ndarray) -> None:
+        """A 20 ms frame: to the process's DTMF bank, and (denoised when asked) to speech processing."""
+        ts = self._t0 + self._samples // 16 if self._t0 is not None else 0
+        self._samples += 320
+        proc = self.session.proc
+        proc.dtmf.feed(self.dtmf, frame, self.digit)
+        if self.denoiser is not None:
+            proc.denoise.submit(self.denoiser, self.denoiser.process, frame, ts, self._clean)
+        else:
+            self._clean(frame, ts)
 
     def digit(self, digit: str) -> None:
         """A key press: detected in-band here, or (later) from RTP telephone-events or SIP INFO."""

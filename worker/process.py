@@ -85,7 +85,6 @@ class MediaProcess:
         self.denoise = FrameBatcher("denoise", self._denoise_in_thread)
         self.ten = FrameBatcher("ten", self._infer)
         self.dtmf = DtmfBank()
-        self.dtmf_thread = ThreadPoolExecutor(1, thread_name_prefix="dtmf")
         self.asr_threads = ThreadPoolExecutor(2, thread_name_prefix="asr")
         self.tts_thread = ThreadPoolExecutor(1, thread_name_prefix="tts")
         self.piper = PiperEngine(self._tts_in_thread)
@@ -119,9 +118,6 @@ class MediaProcess:
 
     def _infer(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().run_in_executor(self.inference, fn, *args)
-
-    def _dtmf_in_thread(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
-        return asyncio.get_running_loop().run_in_executor(self.dtmf_thread, fn, *args)
 
     def _denoise_in_thread(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().run_in_executor(self.denoise_thread, fn, *args)
@@ -215,7 +211,6 @@ class MediaProcess:
             ("whisper", self.whisper.run()),
             ("denoise", self.denoise.run()),
             ("ten", self.ten.run()),
-            ("dtmf", self.dtmf.run(self._dtmf_in_thread)),
             ("piper", self.piper.run()),
             ("metrics", metrics.publish(self)),
         ):
@@ -270,7 +265,6 @@ class MediaProcess:
         self.inference.shutdown(wait=False, cancel_futures=True)
         self.asr_threads.shutdown(wait=False, cancel_futures=True)
         self.denoise_thread.shutdown(wait=False, cancel_futures=True)
-        self.dtmf_thread.shutdown(wait=False, cancel_futures=True)
         self.tts_thread.shutdown(wait=False, cancel_futures=True)
 
     async def _ensure_group(self) -> None:
