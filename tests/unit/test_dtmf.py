@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from worker.media.dtmf import DtmfDetector
+from worker.media.dtmf import DtmfBank, DtmfDetector
 
 RATE = 16000
 ALL_KEYS = "123A456B789C*0#D"
@@ -257,3 +257,201 @@ def test_bank_with_several_frames_of_one_call_in_a_flush() -> None:
             bank.feed(det, audio[j : j + 320], got.append)
         bank.flush()
     assert "".join(got) == "159#"
+
+
+# --- the bank's first pass: the same digits, at the same frames, as each detector fed on its own ---------
+
+
+def bank_and_reference(
+    calls: list[np.ndarray], chunk: int = 320
+) -> tuple[list[list[tuple[int, str]]], list[list[tuple[int, str]]], DtmfBank]:
+    """Each call's audio through one bank, `chunk` samples per call and tick, and through a detector of its
+    own (the full classifier on every window); the digits with the tick each was reported in. After every
+    tick both detectors of a call must be in the same state, history included."""
+    bank = DtmfBank()
+    fast = [DtmfDetector() for _ in calls]
+    slow = [DtmfDetector() for _ in calls]
+    got: list[list[tuple[int, str]]] = [[] for _ in calls]
+    want: list[list[tuple[int, str]]] = [[] for _ in calls]
+    samples = [pcm(a) if a.dtype != np.int16 else a for a in calls]
+    for tick in range(max(len(s) for s in samples) // chunk + 1):
+        at = tick * chunk
+        for k, s in enumerate(samples):
+            if at < len(s):
+                bank.feed(fast[k], s[at : at + chunk], lambda d, k=k, tick=tick: got[k].append((tick, d)))
+                want[k] += [(tick, d) for d in slow[k].process(s[at : at + chunk])]
+        bank.flush()
+        for f, s in zip(fast, slow, strict=True):
+            assert (f._digit, f._hits, f._misses, f._reported) == (s._digit, s._hits, s._misses, s._reported)
+            assert np.array_equal(np.asarray(f._buf, dtype=np.float64), s._buf)
+    return got, want, bank
+
+
+@pytest.mark.parametrize("offset", [0, 1, 80, 160, 240, 319, 320, 400])
+@pytest.mark.parametrize("seconds", [0.02, 0.035, 0.04, 0.045, 0.08, 0.1])
+def test_fast_path_same_as_full_classifier_at_any_alignment(offset: int, seconds: float) -> None:
+    # Tones starting and ending on frame boundaries, on hop boundaries, and anywhere in between; long
+    # enough to count or too short, with pauses that end a press or are bridged over.
+    audio = np.concatenate(
+        [
+            silence(0.1 + offset / RATE),
+            dtmf_tone("5", seconds),
+            silence(0.015),  # a drop-out within a press
+            dtmf_tone("5", seconds),
+            silence(0.05),
+            dtmf_tone("#", seconds, level_dbfs=-20.0),
+            silence(0.2),
+        ]
+    )
+    got, want, _bank = bank_and_reference([audio])
+    assert got == want
+    if seconds >= 0.04:
+        assert [d for _t, d in got[0]] == ["5", "#"]
+
+
+def test_fast_path_same_as_full_classifier_under_speech(speech_clips: list[np.ndarray]) -> None:
+    keys = "1234567890*#ABCD"
+    calls = []
+    for clip in speech_clips:
+        talk = clip.astype(np.float64)
+        for snr_db in (3.0, 6.0, 12.0):
+            level = 20 * np.log10(rms(talk) * 10 ** (snr_db / 20) / rms(dtmf_tone("1", 1.0, level_dbfs=0.0)))
+            tones = dialled(keys, on=0.07, off=0.09, level_dbfs=float(level))
+            calls.append(tones + np.resize(talk, len(tones)))
+        calls.append(talk)  # and the speech alone
+    got, want, bank = bank_and_reference(calls)
+    assert got == want
+    assert sum(len(g) for g in got) > 0.9 * len(keys) * 3 * len(speech_clips)
+    assert bank.skipped > bank.classified  # speech alone mostly skips the full classifier
+
+
+def test_fast_path_same_as_full_classifier_after_long_silence() -> None:
+    audio = np.concatenate([silence(5.0), dialled("7", on=0.05), silence(3.0), dialled("*D", on=0.045)])
+    got, want, _bank = bank_and_reference([audio, silence(9.0)])
+    assert got == want
+    assert [d for _t, d in got[0]] == ["7", "*", "D"]
+
+
+@pytest.mark.parametrize("offset", [0, 37, 160])
+def test_fast_path_same_as_full_classifier_near_the_level_threshold(offset: int) -> None:
+    # Each tone just above MIN_TONE_DBFS (dtmf_tone's levels are re a full-scale sine, the detector's re
+    # 32768), just below, and one of the pair quieter than the other within the twist limits.
+    calls = [
+        np.concatenate([silence(offset / RATE), dialled(keys, on=0.06, level_dbfs=level, row_db=r, col_db=c)])
+        for keys, level, r, c in [
+            ("159", -29.7, 0.0, 0.0),
+            ("159", -29.9, 0.0, 0.0),
+            ("260", -30.1, 0.0, 0.0),
+            ("37#", -24.0, 0.0, -5.9),
+            ("48*", -26.0, -3.5, 0.0),
+        ]
+    ]
+    noise = np.random.default_rng(offset).normal(0.0, 30.0, len(calls[0]))
+    calls += [c + noise[: len(c)] for c in calls]
+    got, want, _bank = bank_and_reference(calls)
+    assert got == want
+    assert [d for _t, d in got[0]] == list("159")
+    assert got[2] == []
+
+
+def test_fast_path_with_many_calls_only_some_pressing_keys(speech_clips: list[np.ndarray]) -> None:
+    rng = np.random.default_rng(3)
+    talk = np.concatenate([c.astype(np.float64) for c in speech_clips])
+    seconds = 4.0
+    calls = []
+    for k in range(60):
+        start = int(rng.integers(0, len(talk) - int(seconds * RATE)))
+        kind = k % 4
+        if kind == 0:
+            audio = talk[start : start + int(seconds * RATE)]
+        elif kind == 1:
+            audio = silence(seconds)
+        else:
+            audio = rng.normal(0.0, 20.0, int(seconds * RATE))
+        if k % 6 == 0:  # one call in six presses keys, at its own moment
+            keys = dialled("".join(rng.choice(list(ALL_KEYS), 3)), on=0.06, off=0.07)
+            at = int(rng.integers(0, len(audio) - len(keys)))
+            audio = audio.copy()
+            audio[at : at + len(keys)] += keys
+        calls.append(audio)
+    got, want, bank = bank_and_reference(calls)
+    assert got == want
+    assert all(len(got[k]) == 3 for k in range(0, 60, 6) if k % 4 != 0)
+    assert not any(got[k] for k in range(60) if k % 6)
+
+
+def test_fast_path_with_irregular_audio() -> None:
+    # Calls joining at different times, frames of other sizes, several frames of a call in one flush:
+    # the bank groups calls by how much audio they have and gives the same results.
+    rng = np.random.default_rng(5)
+    calls = [np.concatenate([silence(rng.uniform(0, 0.3)), dialled("3C", on=0.06)]) for _ in range(8)]
+    samples = [pcm(a) for a in calls]
+    bank = DtmfBank()
+    fast = [DtmfDetector() for _ in calls]
+    slow = [DtmfDetector() for _ in calls]
+    got: list[list[str]] = [[] for _ in calls]
+    want: list[list[str]] = [[] for _ in calls]
+    at = [0] * len(calls)
+    while any(a < len(s) for a, s in zip(at, samples, strict=True)):
+        for k, s in enumerate(samples):
+            for _ in range(int(rng.integers(0, 3))):
+                size = int(rng.choice([320, 320, 160, 480, 77]))
+                piece = s[at[k] : at[k] + size]
+                at[k] += size
+                if len(piece):
+                    bank.feed(fast[k], piece, got[k].append)
+                    want[k] += slow[k].process(piece)
+        bank.flush()
+        for f, sd in zip(fast, slow, strict=True):
+            assert (f._digit, f._hits, f._misses, f._reported) == (
+                sd._digit,
+                sd._hits,
+                sd._misses,
+                sd._reported,
+            )
+            assert np.array_equal(np.asarray(f._buf, dtype=np.float64), sd._buf)
+    assert got == want == [["3", "C"]] * len(calls)
+
+
+def test_silent_and_noisy_calls_skip_the_full_classifier() -> None:
+    rng = np.random.default_rng(9)
+    calls = [silence(2.0)] * 20 + [rng.normal(0.0, 60.0, 2 * RATE) for _ in range(20)]
+    got, want, bank = bank_and_reference(calls)
+    assert got == want == [[]] * 40
+    assert bank.classified == 0
+    assert bank.skipped == 40 * ((2 * RATE - 424) // 80 + 1)  # every window of every call
+
+
+def test_only_the_pressing_call_is_classified() -> None:
+    tone = dialled("9", on=0.06)
+    calls = [np.concatenate([tone, silence(1.0)])] + [silence(1.0 + len(tone) / RATE)] * 30
+    got, want, bank = bank_and_reference(calls)
+    assert got == want
+    assert [d for _t, d in got[0]] == ["9"]
+    # The tone and its press (until its end is decided), at 4 windows a frame: a few dozen windows.
+    assert 0 < bank.classified <= 4 * (len(tone) // 320 + 4)
+
+
+def test_listener_frames_for_the_bank() -> None:
+    """The listener hands the bank read-only 20 ms frames of the caller's stream, whatever its chunking."""
+    import types
+
+    from worker.listener import CallerListener
+
+    class Bank:
+        frames: list[np.ndarray] = []
+
+        def feed(self, det: DtmfDetector, samples: np.ndarray, on_digit: object) -> None:
+            self.frames.append(samples)
+
+    session = types.SimpleNamespace(call_id="c", ending=False, proc=types.SimpleNamespace(dtmf=Bank()))
+    listener = CallerListener(session)  # type: ignore[arg-type]
+    stream = pcm(np.random.default_rng(1).normal(0.0, 3000.0, 320 * 12))
+    at = 0
+    for size in (320, 320, 160, 480, 320, 100, 540, 320, 640, 320):
+        listener.feed(stream[at : at + size])
+        at += size
+    frames = session.proc.dtmf.frames
+    assert len(frames) == at // 320
+    assert np.array_equal(np.concatenate(frames), stream[: len(frames) * 320])
+    assert all(f.dtype == np.dtype("<i2") and len(f) == 320 and not f.flags.writeable for f in frames)
