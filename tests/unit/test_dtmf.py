@@ -455,3 +455,19 @@ def test_listener_frames_for_the_bank() -> None:
     assert len(frames) == at // 320
     assert np.array_equal(np.concatenate(frames), stream[: len(frames) * 320])
     assert all(f.dtype == np.dtype("<i2") and len(f) == 320 and not f.flags.writeable for f in frames)
+
+
+def test_a_paused_call_keeps_no_shared_matrix_alive() -> None:
+    bank = DtmfBank()
+    talking, paused = DtmfDetector(), DtmfDetector()
+    for _ in range(3):
+        for det in (talking, paused):
+            bank.feed(det, np.zeros(320, dtype=np.int16), print)
+        bank.flush()
+    assert (
+        paused._buf.base is not None and paused._buf.base is talking._buf.base
+    )  # one matrix, while both talk
+    held = paused._buf.copy()
+    bank.feed(talking, np.zeros(320, dtype=np.int16), print)
+    bank.flush()
+    assert paused._buf.base is None and np.array_equal(paused._buf, held)

@@ -262,6 +262,7 @@ class DtmfBank:
         # Windows that went through the full classifier, and those the first pass spared it (tests, bench).
         self.classified = 0
         self.skipped = 0
+        self._last: set[DtmfDetector] = set()  # the detectors of the last flush
 
     def feed(self, detector: DtmfDetector, samples: np.ndarray, on_digit: Callable[[str], None]) -> None:
         """Queue 1-D audio of one call; `on_digit(digit)` is called for each key press found at the next
@@ -285,9 +286,16 @@ class DtmfBank:
             return
         self._dets, self._chunks, self._cbs = [], [], []
         n = len(dets)
-        if len(set(dets)) != n:
+        present = set(dets)
+        if len(present) != n:
             dets, chunks, cbs = _merge(dets, chunks, cbs)
             n = len(dets)
+        # A detector's history is a row of the matrix its last audio went through (see _run): one that got
+        # no audio this time (its call paused or ended) gets a copy of its own, lest paused calls keep a
+        # matrix each alive.
+        for det in self._last.difference(present):
+            det._buf = det._buf.copy()
+        self._last = present
         # The steady state: one 20 ms frame per call, every detector holding the same length of history
         # (windows start at multiples of the hop in each call's stream). Such calls go as one matrix.
         lengths = list(map(operator.add, map(len, map(_BUF, dets)), map(len, chunks)))
