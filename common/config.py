@@ -107,7 +107,7 @@ class Settings:
     # event-loop lag (90th percentile over a second, ms), a media process's mean media tick (ms). New calls
     # are taken again once every figure is back under `load_resume` times its limit.
     load_loop_busy: float = 0.75
-    load_lag_ms: float = 15.0
+    load_lag_ms: float = 30.0
     load_tick_ms: float = 10.0
     load_resume: float = 0.8
     # Test knobs, never for production: CPU burnt on a media process's event loop per call every 20 ms
@@ -162,7 +162,7 @@ class Settings:
             reap_grace=_float(env, "PBX_REAP_GRACE", 1.0),
             loop_stall_limit=_float(env, "PBX_LOOP_STALL_LIMIT", 30.0),
             load_loop_busy=_float(env, "PBX_LOAD_LOOP_BUSY", 0.75),
-            load_lag_ms=_float(env, "PBX_LOAD_LAG_MS", 15.0),
+            load_lag_ms=_float(env, "PBX_LOAD_LAG_MS", 30.0),
             load_tick_ms=_float(env, "PBX_LOAD_TICK_MS", 10.0),
             load_resume=_float(env, "PBX_LOAD_RESUME", 0.8),
             test_tick_burn_us=_float(env, "PBX_TEST_TICK_BURN_US", 0.0),

@@ -1,6 +1,6 @@
 """How loaded a process is, and whether it should take another call (admission by real headroom).
 
-`LoopMeter` runs on a process's event loop and closes a `LoadSample` every second: the loop thread's own CPU
+`LoopMeter` runs on a process's event loop and closes a `LoadSample` every 0.5 s: the loop thread's own CPU
 share (`time.thread_time`), the event-loop lag (how late a 25 ms sleep wakes up: 90th percentile and
 maximum), the process's CPU share over all its threads (`time.process_time`, informational) and, in a media
 process, the mean and longest media tick.
@@ -9,9 +9,10 @@ process, the mean and longest media tick.
 `figure / limit` over the figures that have a limit (`PBX_LOAD_LOOP_BUSY`, `PBX_LOAD_LAG_MS`,
 `PBX_LOAD_TICK_MS`). At pressure 1 the process stops admitting: a media process announces no room in its
 heartbeat (capacity = its calls), a frontend refuses new call sockets; it admits again once the pressure is
-back under `PBX_LOAD_RESUME` (0.8). A media process stops claiming from the dispatch stream only at a
-pressure of `HARD_PRESSURE`: calls that the frontends let through on figures a second old are still taken
-unless the process is well past its limit.
+back under `PBX_LOAD_RESUME` (0.8) on `RESUME_SAMPLES` samples in a row. A media process stops claiming
+from the dispatch stream only at a pressure of `HARD_PRESSURE`: calls that the frontends let through on
+figures half a second old are still taken unless the process is well past its limit; past it, what it reads
+goes back to the stream for a process with room, or is refused at once (worker/load.py).
 
 While admitting, a media process also estimates how many calls it can carry: its CPU-like figures (loop
 share, tick time) grow with its calls, so once they are past `ESTIMATE_FROM` of their limits, from the cost
@@ -52,16 +53,21 @@ ADMITTING = REGISTRY.gauge(
 ADMITTING.set(1)
 
 # Seconds of one load sample, and between lag probes.
-WINDOW = 1.0
+WINDOW = 0.5
 PROBE_EVERY = 0.025
+# Samples in a row at or under the resume level before a process admits again: one quiet half second in a
+# noisy stretch is not headroom.
+RESUME_SAMPLES = 2
 # Pressure at which a media process stops claiming dispatch requests (it stops admitting at 1).
 HARD_PRESSURE = 1.25
 # Pressure the capacity estimate aims at: between the resume level and the limit, so a steady stream of
 # calls settles below the limit instead of flapping across it.
 TARGET_PRESSURE = 0.9
-# Pressure from which the capacity is estimated from the load. Below it the load says too little about
-# what a call costs (an idle loop's noise is as large as a call), and the capacity is MAX_CALLS.
-ESTIMATE_FROM = 0.5
+# Pressure from which the capacity is estimated from the load (with at least MIN_CALLS calls). Below it
+# the load says too little about what a call costs (an idle loop's noise is as large as a few calls), and
+# the capacity is MAX_CALLS.
+ESTIMATE_FROM = 0.2
+MIN_CALLS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +75,7 @@ class LoadLimits:
     """Limits of the load figures (0 = that figure is not used)."""
 
     loop_busy: float = 0.75
-    lag_ms: float = 15.0
+    lag_ms: float = 30.0
     tick_ms: float = 10.0
     resume: float = 0.8
 
@@ -77,7 +83,7 @@ class LoadLimits:
     def from_settings(cls, settings: object) -> LoadLimits:
         return cls(
             loop_busy=float(getattr(settings, "load_loop_busy", 0.75)),
-            lag_ms=float(getattr(settings, "load_lag_ms", 15.0)),
+            lag_ms=float(getattr(settings, "load_lag_ms", 30.0)),
             tick_ms=float(getattr(settings, "load_tick_ms", 10.0)),
             resume=float(getattr(settings, "load_resume", 0.8)),
         )
@@ -121,6 +127,7 @@ class Admission:
         # The estimated number of calls this process can carry (max_calls when there is nothing to go by).
         self.limit = max_calls if max_calls is not None else 0
         self._idle: float | None = None  # the CPU-like pressure with no call
+        self._quiet = 0  # samples in a row at or under the resume level, while not admitting
 
     def _ratio(self, value: float, limit: float) -> float:
         return value / limit if limit > 0 else 0.0
@@ -135,10 +142,11 @@ class Admission:
         LOOP_LAG.set(sample.lag_ms / 1000)
         LOOP_BUSY.set(round(sample.loop_busy, 3))
         before = (self.admitting, self.claiming)
+        self._quiet = self._quiet + 1 if not self.admitting and pressure <= lim.resume else 0
         if self.admitting and pressure >= 1.0:
             self.admitting = False
             log.warning("%s overloaded (%s): taking no new calls", self.name, self.describe())
-        elif not self.admitting and pressure <= lim.resume:
+        elif not self.admitting and self._quiet >= RESUME_SAMPLES:
             self.admitting = True
             log.warning("%s load back to %.2f of its limits: taking new calls again", self.name, pressure)
         if pressure >= HARD_PRESSURE:
@@ -157,7 +165,7 @@ class Admission:
             self._idle = linear if self._idle is None else 0.7 * self._idle + 0.3 * linear
             self.limit = self.max_calls
             return
-        if linear < ESTIMATE_FROM:
+        if linear < ESTIMATE_FROM or sample.calls < MIN_CALLS:
             self.limit = self.max_calls
             return
         per_call = (linear - min(self._idle or 0.0, linear / 2)) / sample.calls

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import socket
 import time
@@ -16,6 +17,7 @@ from aiohttp import web
 from common import events, wire
 from common.errors import BadCommand, CallNotFound, DuplicateCall
 from common.logs import call_id_var
+from common.metrics import call_failed
 from common.protocol import MAX_TEXT_FRAME
 from frontend.callsocket import CallSocket
 from frontend.connection import CallConnection
@@ -80,19 +82,43 @@ def _limit_send_buffers(request: web.Request) -> None:
         transport.set_write_buffer_limits(high=SEND_BUFFER)
 
 
-async def _refuse_no_capacity(request: web.Request, conn: CallConnection) -> web.StreamResponse:
+async def _refuse_no_capacity(
+    request: web.Request, hub: Hub, call_id: str, call_type: str, ws: CallSocket
+) -> web.StreamResponse:
     """Accept the socket, send `error{code:503}` and `hangup{reason:"no_capacity"}`, close. Nothing is
-    registered: no media process will ever see this call."""
-    why = conn.hub.capacity.refused
+    registered: no media process will ever see this call.
+
+    All of it from this one task, with nothing else reading the socket: aiohttp's `close()` then reads the
+    client's frames up to its close reply before it closes the connection. Closed while another task reads
+    the socket, aiohttp drops the connection at once; the `invite` a client sends right after connecting then
+    reached a closed socket, the kernel answered with a reset, and the client lost the two events still
+    unread in its buffers (about one refused call in ten, in a burst).
+    """
+    why = hub.capacity.refused
     _refusals[0] += 1
     if time.monotonic() - _refusals[1] >= REFUSAL_LOG_EVERY:  # an overload refuses many: a line now and then
         log.warning("new call refused (%d since the last such line): %s", int(_refusals[0]), why)
         _refusals[:] = [0, time.monotonic()]
-    conn.created_ms = events.now_ms()
-    await conn.ws.prepare(request)
-    conn.end_locally("no_capacity", why, 503)
-    await conn.serve()
-    return conn.ws
+    call_failed(call_type, "no_capacity")
+    now = events.now_ms()
+    refusal = (
+        events.error(call_id, "worker", why, 503),
+        events.event(
+            "hangup",
+            track_id=call_id,
+            timestamp=now,
+            reason="no_capacity",
+            initiator="system",
+            start_time=events.rfc3339(now),
+            hangup_time=events.rfc3339(now),
+        ),
+    )
+    await ws.prepare(request)
+    with contextlib.suppress(ConnectionError, RuntimeError):  # the client is gone already
+        for ev in refusal:
+            await ws.send_str(json.dumps(ev, separators=(",", ":"), ensure_ascii=False))
+        await ws.close()
+    return ws
 
 
 def call_handler(call_type: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -119,7 +145,7 @@ def call_handler(call_type: str) -> Callable[[web.Request], Awaitable[web.Stream
             # Every media process is full or draining: say so now rather than after the claim timeout. An
             # id already in the registry goes on below, to its 409 or, on `/call/sip`, to the inbound call
             # a media process already holds.
-            return await _refuse_no_capacity(request, CallConnection(hub, call_id, call_type, ws))
+            return await _refuse_no_capacity(request, hub, call_id, call_type, ws)
         try:
             return await _serve_call(request, hub, call_id, call_type, ws, dump, ping)
         finally:

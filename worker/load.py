@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from common import events, wire
 from common.headroom import Admission, LoadLimits, LoadSample, LoopMeter
+from common.keys import DISPATCH_GROUP
+from common.metrics import call_failed
 from worker import metrics
 
 if TYPE_CHECKING:
     from worker.process import MediaProcess
 
+log = logging.getLogger("pbx.worker.load")
+
 TICK = 0.020
+# Seconds the dispatch loop pauses after handing requests back, so that a process with room reads them.
+HAND_BACK_PAUSE = 0.05
+TURNED_AWAY = (
+    "no media worker has room for another call: every media process is at MAX_CALLS, at the limit of its "
+    "load or draining"
+)
 
 
 class MediaLoad:
@@ -36,8 +48,9 @@ class MediaLoad:
         self.burn_us = settings.test_tick_burn_us
 
     def _sample(self, sample: LoadSample) -> None:
-        if self.admission.update(sample):
-            self.on_change()
+        before = self.proc.capacity()
+        if self.admission.update(sample) or self.proc.capacity() != before:
+            self.on_change()  # in the heartbeat now: frontends count on it for their next admissions
 
     def figures(self) -> dict[str, Any]:
         """The heartbeat's `load` field."""
@@ -49,6 +62,72 @@ class MediaLoad:
             "claiming": a.claiming,
             "limit": a.limit,
         }
+
+    async def turn_away(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        """Dispatch requests read while this process is far past its load limits (it claims nothing then).
+
+        If another media process announces room, the requests go back on the stream for it. Else nobody can
+        take them: each call is refused now, as a frontend refuses one it knows has no room (`error{code:503}`
+        + `hangup{reason:"no_capacity"}`), instead of waiting for the claim timeout.
+        """
+        proc = self.proc
+        redis, keys = proc.redis, proc.keys
+        ids = [entry_id for entry_id, _ in entries]
+        procs = await proc.registry.procs()
+        room = any(
+            p.get("role") == "media"
+            and p.get("proc") != proc.proc_id
+            and int(p.get("capacity", 0)) > int(p.get("calls", 0))
+            for p in procs
+        )
+        pipe = redis.pipeline(transaction=False)
+        if room:
+            for _entry_id, fields in entries:
+                pipe.xadd(keys.dispatch, fields, maxlen=100_000, approximate=True)  # type: ignore[arg-type]
+            pipe.xack(keys.dispatch, DISPATCH_GROUP, *ids)
+            pipe.xdel(keys.dispatch, *ids)
+            await pipe.execute()
+            await asyncio.sleep(HAND_BACK_PAUSE)
+            return
+        for _entry_id, fields in entries:
+            call_id = fields.get(b"call_id", b"").decode()
+            pipe.delete(keys.call(call_id))
+            pipe.zrem(keys.calls, call_id)
+        pipe.xack(keys.dispatch, DISPATCH_GROUP, *ids)
+        pipe.xdel(keys.dispatch, *ids)
+        results = await pipe.execute()
+        now = events.now_ms()
+        refused = 0
+        for i, (_entry_id, fields) in enumerate(entries):
+            if not results[2 * i]:
+                continue  # the call ended meanwhile (its client left)
+            refused += 1
+            call_id = fields.get(b"call_id", b"").decode()
+            call_type = fields.get(b"call_type", b"websocket").decode()
+            frontend = fields.get(b"frontend", b"").decode()
+            call_failed(call_type, "no_capacity")
+            for m in (
+                wire.msg(call_id, wire.EVT, events.error(call_id, "worker", TURNED_AWAY, 503)),
+                wire.msg(
+                    call_id,
+                    wire.EVT,
+                    events.event(
+                        "hangup",
+                        track_id=call_id,
+                        timestamp=now,
+                        reason="no_capacity",
+                        initiator="system",
+                        start_time=events.rfc3339(now),
+                        hangup_time=events.rfc3339(now),
+                    ),
+                ),
+                wire.msg(call_id, wire.CTL, {"op": "close"}),
+            ):
+                proc.send(frontend, m)
+        if refused:
+            log.warning(
+                "far over its load limits, with no other process to take them: %d calls refused", refused
+            )
 
     async def run(self) -> None:
         if self.burn_us > 0:

@@ -158,10 +158,9 @@ class MediaProcess:
         return self.load.admission.capacity(len(self.sessions))
 
     def _load_changed(self) -> None:
-        """The process stopped or started admitting (or claiming): say so now, and claim again if it may."""
+        """It stopped or started admitting (or claiming): say so now; the dispatch loop looks again."""
         self._beat_now.set()
-        if self.load.admission.claiming:
-            self._capacity_free.set()
+        self._capacity_free.set()
 
     def end_soon(self, session: CallSession, reason: str, initiator: str) -> None:
         """Hang a call up shortly: when many end together, a few per tick, so the others keep their pace."""
@@ -385,8 +384,10 @@ class MediaProcess:
         backoff = 0.1
         last_autoclaim = 0.0
         while True:
-            # Not while overloaded: `claiming` is off well past the load limits (common/headroom.py).
-            free = self.settings.max_calls - len(self.sessions) if self.load.admission.claiming else 0
+            # Far past its load limits (`claiming` off, common/headroom.py) it claims nothing: what it reads
+            # goes to a process with room, or is refused at once (MediaLoad.turn_away).
+            overloaded = not self.load.admission.claiming
+            free = CLAIM_BATCH if overloaded else self.settings.max_calls - len(self.sessions)
             if free <= 0:
                 self._capacity_free.clear()
                 await self._capacity_free.wait()
@@ -413,7 +414,9 @@ class MediaProcess:
                         DISPATCH_GROUP, self.proc_id, {self.keys.dispatch: ">"}, count=count, block=1000
                     )
                     entries = resp[0][1] if resp else []
-                if entries:
+                if entries and self._accepting and not self.load.admission.claiming:
+                    await self.load.turn_away(entries)
+                elif entries:
                     await self._take(entries)
                 backoff = 0.1
             except ResponseError as exc:

@@ -214,26 +214,31 @@ def sample(busy: float = 0.0, lag: float = 0.0, tick: float = 0.0, calls: float 
     return LoadSample(loop_busy=busy, lag_ms=lag, tick_ms=tick, calls=calls)
 
 
-LIMITS = LoadLimits(loop_busy=0.75, lag_ms=15.0, tick_ms=10.0, resume=0.8)
+LIMITS = LoadLimits(loop_busy=0.75, lag_ms=30.0, tick_ms=10.0, resume=0.8)
 
 
 def test_admission_hysteresis() -> None:
     a = Admission(LIMITS, max_calls=200)
-    assert not a.update(sample(busy=0.3, calls=50)) and a.admitting and a.capacity(50) == 200
+    assert not a.update(sample(busy=0.3, calls=50)) and a.admitting
+    assert a.capacity(50) == 112, "0.4 of its limits with 50 calls: it would be at 0.9 with 112"
     assert a.update(sample(busy=0.76, calls=120)), "over the loop's CPU limit: a change"
     assert not a.admitting and a.claiming, "refuses new calls, still claims what frontends let through"
     assert a.capacity(120) == 120 and a.capacity(125) == 125, "no room: capacity = its calls"
     assert not a.update(sample(busy=0.7, calls=120)) and not a.admitting, "under the limit is not enough"
     assert not a.update(sample(busy=0.61, calls=118)) and not a.admitting, "0.81 of the limit: still over"
-    assert a.update(sample(busy=0.6, calls=110)) and a.admitting, "back to 0.8 of the limit"
+    assert not a.update(sample(busy=0.6, calls=110)) and not a.admitting, "one quiet sample is not enough"
+    assert not a.update(sample(busy=0.7, calls=110)) and not a.admitting, "the quiet ones must be in a row"
+    assert not a.update(sample(busy=0.6, calls=110)) and not a.admitting
+    assert a.update(sample(busy=0.5, calls=110)) and a.admitting, "back to 0.8 of the limit, twice in a row"
     # Far over the limit: stops claiming too, until it admits again.
     assert a.update(sample(busy=0.95, calls=150)) and not a.admitting and not a.claiming
     assert not a.update(sample(busy=0.8, calls=150)) and not a.claiming, "still over: no claims"
+    assert not a.update(sample(busy=0.5, calls=100)) and not a.claiming
     assert a.update(sample(busy=0.5, calls=100)) and a.admitting and a.claiming
 
 
 def test_admission_by_each_figure_and_disabled_limits() -> None:
-    for s in (sample(lag=16.0), sample(tick=10.5), sample(busy=0.8)):
+    for s in (sample(lag=31.0), sample(tick=10.5), sample(busy=0.8)):
         a = Admission(LIMITS, max_calls=10)
         a.update(s)
         assert not a.admitting, s
@@ -249,8 +254,10 @@ def test_capacity_estimate_from_the_cost_of_a_call() -> None:
     a = Admission(LIMITS, max_calls=400)
     a.update(sample(busy=0.03, calls=0))  # idle: the process's own cost
     assert a.capacity(0) == 400
-    a.update(sample(busy=0.3, calls=100))  # pressure 0.4: too little to go by
+    a.update(sample(busy=0.12, calls=100))  # pressure 0.16: too little to go by
     assert a.capacity(100) == 400
+    a.update(sample(busy=0.5, calls=1))  # one call: too few to go by
+    assert a.capacity(1) == 400
     a.update(sample(busy=0.45, calls=150))  # pressure 0.6, ~0.56 of it for 150 calls
     limit = a.capacity(150)
     assert 180 <= limit <= 240, limit
@@ -283,8 +290,9 @@ async def test_loop_meter_sees_a_busy_loop() -> None:
         await until(lambda: len(samples) >= n + 2, 3.0)
         hogs[-1].cancel()
         busy = samples[-1]
-        assert busy.loop_busy > 0.5 and busy.lag_ms > 3, busy
-        a = Admission(LoadLimits(loop_busy=0.5, lag_ms=100, tick_ms=0))
+        # (CPU time, not wall time: on shared cores the hog is not always running)
+        assert busy.loop_busy > 0.25 and busy.lag_ms > 3, busy
+        a = Admission(LoadLimits(loop_busy=0.2, lag_ms=100, tick_ms=0))
         a.update(busy)
         assert not a.admitting
     finally:
