@@ -373,9 +373,14 @@ def _screen(det: DtmfDetector, audio: np.ndarray, count: int) -> np.ndarray:
     hi01, lo01, hi23, lo23 = np.maximum(t0, t1), np.minimum(t0, t1), np.maximum(t2, t3), np.minimum(t2, t3)
     top = np.maximum(hi01, hi23)
     second = np.maximum(np.minimum(hi01, hi23), np.maximum(lo01, lo23))
-    ok = (top >= m * det._min_power) & (top >= m * det._group_ratio * second)
+    ok = top >= np.maximum(second * (m * det._group_ratio), m * det._min_power)
     row, col = top[:, :c], top[:, c:]
-    pair = ok[:, :c] & ok[:, c:] & (m * row <= det._row_over_col * col) & (m * col <= det._col_over_row * row)
+    pair = (
+        ok[:, :c]
+        & ok[:, c:]
+        & (row <= col * (det._row_over_col / m))
+        & (col <= row * (det._col_over_row / m))
+    )
     return rows[pair.any(axis=1)]
 
 
