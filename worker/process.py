@@ -321,8 +321,11 @@ class MediaProcess:
     async def _heartbeat(self) -> None:
         """Publish the heartbeat's fields (the thread writes them) and act on what the beats found."""
         while True:
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation that comes as the
+            # event is set (SIGINT sets it and cancels this task at once), and the process never stopped.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._beat_now.wait(), HEARTBEAT_EVERY)
+                async with asyncio.timeout(HEARTBEAT_EVERY):
+                    await self._beat_now.wait()
             now = self._beat_now.is_set()
             self._beat_now.clear()
             self.heartbeat.publish(self._beat_fields(), now=now)

@@ -238,15 +238,23 @@ def test_admission_hysteresis() -> None:
 
 
 def test_admission_by_each_figure_and_disabled_limits() -> None:
-    for s in (sample(lag=31.0), sample(tick=10.5), sample(busy=0.8)):
+    for s in (sample(tick=10.5), sample(busy=0.8)):
         a = Admission(LIMITS, max_calls=10)
         a.update(s)
         assert not a.admitting, s
+    # Lag counts when it lasts: over the limit in 3 of the last 4 samples (a burst of call setups is not).
+    a = Admission(LIMITS, max_calls=10)
+    for lag in (31.0, 45.0, 2.0, 2.0, 40.0, 2.0, 35.0):
+        a.update(sample(lag=lag))
+        assert a.admitting, lag
+    a.update(sample(lag=33.0))
+    assert not a.admitting and a.lasting_lag() == 33.0
     off = Admission(LoadLimits(loop_busy=0, lag_ms=0, tick_ms=0), max_calls=10)
     off.update(sample(busy=5.0, lag=500.0, tick=100.0, calls=10))
     assert off.admitting and off.pressure == 0.0, "0 = not used: only MAX_CALLS limits"
     frontend = Admission(LoadLimits(loop_busy=0.75, lag_ms=15, tick_ms=0))
-    frontend.update(sample(lag=20.0))
+    for _ in range(3):
+        frontend.update(sample(lag=20.0))
     assert not frontend.admitting and frontend.capacity(3) == 0, "a frontend announces no capacity"
 
 
