@@ -55,6 +55,7 @@ HISTORY_EVERY = 100  # frames: one `history` round trip every 2 s
 BACKLOG = 32 * 1024  # bytes unsent on a caller socket at which its frames are skipped rather than queued
 LATE_SEND = 0.010  # a caller frame sent this long after its slot counts against the generator
 END_WAIT = 10.0  # how long past its window a call waits for its played file's `trackEnd`
+ANSWER_WAIT = 30.0  # a call not answered by then is given up
 ROLES = ("frontend", "media", "redis", "other")
 
 
@@ -77,11 +78,12 @@ class Call:
     on_time: int = 0
     pending: dict[str, float] = field(default_factory=dict)
     rtts: list[float] = field(default_factory=list)
-    errors: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # `error` events: code and message
     hung_up: bool = False  # by the client, at the end
     over: bool = False
     refused: bool = False
-    reason: str = ""  # the server's hangup reason, or why the call failed
+    reason: str = ""  # the server's hangup reason
+    failure: str = ""  # why the client gave up: connect error, no answer, time limit
 
     def record(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("ws", "pending")}
@@ -103,20 +105,30 @@ class Generator:
 
     async def run(self, t0: float) -> dict[str, Any]:
         calls = [Call(i) for i in self.spec["indices"]]
-        limit = 30 + self.spec["seconds"] + GRACE + END_WAIT + 5
+        limit = ANSWER_WAIT + self.spec["seconds"] + GRACE + END_WAIT + 5
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-            pacer = asyncio.create_task(self.pace())
-            tasks = []
+            tasks: list[asyncio.Task] = []
+            pacer, watchdog = asyncio.create_task(self.pace()), asyncio.create_task(self.watch(calls, tasks))
             for c in calls:  # on an absolute schedule: a slow moment does not shift the later calls
                 await asyncio.sleep(max(0.0, t0 + c.idx / self.spec["rate"] - time.monotonic()))
                 tasks.append(asyncio.create_task(asyncio.wait_for(self.call(session, c), limit)))
             ramp_end = time.monotonic()
             for c, result in zip(calls, await asyncio.gather(*tasks, return_exceptions=True), strict=True):
-                if isinstance(result, BaseException) and not c.reason:
-                    c.reason = "timeout" if isinstance(result, TimeoutError) else repr(result)
+                if isinstance(result, BaseException) and not c.failure:
+                    c.failure = "time limit" if isinstance(result, TimeoutError) else repr(result)
             pacer.cancel()
+            watchdog.cancel()
         records = [c.record() for c in calls]
         return dict(calls=records, ramp_end=ramp_end, sends=self.sends, late_sends=self.late_sends)
+
+    async def watch(self, calls: list[Call], tasks: list[asyncio.Task]) -> None:
+        """Give up the calls not answered within ANSWER_WAIT (their tasks were started in `calls` order)."""
+        while True:
+            await asyncio.sleep(1.0)
+            for c, task in zip(calls, tasks, strict=False):
+                if not c.t_answer and time.monotonic() - c.t_open > ANSWER_WAIT and not task.done():
+                    c.failure = f"no answer in {ANSWER_WAIT:g} s"
+                    task.cancel()
 
     async def call(self, session: aiohttp.ClientSession, c: Call) -> None:
         c.t_open = time.monotonic()
@@ -128,9 +140,10 @@ class Generator:
             )
         except aiohttp.WSServerHandshakeError as exc:
             c.refused, c.reason = exc.status == 503, f"http {exc.status}"
+            c.failure = "" if c.refused else c.reason
             return
         except (aiohttp.ClientError, OSError) as exc:
-            c.reason = repr(exc)
+            c.failure = repr(exc)
             return
         c.ws = ws
         try:
@@ -166,7 +179,7 @@ class Generator:
             elif name == "trackEnd" and ev.get("trackId") == "server-side-track":
                 c.track_end = time.monotonic()
             elif name == "error":
-                c.errors.append(int(ev.get("code") or 0))
+                c.errors.append(f"{ev.get('code')} {str(ev.get('error'))[:60]}")
                 c.refused |= not c.t_answer and ev.get("code") == 503
             elif name == "hangup":
                 if not c.hung_up:
@@ -423,8 +436,9 @@ async def run_step(n: int, args: argparse.Namespace, frames: list[bytes], wav: P
 def summarize(n: int, outs: list[dict], sampler: Sampler, args: argparse.Namespace, load: float) -> dict:
     calls = [c for o in outs for c in o["calls"]]
     answered = [c for c in calls if c["t_answer"]]
-    early = Counter(c["reason"] for c in answered if c["reason"] and not c["hung_up"])
-    failed = Counter(c["reason"] or "no answer" for c in calls if not c["t_answer"] and not c["refused"])
+    early = Counter(c["reason"] for c in answered if c["reason"] and not c["hung_up"] and not c["failure"])
+    gone = [c for c in calls if c["failure"] or not (c["t_answer"] or c["refused"])]
+    failed = Counter(c["failure"] or f"closed ({c['reason'] or 'no reason'})" for c in gone)
     expected = int(args.seconds * 50)
     on_time = sum(min(c["on_time"], expected) for c in answered)
     received = sum(c["received"] for c in answered)
