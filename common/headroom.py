@@ -65,7 +65,7 @@ LAG_SAMPLES = 4
 # noisy stretch is not headroom.
 RESUME_SAMPLES = 2
 # Pressure at which a media process stops claiming dispatch requests (it stops admitting at 1).
-HARD_PRESSURE = 1.25
+HARD_PRESSURE = 1.1
 # Pressure the capacity estimate aims at: between the resume level and the limit, so a steady stream of
 # calls settles below the limit instead of flapping across it.
 TARGET_PRESSURE = 0.9

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from common.registry import Registry
 
 # How long the media processes' free capacity, read from their heartbeats, is reused: a burst of new calls
-# costs one Redis read. The heartbeats themselves are up to ~1 s old (one every 0.8 s).
-CAPACITY_CACHE_TTL = 0.5
+# costs one Redis read. A media process rewrites its capacity every 0.5 s under load (common/headroom.py).
+CAPACITY_CACHE_TTL = 0.25
 
 
 class TokenBucket:
@@ -44,9 +44,11 @@ class MediaCapacity:
     `capacity`; a draining process announces capacity 0).
 
     The figures are read at most every `ttl` seconds; calls admitted since the last read count against
-    them, so a burst on this frontend does not all squeeze into the last free slot. The heartbeats are up
-    to ~1 s stale and other frontends admit calls too, so this is a fast refusal, not a guarantee: a call
-    let through may still find no room, and then the claim timeout ends it.
+    them, so a burst on this frontend does not all squeeze into the last free slot. Every live frontend
+    admits against the same figures, so each takes its share of the room (the room divided by the
+    frontends, rounded up): together they do not let in several times what is free. The heartbeats are
+    stale by up to a heartbeat, so this is a fast refusal, not a guarantee: a call let through may still
+    find no room, and then the media process refuses it (or the claim timeout ends it).
     """
 
     def __init__(
@@ -66,11 +68,13 @@ class MediaCapacity:
         async with self._lock:
             if self._read_at is None or self._clock() - self._read_at >= self.ttl:
                 procs = await self.registry.procs()
-                self._free = sum(
+                free = sum(
                     max(0, int(p.get("capacity", 0)) - int(p.get("calls", 0)))
                     for p in procs
                     if p.get("role") == "media"
                 )
+                frontends = max(1, sum(1 for p in procs if p.get("role") == "web"))
+                self._free = -(-free // frontends)
                 self._read_at = self._clock()
                 self._admitted = 0
                 self._window += 1

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 from common.keys import Keys
 from common.registry import Registry
 from frontend.callsocket import CallSocket
-from frontend.limits import MediaCapacity, TokenBucket
+from frontend.limits import CAPACITY_CACHE_TTL, MediaCapacity, TokenBucket
 
 
 class Clock:
@@ -128,6 +128,17 @@ async def test_capacity_from_heartbeats(registry: Registry) -> None:
     assert await capacity.free() == 0
 
 
+async def test_each_frontend_takes_its_share_of_the_room(registry: Registry) -> None:
+    await beat(registry, "media-1", calls=10, capacity=30)
+    await beat(registry, "media-2", calls=0, capacity=5)
+    for frontend in ("web-1", "web-2", "web-3"):
+        await beat(registry, frontend, role="web", calls=0)
+    assert await MediaCapacity(registry).free() == 9, "25 free among 3 frontends: 9 each (rounded up)"
+    await beat(registry, "media-1", calls=30, capacity=30)
+    await beat(registry, "media-2", calls=4, capacity=5)
+    assert await MediaCapacity(registry).free() == 1, "the last free call is anyone's"
+
+
 async def test_capacity_none_when_no_media_process(registry: Registry) -> None:
     await beat(registry, "web-1", role="web", calls=0)
     assert await MediaCapacity(registry).admit() is None
@@ -141,7 +152,7 @@ async def test_capacity_is_read_once_per_ttl(registry: Registry) -> None:
     tickets = [await capacity.admit() for _ in range(20)]
     assert None not in tickets
     assert counting.reads == 1, "a burst of calls costs one Redis read"
-    clock.now += 0.49
+    clock.now += CAPACITY_CACHE_TTL - 0.01
     await capacity.free()
     assert counting.reads == 1
     clock.now += 0.02
