@@ -30,6 +30,7 @@ import itertools
 import json
 import multiprocessing as mp
 import os
+import queue
 import re
 import shutil
 import sys
@@ -113,9 +114,13 @@ class Generator:
                 await asyncio.sleep(max(0.0, t0 + c.idx / self.spec["rate"] - time.monotonic()))
                 tasks.append(asyncio.create_task(asyncio.wait_for(self.call(session, c), limit)))
             ramp_end = time.monotonic()
-            for c, result in zip(calls, await asyncio.gather(*tasks, return_exceptions=True), strict=True):
-                if isinstance(result, BaseException) and not c.failure:
-                    c.failure = "time limit" if isinstance(result, TimeoutError) else repr(result)
+            await asyncio.wait(tasks, timeout=limit + 5)
+            for c, task in zip(calls, tasks, strict=True):
+                if not task.done():  # stuck even in its own time limit's cancellation: leave it
+                    c.failure = c.failure or "stuck"
+                    task.cancel()
+                elif not task.cancelled() and (exc := task.exception()) is not None and not c.failure:
+                    c.failure = "time limit" if isinstance(exc, TimeoutError) else repr(exc)
             pacer.cancel()
             watchdog.cancel()
         records = [c.record() for c in calls]
@@ -126,7 +131,12 @@ class Generator:
         while True:
             await asyncio.sleep(1.0)
             for c, task in zip(calls, tasks, strict=False):
-                if not c.t_answer and time.monotonic() - c.t_open > ANSWER_WAIT and not task.done():
+                if (
+                    c.t_open
+                    and not c.t_answer
+                    and time.monotonic() - c.t_open > ANSWER_WAIT
+                    and not task.done()
+                ):
                     c.failure = f"no answer in {ANSWER_WAIT:g} s"
                     task.cancel()
 
@@ -151,7 +161,8 @@ class Generator:
             await self.read(c, ws)
         finally:
             c.over = True
-            await ws.close()
+            with contextlib.suppress(Exception):  # a server that stopped reading must not hold us here
+                await asyncio.wait_for(ws.close(), 3)
 
     async def read(self, c: Call, ws: aiohttp.ClientWebSocketResponse) -> None:
         async for msg in ws:
@@ -258,8 +269,9 @@ class Sampler:
     """CPU time and RSS per role every 0.25 s, to cut any window out of afterwards. The stack's process
     tree is re-read every second (a media process may be replaced); one that exits keeps its CPU time."""
 
-    def __init__(self, roots: list[int], generators: list[int]) -> None:
-        self.roots, self.generators = roots, generators
+    def __init__(self, roots: list[int], generators: list[int], rss_limit: float) -> None:
+        self.roots, self.generators, self.rss_limit = roots, generators, rss_limit
+        self.over_rss = False
         self.procs: dict[int, tuple[str, psutil.Process]] = {}
         self.last: dict[int, tuple[str, float, int]] = {}
         self.samples: list[tuple[float, dict[str, list[float]]]] = []
@@ -290,6 +302,7 @@ class Sampler:
                 row[name][0] += cpu
                 row[name][1] += rss
             self.samples.append((time.monotonic(), row))
+            self.over_rss |= sum(row[r][1] for r in ROLES) > self.rss_limit
             await asyncio.sleep(0.25)
 
     def window(self, a: float, b: float) -> dict[str, tuple[float, float]]:
@@ -394,7 +407,7 @@ async def run_step(n: int, args: argparse.Namespace, frames: list[bytes], wav: P
             gens[-1].start()
         for _ in gens:
             await asyncio.to_thread(ready.get, True, 120)
-        sampler = Sampler(roots, [g.pid for g in gens if g.pid])
+        sampler = Sampler(roots, [g.pid for g in gens if g.pid], args.max_rss * 2**30)
         sampling = asyncio.create_task(sampler.run())
         t0 = time.monotonic() + 0.5
         for _ in gens:
@@ -413,10 +426,17 @@ async def run_step(n: int, args: argparse.Namespace, frames: list[bytes], wav: P
             profiling = asyncio.gather(
                 *(spy(pid, out / f"plane-{n}-{r}", secs, args.format) for r, pid in targets)
             )
-        limit = n / args.rate + args.seconds + 60 + END_WAIT
-        outs = [await asyncio.to_thread(results.get, True, limit) for _ in gens]
-        if errors := [o["error"] for o in outs if "error" in o]:
-            raise RuntimeError(f"a load generator failed: {errors}")
+        outs: list[dict] = []
+        deadline = t0 + n / args.rate + ANSWER_WAIT + args.seconds + END_WAIT + 30
+        while len(outs) < len(gens) and time.monotonic() < deadline:
+            if sampler.over_rss and stack is not None and stack.alive():
+                # A server whose memory runs away would take the shared machine down with it: stop it.
+                print(f"  stack RSS over {args.max_rss:g} GiB: stopping it", flush=True)
+                await asyncio.to_thread(stack.stop)
+            with contextlib.suppress(queue.Empty):
+                outs.append(await asyncio.to_thread(results.get, True, 0.5))
+        if len(outs) < len(gens) or any("error" in o for o in outs):
+            raise RuntimeError(f"load generator failed or did not finish: {[o.get('error') for o in outs]}")
         if profiling is not None:
             await profiling
     finally:
@@ -430,7 +450,7 @@ async def run_step(n: int, args: argparse.Namespace, frames: list[bytes], wav: P
             stack.stop()
         else:
             await asyncio.sleep(3)  # a running stack: let this step's calls end before the next
-    return summarize(n, outs, sampler, args, load)
+    return summarize(n, outs, sampler, args, load) | {"stopped_over_rss": sampler.over_rss}
 
 
 def summarize(n: int, outs: list[dict], sampler: Sampler, args: argparse.Namespace, load: float) -> dict:
@@ -524,14 +544,28 @@ async def main_async(args: argparse.Namespace) -> None:
         )
         results = []
         for n in [int(x) for x in args.steps.split(",")]:
-            st = await run_step(n, args, frames, wav, tmp)
+            try:
+                st = await run_step(n, args, frames, wav, tmp)
+            except (RuntimeError, queue.Empty) as exc:
+                print(f"step {n} failed, no more steps: {exc!r}", flush=True)
+                break
             results.append(st)
             if len(results) == 1:
                 print(HEADER)
             print(row(st))
-            keys = ("refused_why", "failed", "errors", "uplink_skipped", "history_unanswered", "load_before")
+            keys = (
+                "refused_why",
+                "failed",
+                "errors",
+                "uplink_skipped",
+                "history_unanswered",
+                "stopped_over_rss",
+            )
             more = ", ".join(f"{k} {st[k]}" for k in keys if st[k])
-            print(f"  window {st['window_s']:.1f} s from {st['window_from']}; {more}", flush=True)
+            print(
+                f"  window {st['window_s']:.1f} s from {st['window_from']}; load {st['load_before']:.2f}",
+                more,
+            )
             if args.profile:
                 for r in ("frontend", "media"):
                     if (p := Path(args.profile) / f"plane-{n}-{r}.txt").exists():
@@ -555,6 +589,9 @@ def main() -> None:
     parser.add_argument("--recorder", action="store_true", help='invite with "recorder": {}')
     parser.add_argument("--procs", type=int, default=1, help="load generator processes")
     parser.add_argument("--max-calls", type=int, default=1000, help="MAX_CALLS of the stack started")
+    parser.add_argument(
+        "--max-rss", type=float, default=4.0, help="GiB of stack RSS at which a step is stopped"
+    )
     parser.add_argument("--web", type=int, default=2, help="frontend processes when starting a stack")
     parser.add_argument("--media", type=int, default=2, help="media processes when starting a stack")
     parser.add_argument("--base", help="a running stack, e.g. http://127.0.0.1:8080 (default: one per step)")
