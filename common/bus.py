@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 from common import wire
 from common.keys import Keys
 from common.metrics import AUDIO_DROPPED, redis_error
+from common.streamlink import stream_io
 
 log = logging.getLogger("pbx.bus")
 
@@ -54,7 +55,7 @@ class Outbox:
     """
 
     def __init__(self, redis: aioredis.Redis, keys: Keys, linger: float = AUDIO_LINGER) -> None:
-        self._redis = redis
+        self._streams = stream_io(redis)
         self._keys = keys
         self.linger = linger
         self._pending: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -115,15 +116,11 @@ class Outbox:
                 log.warning("final flush failed: %s", exc)
 
     async def _write(self, batch: dict[str, list[dict[str, Any]]]) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        for proc, messages in batch.items():
-            pipe.xadd(
-                self._keys.inbox(proc),
-                {wire.FIELD: self._pack(proc, messages)},
-                maxlen=INBOX_MAXLEN,
-                approximate=True,
-            )
-        await pipe.execute()
+        items = [
+            (self._keys.inbox(proc), wire.FIELD, self._pack(proc, messages))
+            for proc, messages in batch.items()
+        ]
+        await self._streams.xadd_many(items, INBOX_MAXLEN)
         self.sent_batches += 1
 
     def _pack(self, proc: str, messages: list[dict[str, Any]]) -> bytes:
@@ -159,12 +156,13 @@ async def read_inbox(
 ) -> AsyncIterator[list[dict[str, Any]]]:
     """Yield batches of messages addressed to `proc`, in order, forever; survives Redis restarts."""
     stream = keys.inbox(proc)
+    streams = stream_io(redis)
     last = b"0-0"
     reads = 0
     backoff = 0.05
     while True:
         try:
-            reply: Any = await redis.xread({stream: last}, count=500, block=block_ms)
+            entries = await streams.xread(stream, last, 500, block_ms)
             backoff = 0.05
         except RedisError as exc:
             redis_error("inbox_read")
@@ -172,20 +170,19 @@ async def read_inbox(
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
             continue
-        if not reply:
+        if not entries:
             continue
-        for _stream, entries in reply:
-            for entry_id, fields in entries:
-                last = entry_id
-                blob = fields.get(wire.FIELD)
-                if blob is None:
-                    continue
-                try:
-                    messages = wire.unpack(blob)
-                except Exception:  # a foreign or corrupt entry must not stop the reader
-                    log.exception("undecodable inbox entry %s", entry_id)
-                    continue
-                yield messages
+        for entry_id, fields in entries:
+            last = entry_id
+            blob = fields.get(wire.FIELD)
+            if blob is None:
+                continue
+            try:
+                messages = wire.unpack(blob)
+            except Exception:  # a foreign or corrupt entry must not stop the reader
+                log.exception("undecodable inbox entry %s", entry_id)
+                continue
+            yield messages
         reads += 1
         if reads % TRIM_EVERY == 0:
             # Entries are read once by their only reader; trimming now and then keeps memory flat.
