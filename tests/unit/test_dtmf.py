@@ -472,3 +472,27 @@ def test_a_paused_call_keeps_no_shared_matrix_alive() -> None:
     bank.feed(talking, np.zeros(320, dtype=np.int16), print)
     bank.flush()
     assert paused._buf.base is None and np.array_equal(paused._buf, held)
+
+
+def test_a_large_burst_is_screened_in_blocks_with_a_bounded_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call that sends seconds of audio at once (or a media process behind real time) is screened in blocks:
+    the same digits as frame by frame, and no basis bigger than a block's is ever built (the basis grows with
+    the square of its windows: one for a few seconds of audio took gigabytes)."""
+    from worker.media import dtmf as module
+
+    built: list[int] = []
+    basis = module._prefilter_basis
+
+    def recording(sample_rate: int, window: int, hop: int, count: int) -> np.ndarray:
+        built.append(count)
+        return basis(sample_rate, window, hop, count)
+
+    monkeypatch.setattr(module, "_prefilter_basis", recording)
+    keys = "159#"
+    audio = pcm(np.concatenate([silence(0.3), dialled(keys), silence(0.3)]))
+    bank = DtmfBank()
+    det, got = DtmfDetector(), []
+    bank.feed(det, audio, got.append)  # ~1.3 s in one message: ~260 windows
+    bank.flush()
+    assert "".join(got) == keys == decode(audio)
+    assert built and max(built) <= module.SCREEN_BLOCK

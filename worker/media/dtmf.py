@@ -362,7 +362,26 @@ class DtmfBank:
                 cbs[i](digit)
 
 
+# Windows screened by one matrix product. The product's basis grows with the square of its windows and is
+# cached per count: a call that sends seconds of audio at once (or a process behind real time) would otherwise
+# build, and keep, a basis of gigabytes. A 20 ms frame makes 4 windows.
+SCREEN_BLOCK = 8
+
+
 def _screen(det: DtmfDetector, audio: np.ndarray, count: int) -> np.ndarray:
+    """`_screen_block` over blocks of at most SCREEN_BLOCK windows (indices: row × count + window)."""
+    if count <= SCREEN_BLOCK:
+        return _screen_block(det, audio, count)
+    found = []
+    for first in range(0, count, SCREEN_BLOCK):
+        c = min(SCREEN_BLOCK, count - first)
+        start = first * det.hop
+        hits = _screen_block(det, audio[:, start : start + (c - 1) * det.hop + det.window], c)
+        found.append((hits // c) * count + first + hits % c)
+    return np.sort(np.concatenate(found))
+
+
+def _screen_block(det: DtmfDetector, audio: np.ndarray, count: int) -> np.ndarray:
     """The first pass: which of the first `count` windows of each row of `audio` (a call) might hold a tone
     pair, as indices into the rows' windows one after another (row × count + window).
 
