@@ -14,6 +14,10 @@ NO_MEDIA_ROOM = (
     "load or draining"
 )
 FRONTEND_OVERLOADED = "this server is overloaded: its event loop has no headroom for another call"
+# Seconds between the frontend's lag probes (5 per sample). Coarser than a media process's (25 ms): an idle
+# frontend woken 40 times a second changed which gunicorn worker wins the race to accept a new connection
+# (consecutive calls piled onto one frontend instead of alternating), and a frontend has no 20 ms clock.
+PROBE_EVERY = 0.1
 
 
 class FrontendLoad:
@@ -25,7 +29,7 @@ class FrontendLoad:
             LoadLimits(loop_busy=limits.loop_busy, lag_ms=limits.lag_ms, tick_ms=0.0, resume=limits.resume),
             name="frontend",
         )
-        self.meter = LoopMeter(self._sample, calls=calls, touch=touch)
+        self.meter = LoopMeter(self._sample, calls=calls, touch=touch, probe=PROBE_EVERY)
 
     def _sample(self, sample: LoadSample) -> None:
         self.admission.update(sample)
