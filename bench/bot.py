@@ -400,7 +400,7 @@ class Step:
     slow_bot: float = float("nan")
     cpu: dict[str, float] = field(default_factory=dict)
     tick_max: float = float("nan")
-    late_ticks: int = 0
+    clock_restarts: int = 0
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -458,7 +458,7 @@ async def run_step(
         st.setup_p99 = pct([c.setup_ms for c in calls if c.answered], 99)
         await asyncio.sleep(0.5)
 
-        late_before = {p: int(i.get("late_ticks", 0)) for p, i in (await watch.read()).items()}
+        late_before = {p: int(i.get("clock_restarts", 0)) for p, i in (await watch.read()).items()}
         watch.tick_max = {}
         watcher = asyncio.create_task(watch.watch())
         spy = None
@@ -509,8 +509,8 @@ async def run_step(
             await watcher
         if spy is not None:
             await spy.wait()
-        late_after = {p: int(i.get("late_ticks", 0)) for p, i in (await watch.read()).items()}
-        st.late_ticks = sum(v - late_before.get(p, 0) for p, v in late_after.items())
+        late_after = {p: int(i.get("clock_restarts", 0)) for p, i in (await watch.read()).items()}
+        st.clock_restarts = sum(v - late_before.get(p, 0) for p, v in late_after.items())
         st.tick_max = max(watch.tick_max.values(), default=float("nan"))
         st.slow_bot = await slow_bot_drops(session, base) - drops_before
         async with session.get(f"{bot.http}/stats") as r:
@@ -589,7 +589,7 @@ def row(st: Step) -> str:
         f"| {pct(st.lat, 50):.1f} / {pct(st.lat, 99):.1f} / {max(st.lat, default=float('nan')):.1f} "
         f"| {pct(st.up, 50):.1f} / {pct(st.up, 99):.1f} | {pct(st.down, 50):.1f} / {pct(st.down, 99):.1f} "
         f"| {st.rate_min:.1f} / {st.rate_mean:.1f} | {lost} / {dup} "
-        f"| {cpu.get('media', float('nan')):.0f} % | {st.tick_max:.1f} / {st.late_ticks} "
+        f"| {cpu.get('media', float('nan')):.0f} % | {st.tick_max:.1f} / {st.clock_restarts} "
         f"| {cpu.get('bot', float('nan')):.0f} % | {cpu.get('generator', float('nan')):.0f} % "
         f"| {cpu.get('frontend', float('nan')):.0f} + {cpu.get('redis', float('nan')):.0f} % "
         f"| {cpu.get('machine', float('nan')):.0f} % |"

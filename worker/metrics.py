@@ -126,7 +126,7 @@ async def publish(proc: MediaProcess) -> None:
             CALLS_ACTIVE.labels(call_type).set(n)
         CALLS_CAPACITY.labels().set(proc.capacity())
         TICKS.labels().value = proc.ticks
-        CLOCK_RESTARTS.labels().value = proc.late_ticks
+        CLOCK_RESTARTS.labels().value = proc.clock_restarts
         WORK_DROPPED.labels("denoise").value = proc.denoise.dropped
         WORK_DROPPED.labels("ten_vad").value = proc.ten.dropped
         WORK_DROPPED.labels("silero_vad").value = proc.silero.dropped

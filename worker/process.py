@@ -91,7 +91,7 @@ class MediaProcess:
         self.telephony: Telephony | None = None
         self._bot_http: aiohttp.ClientSession | None = None
         self.ticks = 0
-        self.late_ticks = 0
+        self.clock_restarts = 0
         # Longest media tick since the last heartbeat: how close the clock is to overrunning.
         self.tick_max_ms = 0.0
         self._slow_logged = 0.0
@@ -293,7 +293,7 @@ class MediaProcess:
             "capacity": self.capacity(),
             "max_calls": self.settings.max_calls if self._accepting else 0,
             "tick_max_ms": round(self.tick_max_ms, 2),
-            "late_ticks": self.late_ticks,
+            "clock_restarts": self.clock_restarts,
             "load": self.load.figures(),
         }
 
@@ -545,7 +545,7 @@ class MediaProcess:
                 await asyncio.sleep(delay)
             elif -delay > TICK * MAX_CATCH_UP:
                 # Too far behind to catch up: the ticks in between never happen, and their frames are lost.
-                self.late_ticks += 1
+                self.clock_restarts += 1
                 skipped = int(-delay / TICK)
                 metrics.FRAMES_SKIPPED.value += skipped * len(self.sessions)
                 next_at = loop.time()
