@@ -243,6 +243,16 @@ async def test_a_blocked_event_loop_is_not_a_dead_process(stallable: StackInfo, 
         t_back = time.monotonic()
         await asyncio.sleep(2.0)
         assert all(c.arrivals and c.arrivals[-1] > t_back + 1.0 for c in calls), "audio again"
+        # The clock could not deliver the stalled seconds: /metrics counts them as dropped, with the reason.
+        async with aiohttp.ClientSession() as http, http.get(f"{stallable.base}/metrics") as resp:
+            exposition = await resp.text()
+        skipped = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in exposition.splitlines()
+            if line.startswith("pbx_audio_frames_dropped_total{") and 'reason="clock_restart"' in line
+        )
+        # About 5 s of ticks (250) for each call the stalled process owns.
+        assert skipped >= 200 * len(hit), exposition[:2000]
 
         # A frontend's loop blocked for 5 s: the media processes do not hang its calls up.
         front = calls[0].frontend
