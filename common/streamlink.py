@@ -135,8 +135,12 @@ class LeanStreams:
                 if k.get("db"):
                     hello.append(encode("SELECT", k["db"]))
                 if hello:
-                    for fut in link.send(b"".join(hello), len(hello)):
-                        await fut
+                    try:
+                        for fut in link.send(b"".join(hello), len(hello)):
+                            await fut
+                    except BaseException:  # refused (a wrong password), timed out or cancelled: not kept
+                        self._drop(link)
+                        raise
         except (OSError, TimeoutError) as exc:
             raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc
         self._link = link

@@ -93,7 +93,7 @@ async def test_password_and_database(password_server: int) -> None:
     assert await client.xlen("s") == 1, "written in database 3, where the client reads"
     wrong = stream_io(aioredis.Redis.from_url(f"redis://:nope@127.0.0.1:{port}/0"))
     with pytest.raises(ResponseError):
-        await wrong.xadd_many([("s", b"m", b"x")], 100)
+        await wrong.xadd_many([("s", b"m", b"x")], 100)  # the refused connection is not left open
     await link.close()
     await client.aclose()
 
