@@ -258,12 +258,13 @@ class DtmfBank:
     one that is busy gets "no key" for them. The digits, and the frames they come in, are those of each
     detector fed on its own.
 
-    It all runs on the event loop, inline in `kick` right after the media clock's tick. Measured on two
-    shared cores (bench/dtmf.py): the whole path, listener framing included, costs 4-5 µs per call and
-    frame of speech at 200 calls (about 0.25 ms per call-second, 1 ms per tick) and 2.3 µs of silence,
-    where the bank before this design (a thread classifying every window of every call) cost 20 µs and 9 µs.
-    A hop to a thread and back costs 60-125 µs of CPU per tick by itself and would hand over little:
-    most of the work is numpy calls on small arrays, which hold the GIL.
+    It all runs on the event loop, inline in `kick` right after the media clock's tick. Measured with
+    bench/dtmf.py on two shared cores: the whole path, the listener's framing included, costs 4.3 µs of CPU
+    per call and frame of speech at 200 calls (0.22 ms per call-second, under 1 ms per tick; 5.3 µs at 50
+    calls, 3.8 µs at 400) and 2.1-2.6 µs of silence or noise, where the bank before (a thread classifying
+    every window of every call) cost 18-23 µs and 8-10 µs. A hop to a thread and back would cost 20 µs of
+    CPU per tick on a quiet machine (over 100 µs on a busy one) and hand over little: most of the work is
+    numpy calls on small arrays, which hold the GIL.
     """
 
     def __init__(self) -> None:
