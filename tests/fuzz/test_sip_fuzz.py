@@ -540,10 +540,12 @@ def test_the_sip_strategies_reach_the_accepting_paths() -> None:
     """A fuzzer that only ever produces rejects tests little: the mutations must still parse often."""
     accepted = []
 
-    @settings(max_examples=200, derandomize=True)
+    @settings(max_examples=400, derandomize=True)
     @given(mutations(SEEDS))
     def collect(data: bytes) -> None:
         accepted.append(check_contract(data))
 
     collect()
-    assert sum(accepted) > len(accepted) // 20
+    # About 5 % parse. Derandomized runs still change with any new module in the project (hypothesis draws
+    # on constants it finds in the project's source), so the bound is half of that, not the figure itself.
+    assert sum(accepted) > len(accepted) // 40
