@@ -3,7 +3,8 @@
 import os
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8080')}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+# One frontend per two cores unless set (common/config.py default_web_concurrency: measured, not guessed).
+workers = int(os.environ.get("WEB_CONCURRENCY") or max(1, (os.cpu_count() or 1) // 2))
 worker_class = "aiohttp.GunicornUVLoopWebWorker"
 # Calls are long-lived WebSockets: never kill a worker for a slow request.
 timeout = 0
