@@ -48,6 +48,7 @@ import uvloop
 
 from bench.calls import caller_frames, make_wav, stack_processes
 from bench.stackutil import pct, start_stack
+from common.config import default_web_concurrency
 from common.keys import Keys
 
 PERIOD = 0.02
@@ -592,7 +593,12 @@ def main() -> None:
     parser.add_argument(
         "--max-rss", type=float, default=4.0, help="GiB of stack RSS at which a step is stopped"
     )
-    parser.add_argument("--web", type=int, default=2, help="frontend processes when starting a stack")
+    parser.add_argument(
+        "--web",
+        type=int,
+        default=default_web_concurrency(os.cpu_count() or 1),
+        help="frontend processes when starting a stack (default: the server's, one per two cores)",
+    )
     parser.add_argument("--media", type=int, default=2, help="media processes when starting a stack")
     parser.add_argument("--base", help="a running stack, e.g. http://127.0.0.1:8080 (default: one per step)")
     parser.add_argument("--redis", help="with --base: its REDIS_URL, to find its processes for CPU figures")
