@@ -35,3 +35,23 @@ def _camel(name: str) -> str:
 
 def error(track_id: str | None, sender: str, message: str, code: int | None = None) -> dict[str, Any]:
     return event("error", track_id=track_id, sender=sender, error=message, code=code)
+
+
+def ended_by_system(
+    call_id: str, message: str, code: int, reason: str, started_ms: int
+) -> list[dict[str, Any]]:
+    """What a client hears when the server ends its call for it (no capacity, its worker died, ...): an
+    `error` from the worker, then `hangup` with the reason and initiator `system`."""
+    now = now_ms()
+    return [
+        error(call_id, "worker", message, code),
+        event(
+            "hangup",
+            track_id=call_id,
+            timestamp=now,
+            reason=reason,
+            initiator="system",
+            start_time=rfc3339(started_ms),
+            hangup_time=rfc3339(now),
+        ),
+    ]

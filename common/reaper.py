@@ -15,28 +15,10 @@ log = logging.getLogger("pbx.reaper")
 
 def worker_lost_messages(call_id: str, started_ms: int) -> list[dict[str, object]]:
     """What a client hears when the media process that owned its call died."""
-    now = events.now_ms()
-    return [
-        wire.msg(
-            call_id,
-            wire.EVT,
-            events.error(call_id, "worker", "the media worker handling this call died", 500),
-        ),
-        wire.msg(
-            call_id,
-            wire.EVT,
-            events.event(
-                "hangup",
-                track_id=call_id,
-                timestamp=now,
-                reason="worker_lost",
-                initiator="system",
-                start_time=events.rfc3339(started_ms),
-                hangup_time=events.rfc3339(now),
-            ),
-        ),
-        wire.msg(call_id, wire.CTL, {"op": "close"}),
-    ]
+    ended = events.ended_by_system(
+        call_id, "the media worker handling this call died", 500, "worker_lost", started_ms
+    )
+    return [*(wire.msg(call_id, wire.EVT, ev) for ev in ended), wire.msg(call_id, wire.CTL, {"op": "close"})]
 
 
 async def reap_once(

@@ -100,19 +100,7 @@ async def _refuse_no_capacity(
         log.warning("new call refused (%d since the last such line): %s", int(_refusals[0]), why)
         _refusals[:] = [0, time.monotonic()]
     call_failed(call_type, "no_capacity")
-    now = events.now_ms()
-    refusal = (
-        events.error(call_id, "worker", why, 503),
-        events.event(
-            "hangup",
-            track_id=call_id,
-            timestamp=now,
-            reason="no_capacity",
-            initiator="system",
-            start_time=events.rfc3339(now),
-            hangup_time=events.rfc3339(now),
-        ),
-    )
+    refusal = events.ended_by_system(call_id, why, 503, "no_capacity", events.now_ms())
     await ws.prepare(request)
     with contextlib.suppress(ConnectionError, RuntimeError):  # the client is gone already
         for ev in refusal:

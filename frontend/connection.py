@@ -210,19 +210,8 @@ class CallConnection:
     def end_locally(self, reason: str, message: str, code: int) -> None:
         """End a call that has no owner: tell the client and close."""
         call_failed(self.call_type, reason)
-        now = events.now_ms()
-        self.push_event(events.error(self.call_id, "worker", message, code))
-        self.push_event(
-            events.event(
-                "hangup",
-                track_id=self.call_id,
-                timestamp=now,
-                reason=reason,
-                initiator="system",
-                start_time=events.rfc3339(self.created_ms),
-                hangup_time=events.rfc3339(now),
-            )
-        )
+        for ev in events.ended_by_system(self.call_id, message, code, reason, self.created_ms):
+            self.push_event(ev)
         self.control({"op": "close"})
 
     # --- owner → client ---------------------------------------------------------------------------------

@@ -106,24 +106,9 @@ class MediaLoad:
             call_type = fields.get(b"call_type", b"websocket").decode()
             frontend = fields.get(b"frontend", b"").decode()
             call_failed(call_type, "no_capacity")
-            for m in (
-                wire.msg(call_id, wire.EVT, events.error(call_id, "worker", TURNED_AWAY, 503)),
-                wire.msg(
-                    call_id,
-                    wire.EVT,
-                    events.event(
-                        "hangup",
-                        track_id=call_id,
-                        timestamp=now,
-                        reason="no_capacity",
-                        initiator="system",
-                        start_time=events.rfc3339(now),
-                        hangup_time=events.rfc3339(now),
-                    ),
-                ),
-                wire.msg(call_id, wire.CTL, {"op": "close"}),
-            ):
-                proc.send(frontend, m)
+            for ev in events.ended_by_system(call_id, TURNED_AWAY, 503, "no_capacity", now):
+                proc.send(frontend, wire.msg(call_id, wire.EVT, ev))
+            proc.send(frontend, wire.msg(call_id, wire.CTL, {"op": "close"}))
         if refused:
             log.warning(
                 "far over its load limits, with no other process to take them: %d calls refused", refused
