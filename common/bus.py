@@ -22,8 +22,6 @@ from common.streamlink import stream_io
 log = logging.getLogger("pbx.bus")
 
 INBOX_MAXLEN = 20_000
-# An inbox whose reader is gone disappears after this many seconds without a refresh.
-INBOX_TTL = 60
 # Audio waiting for a Redis that is down is dropped past this many messages; events and commands are kept.
 MAX_PENDING_AUDIO = 5_000
 # Inbox reads between trims of what has been read.
@@ -122,6 +120,10 @@ class Outbox:
         ]
         await self._streams.xadd_many(items, INBOX_MAXLEN)
         self.sent_batches += 1
+
+    async def close(self) -> None:
+        """Close the outbox's own Redis connection (after the last `flush`)."""
+        await self._streams.close()
 
     def _pack(self, proc: str, messages: list[dict[str, Any]]) -> bytes:
         """The batch as one blob; a message that cannot be packed (a lone surrogate in some provider's text,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DISPATCH_GROUP = "workers"
+# Seconds an inbox (`inbox(proc)`) lives without a refresh: one whose reader is gone disappears.
+INBOX_TTL = 60
 
 
 @dataclass(frozen=True, slots=True)

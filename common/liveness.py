@@ -28,7 +28,7 @@ from typing import Any
 
 import redis
 
-from common.keys import Keys
+from common.keys import INBOX_TTL, Keys
 
 log = logging.getLogger("pbx.liveness")
 
@@ -36,8 +36,6 @@ log = logging.getLogger("pbx.liveness")
 HEARTBEAT_EVERY = 0.8
 # Seconds at least between two writes, however often the loop asks for one at once.
 MIN_SPACING = 0.05
-# An inbox whose reader is gone disappears after this many seconds without a refresh (common/bus.py).
-INBOX_TTL = 60
 
 
 class Heartbeat:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ import redis.asyncio as aioredis
 
 from common.errors import DuplicateCall
 from common.events import rfc3339
-from common.keys import Keys
+from common.keys import INBOX_TTL, Keys
 
 # Take ownership only of a call that still exists and has no owner yet (single key: cluster-safe).
 _CLAIM = """
@@ -182,25 +183,22 @@ class Registry:
         return out
 
     async def live_procs(self, procs: set[str]) -> set[str]:
-        if not procs:
-            return set()
-        ordered = sorted(procs)
-        pipe = self.redis.pipeline(transaction=False)
-        for p in ordered:
-            pipe.exists(self.keys.proc(p))
-        alive = await pipe.execute()
-        return {p for p, a in zip(ordered, alive, strict=True) if a}
+        """Those of `procs` whose heartbeat is there."""
+        return await self._with_key(procs, self.keys.proc)
 
     async def dead_procs(self, procs: set[str]) -> set[str]:
         """Those of `procs` that left a tombstone: known to have exited, no grace needed."""
+        return await self._with_key(procs, self.keys.dead)
+
+    async def _with_key(self, procs: set[str], key: Callable[[str], str]) -> set[str]:
         if not procs:
             return set()
         ordered = sorted(procs)
         pipe = self.redis.pipeline(transaction=False)
         for p in ordered:
-            pipe.exists(self.keys.dead(p))
-        dead = await pipe.execute()
-        return {p for p, d in zip(ordered, dead, strict=True) if d}
+            pipe.exists(key(p))
+        found = await pipe.execute()
+        return {p for p, f in zip(ordered, found, strict=True) if f}
 
     async def heartbeat(self, proc: str, info: dict[str, Any], ttl: float) -> bool:
         """Refresh a process's heartbeat; False when it was not there any more (first beat, a stall longer
@@ -208,7 +206,7 @@ class Registry:
         pipe = self.redis.pipeline(transaction=False)
         pipe.exists(self.keys.proc(proc))
         pipe.set(self.keys.proc(proc), json.dumps(info), px=int(ttl * 1000))
-        pipe.expire(self.keys.inbox(proc), 60)
+        pipe.expire(self.keys.inbox(proc), INBOX_TTL)
         existed, _, _ = await pipe.execute()
         return bool(existed)
 

@@ -101,6 +101,7 @@ class Hub:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.heartbeat.stop()  # before the key goes: a later write would bring it back
+        await self.outbox.close()
         with contextlib.suppress(RedisError):
             await self.redis.delete(self.keys.proc(self.proc_id), self.keys.inbox(self.proc_id))
 

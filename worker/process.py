@@ -247,6 +247,7 @@ class MediaProcess:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.heartbeat.stop()  # before the key goes: a later write would bring it back
+        await self.outbox.close()
         with contextlib.suppress(RedisError):
             await self.redis.delete(self.keys.proc(self.proc_id), self.keys.inbox(self.proc_id))
             # Leave the consumer group tidy, unless requests read during the drain still wait for a taker.
@@ -337,9 +338,8 @@ class MediaProcess:
                 if time.monotonic() - self._redis_back_at > self.settings.heartbeat_ttl:
                     await self._check_frontends()
             except RedisError as exc:
-                redis_error("heartbeat")
                 log.warning("heartbeat failed: %s", exc)
-                self._heartbeat_failed(exc)
+                self._heartbeat_failed(exc)  # counts the error
 
     async def _restore_registry(self) -> None:
         """Our heartbeat had vanished: Redis restarted without its data (or we stalled past the TTL).
