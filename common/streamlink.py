@@ -1,9 +1,9 @@
 """The two Redis commands on the audio path, XADD in batches and XREAD BLOCK, on connections of their own.
 
 Every 20 ms frame crosses Redis twice, so the cost of these two commands is paid hundreds of times a second
-by every process. redis-py spends ~95 µs of CPU on a pipeline of two XADDs and ~65 µs on an XREAD (its pool,
-retry and instrumentation layers); writing the commands and parsing the replies with hiredis directly costs
-~18 and ~15 µs (measured on this project's machine: docs/performance.md). Everything else keeps redis-py.
+by every process. redis-py spends ~140 µs of CPU on a pipeline of two XADDs and ~120 µs on an XREAD (its
+pool, retry and instrumentation layers); writing the commands and parsing the replies with hiredis directly
+costs ~50-65 µs each (`bench/streamlink.py`, docs/performance.md). Everything else keeps redis-py.
 
 `stream_io(client)` gives this lean link for a plain TCP or Unix-socket client, and an adapter over the
 client itself otherwise (TLS, fakeredis in unit tests): both have the same two methods. Errors are redis-py's
