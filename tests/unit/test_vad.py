@@ -211,6 +211,23 @@ def test_speech_onset_is_heard_within_100_ms(
             assert after and after[0] <= 100, (engine, name, floor, onset, after[:1])
 
 
+def test_only_the_start_of_an_utterance_needs_the_onset_level() -> None:
+    """Judged windows fed as the Silero batcher reports them (probability, power, time): a confident but
+    quiet window starts nothing; once a loud one has started the utterance, quiet speech carries it on."""
+    events: list[VadEvent] = []
+    vad = VadProcessor("silero", events.append, batcher=SileroBatcher(lambda *a: None))
+    quiet, loud = 10 ** (-45 / 10), 10 ** (-39 / 10)
+    for i in range(5):
+        vad._on_window(0.99, quiet, i * 32)
+    assert events == [], "speech below -40 dBFS does not start an utterance"
+    vad._on_window(0.99, loud, 160)
+    for i in range(6, 16):
+        vad._on_window(0.99, quiet, i * 32)
+    for i in range(16, 20):
+        vad._on_window(0.01, loud, i * 32)
+    assert events == [Speaking(160), Silence(160, 352)]
+
+
 def test_unknown_engine() -> None:
     with pytest.raises(ValueError):
         VadProcessor("nope", lambda e: None)
