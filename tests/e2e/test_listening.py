@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.audio_util import dtmf_tones
+from tests.audio_util import dtmf_tones, noise
 from tests.e2e.client import CallClient
 from tests.e2e.conftest import StackInfo
 from tests.e2e.test_recorder import stream
@@ -19,7 +19,9 @@ pytestmark = pytest.mark.e2e
 
 @pytest.mark.parametrize("engine", ["webrtc", "silero", "ten"])
 async def test_vad_events_follow_the_speech(stack: StackInfo, call_id: str, engine: str) -> None:
-    audio, spans = with_silence(0.6, speech("Please book a table for two people tonight."), 1.0)
+    voice, spans = with_silence(0.6, speech("Please book a table for two people tonight."), 1.0)
+    # A -45 dBFS noise floor from the first frame, as a phone line has: the speech alone is heard.
+    audio = np.clip(voice + noise("white", len(voice) / 16000, -45, seed=3), -32768, 32767)
     frames = [audio[i : i + 320].astype("<i2").tobytes() for i in range(0, len(audio) - 319, 320)]
     c = await CallClient.open(stack.ws, call_id=call_id)
     try:

@@ -19,8 +19,17 @@ log = logging.getLogger("pbx.worker.vad")
 DEFAULT_SPEECH_PADDING = 250
 DEFAULT_SILENCE_PADDING = 100
 DEFAULT_THRESHOLD = 0.5
+# An utterance only starts on a judged frame at least this loud (RMS, dBFS), see `VadProcessor`: 5 dB above
+# the loudest noise floor that must never count as speech.
+DEFAULT_ONSET_LEVEL = -40.0
 # Silero windows waiting at most (~1.5 s for 300 calls); past it the oldest half is dropped.
 MAX_BACKLOG = 15_000
+
+
+def power(samples: np.ndarray) -> float:
+    """Mean square of 16-bit samples relative to full scale (10·log10 of it is the level in dBFS)."""
+    x = samples.astype(np.float32)
+    return float(np.dot(x, x)) / (len(x) * 32768.0 * 32768.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,10 +152,10 @@ class TenStream:
             self._pending = self._pending[self.hop :]
         return hops
 
-    def probability(self, hop: np.ndarray) -> float:
-        """Blocking native call: run it through a FrameBatcher."""
+    def judge(self, hop: np.ndarray) -> tuple[float, float]:
+        """Speech probability and power of a hop. Blocking native call: run it through a FrameBatcher."""
         prob, _flag = self._vad.process(hop)
-        return float(prob)
+        return float(prob), power(hop)
 
 
 def silero_model_path() -> Path:
@@ -204,7 +213,7 @@ class _Job:
     stream: SileroStream
     window: np.ndarray
     ts_ms: int
-    done: Callable[[float, int], None]
+    done: Callable[[float, float, int], None]
 
 
 class SileroBatcher:
@@ -223,8 +232,13 @@ class SileroBatcher:
         self.dropped = 0
 
     def submit(
-        self, stream: SileroStream, window: np.ndarray, ts_ms: int, done: Callable[[float, int], None]
+        self,
+        stream: SileroStream,
+        window: np.ndarray,
+        ts_ms: int,
+        done: Callable[[float, float, int], None],
     ) -> None:
+        """`done(probability, power of the window's new samples, ts_ms)` once the window is judged."""
         self._queue.append(_Job(stream, window, ts_ms, done))
         if len(self._queue) > MAX_BACKLOG:
             drop = len(self._queue) - MAX_BACKLOG // 2
@@ -269,13 +283,24 @@ class SileroBatcher:
             log.exception("silero inference failed for a batch of %d", len(batch))
             return
         self.batches += 1
+        fresh = windows[:, SileroModel.context :]
+        powers = np.einsum("ij,ij->i", fresh, fresh) / SileroModel.window
         for i, job in enumerate(batch):
             job.stream.state = new_states[:, i : i + 1, :].copy()
-            job.done(float(probs[i]), job.ts_ms)
+            job.done(float(probs[i]), float(powers[i]), job.ts_ms)
 
 
 class VadProcessor:
-    """One call's VAD: frames in (20 ms, 16 kHz), `Speaking` / `Silence` out through `emit`."""
+    """One call's VAD: frames in (20 ms, 16 kHz), `Speaking` / `Silence` out through `emit`.
+
+    An utterance starts only on a frame (webrtc), hop (TEN) or window (Silero) that the engine judges
+    speech *and* whose level is at least `onset_level` dBFS; once it has started, the engine alone decides
+    how long it lasts. The engines are not trustworthy on a fresh noise floor: webrtc's noise model starts
+    from fixed values and learns nothing from digital silence, so the first frame of noise after the call
+    starts (or after silence, e.g. a mute) is speech to it, stretched to 80 ms by its own hangover; after a
+    quieter stretch it takes seconds to follow a floor that rises. TEN scores the first ~100 ms of noise
+    after a start or after silence just above 0.5. Noise floors stay below the level; speech onsets do not.
+    """
 
     def __init__(
         self,
@@ -287,6 +312,7 @@ class VadProcessor:
         speech_padding: int | None = None,
         silence_padding: int | None = None,
         silence_timeout: int | None = None,
+        onset_level: float | None = None,
         batcher: SileroBatcher | None = None,
         offload: FrameBatcher | None = None,
     ) -> None:
@@ -298,6 +324,9 @@ class VadProcessor:
             silence_timeout,
         )
         self.threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+        level = DEFAULT_ONSET_LEVEL if onset_level is None else onset_level
+        # As a mean square of samples scaled to [-1, 1], the cheapest form to compare against.
+        self._onset_power = 10 ** (level / 10)
         self.closed = False
         self._webrtc: WebRtcVad | None = None
         self._silero: SileroStream | None = None
@@ -321,26 +350,35 @@ class VadProcessor:
         if self.closed:
             return
         if self._webrtc is not None:
-            self._judged(self._webrtc.is_speech(frame), ts_ms, 20)
+            speech = self._webrtc.is_speech(frame)
+            if speech and not self.machine.speaking:
+                speech = power(frame) >= self._onset_power
+            self._judged(speech, ts_ms, 20)
         elif self._silero is not None and self._batcher is not None:
             # A window ends with this frame; it began 32 ms before that end.
             end = ts_ms + len(frame) // 16
             for window in self._silero.push(frame):
-                self._batcher.submit(self._silero, window, end - 32, self._on_probability)
+                self._batcher.submit(self._silero, window, end - 32, self._on_window)
         elif self._ten is not None and self._offload is not None:
             end = ts_ms + len(frame) // 16
             hops = self._ten.push(frame)
             for i, hop in enumerate(hops):
                 hop_ts = end - 16 * (len(hops) - i)
-                self._offload.submit(self._ten, self._ten.probability, hop, hop_ts, self._on_ten)
+                self._offload.submit(self._ten, self._ten.judge, hop, hop_ts, self._on_hop)
 
-    def _on_ten(self, prob: float, ts_ms: int) -> None:
+    def _on_hop(self, judged: tuple[float, float], ts_ms: int) -> None:
         if not self.closed:
-            self._judged(prob > self.threshold, ts_ms, 16)
+            prob, hop_power = judged
+            self._judged(self._is_speech(prob, hop_power), ts_ms, 16)
 
-    def _on_probability(self, prob: float, ts_ms: int) -> None:
+    def _on_window(self, prob: float, window_power: float, ts_ms: int) -> None:
         if not self.closed:
-            self._judged(prob > self.threshold, ts_ms, 32)
+            self._judged(self._is_speech(prob, window_power), ts_ms, 32)
+
+    def _is_speech(self, prob: float, unit_power: float) -> bool:
+        if prob <= self.threshold:
+            return False
+        return self.machine.speaking or unit_power >= self._onset_power
 
     def _judged(self, speech: bool, ts_ms: int, frame_ms: int) -> None:
         for ev in self.machine.update(speech, ts_ms, frame_ms):
