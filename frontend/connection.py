@@ -108,7 +108,7 @@ class CallConnection:
             )
             return
         try:
-            cmd = parse_command(text)
+            cmd = parse_command(text, self.call_type)
         except BadCommand as exc:
             self._reject(exc)
             return

@@ -274,7 +274,7 @@ class CallSession:
             if body.get("command") in ("invite", "accept") and isinstance(body.get("option"), dict):
                 self.listed_option = json.dumps(redact(body["option"]))
             try:
-                cmd = command_from_dict(body)
+                cmd = command_from_dict(body, self.call_type)
                 await self._dispatch(cmd)
             except BadCommand as exc:
                 self.error("command", exc.message, 400)

@@ -97,6 +97,21 @@ async def test_best_codec_of_the_offer_and_dtmf(stack: StackInfo, call_id: str) 
         await c.close()
 
 
+async def test_codec_option_is_left_to_the_sdp(stack: StackInfo, call_id: str) -> None:
+    # `codec` names the socket's audio format; a WebRTC call's is negotiated, so any value is ignored.
+    peer = RtcCaller()
+    c = await CallClient.open(stack.ws, "/call/webrtc", call_id=call_id)
+    try:
+        answer = await call(c, peer, codec="opus")
+        assert "opus/48000" in str(answer["sdp"])
+        assert [e["event"] for e in c.events if e["event"] == "error"] == []
+        await c.send({"command": "hangup"})
+        await c.wait_closed()
+    finally:
+        await peer.close()
+        await c.close()
+
+
 async def test_trickled_candidates_and_bad_ones(stack: StackInfo, call_id: str) -> None:
     peer = RtcCaller()
     c = await CallClient.open(stack.ws, "/call/webrtc", call_id=call_id)
