@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from urllib.parse import urlsplit
 
 _SECRET_FIELDS = frozenset(
     {
@@ -52,6 +54,49 @@ def _float(env: dict[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError as exc:
         raise ValueError(f"environment variable {name} must be a number, got {raw!r}") from exc
+
+
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalize_origin(value: str) -> str:
+    """`value` as a browser writes it in an `Origin` header (`scheme://host[:port]`, lower case, no default
+    port), or ValueError. A trailing `/` is forgiven; a path, query, fragment or user is not an origin."""
+    parts = urlsplit(value.strip())
+    scheme = parts.scheme.lower()
+    if not _SCHEME.match(scheme) or not parts.netloc or "@" in parts.netloc:
+        raise ValueError(f"{value!r} is not an origin (expected scheme://host[:port])")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{value!r} is not an origin: it has a path, query or fragment")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{value!r} is not an origin: bad port") from None
+    host = parts.netloc.lower()
+    if port is not None and port == _DEFAULT_PORTS.get(scheme):
+        host = host.rsplit(":", 1)[0]
+    return f"{scheme}://{host}"
+
+
+def _origins(env: dict[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated list of origins or `*` (any); unset or empty: `*`."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return ("*",)
+    out: list[str] = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        try:
+            origin = "*" if part == "*" else normalize_origin(part)
+        except ValueError as exc:
+            raise ValueError(f"environment variable {name}: {exc}") from None
+        if origin not in out:
+            out.append(origin)
+    if not out:
+        raise ValueError(f"environment variable {name} lists no origin (use * for any)")
+    return tuple(out)
 
 
 def default_web_concurrency(cores: int) -> int:
@@ -127,6 +172,8 @@ class Settings:
     log_level: str = "INFO"
     # When set, every REST and WebSocket endpoint asks for it (`Authorization: Bearer` or `?token=`).
     api_token: str = ""
+    # Origins whose pages may call the HTTP API from a browser (CORS); `*` = any, as RustPBX.
+    cors_origins: tuple[str, ...] = ("*",)
     # Per call socket: commands (text frames) and audio frames a client may send per second (burst: one
     # second's worth); beyond that they are refused with an `error` event.
     ws_max_commands_per_sec: float = 100.0
@@ -179,6 +226,7 @@ class Settings:
             test_stall_seconds=_float(env, "PBX_TEST_STALL_SECONDS", 0.0),
             log_level=env.get("LOG_LEVEL", "") or "INFO",
             api_token=env.get("API_TOKEN", ""),
+            cors_origins=_origins(env, "CORS_ORIGINS"),
             ws_max_commands_per_sec=_float(env, "WS_MAX_COMMANDS_PER_SEC", 100.0),
             ws_max_audio_frames_per_sec=_float(env, "WS_MAX_AUDIO_FRAMES_PER_SEC", 150.0),
         )

@@ -38,6 +38,11 @@ class Unauthorized(PbxError):
     code = "UNAUTHORIZED"
 
 
+class Forbidden(PbxError):
+    status = 403
+    code = "FORBIDDEN"
+
+
 class RateLimited(PbxError):
     """A client sent more than its share (commands or audio frames per second)."""
 

@@ -23,6 +23,9 @@ MAX_DEPTH = 32
 _INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 CODECS = ("pcm", "pcmu", "pcma", "g722")
+# Call types whose audio never crosses the client's socket (SDP negotiates it with the peer): `option.codec`
+# describes socket audio, so there it means nothing and is not checked, as RustPBX ignores it.
+SDP_CALL_TYPES = frozenset({"webrtc", "sip"})
 DEFAULT_HANDSHAKE_TIMEOUT = 15.0
 
 
@@ -313,8 +316,9 @@ def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
-def parse_command(text: str | bytes) -> Command:
-    """Parse one client text frame into a command, or raise BadCommand naming what is wrong."""
+def parse_command(text: str | bytes, call_type: str = "websocket") -> Command:
+    """Parse one client text frame of a `call_type` call into a command, or raise BadCommand naming what is
+    wrong."""
     if len(text) > MAX_TEXT_FRAME:
         raise BadCommand(f"text frame of {len(text)} bytes exceeds the {MAX_TEXT_FRAME}-byte limit")
     try:
@@ -323,7 +327,7 @@ def parse_command(text: str | bytes) -> Command:
         raise BadCommand(f"invalid JSON: nested deeper than {MAX_DEPTH} levels") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadCommand(f"invalid JSON: {exc}") from None
-    return command_from_dict(data)
+    return command_from_dict(data, call_type)
 
 
 def _check_values(data: Any) -> None:
@@ -361,7 +365,7 @@ def _check_values(data: Any) -> None:
             raise BadCommand(f"{path or 'command'}: {type(value).__name__} is not a JSON value")
 
 
-def command_from_dict(data: Any) -> Command:
+def command_from_dict(data: Any, call_type: str = "websocket") -> Command:
     if not isinstance(data, dict):
         raise BadCommand("a command must be a JSON object")
     _check_values(data)
@@ -374,15 +378,15 @@ def command_from_dict(data: Any) -> Command:
     if cls is None:
         raise BadCommand(f"unknown command {name!r}")
     cmd: Command = parse_object(cls, data)
-    _check(cmd)
+    _check(cmd, call_type)
     return cmd
 
 
-def _check(cmd: Any) -> None:
+def _check(cmd: Any, call_type: str) -> None:
     """Rules that go beyond field types."""
     if isinstance(cmd, Invite | Accept):
         codec = cmd.option.codec
-        if codec is not None and codec.lower() not in CODECS:
+        if codec is not None and call_type not in SDP_CALL_TYPES and codec.lower() not in CODECS:
             raise BadCommand(
                 f"option.codec: unsupported codec {codec!r} (expected one of {', '.join(CODECS)})"
             )

@@ -68,15 +68,14 @@ class CallEntry:
         )
 
     def listing(self) -> dict[str, Any]:
-        """The `/call/lists` element of the API document."""
-        item: dict[str, Any] = {
+        """The `/call/lists` element of the API document; `option` is `{}` (every field at its default)
+        until an `invite` or `accept` gave one, so a client never finds it missing."""
+        return {
             "id": self.id,
             "call_type": self.call_type,
             "created_at": rfc3339(self.created_at).replace("+00:00", "Z"),
+            "option": {} if self.option is None else self.option,
         }
-        if self.option is not None:
-            item["option"] = self.option
-        return item
 
 
 class Registry:

@@ -13,7 +13,7 @@ from common import logs
 from common.bus import connect
 from common.config import Settings
 from common.embedded import DEFAULT_LOCAL_URL
-from frontend import auth, calls, health, iceservers, llm, metrics
+from frontend import auth, calls, cors, health, iceservers, llm, metrics
 from frontend.errors import errors_middleware
 from frontend.hub import Hub
 from frontend.keys import HUB, SETTINGS
@@ -74,6 +74,7 @@ async def create_app(settings: Settings | None = None) -> web.Application:
         handler_args={"access_log_class": auth.AccessLog},
     )
     app[SETTINGS] = settings
+    cors.setup(app, settings.cors_origins)
     app.on_response_prepare.append(_proc_header)
     app.cleanup_ctx.append(_hub_ctx)
     app.on_shutdown.append(_drain)

@@ -14,7 +14,7 @@ from aiohttp import WSMsgType, web
 from common import events, wire
 from common.errors import BadCommand, PbxError, RateLimited
 from common.metrics import call_failed
-from common.protocol import MAX_TEXT_FRAME, command_to_dict, parse_command, redact
+from common.protocol import MAX_TEXT_FRAME, SDP_CALL_TYPES, command_to_dict, parse_command, redact
 from frontend.callsocket import CallSocket
 from frontend.limits import TokenBucket
 from frontend.metrics import COMMANDS_REFUSED, RATE_LIMIT_DROPS, SLOW_CLIENT_DROPS, CommandTimer
@@ -31,6 +31,11 @@ MAX_UNCLAIMED = 500
 MAX_QUEUED_AUDIO = 100
 # Outgoing events queued for a client that does not read before it is disconnected.
 MAX_QUEUED_EVENTS = 2000
+# Why binary messages on a socket whose call's audio goes elsewhere are not the caller's audio.
+_NO_SOCKET_AUDIO = {
+    "webrtc": "a WebRTC call carries its audio on the peer connection, not the socket",
+    "sip": "a SIP call carries its audio on RTP with the SIP peer, not the socket",
+}
 
 
 class CallConnection:
@@ -52,6 +57,8 @@ class CallConnection:
         self.closed_by_server = False
         self.dropped_audio = 0
         self._option_registered = False
+        # Binary messages ignored on a call whose audio is not on the socket (told about once).
+        self.ignored_audio = 0
         self.command_timer = CommandTimer()
         settings = hub.settings
         self._commands = TokenBucket(settings.ws_max_commands_per_sec)
@@ -108,7 +115,7 @@ class CallConnection:
             )
             return
         try:
-            cmd = parse_command(text)
+            cmd = parse_command(text, self.call_type)
         except BadCommand as exc:
             self._reject(exc)
             return
@@ -122,6 +129,13 @@ class CallConnection:
         self._to_owner(wire.msg(self.call_id, wire.CMD, self.command_timer.stamp(body)))
 
     def _on_binary(self, data: bytes) -> None:
+        if self.call_type in SDP_CALL_TYPES:
+            # Not the caller's audio (RustPBX ignores it too): dropped here, never sent to the media process.
+            self.ignored_audio += 1
+            if self.ignored_audio == 1:
+                why = _NO_SOCKET_AUDIO.get(self.call_type, "this call's audio is not on the socket")
+                self._reject(BadCommand(f"{why}: binary messages are ignored"), sender="audio")
+            return
         if not self._audio_frames.take():
             self.rate_dropped_audio += 1
             RATE_LIMIT_DROPS.inc()

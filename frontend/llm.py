@@ -145,7 +145,8 @@ async def _forward(request: web.Request, url: URL, headers: CIMultiDict[str]) ->
         resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         drop = _dropped(upstream.headers, frozenset())
         for name, value in upstream.headers.items():
-            if name.lower() not in drop:
+            # The service's CORS headers speak for its origin; this server's (frontend/cors.py) go on.
+            if name.lower() not in drop and not name.lower().startswith("access-control-"):
                 resp.headers.add(name, value)
         # Proxies in front of us (nginx) must not hold a stream back to buffer it.
         resp.headers["X-Accel-Buffering"] = "no"

@@ -160,13 +160,7 @@ class CallSession:
         self._tasks.append(task)
 
     def on_audio(self, data: bytes) -> None:
-        if self.call_type == "webrtc":
-            if not self._bad_audio:
-                self._bad_audio = True
-                self.error(
-                    "audio", "a WebRTC call carries its audio on the peer connection, not the socket", 400
-                )
-            return
+        # Socket audio of a WebSocket call (the frontend drops it on the other call types).
         if self.answer_ms is None:
             if len(self._early) + len(data) > MAX_EARLY_AUDIO:
                 if not self._early_overflow:
@@ -274,7 +268,7 @@ class CallSession:
             if body.get("command") in ("invite", "accept") and isinstance(body.get("option"), dict):
                 self.listed_option = json.dumps(redact(body["option"]))
             try:
-                cmd = command_from_dict(body)
+                cmd = command_from_dict(body, self.call_type)
                 await self._dispatch(cmd)
             except BadCommand as exc:
                 self.error("command", exc.message, 400)

@@ -106,6 +106,23 @@ async def _session_on_other_frontend(base: str, frontend: str) -> aiohttp.Client
     raise AssertionError("every connection landed on the same frontend process")
 
 
+async def test_listed_before_invite_with_an_empty_option(stack: StackInfo, call_id: str) -> None:
+    async def listed() -> dict[str, object]:
+        async with aiohttp.ClientSession() as s, s.get(f"{stack.base}/call/lists") as resp:
+            (item,) = [x for x in (await resp.json())["calls"] if x["id"] == call_id]
+            return item  # type: ignore[no-any-return]
+
+    c = await CallClient.open(stack.ws, call_id=call_id)
+    try:
+        item = await listed()
+        assert set(item) == {"id", "call_type", "created_at", "option"}
+        assert item["call_type"] == "websocket" and item["option"] == {}
+        await c.invite(codec="pcmu")
+        assert (await listed())["option"] == {"codec": "pcmu"}
+    finally:
+        await c.close()
+
+
 async def test_list_and_kill_from_another_frontend(stack: StackInfo, call_id: str) -> None:
     c = await CallClient.open(stack.ws, call_id=call_id)
     try:

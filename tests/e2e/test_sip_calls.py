@@ -71,6 +71,29 @@ async def test_outbound_call_audio_both_ways_and_hangup(
     assert abs(peak_freq(left[len(left) // 4 : len(left) // 4 + 8000]) - 440) < 30
 
 
+async def test_the_socket_carries_no_audio(stack: StackInfo, call_id: str) -> None:
+    # The caller's audio is the SIP peer's RTP: a tone sent on the socket is refused once and never heard,
+    # and `codec` (socket audio's format) is no reason to refuse the invite.
+    async with sip_peer() as peer:
+        c = await dial(stack, peer.uri, call_id, codec="opus", recorder={})
+        try:
+            await c.event("answer", timeout=10)
+            socket_tone = tone(440, 1.0)
+            for i in range(0, len(socket_tone), 320):
+                await c.ws.send_bytes(socket_tone[i : i + 320].tobytes())
+                await asyncio.sleep(0.02)
+            err = await c.event("error", sender="audio")
+            assert err["code"] == 400 and "RTP" in err["error"] and err["trackId"] == call_id
+            await c.send({"command": "hangup"})
+            await c.event("hangup", timeout=5)
+            await c.wait_closed()
+        finally:
+            await c.close()
+    left = caller_channel(stack.recorder_path / f"{call_id}.wav")
+    assert len(left) > 8000 and rms(left) < 100, "the socket's tone is not the caller's audio"
+    assert [e["sender"] for e in c.events if e["event"] == "error"] == ["audio"], "told once"
+
+
 async def test_rejected_call(stack: StackInfo, call_id: str) -> None:
     async with sip_peer(reject=486) as peer:
         c = await dial(stack, peer.uri, call_id)

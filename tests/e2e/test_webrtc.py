@@ -97,6 +97,26 @@ async def test_best_codec_of_the_offer_and_dtmf(stack: StackInfo, call_id: str) 
         await c.close()
 
 
+async def test_the_socket_carries_no_audio(stack: StackInfo, call_id: str) -> None:
+    # `codec` names the socket's audio format; a WebRTC call's is negotiated, so any value is ignored.
+    peer = RtcCaller()
+    c = await CallClient.open(stack.ws, "/call/webrtc", call_id=call_id)
+    try:
+        answer = await call(c, peer, codec="opus")
+        assert "opus/48000" in str(answer["sdp"])
+        assert [e["event"] for e in c.events if e["event"] == "error"] == []
+        for _ in range(3):
+            await c.ws.send_bytes(bytes(640))
+        err = await c.event("error", sender="audio")
+        assert err["code"] == 400 and "peer connection" in err["error"]
+        await c.send({"command": "hangup"})
+        await c.wait_closed()
+    finally:
+        await peer.close()
+        await c.close()
+    assert len([e for e in c.events if e["event"] == "error"]) == 1, "told once"
+
+
 async def test_trickled_candidates_and_bad_ones(stack: StackInfo, call_id: str) -> None:
     peer = RtcCaller()
     c = await CallClient.open(stack.ws, "/call/webrtc", call_id=call_id)

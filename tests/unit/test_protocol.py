@@ -203,6 +203,19 @@ def test_errors_name_the_field(text: str, needle: str) -> None:
     assert needle in info.value.message
 
 
+def test_codec_is_checked_only_where_the_socket_carries_audio() -> None:
+    invite = '{"command": "invite", "option": {"codec": "opus"}}'
+    with pytest.raises(BadCommand, match="option.codec: unsupported codec 'opus'"):
+        parse_command(invite)
+    with pytest.raises(BadCommand, match="option.codec"):
+        parse_command(invite, "websocket")
+    for call_type in ("webrtc", "sip"):
+        cmd = parse_command(invite, call_type)
+        assert isinstance(cmd, Invite) and cmd.option.codec == "opus", "kept as given, for /call/lists"
+    with pytest.raises(BadCommand, match="option.codec: expected a string"):
+        parse_command('{"command": "invite", "option": {"codec": 8}}', "webrtc")
+
+
 def test_oversized_frame() -> None:
     with pytest.raises(BadCommand, match="exceeds"):
         parse_command("x" * ((1 << 20) + 1))

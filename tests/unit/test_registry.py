@@ -42,6 +42,8 @@ async def test_register_duplicate_claim_remove(registry: Registry) -> None:
 
 async def test_listing_shape(registry: Registry) -> None:
     await registry.register_pending("c1", "sip", "web-1")
+    (entry,) = await registry.entries()
+    assert entry.listing()["option"] == {}, "an object from the start, as the API document shows it"
     await registry.update("c1", option='{"codec": "pcmu"}')
     (entry,) = await registry.entries()
     item = entry.listing()
