@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import wave
 from pathlib import Path
 
@@ -100,18 +101,25 @@ async def test_proxy_challenge_is_answered(stack: StackInfo, call_id: str) -> No
     assert second.header("Call-ID") == first.header("Call-ID")
 
 
-async def test_unanswered_call_is_cancelled(stack: StackInfo, call_id: str) -> None:
+async def test_unanswered_call_is_cancelled_at_the_ring_timeout(stack: StackInfo, call_id: str) -> None:
     async with Sipp("uas_no_answer") as uas:
-        c = await dial(stack, uas, call_id, handshakeTimeout=2)
+        # ringTimeout bounds the ringing; handshakeTimeout (its old stand-in here) gives way to it.
+        c = await dial(stack, uas, call_id, ringTimeout="1500ms", handshakeTimeout=30)
         try:
+            await c.event("ringing", timeout=10)
+            rang = time.monotonic()
             reject = await c.event("reject", timeout=8)
+            waited = time.monotonic() - rang
             assert reject["code"] == 408
+            hangup = await c.event("hangup")
+            assert (hangup["reason"], hangup["initiator"]) == ("no_answer", "callee")
         finally:
             await c.close()
         result = await uas.wait(timeout=10)
     result.assert_ok()
     invite, cancel = result.received("INVITE")[0], result.received("CANCEL")[0]
     assert cancel.header("Via") == invite.header("Via")
+    assert 1.0 <= waited <= 3.0, f"rang {waited:.2f} s for a 1.5 s ring timeout"
 
 
 async def test_callee_hangs_up(stack: StackInfo, call_id: str) -> None:
