@@ -19,6 +19,7 @@ from common.errors import BadCommand
 from common.events import SERVER_SIDE_TRACK
 from common.logs import call_id_var
 from common.protocol import (
+    NAMES,
     Accept,
     AddIceCandidate,
     Candidate,
@@ -42,6 +43,7 @@ from common.protocol import (
 from worker import metrics
 from worker.bot.link import BotLink
 from worker.bot.player import BotPlayer
+from worker.command_queue import CommandQueue, Parsed
 from worker.dump import EventDump
 from worker.listener import CallerListener
 from worker.media.audiofile import AudioFileError, load_audio
@@ -116,7 +118,8 @@ class CallSession:
         self._candidates: list[tuple[str, str | None, int | None]] = []  # trickled before the offer
         self.listener = CallerListener(self)
         self.speaker = CallSpeaker(self)
-        self._commands: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        # Commands run one at a time, except beside a pending setup (worker/command_queue.py).
+        self.commands = CommandQueue(self._parse, self._execute, self._is_setup, self.spawn)
         self._wait_input: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         settings = proc.settings
@@ -137,7 +140,7 @@ class CallSession:
         if kind == wire.PCM:
             self.on_audio(body)
         elif kind == wire.CMD:
-            self._commands.put_nowait(body)
+            self.commands.put(body)
         elif kind == wire.LOG:
             if self.dump:
                 self.dump.add("event", body)
@@ -150,7 +153,7 @@ class CallSession:
             elif op == "gone":
                 self.proc.end_soon(self, "connection_closed", "caller")
 
-    def spawn(self, coro: Any, name: str) -> None:
+    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         # The task's context is copied now: whoever spawns it, its log lines carry this call's id.
         token = call_id_var.set(self.call_id)
         try:
@@ -158,6 +161,7 @@ class CallSession:
         finally:
             call_id_var.reset(token)
         self._tasks.append(task)
+        return task
 
     def on_audio(self, data: bytes) -> None:
         # Socket audio of a WebSocket call (the frontend drops it on the other call types).
@@ -260,23 +264,44 @@ class CallSession:
 
     async def _run_commands(self) -> None:
         call_id_var.set(self.call_id)
-        while not self.ending:
-            body = await self._commands.get()
-            seq = body.pop(wire.SEQ, None)
-            if self.dump is not None:
-                self.dump.add("command", redact(body))
-            if body.get("command") in ("invite", "accept") and isinstance(body.get("option"), dict):
-                self.listed_option = json.dumps(redact(body["option"]))
-            try:
-                cmd = command_from_dict(body, self.call_type)
-                await self._dispatch(cmd)
-            except BadCommand as exc:
-                self.error("command", exc.message, 400)
-            except Exception as exc:
-                log.exception("command %s failed", body.get("command"))
-                self.error("command", f"{body.get('command')} failed: {exc}", 500)
-            if seq is not None:  # handled: the frontend times the round trip
-                self.proc.send(self.frontend, wire.msg(self.call_id, wire.CTL, {"op": "ack", "seq": seq}))
+        await self.commands.run(lambda: self.ending)
+
+    def _parse(self, body: dict[str, Any]) -> Parsed | None:
+        """A queued command body as a command (None after telling the client what is wrong with it)."""
+        seq = body.pop(wire.SEQ, None)
+        if self.dump is not None:
+            self.dump.add("command", redact(body))
+        if body.get("command") in ("invite", "accept") and isinstance(body.get("option"), dict):
+            self.listed_option = json.dumps(redact(body["option"]))
+        try:
+            return command_from_dict(body, self.call_type), seq
+        except BadCommand as exc:
+            self.error("command", exc.message, 400)
+        except Exception as exc:
+            log.exception("command %s unreadable", body.get("command"))
+            self.error("command", f"{body.get('command')} failed: {exc}", 500)
+        self._ack(seq)
+        return None
+
+    async def _execute(self, cmd: Command, seq: int | None) -> None:
+        try:
+            await self._dispatch(cmd)
+        except BadCommand as exc:
+            self.error("command", exc.message, 400)
+        except Exception as exc:
+            name = NAMES[type(cmd)]
+            log.exception("command %s failed", name)
+            self.error("command", f"{name} failed: {exc}", 500)
+        self._ack(seq)
+
+    def _ack(self, seq: int | None) -> None:
+        if seq is not None:  # handled: the frontend times the round trip
+            self.proc.send(self.frontend, wire.msg(self.call_id, wire.CTL, {"op": "ack", "seq": seq}))
+
+    def _is_setup(self, cmd: Command) -> bool:
+        """An `invite` that waits for its peer (the SIP callee's answer, ICE gathering) runs beside the
+        queue; on `/call` it answers at once, so it runs in line, like every other command."""
+        return isinstance(cmd, Invite) and self.call_type != "websocket"
 
     async def _dispatch(self, cmd: Command) -> None:
         match cmd:
@@ -446,8 +471,17 @@ class CallSession:
         if self.proc.telephony is None:
             self.error("refer", "SIP is not available in this media process", 503)
             return
+        # The transfer dials beside the queue: the call stays connected meanwhile, so every command runs
+        # as it would without the transfer (a tts replaces the music on hold; hangup CANCELs the new leg).
         self.transfer = Transfer(self, cmd)
-        await self.transfer.start()
+        self.spawn(self._transfer(self.transfer), "refer")
+
+    async def _transfer(self, transfer: Transfer) -> None:
+        try:
+            await transfer.start()
+        except Exception as exc:
+            log.exception("refer failed")
+            self.error("refer", f"refer failed: {exc}", 500)
 
     def play_moh(self, url: str) -> None:
         track = self._start_track(ServerTrack(play_id=url, source=url, started_ms=events.now_ms()))
@@ -681,6 +715,7 @@ class CallSession:
         if self.ending:
             return
         self.ending = True
+        self.commands.cancel_setup()  # a ringing invite stops here; _finish CANCELs its INVITE
         metrics.call_ended(self.call_type, reason)
         log.info(
             "hangup reason=%s initiator=%s in=%d out=%d", reason, initiator, self.frames_in, self.frames_out

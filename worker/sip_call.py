@@ -19,8 +19,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pbx.worker.sip_call")
 
-DEFAULT_RING_TIMEOUT = 60.0
-
 
 def leg_options(
     option: CallOption | None,
@@ -62,7 +60,7 @@ class SipCall:
             s.error("invite", str(exc), 400)
             await s.hangup("failed", "system")
             return
-        timeout = option.handshake_seconds() if option.handshake_timeout is not None else DEFAULT_RING_TIMEOUT
+        timeout = option.ring_seconds()
         leg = SipLeg(self.telephony.agent, self.telephony.pool, self, "uac")
         self.leg = leg
         try:

@@ -94,6 +94,34 @@ async def test_the_socket_carries_no_audio(stack: StackInfo, call_id: str) -> No
     assert [e["sender"] for e in c.events if e["event"] == "error"] == ["audio"], "told once"
 
 
+async def test_play_sent_while_it_rings_waits_for_the_answer(
+    stack: StackInfo, call_id: str, tmp_path: Path
+) -> None:
+    """`play` needs the answer: sent while the callee rings, it starts once the call is answered and is heard
+    whole; a command sent after it (even one that needs no answer) keeps its place behind it."""
+    wav = tmp_path / "khz.wav"
+    write_wav(wav, tone(1000, 1.0))
+    async with sip_peer(ring_for=1.0) as peer:
+        c = await dial(stack, peer.uri, call_id)
+        try:
+            await c.event("ringing", timeout=5)
+            await c.send({"command": "play", "url": str(wav)})
+            await c.send({"command": "history", "speaker": "user", "text": "after the play"})
+            await c.event("trackEnd", trackId="server-side-track", timeout=8)
+            order = [(e["event"], e.get("trackId")) for e in c.events]
+            answered = order.index(("answer", call_id))
+            started = order.index(("trackStart", "server-side-track"))
+            assert answered < started < order.index(("addHistory", None)), order
+            _, phone = await peer.leg()
+            heard = phone.heard()
+            loud = np.array([rms(heard[i : i + 320]) for i in range(0, len(heard) - 319, 320)]) > 1000
+            assert 40 <= loud.sum() <= 55, f"{loud.sum()} loud frames for 1 s of tone"
+            await c.send({"command": "hangup"})
+            await c.event("hangup", timeout=5)
+        finally:
+            await c.close()
+
+
 async def test_rejected_call(stack: StackInfo, call_id: str) -> None:
     async with sip_peer(reject=486) as peer:
         c = await dial(stack, peer.uri, call_id)

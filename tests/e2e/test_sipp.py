@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import wave
 from pathlib import Path
 
@@ -100,18 +101,51 @@ async def test_proxy_challenge_is_answered(stack: StackInfo, call_id: str) -> No
     assert second.header("Call-ID") == first.header("Call-ID")
 
 
-async def test_unanswered_call_is_cancelled(stack: StackInfo, call_id: str) -> None:
+async def test_unanswered_call_is_cancelled_at_the_ring_timeout(stack: StackInfo, call_id: str) -> None:
     async with Sipp("uas_no_answer") as uas:
-        c = await dial(stack, uas, call_id, handshakeTimeout=2)
+        # ringTimeout bounds the ringing; handshakeTimeout (its old stand-in here) gives way to it.
+        c = await dial(stack, uas, call_id, ringTimeout="1500ms", handshakeTimeout=30)
         try:
+            await c.event("ringing", timeout=10)
+            rang = time.monotonic()
             reject = await c.event("reject", timeout=8)
+            waited = time.monotonic() - rang
             assert reject["code"] == 408
+            hangup = await c.event("hangup")
+            assert (hangup["reason"], hangup["initiator"]) == ("no_answer", "callee")
         finally:
             await c.close()
         result = await uas.wait(timeout=10)
     result.assert_ok()
     invite, cancel = result.received("INVITE")[0], result.received("CANCEL")[0]
     assert cancel.header("Via") == invite.header("Via")
+    assert 1.0 <= waited <= 3.0, f"rang {waited:.2f} s for a 1.5 s ring timeout"
+
+
+async def test_commands_go_on_while_the_callee_rings_and_hangup_cancels(
+    stack: StackInfo, call_id: str
+) -> None:
+    async with Sipp("uas_no_answer") as uas:
+        c = await dial(stack, uas, call_id, ringTimeout=30)
+        try:
+            await c.event("ringing", timeout=10)
+            await c.send({"command": "history", "speaker": "user", "text": "still ringing"})
+            await c.event("addHistory", timeout=1.0)  # answered while it rings, not after the answer
+            sent_at, sent = time.time(), time.monotonic()
+            await c.send({"command": "hangup"})
+            hangup = await c.event("hangup", timeout=5)
+            took = time.monotonic() - sent
+            assert (hangup["reason"], hangup["initiator"]) == ("normal_clearing", "caller")
+            assert "answerTime" not in hangup and "answer" not in c.names() and "reject" not in c.names()
+            await c.wait_closed()
+        finally:
+            await c.close()
+        result = await uas.wait(timeout=10)  # it ends once our CANCEL came and its 487 was ACKed
+    result.assert_ok()
+    invite, cancel = result.received("INVITE")[0], result.received("CANCEL")[0]
+    assert cancel.header("Via") == invite.header("Via")
+    assert took <= 1.0, f"hangup event {took:.2f} s after the command"
+    assert cancel.at is not None and cancel.at - sent_at <= 1.0, "the CANCEL left at once"
 
 
 async def test_callee_hangs_up(stack: StackInfo, call_id: str) -> None:
@@ -161,6 +195,30 @@ async def test_transfer_between_two_sipp_callees(stack: StackInfo, call_id: str)
     result.assert_ok()
     assert result.received("INVITE")[0].header("X-Referred-Id") == call_id
     assert result.received("BYE")  # the transfer leg ended with the call
+
+
+async def test_hangup_while_a_bridged_refer_dials_cancels_the_new_leg(stack: StackInfo, call_id: str) -> None:
+    async with Sipp("uas_answer") as first, Sipp("uas_no_answer") as second:
+        c = await dial(stack, first, call_id)
+        try:
+            await c.event("answer", timeout=10)
+            await c.send({"command": "refer", "target": second.uri, "options": {"timeout": 30}})
+            await c.event("ringing", refer=True, timeout=10)
+            await c.send({"command": "history", "speaker": "user", "text": "on hold"})
+            await c.event("addHistory", timeout=1.0)  # the dialing does not hold the commands up
+            sent_at, sent = time.time(), time.monotonic()
+            await c.send({"command": "hangup"})
+            await c.event("hangup", trackId=call_id, timeout=5)
+            took = time.monotonic() - sent
+            assert "answer" not in [e["event"] for e in c.events if e.get("refer")]
+        finally:
+            await c.close()
+        (await first.wait(timeout=10)).assert_ok()  # our BYE
+        result = await second.wait(timeout=10)  # our CANCEL, its 487 ACKed
+    result.assert_ok()
+    cancel = result.received("CANCEL")[0]
+    assert took <= 1.0, f"hangup event {took:.2f} s after the command"
+    assert cancel.at is not None and cancel.at - sent_at <= 1.0, "the dialed leg was cancelled at once"
 
 
 # --- sipp as the caller ----------------------------------------------------------------------------------

@@ -221,3 +221,28 @@ async def test_handshake_timeout_bounds_ice_gathering(
     finally:
         await peer.close()
         await c.close()
+
+
+async def test_commands_go_on_while_ice_gathers_and_hangup_ends_it(
+    stun_stack: StackInfo, call_id: str
+) -> None:
+    """The answer waits for ICE gathering (here: for a STUN server that never answers, up to 30 s);
+    commands that need no answer run meanwhile, and hangup ends the call at once."""
+    peer = RtcCaller()
+    c = await CallClient.open(stun_stack.ws, "/call/webrtc", call_id=call_id)
+    try:
+        offer = await peer.offer()
+        await c.send({"command": "invite", "option": {"offer": offer, "handshakeTimeout": 30}})
+        await c.send({"command": "addIceCandidate", "candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host"})
+        await c.send({"command": "history", "speaker": "user", "text": "still gathering"})
+        await c.event("addHistory", timeout=2.0)
+        sent = time.monotonic()
+        await c.send({"command": "hangup"})
+        await c.event("hangup", timeout=5)
+        took = time.monotonic() - sent
+        assert "answer" not in c.names() and "error" not in c.names(), c.events
+        assert took <= 1.0, f"hangup event {took:.2f} s after the command"
+        await c.wait_closed()
+    finally:
+        await peer.close()
+        await c.close()

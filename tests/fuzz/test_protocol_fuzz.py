@@ -68,6 +68,11 @@ _RULES: dict[str, st.SearchStrategy[Any]] = {
         st.floats(0, 1e6),
         st.sampled_from(["30", "30s", "500ms", " 2.5 s ", "0"]),
     ),
+    "ringTimeout": st.one_of(
+        st.integers(1, 10**6),
+        st.floats(0.001, 1e6),
+        st.sampled_from(["30", "30s", "500ms", " 2.5 s ", "1ms"]),
+    ),
     # A ws:// URL is a valid play URL too (any non-empty text is) and the only kind mediaPass takes.
     "url": st.builds(lambda rest: "ws://bot/" + rest, st.text(max_size=20)),
     "inputSampleRate": st.integers(8000, 48000),
@@ -371,6 +376,7 @@ def test_numbers_json_cannot_hold(number: str) -> None:
         f'{{"command":"invite","option":{{"vad":{{"voiceThreshold":{number}}}}}}}',
         f'{{"command":"invite","option":{{"extra":{{"n":{number}}}}}}}',
         f'{{"command":"invite","option":{{"handshakeTimeout":"{number}s"}}}}',
+        f'{{"command":"invite","option":{{"ringTimeout":{number}}}}}',
     ):
         check(text)
 

@@ -31,6 +31,7 @@ import socket
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TypedDict, Unpack
@@ -122,7 +123,8 @@ _COMPACT = {
     "u": "allow-events",
 }
 _ENTRY = re.compile(
-    rb"^-{47} [^\n]*\n\w+ message (?P<direction>sent|received) [(\[](?P<size>\d+)[^\n]*\n\n", re.MULTILINE
+    rb"^-{47} (?P<stamp>[^\n]*)\n\w+ message (?P<direction>sent|received) [(\[](?P<size>\d+)[^\n]*\n\n",
+    re.MULTILINE,
 )
 
 
@@ -132,6 +134,7 @@ class TracedMessage:
 
     direction: str  # "sent" or "received"
     text: str
+    at: float | None = None  # when SIPp logged it: seconds since the epoch (SIPp writes local time)
 
     @property
     def start_line(self) -> str:
@@ -198,12 +201,22 @@ class TracedMessage:
         return self.status == kind if isinstance(kind, int) else self.method == kind.upper()
 
 
+def _stamp(raw: bytes) -> float | None:
+    """`2026-12-03 22:23:02.796582` (SIPp's local time) as epoch seconds; None if it is not that."""
+    try:
+        return datetime.strptime(raw.decode().strip(), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+    except ValueError:
+        return None
+
+
 def parse_trace(raw: bytes) -> list[TracedMessage]:
     """The SIP messages of a SIPp -trace_msg log, in order (other entries of the log are skipped)."""
     out = []
     for m in _ENTRY.finditer(raw):
         data = raw[m.end() : m.end() + int(m["size"])]
-        out.append(TracedMessage(m["direction"].decode(), data.decode("utf-8", "replace")))
+        out.append(
+            TracedMessage(m["direction"].decode(), data.decode("utf-8", "replace"), _stamp(m["stamp"]))
+        )
     return out
 
 

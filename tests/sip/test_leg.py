@@ -665,3 +665,39 @@ async def test_an_answer_crossing_our_cancel_is_acked_and_hung_up(raw_peer: RawP
     peer.answer(bye, 200)
     await asyncio.wait_for(task, WAIT)
     assert uac_rec.names == ["ringing"] and uac.state == "ended"
+
+
+@pytest.mark.parametrize("steps", [0, 1])  # 0: before the DNS step, 1: while the RTP port opens
+async def test_hangup_before_the_invite_leaves_sends_nothing(raw_peer: RawPeer, steps: int) -> None:
+    """`hangup` while dial still resolves the callee or opens its RTP port: no INVITE ever leaves (an
+    INVITE sent after the hangup would ring a phone nobody is on), and dial returns at once."""
+    bench, peer = raw_peer.bench, raw_peer
+    uac, uac_rec, task = bench.dial(f"sip:bob@127.0.0.1:{peer.port}", timeout=30)
+    for _ in range(steps):  # let dial run up to its next wait
+        await asyncio.sleep(0)
+    assert uac._invite is None, "the INVITE left before the hangup: this case is another test's"
+    uac.hangup()
+    await asyncio.wait_for(task, WAIT)
+    assert uac.state == "ended" and uac.rtp is None and uac_rec.events == []
+    with pytest.raises(TimeoutError):
+        await peer.next_request("INVITE", timeout=10 * T1)
+
+
+async def test_hangup_before_any_provisional_cancels_when_one_comes(raw_peer: RawPeer) -> None:
+    """RFC 3261 §9.1: no CANCEL before a provisional response; it goes as soon as one arrives."""
+    bench, peer = raw_peer.bench, raw_peer
+    uac, uac_rec, task = bench.dial(f"sip:bob@127.0.0.1:{peer.port}", timeout=30)
+    invite = await peer.next_request("INVITE")
+    uac.hangup()
+    await asyncio.wait_for(task, WAIT)  # over for the caller at once
+    await peer.next_request("INVITE")  # retransmitted after T1, then 2*T1: time for a wrong CANCEL to show
+    await peer.next_request("INVITE")
+    assert [r.method for r in peer.requests] == ["INVITE"] * 3
+    peer.answer(invite, 180)
+    cancel = await peer.next_request("CANCEL", timeout=1.0)
+    assert cancel.top_via.branch == invite.top_via.branch and cancel.cseq.number == invite.cseq.number
+    peer.answer(cancel, 200)
+    peer.answer(invite, 487)
+    ack = await peer.next_request("ACK")
+    assert ack.top_via.branch == invite.top_via.branch, "the 487 is ACKed by the INVITE's transaction"
+    assert uac_rec.events == [], "no ringing and no failure for a call the app hung up"

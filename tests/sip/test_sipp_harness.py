@@ -32,6 +32,10 @@ async def test_cancel_while_ringing() -> None:
     invite, cancel, ack = (server.received(method)[0] for method in ("INVITE", "CANCEL", "ACK"))
     assert cancel.header("Via") == invite.header("Via") == ack.header("Via")  # one branch
     assert cancel.header("CSeq") == "1 CANCEL" and ack.header("CSeq") == "1 ACK"
+    assert invite.at is not None and cancel.at is not None
+    assert 0.15 <= cancel.at - invite.at <= 2.0, (
+        "the trace's times: the CANCEL came hold_ms after the ringing"
+    )
     assert uac.received(487)[0].cseq_method == "INVITE"
     assert uac.received(200)[0].cseq_method == "CANCEL"
 

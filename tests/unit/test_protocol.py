@@ -195,6 +195,9 @@ def test_durations(value: object, seconds: float) -> None:
         ('{"command": "invite", "option": {"sip": {"headers": {"a": 1}}}}', "option.sip.headers.a"),
         ('{"command": "candidate", "candidates": [1]}', "candidates[0]"),
         ('{"command": "refer", "options": {}}', "target"),
+        ('{"command": "invite", "option": {"ringTimeout": "soon"}}', "option.ringTimeout: cannot read"),
+        ('{"command": "invite", "option": {"ringTimeout": -1}}', "option.ringTimeout: must not be negative"),
+        ('{"command": "invite", "option": {"ringTimeout": "0s"}}', "option.ringTimeout: must be more than 0"),
     ],
 )
 def test_errors_name_the_field(text: str, needle: str) -> None:
@@ -214,6 +217,24 @@ def test_codec_is_checked_only_where_the_socket_carries_audio() -> None:
         assert isinstance(cmd, Invite) and cmd.option.codec == "opus", "kept as given, for /call/lists"
     with pytest.raises(BadCommand, match="option.codec: expected a string"):
         parse_command('{"command": "invite", "option": {"codec": 8}}', "webrtc")
+
+
+@pytest.mark.parametrize(
+    "option,seconds",
+    [
+        ({}, 60.0),  # the default
+        ({"ringTimeout": "20s"}, 20.0),
+        ({"ringTimeout": 1.5}, 1.5),
+        ({"handshakeTimeout": "30s"}, 30.0),  # this server's first meaning of handshakeTimeout, kept
+        ({"handshakeTimeout": 30, "ringTimeout": "500ms"}, 0.5),  # both given: ringTimeout wins
+        ({"handshakeTimeout": 5, "ringTimeout": 90}, 90.0),
+    ],
+)
+def test_ring_timeout(option: dict[str, object], seconds: float) -> None:
+    cmd = parse({"command": "invite", "option": option})
+    assert isinstance(cmd, Invite)
+    assert cmd.option.ring_seconds() == seconds
+    assert cmd.option.handshake_seconds() == parse_duration(option.get("handshakeTimeout"), 15.0)  # type: ignore[arg-type]
 
 
 def test_oversized_frame() -> None:

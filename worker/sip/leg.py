@@ -167,11 +167,15 @@ class SipLeg:
             self._target = await self.agent.resolve(target)
         except OSError as exc:
             raise LegError(f"callee: cannot resolve {target.host}: {exc}", 502) from None
+        if self._abandoned():
+            return
         try:
             from_uri = uri_of(caller) if caller else None
         except ValueError as exc:
             raise LegError(f"caller: not a SIP URI ({exc})", 400) from None
         rtp = await self._open_rtp()
+        if self._abandoned():
+            return
         self.local_sdp = sdp.offer(
             self.agent.address, rtp.local_port, SUPPORTED_CODECS, session_id=self._session_id
         )
@@ -202,6 +206,16 @@ class SipLeg:
                 self._send_cancel()
                 self._end()
                 self.events.leg_failed(self, 408, "Request Timeout")
+
+    def _abandoned(self) -> bool:
+        """Whether `hangup` came while `dial` waited (DNS, the RTP port) before its INVITE left: then
+        nothing is sent at all, and an RTP port opened meanwhile is closed."""
+        if self.state != "ended":
+            return False
+        if self.rtp is not None:
+            rtp, self.rtp = self.rtp, None
+            self._spawn(rtp.close())
+        return True
 
     def _send_invite(self) -> None:
         assert self._invite is not None and self._target is not None
