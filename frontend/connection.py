@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,8 @@ MAX_UNCLAIMED = 500
 MAX_QUEUED_AUDIO = 100
 # Outgoing events queued for a client that does not read before it is disconnected.
 MAX_QUEUED_EVENTS = 2000
+# A socket's messages are handled back to back at most this long (s) before the loop gets a turn.
+READ_SLICE = 0.005
 
 
 class CallConnection:
@@ -72,6 +75,7 @@ class CallConnection:
         """Read the client socket until it closes."""
         writer = asyncio.create_task(self._writer(), name=f"call:{self.call_id}:tx")
         claim_watch = asyncio.create_task(self._claim_watch(), name=f"call:{self.call_id}:claim")
+        held = time.monotonic()
         try:
             async for msg in self.ws:
                 if msg.type == WSMsgType.TEXT:
@@ -81,6 +85,12 @@ class CallConnection:
                 elif msg.type == WSMsgType.ERROR:
                     log.info("socket error: %s", self.ws.exception())
                     break
+                # Messages already read return without yielding: a client's burst (a streamed reply's
+                # thousands of `tts` pieces, or a flood) would hold this process's loop, and every other
+                # call's audio through it, for as long as it takes to handle (~25 µs a message).
+                if time.monotonic() - held > READ_SLICE:
+                    await asyncio.sleep(0)
+                    held = time.monotonic()
         finally:
             claim_watch.cancel()
             if not self.closed_by_server:

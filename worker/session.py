@@ -65,6 +65,10 @@ MAX_EARLY_AUDIO = 256 * 1024
 SILENT_FRAME = np.zeros(320, dtype=np.int16)
 
 
+# Commands run back to back at most this long (s) before the loop gets a turn (see _run_commands).
+COMMAND_SLICE = 0.005
+
+
 @dataclass(slots=True)
 class ServerTrack:
     """What is playing on the server-side track now."""
@@ -266,6 +270,7 @@ class CallSession:
 
     async def _run_commands(self) -> None:
         call_id_var.set(self.call_id)
+        held = time.monotonic()
         while not self.ending:
             body = await self._commands.get()
             seq = body.pop(wire.SEQ, None)
@@ -283,6 +288,13 @@ class CallSession:
                 self.error("command", f"{body.get('command')} failed: {exc}", 500)
             if seq is not None:  # handled: the frontend times the round trip
                 self.proc.send(self.frontend, wire.msg(self.call_id, wire.CTL, {"op": "ack", "seq": seq}))
+            if self._commands.empty():
+                held = time.monotonic()
+            elif time.monotonic() - held > COMMAND_SLICE:
+                # Queue.get does not yield while commands wait, so a burst (a streamed reply's thousands
+                # of pieces, ~50 µs each) would hold the loop, and every call's media clock, throughout.
+                await asyncio.sleep(0)
+                held = time.monotonic()
 
     async def _dispatch(self, cmd: Command) -> None:
         match cmd:
