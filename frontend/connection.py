@@ -15,9 +15,9 @@ from aiohttp import WSMsgType, web
 from common import events, wire
 from common.errors import BadCommand, PbxError, RateLimited
 from common.metrics import call_failed
-from common.protocol import MAX_TEXT_FRAME, command_to_dict, parse_command, redact
+from common.protocol import MAX_TEXT_FRAME, Command, command_to_dict, parse_command, redact
 from frontend.callsocket import CallSocket
-from frontend.limits import TokenBucket
+from frontend.limits import CommandLimit, TokenBucket, describe
 from frontend.metrics import COMMANDS_REFUSED, RATE_LIMIT_DROPS, SLOW_CLIENT_DROPS, CommandTimer
 
 if TYPE_CHECKING:
@@ -57,7 +57,9 @@ class CallConnection:
         self._option_registered = False
         self.command_timer = CommandTimer()
         settings = hub.settings
-        self._commands = TokenBucket(settings.ws_max_commands_per_sec)
+        self._command_limit = CommandLimit(
+            settings.ws_max_commands_per_sec, settings.ws_max_tts_pieces_per_sec
+        )
         self._audio_frames = TokenBucket(settings.ws_max_audio_frames_per_sec)
         # Caller audio frames dropped for going over WS_MAX_AUDIO_FRAMES_PER_SEC.
         self.rate_dropped_audio = 0
@@ -102,26 +104,29 @@ class CallConnection:
                 await claim_watch
 
     def _on_text(self, text: str) -> None:
-        if not self._commands.take():
-            limit = self.hub.settings.ws_max_commands_per_sec
-            self._reject(
-                RateLimited(
-                    f"more than {limit:g} commands per second (WS_MAX_COMMANDS_PER_SEC): "
-                    "this command was dropped"
-                ),
-                dump=self._command_429_dump.take(),
-            )
-            return
-        if len(text) > MAX_TEXT_FRAME:
-            self._reject(
-                BadCommand(f"text frame of {len(text)} bytes exceeds the {MAX_TEXT_FRAME}-byte limit")
-            )
-            return
+        # Parsed before it is counted: which budget a command comes out of depends on what it is, and a
+        # dropped one is named in its 429. Frames over MAX_TEXT_FRAME are refused unread.
+        cmd: Command | None = None
+        invalid: BadCommand | None = None
         try:
             cmd = parse_command(text)
         except BadCommand as exc:
-            self._reject(exc)
+            invalid = exc
+        refused = self._command_limit.admit(cmd, len(text))
+        if refused is not None:
+            if refused is self._command_limit.pieces:
+                what = "streamed tts pieces per second (WS_MAX_TTS_PIECES_PER_SEC)"
+            else:
+                what = "commands per second (WS_MAX_COMMANDS_PER_SEC)"
+            self._reject(
+                RateLimited(f"more than {refused.rate:g} {what}: dropped {describe(cmd, len(text))}"),
+                dump=self._command_429_dump.take(),
+            )
             return
+        if invalid is not None:
+            self._reject(invalid)
+            return
+        assert cmd is not None
         body = command_to_dict(cmd)
         if body["command"] in ("invite", "accept") and not self._option_registered:
             self._option_registered = True
