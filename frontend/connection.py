@@ -134,7 +134,10 @@ class CallConnection:
                 self._register_option(body.get("option") or {}), name=f"call:{self.call_id}:option"
             )
             self.hub.background(task)
-        self._to_owner(wire.msg(self.call_id, wire.CMD, self.command_timer.stamp(body)))
+        if not self._command_limit.piece:
+            # Timed, so acknowledged: for a stream's pieces that would double its messages, so they are not.
+            body = self.command_timer.stamp(body)
+        self._to_owner(wire.msg(self.call_id, wire.CMD, body))
 
     def _on_binary(self, data: bytes) -> None:
         if not self._audio_frames.take():

@@ -71,18 +71,23 @@ class CommandLimit:
         self.pieces = TokenBucket(pieces_rate, burst=pieces_rate * PIECES_BURST_SECONDS, clock=clock)
         self._open = False  # a stream is open: a streaming `tts` went through and no end since
         self._play_id: str | None = None  # its playId (absent is a playId of its own, as on the track)
+        self.piece = False  # the command last let through was a piece of the open stream
 
     def admit(self, cmd: Command | None, size: int) -> TokenBucket | None:
         """None when `cmd` (None: a frame that is not a valid command) of `size` characters may go on; else
         the bucket it was refused by. A refused command changes nothing."""
         if isinstance(cmd, Tts) and cmd.streaming and self._open and cmd.play_id == self._play_id:
             if cmd.end_of_stream:
-                self._open = False
+                self._open = self.piece = False
                 return None
             if size <= MAX_PIECE_FRAME:
-                return None if self.pieces.take() else self.pieces
+                if not self.pieces.take():
+                    return self.pieces
+                self.piece = True
+                return None
         if not self.commands.take():
             return self.commands
+        self.piece = False
         if isinstance(cmd, Tts):
             if not (self._open and cmd.play_id == self._play_id):
                 # Another playId replaces the track: it opens a stream if it is one.

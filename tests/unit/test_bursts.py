@@ -18,7 +18,7 @@ from common.config import Settings
 from frontend.connection import CallConnection
 from worker.session import CallSession
 
-BURST = 20_000
+BURST = 50_000
 
 
 async def largest_gap(work: Awaitable[Any]) -> float:
@@ -95,3 +95,24 @@ async def test_the_media_session_runs_a_burst_of_commands_in_slices(tmp_path: An
     assert gap < 0.1, f"the loop was held {gap * 1000:.0f} ms"
     for task in session._tasks:
         task.cancel()
+
+
+async def test_a_streams_pieces_are_not_timed_so_not_acknowledged() -> None:
+    sent: list[dict[str, Any]] = []
+    hub = SimpleNamespace(settings=Settings(), send=lambda proc, m: sent.append(m))
+    frames = [
+        json.dumps({"command": "tts", "text": t, "playId": "llm", "streaming": True, "endOfStream": t == ""})
+        for t in ("Hi", " there", "!", "")
+    ]
+    conn = CallConnection(hub, "c1", "websocket", BurstSocket([history(0), *frames, history(1)]))  # type: ignore[arg-type]
+    conn.owner = "media-1"
+    await conn.serve()
+    forwarded = [m["b"] for m in sent if m["k"] == wire.CMD]
+    assert [(b["command"], b.get("text"), wire.SEQ in b) for b in forwarded] == [
+        ("history", "0", True),
+        ("tts", "Hi", True),  # it opens the stream: a command like the others
+        ("tts", " there", False),
+        ("tts", "!", False),
+        ("tts", "", True),  # the end is: one a stream
+        ("history", "1", True),
+    ]

@@ -97,9 +97,10 @@ def test_a_thousand_pieces_a_second_pass_for_minutes_and_commands_keep_their_own
     clock = Clock()
     limit = CommandLimit(100, 5000, clock=clock)
     assert limit.admit(*piece("Hello")) is None, "the stream's first tts is a command"
+    word = piece(" word")
     for _ in range(120_000):  # two minutes of an LLM at 1,000 tokens a second
         clock.now += 0.001
-        assert limit.admit(*piece(" word")) is None
+        assert limit.admit(*word) is None
     assert limit.commands.take(99), "the pieces took nothing from the commands' budget"
     assert limit.admit(*piece("", endOfStream=True)) is None
 
@@ -108,12 +109,13 @@ def test_a_whole_reply_at_once_passes_and_a_flood_of_pieces_is_held_to_the_rate(
     clock = Clock()
     limit = CommandLimit(100, 5000, clock=clock)
     limit.admit(*piece("Hi"))
-    assert sum(limit.admit(*piece(" x")) is None for _ in range(12_000)) == 10_000, "a two-second burst"
+    x = piece(" x")
+    assert sum(limit.admit(*x) is None for _ in range(12_000)) == 10_000, "a two-second burst"
     passed = refused_by_pieces = 0
     for _ in range(10_000):  # then 10 s of a flood at 50,000 a second
         clock.now += 0.001
         for _ in range(50):
-            refused = limit.admit(*piece(" x"))
+            refused = limit.admit(*x)
             passed += refused is None
             refused_by_pieces += refused is limit.pieces
     assert 49_900 <= passed <= 50_100, passed
