@@ -175,8 +175,10 @@ class Settings:
     # Origins whose pages may call the HTTP API from a browser (CORS); `*` = any, as RustPBX.
     cors_origins: tuple[str, ...] = ("*",)
     # Per call socket: commands (text frames) and audio frames a client may send per second (burst: one
-    # second's worth); beyond that they are refused with an `error` event.
+    # second's worth); beyond that they are refused with an `error` event. The pieces of a streamed `tts`
+    # reply have a budget of their own (frontend/limits.py, CommandLimit).
     ws_max_commands_per_sec: float = 100.0
+    ws_max_tts_pieces_per_sec: float = 5000.0
     ws_max_audio_frames_per_sec: float = 150.0
 
     @classmethod
@@ -228,6 +230,7 @@ class Settings:
             api_token=env.get("API_TOKEN", ""),
             cors_origins=_origins(env, "CORS_ORIGINS"),
             ws_max_commands_per_sec=_float(env, "WS_MAX_COMMANDS_PER_SEC", 100.0),
+            ws_max_tts_pieces_per_sec=_float(env, "WS_MAX_TTS_PIECES_PER_SEC", 5000.0),
             ws_max_audio_frames_per_sec=_float(env, "WS_MAX_AUDIO_FRAMES_PER_SEC", 150.0),
         )
 

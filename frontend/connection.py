@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -14,9 +15,16 @@ from aiohttp import WSMsgType, web
 from common import events, wire
 from common.errors import BadCommand, PbxError, RateLimited
 from common.metrics import call_failed
-from common.protocol import MAX_TEXT_FRAME, SDP_CALL_TYPES, command_to_dict, parse_command, redact
+from common.protocol import (
+    MAX_TEXT_FRAME,
+    SDP_CALL_TYPES,
+    Command,
+    command_to_dict,
+    parse_command,
+    redact,
+)
 from frontend.callsocket import CallSocket
-from frontend.limits import TokenBucket
+from frontend.limits import CommandLimit, TokenBucket, describe
 from frontend.metrics import COMMANDS_REFUSED, RATE_LIMIT_DROPS, SLOW_CLIENT_DROPS, CommandTimer
 
 if TYPE_CHECKING:
@@ -36,6 +44,8 @@ _NO_SOCKET_AUDIO = {
     "webrtc": "a WebRTC call carries its audio on the peer connection, not the socket",
     "sip": "a SIP call carries its audio on RTP with the SIP peer, not the socket",
 }
+# A socket's messages are handled back to back at most this long (s) before the loop gets a turn.
+READ_SLICE = 0.005
 
 
 class CallConnection:
@@ -61,7 +71,9 @@ class CallConnection:
         self.ignored_audio = 0
         self.command_timer = CommandTimer()
         settings = hub.settings
-        self._commands = TokenBucket(settings.ws_max_commands_per_sec)
+        self._command_limit = CommandLimit(
+            settings.ws_max_commands_per_sec, settings.ws_max_tts_pieces_per_sec
+        )
         self._audio_frames = TokenBucket(settings.ws_max_audio_frames_per_sec)
         # Caller audio frames dropped for going over WS_MAX_AUDIO_FRAMES_PER_SEC.
         self.rate_dropped_audio = 0
@@ -79,6 +91,7 @@ class CallConnection:
         """Read the client socket until it closes."""
         writer = asyncio.create_task(self._writer(), name=f"call:{self.call_id}:tx")
         claim_watch = asyncio.create_task(self._claim_watch(), name=f"call:{self.call_id}:claim")
+        held = time.monotonic()
         try:
             async for msg in self.ws:
                 if msg.type == WSMsgType.TEXT:
@@ -88,6 +101,12 @@ class CallConnection:
                 elif msg.type == WSMsgType.ERROR:
                     log.info("socket error: %s", self.ws.exception())
                     break
+                # Messages already read return without yielding: a client's burst (a streamed reply's
+                # thousands of `tts` pieces, or a flood) would hold this process's loop, and every other
+                # call's audio through it, for as long as it takes to handle (~25 µs a message).
+                if time.monotonic() - held > READ_SLICE:
+                    await asyncio.sleep(0)
+                    held = time.monotonic()
         finally:
             claim_watch.cancel()
             if not self.closed_by_server:
@@ -99,26 +118,29 @@ class CallConnection:
                 await claim_watch
 
     def _on_text(self, text: str) -> None:
-        if not self._commands.take():
-            limit = self.hub.settings.ws_max_commands_per_sec
-            self._reject(
-                RateLimited(
-                    f"more than {limit:g} commands per second (WS_MAX_COMMANDS_PER_SEC): "
-                    "this command was dropped"
-                ),
-                dump=self._command_429_dump.take(),
-            )
-            return
-        if len(text) > MAX_TEXT_FRAME:
-            self._reject(
-                BadCommand(f"text frame of {len(text)} bytes exceeds the {MAX_TEXT_FRAME}-byte limit")
-            )
-            return
+        # Parsed before it is counted: which budget a command comes out of depends on what it is, and a
+        # dropped one is named in its 429. Frames over MAX_TEXT_FRAME are refused unread.
+        cmd: Command | None = None
+        invalid: BadCommand | None = None
         try:
             cmd = parse_command(text, self.call_type)
         except BadCommand as exc:
-            self._reject(exc)
+            invalid = exc
+        refused = self._command_limit.admit(cmd, len(text))
+        if refused is not None:
+            if refused is self._command_limit.pieces:
+                what = "streamed tts pieces per second (WS_MAX_TTS_PIECES_PER_SEC)"
+            else:
+                what = "commands per second (WS_MAX_COMMANDS_PER_SEC)"
+            self._reject(
+                RateLimited(f"more than {refused.rate:g} {what}: dropped {describe(cmd, len(text))}"),
+                dump=self._command_429_dump.take(),
+            )
             return
+        if invalid is not None:
+            self._reject(invalid)
+            return
+        assert cmd is not None
         body = command_to_dict(cmd)
         if body["command"] in ("invite", "accept") and not self._option_registered:
             self._option_registered = True
@@ -126,7 +148,10 @@ class CallConnection:
                 self._register_option(body.get("option") or {}), name=f"call:{self.call_id}:option"
             )
             self.hub.background(task)
-        self._to_owner(wire.msg(self.call_id, wire.CMD, self.command_timer.stamp(body)))
+        if not self._command_limit.piece:
+            # Timed, so acknowledged: for a stream's pieces that would double its messages, so they are not.
+            body = self.command_timer.stamp(body)
+        self._to_owner(wire.msg(self.call_id, wire.CMD, body))
 
     def _on_binary(self, data: bytes) -> None:
         if self.call_type in SDP_CALL_TYPES:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -47,6 +48,11 @@ class _SetupEnded:
 
 
 _SETUP_ENDED = _SetupEnded()
+
+# Commands run back to back at most this long (s) before the loop gets a turn: Queue.get does not yield
+# while commands wait, so a burst (a streamed reply's thousands of pieces, ~50 µs each) would otherwise
+# hold the loop, and every call's media clock, throughout.
+COMMAND_SLICE = 0.005
 
 
 class CommandQueue:
@@ -86,7 +92,13 @@ class CommandQueue:
             task.cancel()
 
     async def run(self, ending: Callable[[], bool]) -> None:
+        held = time.monotonic()
         while not ending():
+            if self._queue.empty():
+                held = time.monotonic()
+            elif time.monotonic() - held > COMMAND_SLICE:
+                await asyncio.sleep(0)
+                held = time.monotonic()
             item = await self._queue.get()
             if isinstance(item, _SetupEnded):
                 self._setup = None

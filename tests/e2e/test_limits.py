@@ -230,3 +230,53 @@ async def test_short_calls_in_quick_succession_are_not_refused(one_slot: StackIn
         # The freed process beats at once: whenever the frontend re-reads, it finds the room.
         await wait_media_calls(one_slot, 0)
     assert time.monotonic() - t0 < 5.0
+
+
+async def test_a_flood_of_streamed_pieces_is_held_to_its_rate_and_each_dropped_one_named(
+    stack: StackInfo, call_id: str
+) -> None:
+    c = await CallClient.open(stack.ws, call_id=call_id)
+    try:
+        await c.invite()
+        mark = len(c.events)
+        sent = 20_000
+        tokens = [f" t{i}" for i in range(sent)]
+        # A provider that does not exist: the pieces that get through are not synthesized (local Piper would
+        # be busy with them for seconds after this test). Each piece names it: after a failed track ends,
+        # the next piece starts another (the first piece's option is the track's).
+        nowhere = {"provider": "nowhere"}
+        start = time.monotonic()
+        for i, token in enumerate(tokens):  # as fast as this client can: ~100,000 a second
+            body = {"command": "tts", "text": token, "playId": "llm", "streaming": True, "option": nowhere}
+            await c.ws.send_str(json.dumps(body))
+            if i % 500 == 499:
+                await asyncio.sleep(0)  # the client reads its errors meanwhile (one that does not is cut off)
+        await c.send({"command": "history", "speaker": "u", "text": "marker"})
+        # Handled in order: once the marker is back, every piece was forwarded or refused.
+        await c.event("addHistory", text="marker", after=mark, timeout=30)
+        took = time.monotonic() - start
+        refused = errors(c, "command", 429, mark)
+        named = [m.group(1) for e in refused if (m := re.search(r'text " (t\d+)"\)$', e["error"]))]
+        assert len(named) == len(refused), refused[:3]
+        assert all(
+            e["error"].startswith(
+                "more than 5000 streamed tts pieces per second (WS_MAX_TTS_PIECES_PER_SEC): "
+                'dropped tts (playId "llm", text '
+            )
+            for e in refused
+        ), refused[:3]
+        # The burst (two seconds' worth, the stream's first tts aside) and what refilled meanwhile.
+        passed = sent - len(refused)
+        assert 10_000 <= passed <= 10_001 + 5000 * took, (passed, took)
+        await c.send({"command": "interrupt"})
+        await c.send({"command": "hangup"})
+        await c.event("hangup", timeout=10)
+        await c.wait_closed()
+    finally:
+        await c.close()
+    dump = (stack.recorder_path / f"{call_id}.events.jsonl").read_text().splitlines()
+    recorded = [json.loads(x["content"]) for x in map(json.loads, dump) if x["type"] == "command"]
+    forwarded = [cmd["text"].strip() for cmd in recorded if cmd["command"] == "tts"]
+    assert len(forwarded) == passed
+    # Each piece went through or was named in its own error: none lost, none both.
+    assert sorted(forwarded + named, key=lambda t: int(t[1:])) == [t.strip() for t in tokens]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import functools
+import json
 import time
 from typing import Any
 
@@ -300,3 +301,54 @@ async def test_streaming_tts_ends_after_end_of_stream(stack: StackInfo, call_id:
         assert_says(pcm(c), "Sure. I can book that table for you. It is booked for seven.")
     finally:
         await c.close()
+
+
+# 1,000 characters: one streamed `tts` per character is 1,000 pieces, ~30 s of speech at speed 2.
+REPLY = (
+    "Thanks for waiting while I checked the restaurant for you. "
+    "I found three free tables for Friday evening. "
+    "The first one is at seven by the big window, looking out over the harbour and the old lighthouse. "
+    "The second one is at half past seven near the bar, which gets rather loud after eight on weekends. "
+    "The third one is at eight in the garden, under the lemon trees, with heaters in case it turns cold. "
+    "All of them seat four people, and each has a high chair for your daughter if you ask for one. "
+    "The garden closes when it rains, so the kitchen would move you inside without a window seat. "
+    "The chef also has a special menu that night with grilled octopus, fresh mussels and a lemon tart. "
+    "If you prefer, I can ask them to keep a bottle of the house wine cold for your arrival. "
+    "Parking is free after six behind the building, and the entrance is on the left of the bakery. "
+    "They will need a name and a phone number to hold a table till quarter past. "
+    "Shall I book the window table at seven for four people?"
+)
+
+
+async def test_a_thousand_streamed_pieces_a_second_are_all_spoken(stack: StackInfo, call_id: str) -> None:
+    assert len(REPLY) == 1000
+    sentences = REPLY.replace(". ", ".\n").split("\n")
+    c = await CallClient.open(stack.ws, call_id=call_id)
+    try:
+        await c.invite()
+        first = {"playId": "llm", "streaming": True, "option": {"speed": 2}}
+        start = time.monotonic()
+        for i, token in enumerate(REPLY):  # an LLM at 1,000 tokens a second
+            body = {"command": "tts", "text": token, "playId": "llm", "streaming": True}
+            await c.send({**body, **first} if i == 0 else body)
+            delay = start + (i + 1) / 1000 - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await c.send({"command": "tts", "text": "", "playId": "llm", "streaming": True, "endOfStream": True})
+        sent_in = time.monotonic() - start
+        assert sent_in < 1.5, f"the pieces took {sent_in:.2f} s to send"
+        await c.event("trackEnd", playId="llm", timeout=60)
+        assert "error" not in c.names(), [e for e in c.events if e["event"] == "error"]
+        synthesized = completed(c)
+        assert len(synthesized) == len(sentences), "one synthesis per sentence, none lost or merged"
+        frames = sum(-(-m["data"]["length"] // 640) for m in synthesized)
+        assert len(c.frames) == frames, "every synthesized sample was played, in 20 ms frames"
+        assert_says(pcm(c), REPLY)
+        await c.send({"command": "hangup"})
+        await c.wait_closed()
+    finally:
+        await c.close()
+    dump = (stack.recorder_path / f"{call_id}.events.jsonl").read_text().splitlines()
+    recorded = [json.loads(x["content"]) for x in map(json.loads, dump) if x["type"] == "command"]
+    texts = [cmd["text"] for cmd in recorded if cmd["command"] == "tts"]
+    assert texts == [*REPLY, ""], "the media process got every piece, once, in order"

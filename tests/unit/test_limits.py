@@ -16,9 +16,17 @@ from aiohttp import WSCloseCode, web
 from aiohttp.test_utils import TestServer
 
 from common.keys import Keys
+from common.protocol import parse_command
 from common.registry import Registry
 from frontend.callsocket import CallSocket
-from frontend.limits import CAPACITY_CACHE_TTL, MediaCapacity, TokenBucket
+from frontend.limits import (
+    CAPACITY_CACHE_TTL,
+    MAX_PIECE_FRAME,
+    CommandLimit,
+    MediaCapacity,
+    TokenBucket,
+    describe,
+)
 
 
 class Clock:
@@ -73,6 +81,111 @@ def test_bucket_failed_take_spends_nothing() -> None:
     assert not bucket.take(1), "half a token"
     clock.now += 0.25
     assert bucket.take(1), "the failed take did not spend the half token"
+
+
+def piece(text: str, play_id: str | None = "llm", **more: Any) -> tuple[Any, int]:
+    frame = json.dumps({"command": "tts", "text": text, "playId": play_id, "streaming": True, **more})
+    return parse_command(frame), len(frame)
+
+
+def command(body: dict[str, Any]) -> tuple[Any, int]:
+    frame = json.dumps(body)
+    return parse_command(frame), len(frame)
+
+
+def test_a_thousand_pieces_a_second_pass_for_minutes_and_commands_keep_their_own_budget() -> None:
+    clock = Clock()
+    limit = CommandLimit(100, 5000, clock=clock)
+    assert limit.admit(*piece("Hello")) is None, "the stream's first tts is a command"
+    word = piece(" word")
+    for _ in range(120_000):  # two minutes of an LLM at 1,000 tokens a second
+        clock.now += 0.001
+        assert limit.admit(*word) is None
+    assert limit.commands.take(99), "the pieces took nothing from the commands' budget"
+    assert limit.admit(*piece("", endOfStream=True)) is None
+
+
+def test_a_whole_reply_at_once_passes_and_a_flood_of_pieces_is_held_to_the_rate() -> None:
+    clock = Clock()
+    limit = CommandLimit(100, 5000, clock=clock)
+    limit.admit(*piece("Hi"))
+    x = piece(" x")
+    assert sum(limit.admit(*x) is None for _ in range(12_000)) == 10_000, "a two-second burst"
+    passed = refused_by_pieces = 0
+    for _ in range(10_000):  # then 10 s of a flood at 50,000 a second
+        clock.now += 0.001
+        for _ in range(50):
+            refused = limit.admit(*x)
+            passed += refused is None
+            refused_by_pieces += refused is limit.pieces
+    assert 49_900 <= passed <= 50_100, passed
+    assert refused_by_pieces == 500_000 - passed
+    assert limit.admit(*command({"command": "interrupt"})) is None, "an interrupt still gets through"
+
+
+def test_what_counts_as_a_piece() -> None:
+    clock = Clock()  # never moves: nothing refills
+    limit = CommandLimit(100, 1000, clock=clock)
+
+    def commands_spent() -> float:
+        return 100 - limit.commands._tokens
+
+    limit.admit(*piece("a"))
+    limit.admit(*piece("b"))
+    assert commands_spent() == 1, "only the first opened the stream"
+    limit.admit(*piece("c", play_id="other"))
+    assert commands_spent() == 2, "another playId opens another stream"
+    limit.admit(*piece("d", play_id="llm"))
+    assert commands_spent() == 3, "the first stream is no longer open"
+    limit.admit(*piece("e", play_id="llm"))
+    assert commands_spent() == 3, "a piece of the open stream"
+    limit.admit(*piece("f" * MAX_PIECE_FRAME, play_id="llm"))
+    assert commands_spent() == 4, "a frame over MAX_PIECE_FRAME is a command"
+    for body in ({"command": "interrupt"}, {"command": "play", "url": "a.wav"}, {"command": "hangup"}):
+        limit.admit(*piece("g"))
+        limit.admit(*command(body))
+        spent = commands_spent()
+        limit.admit(*piece("h"))
+        assert commands_spent() == spent + 1, f"{body['command']} closed the stream"
+    spent = commands_spent()
+    limit.admit(*command({"command": "history", "speaker": "u", "text": "t"}))
+    limit.admit(*command({"command": "tts", "text": "more", "playId": "llm"}))
+    limit.admit(*piece("i"))
+    assert commands_spent() == spent + 2, "other commands, and plain tts of the same playId, leave it open"
+    limit.admit(*command({"command": "tts", "text": "Hi", "playId": "plain"}))
+    limit.admit(*command({"command": "tts", "text": "Hi", "playId": "plain"}))
+    assert commands_spent() == spent + 4, "a plain tts opens no stream"
+    limit.admit(*piece("j", play_id=None))
+    limit.admit(*piece("k", play_id=None))
+    assert commands_spent() == spent + 5, "no playId is a playId of its own"
+    limit.admit(None, 10)
+    assert commands_spent() == spent + 6, "a bad frame is a command"
+    limit.admit(*piece("l", play_id=None))
+    assert commands_spent() == spent + 6, "and does not close the stream"
+    limit.admit(*piece("once", play_id="x", endOfStream=True))
+    limit.admit(*piece("once more", play_id="x"))
+    assert commands_spent() == spent + 8, "a stream ended by its first tts is not open"
+
+
+def test_the_end_of_an_open_stream_is_never_dropped_and_then_the_stream_is_closed() -> None:
+    clock = Clock()
+    limit = CommandLimit(1, 1, clock=clock)
+    assert limit.admit(*piece("Hi")) is None
+    assert limit.admit(*piece(" there")) is None
+    assert limit.admit(*piece(" you")) is None, "two seconds' worth"
+    assert limit.admit(*piece(" all")) is limit.pieces
+    end = piece("!" * 2000, endOfStream=True)
+    assert limit.admit(*end) is None, "over the limit and over the piece size, the end still passes"
+    assert limit.admit(*end) is limit.commands, "once closed, an end is a command like any other"
+
+
+def test_a_refused_command_is_named() -> None:
+    cmd, size = piece(' "quoted"\n', endOfStream=True)
+    assert describe(cmd, size) == 'tts (playId "llm", text " \\"quoted\\"\\n", endOfStream)'
+    cmd, size = piece("y" * 100, play_id=None)
+    assert describe(cmd, size) == f'tts (no playId, text "{"y" * 80}"... (100 characters))'
+    assert describe(*command({"command": "history", "speaker": "u", "text": "t"})) == "history"
+    assert describe(None, 12) == "a text frame of 12 characters"
 
 
 def test_bucket_edge_rates() -> None:

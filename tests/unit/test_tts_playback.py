@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from common.protocol import SynthesisOption
@@ -9,7 +11,7 @@ from tests.audio_util import peak_freq, tone
 from worker.media.tts_player import Segment, TtsPlayer
 from worker.speaker import cache_file, merge
 from worker.speech.local_tts import pieces
-from worker.speech.tts import SentenceSplitter, Subtitle, strip_emoji
+from worker.speech.tts import MAX_UNENDED, SentenceSplitter, Subtitle, strip_emoji
 
 
 def drain(player: TtsPlayer, ticks: int) -> list[np.ndarray | None]:
@@ -92,6 +94,20 @@ def test_sentence_splitter_cuts_streamed_text() -> None:
     assert split.push("book it. 3.5 stars") == ["I can book it."]
     assert split.push("! 好的。再见") == ["3.5 stars!", "好的。"]
     assert split.flush() == ["再见"] and split.flush() == []
+
+
+def test_sentence_splitter_takes_thousands_of_tokens_in_linear_time() -> None:
+    split = SentenceSplitter()
+    words = [f" w{i}" for i in range(40_000)]  # a reply with no sentence end: 200,000 characters
+    start = time.perf_counter()
+    out = [s for w in words for s in split.push(w)] + split.flush()
+    took = time.perf_counter() - start
+    assert took < 1.0, f"{took:.2f} s: each token must not rescan what is held (quadratic: ~60 s)"
+    assert " ".join(out).split() == "".join(words).split(), "every word, whole, once, in order"
+    assert all(len(s) <= MAX_UNENDED for s in out), "held text is spoken once it is this long"
+    split = SentenceSplitter()
+    pieces = [s for c in "One. Two! Three? Four; five\nsix. " * 500 for s in split.push(c)]
+    assert pieces[:6] == ["One.", "Two!", "Three?", "Four;", "five", "six."] and len(pieces) == 3000
 
 
 def test_emoji_are_stripped() -> None:

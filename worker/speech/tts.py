@@ -103,18 +103,44 @@ def strip_emoji(text: str) -> str:
 _SENTENCE_END = re.compile(r"(?<=[.!?;])\s+|(?<=[。！？；])|\n+")
 
 
+# Streamed text held this long (characters) without a sentence end is cut at its last space and spoken:
+# an unpunctuated stream (a list, a run-on reply) is not held back to its end.
+MAX_UNENDED = 300
+
+
 class SentenceSplitter:
-    """Cuts streamed text (LLM tokens) into sentences, for providers that speak one text at a time."""
+    """Cuts streamed text (LLM tokens) into sentences, for providers that speak one text at a time.
+
+    The work per piece is about its own length (a stream can bring thousands of pieces a second): a piece
+    is searched for a sentence end together with the last character before it, the held text is joined
+    only when one is found, and it is never longer than MAX_UNENDED."""
 
     def __init__(self) -> None:
-        self._pending = ""
+        self._held: list[str] = []
+        self._size = 0
+        self._last = ""  # the held text's last character: an end's lookbehind may need it
 
     def push(self, text: str) -> list[str]:
-        self._pending += text
-        parts = _SENTENCE_END.split(self._pending)
-        self._pending = parts.pop()
+        if not text:
+            return []
+        self._held.append(text)
+        self._size += len(text)
+        ended = _SENTENCE_END.search(self._last + text) is not None
+        self._last = text[-1]
+        if not ended and self._size <= MAX_UNENDED:
+            return []
+        parts = _SENTENCE_END.split("".join(self._held))
+        rest = parts.pop()
+        if len(rest) > MAX_UNENDED:
+            cut = rest.rfind(" ") + 1 or len(rest)
+            parts.append(rest[:cut])
+            rest = rest[cut:]
+        self._held = [rest] if rest else []
+        self._size = len(rest)
+        self._last = rest[-1:]
         return [p.strip() for p in parts if p.strip()]
 
     def flush(self) -> list[str]:
-        rest, self._pending = self._pending.strip(), ""
+        rest = "".join(self._held).strip()
+        self._held, self._size, self._last = [], 0, ""
         return [rest] if rest else []
