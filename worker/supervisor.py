@@ -50,7 +50,7 @@ class Supervisor:
         # own, and BLAS/OpenMP thread pools spinning next to it turned ~1 ms matrix products into 100+ ms
         # stalls of the media clock once the cores were busy.
         env = dict(os.environ, **SINGLE_THREADED)
-        popen = subprocess.Popen([sys.executable, "-m", "worker.child", proc_id], env=env)
+        popen = subprocess.Popen([sys.executable, "-m", "worker.child", proc_id, str(time.time())], env=env)
         log.info("started media process %s (pid %d)", proc_id, popen.pid)
         return Child(slot, proc_id, popen, time.monotonic())
 
