@@ -60,6 +60,23 @@ CLAIM_BATCH = 8
 HANGUPS_PER_TICK = 8
 # When the loop falls this far behind the clock, it stops catching up and starts the clock afresh.
 MAX_CATCH_UP = 5
+# Seconds the process's own tasks get to end once cancelled on the way out.
+TASKS_STOP_GRACE = 0.5
+
+
+async def cancel_all(tasks: list[asyncio.Task[Any]], grace: float) -> list[str]:
+    """Cancel the tasks and give them `grace` seconds to end; the names of those still running.
+
+    Seen on a busy machine when a stop came during the warm-up: a cancelled task (the reaper's, the metrics
+    publisher's) that never ran again. Nothing was left for it to do, and waiting on it held the exit until
+    the supervisor killed the process.
+    """
+    for task in reversed(tasks):
+        task.cancel()
+    if not tasks:
+        return []
+    _ended, running = await asyncio.wait(tasks, timeout=grace)
+    return sorted(t.get_name() for t in running)
 
 
 class MediaProcess:
@@ -286,11 +303,11 @@ class MediaProcess:
         if self.telephony is not None:
             await self.telephony.close()
         await self.outbox.flush()
-        for task in reversed(self._tasks):
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        stuck = await cancel_all(self._tasks, TASKS_STOP_GRACE)
+        if stuck:
+            log.warning(
+                "tasks still running %.1f s after being cancelled: %s", TASKS_STOP_GRACE, ", ".join(stuck)
+            )
         await self.heartbeat.stop()  # before the key goes: a later write would bring it back
         await self.outbox.close()
         with contextlib.suppress(RedisError):
