@@ -71,7 +71,13 @@ class Supervisor:
                 code = child.popen.poll()
                 if code is None:
                     continue
-                log.error("media process %s exited with %s; restarting", child.proc_id, code)
+                if self.stop_signal is not None:
+                    break  # the signal reached the child first (Ctrl-C goes to the whole process group)
+                if code == 0:
+                    # It was asked to stop (SIGTERM to one media process: a rolling restart).
+                    log.info("media process %s stopped; starting a new one", child.proc_id)
+                else:
+                    log.error("media process %s exited with %s; restarting", child.proc_id, code)
                 self._forget(child)
                 if time.monotonic() - child.started < MIN_UPTIME:
                     time.sleep(1.0)
