@@ -169,6 +169,8 @@ class Settings:
     # (microseconds), and the seconds SIGUSR2 blocks a process's event loop for (0 = SIGUSR2 not handled).
     test_tick_burn_us: float = 0.0
     test_stall_seconds: float = 0.0
+    # Test knob: seconds a media process's warm-up takes at least (a model thread sleeps them).
+    test_warmup_seconds: float = 0.0
     log_level: str = "INFO"
     # When set, every REST and WebSocket endpoint asks for it (`Authorization: Bearer` or `?token=`).
     api_token: str = ""
@@ -226,6 +228,7 @@ class Settings:
             load_resume=_float(env, "PBX_LOAD_RESUME", 0.8),
             test_tick_burn_us=_float(env, "PBX_TEST_TICK_BURN_US", 0.0),
             test_stall_seconds=_float(env, "PBX_TEST_STALL_SECONDS", 0.0),
+            test_warmup_seconds=_float(env, "PBX_TEST_WARMUP_SECONDS", 0.0),
             log_level=env.get("LOG_LEVEL", "") or "INFO",
             api_token=env.get("API_TOKEN", ""),
             cors_origins=_origins(env, "CORS_ORIGINS"),

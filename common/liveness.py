@@ -192,6 +192,23 @@ class Heartbeat:
                 pass
 
 
+def is_warm(heartbeat: dict[str, Any]) -> bool:
+    """Whether a media process has its models loaded (worker/warmup.py); heartbeats without the field, from
+    before there was a warm-up, count as warm."""
+    return bool(heartbeat.get("warm", True))
+
+
+def room(heartbeat: dict[str, Any]) -> int:
+    """Calls a media process can still take, from its heartbeat: its capacity less its calls. A process that
+    is still warming up takes none yet but will take up to `max_calls` once warm: calls admitted meanwhile
+    wait for it in the dispatch stream (at most the claim timeout) rather than being refused."""
+    if heartbeat.get("role") != "media":
+        return 0
+    if not is_warm(heartbeat):
+        return max(0, int(heartbeat.get("max_calls", 0)))
+    return max(0, int(heartbeat.get("capacity", 0)) - int(heartbeat.get("calls", 0)))
+
+
 class DeathWatch:
     """Decides when a process whose heartbeat is missing is dead: when it was seen missing on at least two
     checks, the first at least `grace` seconds ago. One missing read proves nothing (a write that came late,

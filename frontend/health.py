@@ -7,6 +7,7 @@ import time
 from aiohttp import web
 from redis.exceptions import RedisError
 
+from common.liveness import is_warm
 from frontend.keys import HUB
 
 _STARTED = time.time()
@@ -24,10 +25,13 @@ async def health(request: web.Request) -> web.Response:
     try:
         calls = await hub.redis.zcard(hub.keys.calls)
         procs = await hub.registry.procs()
+        media = [p for p in procs if p.get("role") == "media"]
         body.update(
             redis="ok",
             calls=calls,
-            media_processes=sum(1 for p in procs if p.get("role") == "media"),
+            media_processes=len(media),
+            # Media processes with their models loaded (the others are warming up and take no call yet).
+            media_warm=sum(1 for p in media if is_warm(p)),
             capacity=sum(int(p.get("capacity", 0)) for p in procs if p.get("role") == "media"),
             web_processes=sum(1 for p in procs if p.get("role") == "web"),
         )

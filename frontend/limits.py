@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Callable
 
+from common.liveness import room
 from common.protocol import NAMES, Command, Hangup, Interrupt, Play, Tts
 from common.registry import Registry
 
@@ -116,7 +117,8 @@ def describe(cmd: Command | None, size: int) -> str:
 
 class MediaCapacity:
     """Whether the live media processes can take another call, from their heartbeats (`calls`,
-    `capacity`; a draining process announces capacity 0).
+    `capacity`; a draining process announces capacity 0; one still warming up counts with its `max_calls`,
+    and the calls admitted on it wait in the dispatch stream until it is warm: common/liveness.py `room`).
 
     The figures are read at most every `ttl` seconds; calls admitted since the last read count against
     them, so a burst on this frontend does not all squeeze into the last free slot. Every live frontend
@@ -143,11 +145,7 @@ class MediaCapacity:
         async with self._lock:
             if self._read_at is None or self._clock() - self._read_at >= self.ttl:
                 procs = await self.registry.procs()
-                free = sum(
-                    max(0, int(p.get("capacity", 0)) - int(p.get("calls", 0)))
-                    for p in procs
-                    if p.get("role") == "media"
-                )
+                free = sum(room(p) for p in procs)
                 frontends = max(1, sum(1 for p in procs if p.get("role") == "web"))
                 self._free = -(-free // frontends)
                 self._read_at = self._clock()

@@ -1,18 +1,22 @@
 """Run the whole stack on one machine: embedded Redis (unless REDIS_URL is set), the web frontends
-(gunicorn) and the media worker pool. Ctrl-C stops all of it.
+(gunicorn) and the media worker pool. It says when every media process is warm (its models loaded); Ctrl-C
+stops all of it.
 
     python -m scripts.stack
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
+from common.config import Settings
 from common.embedded import EmbeddedRedis, port_free
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,8 +73,17 @@ class Stack:
             self.redis.stop()
 
 
+def warm_media(port: str, timeout: float = 1.0) -> tuple[int, int] | None:
+    """(media processes, of which warm) as the stack's `/health` says; None while it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=timeout) as resp:
+            health = json.loads(resp.read())
+        return int(health.get("media_processes", 0)), int(health.get("media_warm", 0))
+    except (OSError, ValueError):
+        return None
+
+
 def main() -> int:
-    stack = Stack().start()
     stopping: list[int] = []
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -78,14 +91,25 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    began = time.monotonic()
+    stack = Stack().start()
     port = stack.env.get("PORT", "8080")
-    print(f"pbx listening on http://0.0.0.0:{port} (Ctrl-C stops)", file=sys.stderr)
+    expected = Settings.from_env(stack.env).worker_processes
+    print(f"pbx starting on http://0.0.0.0:{port}: {expected} media processes warming up", file=sys.stderr)
+    ready = False
     code = 0
     while not stopping:
         if not stack.alive():
             print("a process of the stack exited; stopping the rest", file=sys.stderr)
             code = 1
             break
+        if not ready:
+            # Calls made before this are not refused: they wait for the first warm media process.
+            counts = warm_media(port)
+            if counts is not None and counts[1] >= expected:
+                ready = True
+                print(f"pbx ready on http://0.0.0.0:{port} after {time.monotonic() - began:.1f} s: "
+                      f"{counts[1]} media processes warm (Ctrl-C stops)", file=sys.stderr)  # fmt: skip
         time.sleep(0.2)
     stack.stop(signal.SIGINT if not stopping or stopping[0] == signal.SIGINT else signal.SIGTERM)
     return code

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from common import events, wire
 from common.headroom import Admission, LoadLimits, LoadSample, LoopMeter
 from common.keys import DISPATCH_GROUP
+from common.liveness import room
 from common.metrics import call_failed
 from worker import metrics
 
@@ -74,14 +75,9 @@ class MediaLoad:
         redis, keys = proc.redis, proc.keys
         ids = [entry_id for entry_id, _ in entries]
         procs = await proc.registry.procs()
-        room = any(
-            p.get("role") == "media"
-            and p.get("proc") != proc.proc_id
-            and int(p.get("capacity", 0)) > int(p.get("calls", 0))
-            for p in procs
-        )
+        others_have_room = any(p.get("proc") != proc.proc_id and room(p) > 0 for p in procs)
         pipe = redis.pipeline(transaction=False)
-        if room:
+        if others_have_room:
             for _entry_id, fields in entries:
                 pipe.xadd(keys.dispatch, fields, maxlen=100_000, approximate=True)  # type: ignore[arg-type]
             pipe.xack(keys.dispatch, DISPATCH_GROUP, *ids)

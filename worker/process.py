@@ -38,6 +38,7 @@ from worker.session import CallSession
 from worker.speech.local_asr import WhisperPool
 from worker.speech.local_tts import PiperEngine
 from worker.telephony import SIP, Telephony
+from worker.warmup import dtmf, rnnoise, run_steps, ten_vad, webrtc_vad
 
 log = logging.getLogger("pbx.worker.process")
 
@@ -59,14 +60,37 @@ CLAIM_BATCH = 8
 HANGUPS_PER_TICK = 8
 # When the loop falls this far behind the clock, it stops catching up and starts the clock afresh.
 MAX_CATCH_UP = 5
+# Seconds the process's own tasks get to end once cancelled on the way out.
+TASKS_STOP_GRACE = 0.5
+
+
+async def cancel_all(tasks: list[asyncio.Task[Any]], grace: float) -> list[str]:
+    """Cancel the tasks and give them `grace` seconds to end; the names of those still running.
+
+    Seen on a busy machine when a stop came during the warm-up: a cancelled task (the reaper's, the metrics
+    publisher's) that never ran again. Nothing was left for it to do, and waiting on it held the exit until
+    the supervisor killed the process.
+    """
+    for task in reversed(tasks):
+        task.cancel()
+    if not tasks:
+        return []
+    _ended, running = await asyncio.wait(tasks, timeout=grace)
+    return sorted(t.get_name() for t in running)
 
 
 class MediaProcess:
     """Owns up to `max_calls` calls; everything about a call happens here, on this loop."""
 
-    def __init__(self, settings: Settings, proc_id: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, proc_id: str | None = None, spawned_at: float | None = None
+    ) -> None:
         self.settings = settings
         self.proc_id = proc_id or new_proc_id("media")
+        # When the supervisor started this process (epoch seconds): the startup time is logged from it.
+        self.spawned_at = spawned_at or time.time()
+        # Every default model loaded and run once (worker/warmup.py): until then, capacity 0 and no claims.
+        self.warm = False
         self.keys = Keys(settings.redis_prefix)
         limit_host_addresses(settings.rtc_addresses)
         self.redis = connect(settings.redis_url or DEFAULT_LOCAL_URL)
@@ -151,9 +175,10 @@ class MediaProcess:
                 self._beat_now.set()  # room again: frontends read it from the heartbeat
 
     def capacity(self) -> int:
-        """The calls this process would carry in all, as announced in its heartbeat: 0 while it drains, its
-        calls now while it is overloaded, else what its load says it can carry (at most MAX_CALLS)."""
-        if not self._accepting:
+        """The calls this process would carry in all, as announced in its heartbeat: 0 while it warms up or
+        drains, its calls now while it is overloaded, else what its load says it can carry (at most
+        MAX_CALLS)."""
+        if not self._accepting or not self.warm:
             return 0
         return self.load.admission.capacity(len(self.sessions))
 
@@ -193,18 +218,13 @@ class MediaProcess:
         except OSError as exc:
             log.error("SIP is off in this process: cannot bind %s:%d (%s)", self.settings.sip_addr,
                       self.settings.sip_port, exc)  # fmt: skip
-        await self._start_heartbeat()
-        # Everything built so far lives as long as the process: keep it out of every future collection.
-        gc.freeze()
-        gc.disable()
+        await self._start_heartbeat()  # warm: false, capacity 0
         for name, coro in (
             ("outbox", self.outbox.run()),
             ("inbox", self._inbox()),
             ("clock", self._clock()),
             ("ender", self._ender()),
             ("heartbeat", self._heartbeat()),
-            ("load", self.load.run()),
-            ("dispatch", self._dispatch()),
             ("reaper", self._reaper()),
             ("silero", self.silero.run()),
             ("whisper", self.whisper.run()),
@@ -213,10 +233,52 @@ class MediaProcess:
             ("piper", self.piper.run()),
             ("metrics", metrics.publish(self)),
         ):
-            self._tasks.append(asyncio.create_task(coro, name=f"{self.proc_id}:{name}"))
-        log.info("media process %s up, capacity %d", self.proc_id, self.settings.max_calls)
-        await self._stop.wait()
+            self._start(name, coro)
+        warming = self._start("warm-up", self._warm_up())
+        stopping = self._start("stop", self._stop.wait())
+        await asyncio.wait((warming, stopping), return_when=asyncio.FIRST_COMPLETED)
+        if not self._stop.is_set():
+            # Everything built so far, the models too, lives as long as the process: out of every collection.
+            gc.freeze()
+            gc.disable()
+            # The load is measured from now: the warm-up's threads held the loop up, and that is no load.
+            self._start("load", self.load.run())
+            self._start("dispatch", self._dispatch())
+            self._beat_now.set()
+            await self._stop.wait()
         await self._shutdown()
+
+    def _start(self, name: str, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=f"{self.proc_id}:{name}")
+        self._tasks.append(task)
+        return task
+
+    async def _warm_up(self) -> None:
+        """Load and run every default model once (worker/warmup.py); then the process is warm."""
+        began = time.perf_counter()
+        steps: dict[str, Any] = {}
+        if self.settings.test_warmup_seconds > 0:
+            # Test knob: a model load that takes this long on the synthesis thread, as on a busy machine.
+            steps["test_delay"] = self._tts_in_thread(time.sleep, self.settings.test_warmup_seconds)
+        steps.update(
+            piper=self.piper.warm_up(),
+            whisper=self.whisper.warm_up(),
+            silero=self.silero.warm_up(),
+            ten=self._infer(ten_vad),
+            rnnoise=self._denoise_in_thread(rnnoise),
+            webrtc=asyncio.get_running_loop().run_in_executor(self.cpu, webrtc_vad),
+            dtmf=asyncio.get_running_loop().run_in_executor(self.cpu, dtmf),
+        )
+        took = await run_steps(steps)
+        self.warm = True
+        log.info(
+            "media process %s warm, capacity %d: %.0f ms after its start (warm-up %.0f ms: %s)",
+            self.proc_id,
+            self.settings.max_calls,
+            (time.time() - self.spawned_at) * 1000,
+            (time.perf_counter() - began) * 1000,
+            ", ".join(f"{name} {ms:.0f}" for name, ms in took.items()),
+        )
 
     def _request_stop(self, how: str) -> None:
         # Signal handlers only record the request; _shutdown acts on it.
@@ -241,11 +303,11 @@ class MediaProcess:
         if self.telephony is not None:
             await self.telephony.close()
         await self.outbox.flush()
-        for task in reversed(self._tasks):
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        stuck = await cancel_all(self._tasks, TASKS_STOP_GRACE)
+        if stuck:
+            log.warning(
+                "tasks still running %.1f s after being cancelled: %s", TASKS_STOP_GRACE, ", ".join(stuck)
+            )
         await self.heartbeat.stop()  # before the key goes: a later write would bring it back
         await self.outbox.close()
         with contextlib.suppress(RedisError):
@@ -290,6 +352,7 @@ class MediaProcess:
             "role": "media",
             "proc": self.proc_id,
             "pid": os.getpid(),
+            "warm": self.warm,
             "calls": len(self.sessions),
             "capacity": self.capacity(),
             "max_calls": self.settings.max_calls if self._accepting else 0,

@@ -50,7 +50,7 @@ class Supervisor:
         # own, and BLAS/OpenMP thread pools spinning next to it turned ~1 ms matrix products into 100+ ms
         # stalls of the media clock once the cores were busy.
         env = dict(os.environ, **SINGLE_THREADED)
-        popen = subprocess.Popen([sys.executable, "-m", "worker.child", proc_id], env=env)
+        popen = subprocess.Popen([sys.executable, "-m", "worker.child", proc_id, str(time.time())], env=env)
         log.info("started media process %s (pid %d)", proc_id, popen.pid)
         return Child(slot, proc_id, popen, time.monotonic())
 
@@ -71,7 +71,13 @@ class Supervisor:
                 code = child.popen.poll()
                 if code is None:
                     continue
-                log.error("media process %s exited with %s; restarting", child.proc_id, code)
+                if self.stop_signal is not None:
+                    break  # the signal reached the child first (Ctrl-C goes to the whole process group)
+                if code == 0:
+                    # It was asked to stop (SIGTERM to one media process: a rolling restart).
+                    log.info("media process %s stopped; starting a new one", child.proc_id)
+                else:
+                    log.error("media process %s exited with %s; restarting", child.proc_id, code)
                 self._forget(child)
                 if time.monotonic() - child.started < MIN_UPTIME:
                     time.sleep(1.0)

@@ -39,14 +39,18 @@ class StackInfo:
             return json.loads(resp.read())  # type: ignore[no-any-return]
 
 
-def wait_healthy(info: StackInfo, media: int, web: int, timeout: float = 30.0) -> dict[str, object]:
+def wait_healthy(
+    info: StackInfo, media: int, web: int, timeout: float = 30.0, warm: bool = True
+) -> dict[str, object]:
+    """Until `/health` counts `media` media processes (with `warm`, all of them warm) and `web` frontends."""
     deadline = time.monotonic() + timeout
     last: dict[str, object] = {}
     while time.monotonic() < deadline:
         try:
             last = info.health()
             if last.get("media_processes") == media and last.get("web_processes") == web:
-                return last
+                if not warm or last.get("media_warm") == media:
+                    return last
         except OSError:
             pass
         time.sleep(0.2)
@@ -77,10 +81,10 @@ def stack_env(root: Path, port: int, redis_url: str | None, **settings: str) -> 
 
 @contextlib.contextmanager
 def running_stack(
-    root: Path, media: int, web: int, log: Path | None = None, **settings: str
+    root: Path, media: int, web: int, log: Path | None = None, warm: bool = True, **settings: str
 ) -> Iterator[StackInfo]:
-    """A whole stack of its own (embedded Redis, gunicorn, media pool), healthy, stopped on exit; with
-    `log`, every process's output is appended to that file."""
+    """A whole stack of its own (embedded Redis, gunicorn, media pool), healthy (and, with `warm`, every media
+    process warmed up), stopped on exit; with `log`, every process's output is appended to that file."""
     with EmbeddedRedis() as server:
         port = free_port()
         env = stack_env(
@@ -97,7 +101,7 @@ def running_stack(
             int(env["SIP_PORT"]),
         )
         try:
-            wait_healthy(info, media=media, web=web)
+            wait_healthy(info, media=media, web=web, warm=warm)
             yield info
         finally:
             stack.stop()

@@ -30,7 +30,7 @@ async def test_new_calls_get_503_while_redis_is_down(tmp_path: Path) -> None:
     env = stack_env(tmp_path, port, server.url, WEB_CONCURRENCY="1", WORKER_PROCESSES="1", LOG_LEVEL="ERROR")
     stack = Stack(env, quiet=True).start()
     try:
-        await asyncio.to_thread(wait_for, f"http://127.0.0.1:{port}/health", "media_processes", 1)
+        await asyncio.to_thread(wait_for, f"http://127.0.0.1:{port}/health", "media_warm", 1)
         server.stop()
         async with aiohttp.ClientSession() as s:
             async with s.get(f"http://127.0.0.1:{port}/call", params={"id": "r1"}, headers=UPGRADE) as resp:
@@ -42,7 +42,7 @@ async def test_new_calls_get_503_while_redis_is_down(tmp_path: Path) -> None:
             async with s.get(f"http://127.0.0.1:{port}/health") as resp:
                 assert resp.status == 503 and (await resp.json())["status"] == "degraded"
         server = EmbeddedRedis(server.port).start()  # back, and empty
-        await asyncio.to_thread(wait_for, f"http://127.0.0.1:{port}/health", "media_processes", 1)
+        await asyncio.to_thread(wait_for, f"http://127.0.0.1:{port}/health", "media_warm", 1)
         c = await CallClient.open(f"ws://127.0.0.1:{port}", call_id="r2")
         try:
             await c.invite()

@@ -257,6 +257,19 @@ async def test_capacity_none_when_no_media_process(registry: Registry) -> None:
     assert await MediaCapacity(registry).admit() is None
 
 
+async def test_a_warming_process_counts_with_its_max_calls(registry: Registry) -> None:
+    # A media process that is still loading its models announces capacity 0: calls admitted on it wait in
+    # the dispatch stream until it is warm, instead of being refused.
+    await beat(registry, "media-1", calls=0, capacity=0, max_calls=3, warm=False)
+    capacity = MediaCapacity(registry)
+    assert [await capacity.admit() is not None for _ in range(4)] == [True, True, True, False]
+    await beat(registry, "media-1", calls=0, capacity=0, max_calls=0, warm=False)  # stopping while warming
+    assert await MediaCapacity(registry).free() == 0
+    await beat(registry, "media-1", calls=2, capacity=3, max_calls=3, warm=True)
+    await beat(registry, "media-2", calls=9, capacity=9, max_calls=9)  # from before warm-ups: warm
+    assert await MediaCapacity(registry).free() == 1
+
+
 async def test_capacity_is_read_once_per_ttl(registry: Registry) -> None:
     await beat(registry, "media-1", calls=0, capacity=100)
     counting = CountingRegistry(registry)

