@@ -59,9 +59,14 @@ def _ping(request: web.Request) -> int:
     return value
 
 
+def valid_call_id(value: str) -> bool:
+    """Whether `value` can name a call: 1 to MAX_CALL_ID printable characters without spaces."""
+    return 0 < len(value) <= MAX_CALL_ID and value.isprintable() and not any(c.isspace() for c in value)
+
+
 def _call_id(request: web.Request) -> str:
     call_id = request.query.get("id") or f"s.{uuid.uuid4()}"
-    if len(call_id) > MAX_CALL_ID or not call_id.isprintable() or any(c.isspace() for c in call_id):
+    if not valid_call_id(call_id):
         raise BadCommand(
             f"query parameter id: must be at most {MAX_CALL_ID} printable characters without spaces"
         )
