@@ -85,12 +85,19 @@ def stack_env(root: Path, port: int, redis_url: str | None, **settings: str) -> 
 
 @contextlib.contextmanager
 def running_stack(
-    root: Path, media: int, web: int, log: Path | None = None, warm: bool = True, **settings: str
+    root: Path,
+    media: int,
+    web: int,
+    log: Path | None = None,
+    warm: bool = True,
+    port: int | None = None,
+    **settings: str,
 ) -> Iterator[StackInfo]:
     """A whole stack of its own (embedded Redis, gunicorn, media pool), healthy (and, with `warm`, every media
-    process warmed up), stopped on exit; with `log`, every process's output is appended to that file."""
+    process warmed up), stopped on exit; with `log`, every process's output is appended to that file. Its
+    frontends listen on `port` (default: a free one)."""
     with EmbeddedRedis() as server:
-        port = free_port()
+        port = port or free_port()
         env = stack_env(
             root, port, server.url, WEB_CONCURRENCY=str(web), WORKER_PROCESSES=str(media), **settings
         )

@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.typedefs import Middleware
 
 from frontend import auth, calltoken
 from frontend.calltoken import MAX_TTL, CallGrant, CallTokens, TokenRefused
@@ -121,7 +122,7 @@ async def ok(request: web.Request) -> web.Response:
 
 def token_app(api_token: str = API_TOKEN, clock: Clock | None = None) -> web.Application:
     tokens = CallTokens(api_token, clock or Clock())
-    middlewares = [errors_middleware]
+    middlewares: list[Middleware] = [errors_middleware]
     if api_token:
         middlewares.append(auth.auth_middleware(api_token, tokens))
     app = web.Application(middlewares=middlewares)
@@ -153,7 +154,7 @@ async def mint(client: Client, body: object = None, **kwargs: Any) -> dict[str, 
     resp = await client.post("/call/token", json=body, headers=BEARER, **kwargs)
     assert resp.status == 200, await resp.text()
     assert resp.headers["Cache-Control"] == "no-store"
-    return await resp.json()  # type: ignore[no-any-return]
+    return await resp.json()  # type: ignore[no-any-return, unused-ignore]
 
 
 async def opens(client: Client, path: str, **query: str) -> str:
@@ -169,7 +170,7 @@ async def ws_refusal(client: Client, path: str, **query: str) -> dict[str, str]:
     resp = await client.get(path, params=query, headers={"Connection": "Upgrade", "Upgrade": "websocket"})
     assert resp.status == 401
     assert resp.headers["WWW-Authenticate"] == 'Bearer realm="pbx", error="invalid_token"'
-    return await resp.json()  # type: ignore[no-any-return]
+    return await resp.json()  # type: ignore[no-any-return, unused-ignore]
 
 
 async def test_mint_and_open(client: Client, clock: Clock) -> None:
@@ -192,7 +193,8 @@ async def test_mint_and_open(client: Client, clock: Clock) -> None:
 
 
 async def test_no_id_and_no_path_gets_a_call_of_its_own(client: Client) -> None:
-    for body in (None, {}):
+    bodies: tuple[object, ...] = (None, {})  # no body at all, and an empty object
+    for body in bodies:
         got = await mint(client, body)
         assert got["id"].startswith("s.") and got["path"] is None and got["expiresAt"] == int(T0) + 60
         assert await opens(client, "/call", id=got["id"], token=got["token"]) == "call_token"
@@ -213,7 +215,7 @@ async def test_a_call_token_opens_nothing_else(client: Client) -> None:
         ("GET", "/no/such/route"),
     ):
         for kwargs in ({"params": {"token": token}}, {"headers": {"Authorization": f"Bearer {token}"}}):
-            resp = await client.request(method, path, **kwargs)  # type: ignore[arg-type]
+            resp = await client.request(method, path, **kwargs)
             assert resp.status == 401, (method, path)
             body = await resp.json()
             assert body["code"] == "UNAUTHORIZED" and body["error"] == "a call token opens call sockets only"
