@@ -19,7 +19,7 @@ from common import events, wire
 from common.errors import BadCommand, CallNotFound, DuplicateCall, RateLimited
 from common.logs import call_id_var
 from common.metrics import call_failed
-from common.protocol import MAX_TEXT_FRAME
+from common.protocol import MAX_CALL_ID, MAX_TEXT_FRAME, valid_call_id
 from frontend import auth, clientaddr
 from frontend.callsocket import CallSocket
 from frontend.connection import CallConnection
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pbx.frontend.calls")
 
-MAX_CALL_ID = 128
 # Seconds between log lines about refused calls (no_capacity), and the count since the last line / its time.
 REFUSAL_LOG_EVERY = 10.0
 _refusals: list[float] = [0, -REFUSAL_LOG_EVERY]
@@ -60,11 +59,6 @@ def _ping(request: web.Request) -> int:
     if value < 0:
         raise BadCommand("query parameter ping: must not be negative")
     return value
-
-
-def valid_call_id(value: str) -> bool:
-    """Whether `value` can name a call: 1 to MAX_CALL_ID printable characters without spaces."""
-    return 0 < len(value) <= MAX_CALL_ID and value.isprintable() and not any(c.isspace() for c in value)
 
 
 def _call_id(request: web.Request) -> str:

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from common.errors import BadCommand, Unauthorized
-from frontend.calls import MAX_CALL_ID, valid_call_id
+from common.protocol import MAX_CALL_ID, valid_call_id
 
 PREFIX = "ct1."
 CALL_PATHS = ("/call", "/call/webrtc", "/call/sip")
