@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -54,6 +55,35 @@ def _float(env: dict[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError as exc:
         raise ValueError(f"environment variable {name} must be a number, got {raw!r}") from exc
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+def _bool(env: dict[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ValueError(f"environment variable {name} must be 1 or 0 (true/false, yes/no, on/off), got {raw!r}")
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(env: dict[str, str], name: str) -> tuple[Network, ...]:
+    """A comma-separated list of addresses or networks (`10.0.0.0/8`, `::1`); unset or empty: none."""
+    out: list[Network] = []
+    for part in (p.strip() for p in env.get(name, "").split(",")):
+        if not part:
+            continue
+        try:
+            out.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ValueError(f"environment variable {name}: {part!r} is not an address or network") from None
+    return tuple(out)
 
 
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$")
@@ -182,6 +212,22 @@ class Settings:
     ws_max_commands_per_sec: float = 100.0
     ws_max_tts_pieces_per_sec: float = 5000.0
     ws_max_audio_frames_per_sec: float = 150.0
+    # `/llm/v1` adds OPENAI_API_KEY to requests that bring no key of their own only when its callers are
+    # known: API_TOKEN is set (every caller had to show it), or the operator opened it with this.
+    llm_proxy_open: bool = False
+    # The clients are the operator's own (a trusted local use): implies `llm_proxy_open`.
+    trust_clients: bool = False
+    # New call sockets one client address may open a minute, and how many it may save up (0 = no limit);
+    # shared by every frontend through Redis (frontend/callrate.py).
+    calls_per_ip_per_min: float = 300.0
+    calls_per_ip_burst: float = 100.0
+    # Peers (load balancers, reverse proxies) whose `X-Forwarded-For` is believed (frontend/clientaddr.py).
+    trusted_proxies: tuple[Network, ...] = ()
+
+    @property
+    def lends_llm_key(self) -> bool:
+        """Whether `/llm/v1` adds OPENAI_API_KEY to a request that brings no `Authorization` of its own."""
+        return bool(self.openai_api_key) and bool(self.api_token or self.llm_proxy_open or self.trust_clients)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, dotenv: Path | None = Path(".env")) -> Settings:
@@ -235,6 +281,11 @@ class Settings:
             ws_max_commands_per_sec=_float(env, "WS_MAX_COMMANDS_PER_SEC", 100.0),
             ws_max_tts_pieces_per_sec=_float(env, "WS_MAX_TTS_PIECES_PER_SEC", 5000.0),
             ws_max_audio_frames_per_sec=_float(env, "WS_MAX_AUDIO_FRAMES_PER_SEC", 150.0),
+            llm_proxy_open=_bool(env, "LLM_PROXY_OPEN"),
+            trust_clients=_bool(env, "TRUST_CLIENTS"),
+            calls_per_ip_per_min=_float(env, "CALLS_PER_IP_PER_MIN", 300.0),
+            calls_per_ip_burst=_float(env, "CALLS_PER_IP_BURST", 100.0),
+            trusted_proxies=_networks(env, "TRUSTED_PROXIES"),
         )
 
     def __repr__(self) -> str:
