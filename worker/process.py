@@ -33,6 +33,7 @@ from worker.media.cache import MediaCache
 from worker.media.dtmf import DtmfBank
 from worker.media.offload import FrameBatcher
 from worker.media.vad import SileroBatcher
+from worker.paths import MediaRoots
 from worker.rtc import InlineEncoding, limit_host_addresses
 from worker.session import CallSession
 from worker.speech.local_asr import WhisperPool
@@ -101,6 +102,8 @@ class MediaProcess:
         self.io = ThreadPoolExecutor(1, thread_name_prefix="disk")
         self.cpu = ThreadPoolExecutor(2, thread_name_prefix="decode")
         self.cache = MediaCache(settings.media_cache_path, self.io)
+        # Where clients' names may lead on disk (worker/paths.py, docs/security-files.md).
+        self.media_roots = MediaRoots(settings.media_path, settings.media_cache_path, settings.trust_clients)
         # Model inference gets a thread of its own, so it never holds up a call's next frame.
         self.inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.silero = SileroBatcher(self._infer)
