@@ -127,7 +127,12 @@ class CallSession:
         self._tasks: list[asyncio.Task[Any]] = []
         settings = proc.settings
         self.dump = (
-            EventDump(Path(settings.recorder_path) / f"{file_stem(call_id)}.events.jsonl", proc.io)
+            EventDump(
+                Path(settings.recorder_path) / f"{file_stem(call_id)}.events.jsonl",
+                proc.io,
+                proc.recorder_quota,
+                self._dump_stopped,
+            )
             if dump
             else None
         )
@@ -428,7 +433,18 @@ class CallSession:
         return path
 
     async def _start_recorder(self, path: Path) -> None:
-        recorder = CallRecorder(str(path), self.proc.io)
+        quota = self.proc.recorder_quota
+        if not await quota.admit():
+            self.error(
+                "recorder",
+                "recording refused: the recordings' disk quota (RECORDER_QUOTA_MB) is used up; "
+                "the call goes on unrecorded",
+                507,
+            )
+            return
+        if self.ending or self.recorder is not None:
+            return
+        recorder = CallRecorder(str(path), self.proc.io, quota.charge)
         try:
             await recorder.open()
             self.recorder = recorder
@@ -441,6 +457,13 @@ class CallSession:
             return str(path.relative_to(self.proc.settings.recorder_path))
         except ValueError:
             return str(path)
+
+    def _dump_stopped(self) -> None:
+        self.error(
+            "dump",
+            "the event dump stopped: the recordings' disk quota (RECORDER_QUOTA_MB) is used up",
+            507,
+        )
 
     async def media_up(self, sdp: str) -> None:
         """The call is answered: media flows from now on."""
