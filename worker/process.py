@@ -107,10 +107,12 @@ class MediaProcess:
         # One disk thread keeps each file's writes in order; decoding gets its own threads.
         self.io = ThreadPoolExecutor(1, thread_name_prefix="disk")
         self.cpu = ThreadPoolExecutor(2, thread_name_prefix="decode")
-        # Directory walks (the recorder quota's) get a thread of their own: a walk
+        # Directory walks (the recorder quota's, the media cache's eviction) get a thread of their own: a walk
         # of a large directory must not hold up the disk thread's recordings, dumps and plays.
         self.scan = ThreadPoolExecutor(1, thread_name_prefix="scan")
-        self.cache = MediaCache(settings.media_cache_path, self.io)
+        self.cache = MediaCache(
+            settings.media_cache_path, self.io, mebibytes(settings.media_cache_max_mb), self.scan
+        )
         # Where clients' names may lead on disk (worker/paths.py, docs/security-files.md).
         self.media_roots = MediaRoots(settings.media_path, settings.media_cache_path, settings.trust_clients)
         self.recorder_quota = RecorderQuota(

@@ -672,7 +672,7 @@ class CallSession:
         threads = asyncio.get_running_loop()
         try:
             if is_url(source):
-                f: Any = str(await proc.cache.path_for(source))
+                f = await proc.cache.open(source)
             else:  # only under MEDIA_PATH or the cache (worker/paths.py), unless clients are trusted
                 f = await threads.run_in_executor(proc.io, proc.media_roots.open, source)
             samples = await threads.run_in_executor(proc.cpu, load_audio, f, source)
