@@ -72,6 +72,8 @@ def recorder_file(root: str, name: str | None, call_id: str, trusted: bool) -> P
         return base / f"{stem}.wav"
     if "\0" in name:
         raise PathRefused("must not contain a NUL character")
+    if not _encodable(name):
+        raise PathRefused("must be valid Unicode text (it holds a lone surrogate)")
     given = PurePosixPath(name)
     if not trusted:
         if given.is_absolute():
@@ -84,6 +86,15 @@ def recorder_file(root: str, name: str | None, call_id: str, trusted: bool) -> P
             raise PathRefused("names no file")
         path = base / path
     return path if path.suffix.lower() == ".wav" else path.with_name(f"{path.name}.wav")
+
+
+def _encodable(text: str) -> bool:
+    """Whether `text` can be a file name (a lone surrogate, which the protocol's edge refuses, cannot)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _under(path: str, root: str) -> bool:
@@ -112,7 +123,7 @@ class MediaRoots:
     def open(self, location: str) -> BinaryIO:
         """The file `location` names, open for reading, or MediaNotFound. Blocking: call it on a disk
         thread. The file is opened before it is read, so it plays even if the cache evicts it meanwhile."""
-        if "\0" in location:
+        if "\0" in location or not _encodable(location):
             raise MediaNotFound()
         path = os.path.normpath(os.path.join(self.dirs[0], location))
         if not self.trusted:

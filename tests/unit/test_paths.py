@@ -141,3 +141,11 @@ def test_media_roots_trusted_open_anything_but_not_a_fifo(roots: tuple[Path, Pat
         assert f.read() == b"S"
     with pytest.raises(MediaNotFound):
         mr.open("fifo.wav")  # does not wait for a writer
+
+
+def test_lone_surrogates_are_refused_not_crashed_on(tmp_path: Path) -> None:
+    with pytest.raises(PathRefused, match="surrogate"):
+        recorder_file(str(tmp_path), "x\ud800", "c1", False)
+    with pytest.raises(MediaNotFound):
+        MediaRoots([str(tmp_path)], str(tmp_path), trusted=True).open("\ud800.wav")
+    assert file_stem("\ud800") == "%ED%A0%80"
