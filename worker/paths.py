@@ -115,10 +115,15 @@ class MediaRoots:
     def __init__(self, dirs: Sequence[str], cache_dir: str, trusted: bool) -> None:
         roots = [os.path.abspath(d) for d in dirs]
         cache = os.path.abspath(cache_dir)
+        self._configured = len(roots)
         if cache not in roots:
             roots.append(cache)
         self.dirs = tuple(roots)
         self.trusted = trusted
+
+    def missing(self) -> list[str]:
+        """The MEDIA_PATH directories that do not exist (the cache is made when first written). Blocking."""
+        return [d for d in self.dirs[: self._configured] if not os.path.isdir(d)]
 
     def open(self, location: str) -> BinaryIO:
         """The file `location` names, open for reading, or MediaNotFound. Blocking: call it on a disk

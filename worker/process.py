@@ -227,6 +227,9 @@ class MediaProcess:
         loop.set_default_executor(InlineEncoding(ThreadPoolExecutor(4, thread_name_prefix="default")))
         loop.add_signal_handler(signal.SIGTERM, self._request_stop, "drain")
         loop.add_signal_handler(signal.SIGINT, self._request_stop, "now")
+        for missing in await loop.run_in_executor(self.io, self.media_roots.missing):
+            # Most likely a list written with commas: MEDIA_PATH is separated by ':' (as PATH).
+            log.warning("MEDIA_PATH: %s is not a directory; play finds nothing there", missing)
         await self._ensure_group()
         telephony = Telephony(self)
         try:

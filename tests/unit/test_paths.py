@@ -149,3 +149,10 @@ def test_lone_surrogates_are_refused_not_crashed_on(tmp_path: Path) -> None:
     with pytest.raises(MediaNotFound):
         MediaRoots([str(tmp_path)], str(tmp_path), trusted=True).open("\ud800.wav")
     assert file_stem("\ud800") == "%ED%A0%80"
+
+
+def test_media_roots_missing(tmp_path: Path) -> None:
+    mr = MediaRoots(
+        [str(tmp_path), str(tmp_path / "typo,other")], str(tmp_path / "no-cache-yet"), trusted=False
+    )
+    assert mr.missing() == [str(tmp_path / "typo,other")]
