@@ -195,10 +195,15 @@ class MediaCache:
         try:
             keep = int(self.max_bytes * EVICT_TO)
             loop = asyncio.get_running_loop()
-            counted = self._added
-            left = await loop.run_in_executor(self._scan, evict, self.cache_dir, self.max_bytes, keep)
-            # Stores that finished during the walk may be in its figure too: counted twice until the next.
-            self._measured, self._added, self._scanned_at = left, self._added - counted, time.monotonic()
+            while True:
+                counted = self._added
+                left = await loop.run_in_executor(self._scan, evict, self.cache_dir, self.max_bytes, keep)
+                # Stores that finished during the walk may be in its figure too: counted twice until the next.
+                self._measured, self._added, self._scanned_at = left, self._added - counted, time.monotonic()
+                # Once more only when what was stored during the walk took it over again (not when the walk
+                # could not get under the bound: other writers' files in progress, which the next store sees).
+                if left > self.max_bytes or left + self._added <= self.max_bytes:
+                    break
         except Exception:
             log.exception("media cache eviction failed")
         finally:
