@@ -387,7 +387,9 @@ def print_top(path: Path) -> None:
 async def run_step(n: int, args: argparse.Namespace, frames: list[bytes], wav: Path, tmp: Path) -> dict:
     stack, base = None, args.base
     if base is None:
-        base, stack = await start_stack(args.web, args.media, args.max_calls, tmp / f"step-{n}")
+        base, stack = await start_stack(
+            args.web, args.media, args.max_calls, tmp / f"step-{n}", MEDIA_PATH=str(wav.parent)
+        )
     load = os.getloadavg()[0]
     ctx = mp.get_context("spawn")
     ready, start, results = ctx.Queue(), ctx.Queue(), ctx.Queue()

@@ -15,7 +15,8 @@ from scripts.stack import Stack
 async def start_stack(
     web: int, media: int, max_calls: int, root: Path, log: Path | None = None, **extra: str
 ) -> tuple[str, Stack]:
-    """A stack of its own (embedded Redis on a free port) with `web` frontends and `media` processes."""
+    """A stack of its own (embedded Redis on a free port) with `web` frontends and `media` processes; `play`
+    reads local files under `root` (MEDIA_PATH; `extra` may name another)."""
     port = free_port()
     env = dict(
         os.environ,
@@ -25,6 +26,7 @@ async def start_stack(
         MAX_CALLS=str(max_calls),
         RECORDER_PATH=str(root / "rec"),
         MEDIA_CACHE_PATH=str(root / "cache"),
+        MEDIA_PATH=str(root),
         LOG_LEVEL="WARNING",
         # A benchmark opens hundreds of calls from one address: far more than a real client.
         CALLS_PER_IP_PER_MIN="0",

@@ -47,6 +47,16 @@ def _int(env: dict[str, str], name: str, default: int) -> int:
         raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from exc
 
 
+def _dirs(env: dict[str, str], name: str) -> tuple[str, ...]:
+    """A list of directories written as PATH is (`os.pathsep`-separated), each made absolute now."""
+    raw = env.get(name, "")
+    out: list[str] = []
+    for part in raw.split(os.pathsep):
+        if part.strip() and os.path.abspath(part.strip()) not in out:
+            out.append(os.path.abspath(part.strip()))
+    return tuple(out)
+
+
 def _float(env: dict[str, str], name: str, default: float) -> float:
     raw = env.get(name, "").strip()
     if not raw:
@@ -151,6 +161,12 @@ class Settings:
     redis_prefix: str = "pbx:"
     recorder_path: str = "/tmp/recorders"
     media_cache_path: str = "/tmp/mediacache"
+    # Directories `play` may read local files from (besides the media cache); empty: the cache only.
+    media_path: tuple[str, ...] = ()
+    # Megabytes under RECORDER_PATH past which no new recording starts (and dumps stop); 0 = no bound.
+    recorder_quota_mb: float = 1024.0
+    # Megabytes the media cache (downloaded play URLs, kept syntheses) may hold; 0 = no bound.
+    media_cache_max_mb: float = 1024.0
     public_ip: str = ""
     rtp_port_min: int = 12000
     rtp_port_max: int = 42000
@@ -215,7 +231,8 @@ class Settings:
     # `/llm/v1` adds OPENAI_API_KEY to requests that bring no key of their own only when its callers are
     # known: API_TOKEN is set (every caller had to show it), or the operator opened it with this.
     llm_proxy_open: bool = False
-    # The clients are the operator's own (a trusted local use): implies `llm_proxy_open`.
+    # The clients are the operator's own (a trusted local use): implies `llm_proxy_open`, and lifts the path
+    # rules (absolute recorder files, any local play path; the quotas stay).
     trust_clients: bool = False
     # New call sockets one client address may open a minute, and how many it may save up (0 = no limit);
     # shared by every frontend through Redis (frontend/callrate.py).
@@ -243,6 +260,9 @@ class Settings:
             redis_prefix=env.get("REDIS_PREFIX", "pbx:") or "pbx:",
             recorder_path=env.get("RECORDER_PATH", "") or "/tmp/recorders",
             media_cache_path=env.get("MEDIA_CACHE_PATH", "") or "/tmp/mediacache",
+            media_path=_dirs(env, "MEDIA_PATH"),
+            recorder_quota_mb=_float(env, "RECORDER_QUOTA_MB", 1024.0),
+            media_cache_max_mb=_float(env, "MEDIA_CACHE_MAX_MB", 1024.0),
             public_ip=env.get("PUBLIC_IP", ""),
             rtp_port_min=_int(env, "RTP_PORT_MIN", 12000),
             rtp_port_max=_int(env, "RTP_PORT_MAX", 42000),

@@ -33,6 +33,8 @@ from worker.media.cache import MediaCache
 from worker.media.dtmf import DtmfBank
 from worker.media.offload import FrameBatcher
 from worker.media.vad import SileroBatcher
+from worker.paths import MediaRoots
+from worker.quota import RecorderQuota
 from worker.rtc import InlineEncoding, limit_host_addresses
 from worker.session import CallSession
 from worker.speech.local_asr import WhisperPool
@@ -62,6 +64,11 @@ HANGUPS_PER_TICK = 8
 MAX_CATCH_UP = 5
 # Seconds the process's own tasks get to end once cancelled on the way out.
 TASKS_STOP_GRACE = 0.5
+
+
+def mebibytes(mb: float) -> int:
+    """A size setting in MiB as bytes (0 or less: no bound)."""
+    return max(0, int(mb * 1024 * 1024))
 
 
 async def cancel_all(tasks: list[asyncio.Task[Any]], grace: float) -> list[str]:
@@ -100,7 +107,17 @@ class MediaProcess:
         # One disk thread keeps each file's writes in order; decoding gets its own threads.
         self.io = ThreadPoolExecutor(1, thread_name_prefix="disk")
         self.cpu = ThreadPoolExecutor(2, thread_name_prefix="decode")
-        self.cache = MediaCache(settings.media_cache_path, self.io)
+        # Directory walks (the recorder quota's, the media cache's eviction) get a thread of their own: a walk
+        # of a large directory must not hold up the disk thread's recordings, dumps and plays.
+        self.scan = ThreadPoolExecutor(1, thread_name_prefix="scan")
+        self.cache = MediaCache(
+            settings.media_cache_path, self.io, mebibytes(settings.media_cache_max_mb), self.scan
+        )
+        # Where clients' names may lead on disk (worker/paths.py, docs/security-files.md).
+        self.media_roots = MediaRoots(settings.media_path, settings.media_cache_path, settings.trust_clients)
+        self.recorder_quota = RecorderQuota(
+            settings.recorder_path, mebibytes(settings.recorder_quota_mb), self.scan
+        )
         # Model inference gets a thread of its own, so it never holds up a call's next frame.
         self.inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.silero = SileroBatcher(self._infer)
@@ -210,6 +227,9 @@ class MediaProcess:
         loop.set_default_executor(InlineEncoding(ThreadPoolExecutor(4, thread_name_prefix="default")))
         loop.add_signal_handler(signal.SIGTERM, self._request_stop, "drain")
         loop.add_signal_handler(signal.SIGINT, self._request_stop, "now")
+        for missing in await loop.run_in_executor(self.io, self.media_roots.missing):
+            # Most likely a list written with commas: MEDIA_PATH is separated by ':' (as PATH).
+            log.warning("MEDIA_PATH: %s is not a directory; play finds nothing there", missing)
         await self._ensure_group()
         telephony = Telephony(self)
         try:
@@ -232,6 +252,7 @@ class MediaProcess:
             ("ten", self.ten.run()),
             ("piper", self.piper.run()),
             ("metrics", metrics.publish(self)),
+            ("recorder-quota", self.recorder_quota.run()),
         ):
             self._start(name, coro)
         warming = self._start("warm-up", self._warm_up())
@@ -323,6 +344,7 @@ class MediaProcess:
             await self._bot_http.close()
         await self.redis.aclose()
         self.io.shutdown(wait=True)
+        self.scan.shutdown(wait=False, cancel_futures=True)
         self.cpu.shutdown(wait=False, cancel_futures=True)
         self.inference.shutdown(wait=False, cancel_futures=True)
         self.asr_threads.shutdown(wait=False, cancel_futures=True)

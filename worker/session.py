@@ -52,6 +52,7 @@ from worker.media.codecs import Codec, make_codec
 from worker.media.player import BridgePlayer, FilePlayer
 from worker.media.recorder import CallRecorder
 from worker.media.tts_player import TtsPlayer
+from worker.paths import MediaNotFound, PathRefused, file_stem, inside, recorder_file
 from worker.rtc import RtcError, RtcPeer
 from worker.sip_call import SipCall
 from worker.speaker import CallSpeaker, TtsRun
@@ -80,6 +81,8 @@ class ServerTrack:
     player: FilePlayer | TtsPlayer | BridgePlayer | BotPlayer | None = None
     loader: asyncio.Task[None] | None = None
     tts: TtsRun | None = None  # set on TTS tracks
+    # The command field the file came from, named when it cannot be played.
+    source_field: str = "play.url"
 
 
 class CallSession:
@@ -124,7 +127,14 @@ class CallSession:
         self._tasks: list[asyncio.Task[Any]] = []
         settings = proc.settings
         self.dump = (
-            EventDump(Path(settings.recorder_path) / f"{call_id}.events.jsonl", proc.io) if dump else None
+            EventDump(
+                Path(settings.recorder_path) / f"{file_stem(call_id)}.events.jsonl",
+                proc.io,
+                proc.recorder_quota,
+                self._dump_stopped,
+            )
+            if dump
+            else None
         )
         self.done = asyncio.Event()
 
@@ -380,12 +390,16 @@ class CallSession:
         await self.media_up(sdp)
 
     async def _prepare(self, option: Any) -> None:
-        """What every call type sets up from its option before media flows."""
+        """What every call type sets up from its option before media flows. A recorder file the client may
+        not write refuses the command (BadCommand) before anything is set up."""
+        recording = None
+        if option.recorder is not None and self.recorder is None:
+            recording = await self._recording_path(option.recorder, "option.recorder")
         self.codec = make_codec(option.codec)
         self.listener.configure(option)
         self.speaker.call_option = option.tts
-        if option.recorder is not None and self.recorder is None:
-            await self._start_recorder(option.recorder)
+        if recording is not None:
+            await self._start_recorder(recording)
 
     async def _connect_bot(self, option: Any) -> bool:
         """Open the mediaPass bot's socket if the option names one; False (the client told why) if not."""
@@ -403,14 +417,53 @@ class CallSession:
         self.emit(events.event("reject", track_id=self.call_id, reason=f"mediaPass: {problem}", code=502))
         return False
 
-    async def _start_recorder(self, recorder_option: Any) -> None:
-        path = self._recorder_path(recorder_option.recorder_file)
-        recorder = CallRecorder(str(path), self.proc.io)
+    async def _recording_path(self, recorder_option: Any, where: str) -> Path:
+        """Where the option's recording goes; BadCommand naming `<where>.recorderFile` if the client may
+        not write there (docs/security-files.md)."""
+        settings = self.proc.settings
+        root, trusted = settings.recorder_path, settings.trust_clients
+        try:
+            path = recorder_file(root, recorder_option.recorder_file, self.call_id, trusted)
+            if not trusted and not await asyncio.get_running_loop().run_in_executor(
+                self.proc.io, inside, path, root
+            ):
+                raise PathRefused("leads outside RECORDER_PATH (through a symbolic link)")
+        except PathRefused as exc:
+            raise BadCommand(f"{where}.recorderFile: {exc}") from None
+        return path
+
+    async def _start_recorder(self, path: Path) -> None:
+        quota = self.proc.recorder_quota
+        if not await quota.admit():
+            self.error(
+                "recorder",
+                "recording refused: the recordings' disk quota (RECORDER_QUOTA_MB) is used up; "
+                "the call goes on unrecorded",
+                507,
+            )
+            return
+        if self.ending or self.recorder is not None:
+            return
+        recorder = CallRecorder(str(path), self.proc.io, quota.charge)
         try:
             await recorder.open()
             self.recorder = recorder
         except OSError as exc:
-            self.error("recorder", f"cannot record to {path}: {exc.strerror or exc}", 500)
+            self.error("recorder", f"cannot record to {self._shown(path)}: {exc.strerror or exc}", 500)
+
+    def _shown(self, path: Path) -> str:
+        """A recording's path as the client may see it: relative to RECORDER_PATH when under it."""
+        try:
+            return str(path.relative_to(self.proc.settings.recorder_path))
+        except ValueError:
+            return str(path)
+
+    def _dump_stopped(self) -> None:
+        self.error(
+            "dump",
+            "the event dump stopped: the recordings' disk quota (RECORDER_QUOTA_MB) is used up",
+            507,
+        )
 
     async def media_up(self, sdp: str) -> None:
         """The call is answered: media flows from now on."""
@@ -457,9 +510,9 @@ class CallSession:
             self.error("ringing", "no pending call to ring (ringing answers an inbound SIP call)", 400)
             return
         if cmd.recorder is not None and self.recorder is None:
-            await self._start_recorder(cmd.recorder)
+            await self._start_recorder(await self._recording_path(cmd.recorder, "recorder"))
         if await self.sip.ringing(cmd) and cmd.ringtone:
-            self._play(Play(url=cmd.ringtone))
+            self._play(Play(url=cmd.ringtone), "ringing.ringtone")
 
     async def _refer(self, cmd: Refer) -> None:
         if self.answer_ms is None:
@@ -484,7 +537,9 @@ class CallSession:
             self.error("refer", f"refer failed: {exc}", 500)
 
     def play_moh(self, url: str) -> None:
-        track = self._start_track(ServerTrack(play_id=url, source=url, started_ms=events.now_ms()))
+        track = self._start_track(
+            ServerTrack(play_id=url, source=url, started_ms=events.now_ms(), source_field="refer.options.moh")
+        )
         track.loader = asyncio.create_task(self._load(track, loop=True), name=f"call:{self.call_id}:moh")
 
     def end_moh(self) -> None:
@@ -571,15 +626,6 @@ class CallSession:
     def _rtc_ended(self, reason: str, initiator: str) -> None:
         self.spawn(self.hangup(reason, initiator), "rtc-ended")
 
-    def _recorder_path(self, name: str | None) -> Path:
-        base = Path(self.proc.settings.recorder_path)
-        if not name:
-            return base / f"{self.call_id}.wav"
-        path = Path(name.replace("{id}", self.call_id))
-        if not path.is_absolute():
-            path = base / path
-        return path if path.suffix.lower() == ".wav" else path.with_name(f"{path.name}.wav")
-
     def _mute(self, track_id: str | None, muted: bool) -> None:
         if track_id is None:
             self.caller_muted = self.server_muted = muted
@@ -603,7 +649,7 @@ class CallSession:
         self.emit(events.event("trackStart", track_id=SERVER_SIDE_TRACK, play_id=track.play_id))
         return track
 
-    def _play(self, cmd: Play) -> None:
+    def _play(self, cmd: Play, source_field: str = "play.url") -> None:
         track = self._start_track(
             ServerTrack(
                 play_id=cmd.play_id or cmd.url,
@@ -611,6 +657,7 @@ class CallSession:
                 started_ms=events.now_ms(),
                 auto_hangup=bool(cmd.auto_hangup),
                 wait_input_timeout=cmd.wait_input_timeout or 0,
+                source_field=source_field,
             )
         )
         track.loader = asyncio.create_task(self._load(track), name=f"call:{self.call_id}:load")
@@ -621,12 +668,18 @@ class CallSession:
         )
 
     async def _load(self, track: ServerTrack, loop: bool = False) -> None:
+        proc, source = self.proc, track.source
+        threads = asyncio.get_running_loop()
         try:
-            path = str(await self.proc.cache.path_for(track.source)) if is_url(track.source) else track.source
-            samples = await asyncio.get_running_loop().run_in_executor(self.proc.cpu, load_audio, path)
-        except (FetchError, AudioFileError, OSError) as exc:
+            if is_url(source):
+                f = await proc.cache.open(source)
+            else:  # only under MEDIA_PATH or the cache (worker/paths.py), unless clients are trusted
+                f = await threads.run_in_executor(proc.io, proc.media_roots.open, source)
+            samples = await threads.run_in_executor(proc.cpu, load_audio, f, source)
+        except (MediaNotFound, FetchError, AudioFileError, OSError) as exc:
             if self.server is track:
-                self.emit(events.error(SERVER_SIDE_TRACK, f"filetrack: {track.source}", str(exc), 404))
+                problem = f"{track.source_field}: {exc}"
+                self.emit(events.error(SERVER_SIDE_TRACK, f"filetrack: {source}", problem, 404))
                 self._finish_server_track(natural=True)
             return
         if self.server is track:

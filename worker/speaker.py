@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from common import events
 from common.errors import ProviderError, ProviderRefused
 from common.protocol import SynthesisOption, Tts
 from worker import metrics
+from worker.media.cache import MediaCache, open_cached, temporary
 from worker.media.tts_player import Segment, TtsPlayer
 from worker.speech.context import SpeechContext
 from worker.speech.tts import (
@@ -105,18 +107,27 @@ def cache_file(cache_dir: str, provider: str, text: str, option: SynthesisOption
 
 def _read_cache(path: Path) -> tuple[bytes, list[Subtitle]] | None:
     try:
-        data = msgpack.unpackb(path.read_bytes())
+        f = open_cached(path)  # its use is recorded: the cache evicts the least recently used first
+        if f is None:
+            return None
+        with f:
+            data = msgpack.unpackb(f.read())
         return bytes(data["audio"]), [Subtitle(*s) for s in data.get("subtitles", [])]
     except (OSError, ValueError, KeyError, TypeError, msgpack.UnpackException):
         return None
 
 
-def _write_cache(path: Path, audio: bytes, subtitles: list[Subtitle]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp")
+def _write_cache(path: Path, audio: bytes, subtitles: list[Subtitle], largest: int) -> int:
+    """Keep a synthesis (unless it is larger than the cache may hold); the bytes written."""
     subs = [[s.text, s.begin_ms, s.end_ms, s.begin_index, s.end_index] for s in subtitles]
-    tmp.write_bytes(msgpack.packb({"audio": audio, "subtitles": subs}))
+    data = msgpack.packb({"audio": audio, "subtitles": subs})
+    if len(data) > largest:
+        return 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary(path)  # each process its own: two may keep the same synthesis at once
+    tmp.write_bytes(data)
     tmp.replace(path)
+    return len(data)
 
 
 class CallSpeaker:
@@ -301,10 +312,11 @@ class CallSpeaker:
         now = events.now_ms()
         self._metrics(job, now - job.received_ms, (first or now) - job.received_ms, cached=False)
         if job.cache_path is not None and seg.received:
+            cache = s.proc.cache
             stored = loop.run_in_executor(
-                s.proc.io, _write_cache, job.cache_path, bytes(seg.audio), list(seg.subtitles)
+                s.proc.io, _write_cache, job.cache_path, bytes(seg.audio), list(seg.subtitles), cache.largest
             )
-            stored.add_done_callback(_log_cache_failure)
+            stored.add_done_callback(partial(_cache_written, cache))
 
     def _metrics(self, job: Job, duration: int, ttfb: int, cached: bool) -> None:
         data: dict[str, Any] = {
@@ -343,6 +355,10 @@ def _sender(option: SynthesisOption) -> str:
     return f"{name}_tts" if name in TTS_PROVIDERS else "tts"
 
 
-def _log_cache_failure(fut: asyncio.Future[None]) -> None:
-    if not fut.cancelled() and fut.exception() is not None:
+def _cache_written(cache: MediaCache, fut: asyncio.Future[int]) -> None:
+    if fut.cancelled():
+        return
+    if fut.exception() is not None:
         log.warning("cannot store a synthesis in the cache: %s", fut.exception())
+    else:
+        cache.stored(fut.result())

@@ -58,12 +58,16 @@ def wait_healthy(
 
 
 def stack_env(root: Path, port: int, redis_url: str | None, **settings: str) -> dict[str, str]:
-    """The environment of a test stack: its own port, Redis, files and quiet logs, plus `settings`."""
+    """The environment of a test stack: its own port, Redis, files and quiet logs, plus `settings`.
+
+    `play` may read files under the root's parent: the pytest run's temporary directory (`root` is one of
+    its directories), where every test writes the audio it plays (its `tmp_path`)."""
     env = dict(
         os.environ,
         PORT=str(port),
         RECORDER_PATH=str(root / "rec"),
         MEDIA_CACHE_PATH=str(root / "cache"),
+        MEDIA_PATH=str(root.parent),
         DRAIN_TIMEOUT="5",
         LOG_LEVEL="WARNING",
         RTC_ADDRESSES="127.0.0.1",
@@ -77,6 +81,7 @@ def stack_env(root: Path, port: int, redis_url: str | None, **settings: str) -> 
     )
     env.pop("PYTHONWARNINGS", None)
     env.pop("REDIS_URL", None)
+    env.pop("TRUST_CLIENTS", None)
     if redis_url:
         env["REDIS_URL"] = redis_url
     env.update(settings)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,23 @@ def test_exposure_settings() -> None:
     assert not Settings.from_env({"LLM_PROXY_OPEN": "1"}, dotenv=None).lends_llm_key, "no key to lend"
     with pytest.raises(ValueError, match="LLM_PROXY_OPEN"):
         Settings.from_env({"LLM_PROXY_OPEN": "sure"}, dotenv=None)
+
+
+def test_file_settings() -> None:
+    s = Settings.from_env({}, dotenv=None)
+    assert s.media_path == () and not s.trust_clients
+    assert s.recorder_quota_mb == 1024 and s.media_cache_max_mb == 1024
+    s = Settings.from_env(
+        {
+            "MEDIA_PATH": f"/srv/prompts{os.pathsep}relative{os.pathsep}{os.pathsep}/srv/prompts",
+            "TRUST_CLIENTS": "1",
+            "RECORDER_QUOTA_MB": "0.5",
+            "MEDIA_CACHE_MAX_MB": "0",
+        },
+        dotenv=None,
+    )
+    assert s.media_path == ("/srv/prompts", os.path.abspath("relative"))
+    assert s.trust_clients and s.recorder_quota_mb == 0.5 and s.media_cache_max_mb == 0
+    assert not Settings.from_env({"TRUST_CLIENTS": "false"}, dotenv=None).trust_clients
+    with pytest.raises(ValueError, match="TRUST_CLIENTS"):
+        Settings.from_env({"TRUST_CLIENTS": "maybe"}, dotenv=None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import Executor
 
 import numpy as np
@@ -20,11 +21,13 @@ MAX_CALLER_BACKLOG = 16000 * 2 * 5
 
 
 class CallRecorder:
-    """Aligns both directions on the 20 ms clock and hands 200 ms blocks to a disk thread."""
+    """Aligns both directions on the 20 ms clock and hands 200 ms blocks to a disk thread; `on_write` is told
+    the bytes of each block (the recorder quota counts them)."""
 
-    def __init__(self, path: str, io: Executor) -> None:
+    def __init__(self, path: str, io: Executor, on_write: Callable[[int], None] | None = None) -> None:
         self.path = path
         self._io = io
+        self._on_write = on_write
         self._writer: StereoWavWriter | None = None
         self._caller = bytearray()
         self._left = bytearray()
@@ -69,6 +72,8 @@ class CallRecorder:
         self._right.clear()
         self._frames = 0
         writer = self._writer
+        if self._on_write is not None:
+            self._on_write(left.nbytes + right.nbytes)
         self._pending = asyncio.get_running_loop().run_in_executor(self._io, writer.write, left, right)
         self._pending.add_done_callback(self._written)
 
