@@ -56,6 +56,36 @@ def _float(env: dict[str, str], name: str, default: float) -> float:
         raise ValueError(f"environment variable {name} must be a number, got {raw!r}") from exc
 
 
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+def _bool(env: dict[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ValueError(f"environment variable {name} must be 1 or 0 (true/false, yes/no, on/off), got {raw!r}")
+
+
+def _allowed_hosts(env: dict[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated list of `host` or `host:port` (`[v6]:port`); unset or empty: none."""
+    out: list[str] = []
+    for part in (p.strip() for p in env.get(name, "").split(",")):
+        if not part:
+            continue
+        parts = urlsplit(f"//{part}")
+        try:
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:
+            port_ok = False
+        if not parts.hostname or not port_ok or parts.path or parts.query or "@" in parts.netloc:
+            raise ValueError(f"environment variable {name}: {part!r} is not a host or host:port")
+        out.append(part.lower())
+    return tuple(out)
+
+
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -182,6 +212,14 @@ class Settings:
     ws_max_commands_per_sec: float = 100.0
     ws_max_tts_pieces_per_sec: float = 5000.0
     ws_max_audio_frames_per_sec: float = 150.0
+    # Outbound requests a client steers (play URLs, mediaPass, provider and EOU endpoints) may reach
+    # private, loopback and link-local addresses (worker/urlguard.py); TRUST_CLIENTS implies it.
+    allow_private_urls: bool = False
+    # Destinations (`host` or `host:port`) that may be private whoever names them.
+    allowed_url_hosts: tuple[str, ...] = ()
+    # The clients are the operator's own (a trusted local use): private URLs are allowed, and the server's
+    # provider credentials go to endpoints a client names.
+    trust_clients: bool = False
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, dotenv: Path | None = Path(".env")) -> Settings:
@@ -235,6 +273,9 @@ class Settings:
             ws_max_commands_per_sec=_float(env, "WS_MAX_COMMANDS_PER_SEC", 100.0),
             ws_max_tts_pieces_per_sec=_float(env, "WS_MAX_TTS_PIECES_PER_SEC", 5000.0),
             ws_max_audio_frames_per_sec=_float(env, "WS_MAX_AUDIO_FRAMES_PER_SEC", 150.0),
+            allow_private_urls=_bool(env, "ALLOW_PRIVATE_URLS"),
+            allowed_url_hosts=_allowed_hosts(env, "ALLOWED_URL_HOSTS"),
+            trust_clients=_bool(env, "TRUST_CLIENTS"),
         )
 
     def __repr__(self) -> str:
