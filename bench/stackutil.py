@@ -26,6 +26,8 @@ async def start_stack(
         RECORDER_PATH=str(root / "rec"),
         MEDIA_CACHE_PATH=str(root / "cache"),
         LOG_LEVEL="WARNING",
+        # The benchmarks' bots and media servers listen on 127.0.0.1.
+        ALLOW_PRIVATE_URLS="1",
     )
     env.update(extra)
     env.pop("REDIS_URL", None)

@@ -68,8 +68,9 @@ class CallerListener:
                     self.call_id,
                     self._on_eou,
                     self._on_eou_error,
-                    settings.tencent_secret_id,
-                    settings.tencent_secret_key,
+                    guard=s.proc.url_guard,
+                    secret_id=settings.tencent_secret_id,
+                    secret_key=settings.tencent_secret_key,
                 )
             except ValueError as exc:
                 s.error("eou", str(exc), 400)
@@ -104,7 +105,7 @@ class CallerListener:
     def _make_asr(self, option: TranscriptionOption) -> None:
         s = self.session
         provider = (option.provider or "local").lower()
-        context = SpeechContext.for_call(self.call_id, s.proc.settings)
+        context = SpeechContext.for_call(self.call_id, s.proc.settings, s.proc.url_guard)
         client: AsrClient
         if provider == "local":
             from worker.speech.local_asr import LocalAsr

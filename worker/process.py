@@ -35,9 +35,11 @@ from worker.media.offload import FrameBatcher
 from worker.media.vad import SileroBatcher
 from worker.rtc import InlineEncoding, limit_host_addresses
 from worker.session import CallSession
+from worker.speech.endpoints import DEFAULT_HOSTS
 from worker.speech.local_asr import WhisperPool
 from worker.speech.local_tts import PiperEngine
 from worker.telephony import SIP, Telephony
+from worker.urlguard import WS, UrlGuard
 from worker.warmup import dtmf, rnnoise, run_steps, ten_vad, webrtc_vad
 
 log = logging.getLogger("pbx.worker.process")
@@ -100,7 +102,9 @@ class MediaProcess:
         # One disk thread keeps each file's writes in order; decoding gets its own threads.
         self.io = ThreadPoolExecutor(1, thread_name_prefix="disk")
         self.cpu = ThreadPoolExecutor(2, thread_name_prefix="decode")
-        self.cache = MediaCache(settings.media_cache_path, self.io)
+        # What outbound requests a call may steer (play URLs, mediaPass, provider and EOU endpoints).
+        self.url_guard = UrlGuard.from_settings(settings, DEFAULT_HOSTS)
+        self.cache = MediaCache(settings.media_cache_path, self.io, self.url_guard)
         # Model inference gets a thread of its own, so it never holds up a call's next frame.
         self.inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.silero = SileroBatcher(self._infer)
@@ -157,8 +161,8 @@ class MediaProcess:
         if self._bot_http is None:
             # No pool limit: each call's bot socket holds a connection for the whole call (aiohttp's default
             # of 100 made the 101st bot call wait, then fail).
-            self._bot_http = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
+            self._bot_http = self.url_guard.session(
+                WS, connections=0, timeout=aiohttp.ClientTimeout(total=None)
             )
         return self._bot_http
 

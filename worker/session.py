@@ -39,6 +39,7 @@ from common.protocol import (
     Unmute,
     command_from_dict,
     redact,
+    redact_url,
 )
 from worker import metrics
 from worker.bot.link import BotLink
@@ -56,6 +57,7 @@ from worker.rtc import RtcError, RtcPeer
 from worker.sip_call import SipCall
 from worker.speaker import CallSpeaker, TtsRun
 from worker.transfer import Transfer
+from worker.urlguard import UrlRefused
 
 if TYPE_CHECKING:
     from worker.process import MediaProcess
@@ -392,15 +394,16 @@ class CallSession:
         if option.media_pass is None or self.bot is not None:
             return True
         link = BotLink(self, option.media_pass, option.extra)
-        problem = await link.connect()
-        if problem is None and self.ending:  # the call ended while the bot was being reached
+        refusal = await link.connect()
+        if refusal is None and self.ending:  # the call ended while the bot was being reached
             await link.close()
             return False
-        if problem is None:
+        if refusal is None:
             self.bot = link
             return True
-        self.error("mediaPass", problem, 502)
-        self.emit(events.event("reject", track_id=self.call_id, reason=f"mediaPass: {problem}", code=502))
+        code, problem = refusal
+        self.error("mediaPass", problem, code)
+        self.emit(events.event("reject", track_id=self.call_id, reason=f"mediaPass: {problem}", code=code))
         return False
 
     async def _start_recorder(self, recorder_option: Any) -> None:
@@ -624,6 +627,12 @@ class CallSession:
         try:
             path = str(await self.proc.cache.path_for(track.source)) if is_url(track.source) else track.source
             samples = await asyncio.get_running_loop().run_in_executor(self.proc.cpu, load_audio, path)
+        except UrlRefused as exc:
+            if self.server is track:
+                message = exc.for_field("play.url", redact_url(track.source))
+                self.emit(events.error(SERVER_SIDE_TRACK, f"filetrack: {track.source}", message, 403))
+                self._finish_server_track(natural=True)
+            return
         except (FetchError, AudioFileError, OSError) as exc:
             if self.server is track:
                 self.emit(events.error(SERVER_SIDE_TRACK, f"filetrack: {track.source}", str(exc), 404))

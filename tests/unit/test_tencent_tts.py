@@ -21,8 +21,11 @@ from tests.providers.tencent_tts import CHAR_MS, TencentTtsServer, samples_for, 
 from worker.speech import tencent_tts
 from worker.speech.tencent_tts import TencentTts, sign, string_to_sign
 from worker.speech.tts import Subtitle, TtsAudio, TtsContext, TtsOutput, TtsSubtitles
+from worker.urlguard import UrlGuard
 
 APPID, SECRET_ID, SECRET_KEY = "1300123456", "AKIDttsTest", "k3y/with+chars="
+# The mock service listens on 127.0.0.1: ALLOW_PRIVATE_URLS=1, as the test stacks run.
+LOOPBACK = UrlGuard(allow_private=True)
 
 
 def tts(
@@ -38,7 +41,7 @@ def tts(
             "endpoint": server.ws_url,
         }
     fields |= option
-    return TencentTts(SynthesisOption(**fields), context or TtsContext(call_id="call-1"))
+    return TencentTts(SynthesisOption(**fields), context or TtsContext(call_id="call-1", guard=LOOPBACK))
 
 
 @dataclass
@@ -176,13 +179,30 @@ async def test_empty_text_needs_no_connection() -> None:
 
 async def test_credentials_come_from_the_environment_context() -> None:
     context = TtsContext(
-        call_id="call-2", tencent_appid=APPID, tencent_secret_id=SECRET_ID, tencent_secret_key=SECRET_KEY
+        call_id="call-2",
+        tencent_appid=APPID,
+        tencent_secret_id=SECRET_ID,
+        tencent_secret_key=SECRET_KEY,
+        guard=LOOPBACK,
     )
     async with TencentTtsServer(APPID, SECRET_ID, SECRET_KEY) as server:
         client = tts(context=context, endpoint=server.ws_url)
         client.check()
         heard = await hear(client.synthesize("ok"))
     assert len(heard.samples) == samples_for("ok", 16000)
+
+
+async def test_a_client_endpoint_at_a_private_address_is_refused() -> None:
+    async with TencentTtsServer(APPID, SECRET_ID, SECRET_KEY) as server:
+        client = tts(server, context=TtsContext(call_id="c", guard=UrlGuard()))
+        with pytest.raises(ProviderRefused) as info:
+            await hear(client.synthesize("ok"))
+        assert not server.connections
+    assert info.value.status == 403
+    assert info.value.message.startswith(
+        f"option.tts.endpoint: {server.ws_url} refused: 127.0.0.1 is a private"
+    )
+    no_secrets(info.value.message)
 
 
 # --- streaming -------------------------------------------------------------------------------------------

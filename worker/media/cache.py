@@ -1,4 +1,7 @@
-"""The media cache: files behind http(s) URLs are downloaded once and kept by the sha256 of the URL."""
+"""The media cache: files behind http(s) URLs are downloaded once and kept by the sha256 of the URL.
+
+Downloads go through the process's URL rule (worker/urlguard.py): a URL it refuses raises `UrlRefused`,
+before any connection is made."""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
 import aiohttp
+
+from worker.urlguard import HTTP, UrlGuard
 
 MAX_DOWNLOAD = 64 * 1024 * 1024
 TIMEOUT = aiohttp.ClientTimeout(total=30, connect=5)
@@ -40,9 +45,10 @@ def _store(path: Path, data: bytes) -> None:
 class MediaCache:
     """Download-once cache shared by a process's calls; concurrent fetches of a URL share one download."""
 
-    def __init__(self, cache_dir: str, io: Executor) -> None:
+    def __init__(self, cache_dir: str, io: Executor, guard: UrlGuard) -> None:
         self.cache_dir = cache_dir
         self._io = io
+        self._guard = guard
         self._inflight: dict[str, asyncio.Future[Path]] = {}
         self._session: aiohttp.ClientSession | None = None
 
@@ -60,7 +66,7 @@ class MediaCache:
 
     async def _download(self, url: str, path: Path) -> Path:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=TIMEOUT)
+            self._session = self._guard.session(HTTP, timeout=TIMEOUT)
         try:
             async with self._session.get(url) as resp:
                 if resp.status != 200:

@@ -1,10 +1,12 @@
-"""What a speech provider needs besides its option: the call, and the credentials of the environment."""
+"""What a speech provider needs besides its option: the call, the credentials of the environment, and the
+rule its connections obey."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from common.config import Settings
+from worker.urlguard import UrlGuard
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,9 +19,10 @@ class SpeechContext:
     tencent_secret_key: str = ""
     voiceapi_endpoint: str = ""
     voiceapi_speaker_id: str = ""
+    guard: UrlGuard = UrlGuard()
 
     @classmethod
-    def for_call(cls, call_id: str, settings: Settings) -> SpeechContext:
+    def for_call(cls, call_id: str, settings: Settings, guard: UrlGuard) -> SpeechContext:
         return cls(
             call_id=call_id,
             tencent_appid=settings.tencent_appid,
@@ -27,6 +30,7 @@ class SpeechContext:
             tencent_secret_key=settings.tencent_secret_key,
             voiceapi_endpoint=settings.voiceapi_endpoint,
             voiceapi_speaker_id=settings.voiceapi_speaker_id,
+            guard=guard,
         )
 
     def __repr__(self) -> str:

@@ -6,6 +6,11 @@ from urllib.parse import urlsplit
 
 from common.errors import ProviderRefused
 
+TENCENT_ASR_HOST = "asr.cloud.tencent.com"
+TENCENT_TTS_HOST = "tts.cloud.tencent.com"
+# The providers' own hosts, which the server reaches whatever their addresses (ports as the URLs have them).
+DEFAULT_HOSTS = (f"{TENCENT_ASR_HOST}:443", f"{TENCENT_TTS_HOST}:443")
+
 
 def split_endpoint(endpoint: str | None, default_host: str, field: str = "endpoint") -> tuple[str, str, str]:
     """(ws scheme, host[:port], path prefix) of an `endpoint` override: a URL, or a bare host for wss.

@@ -23,10 +23,10 @@ from urllib.parse import quote
 
 from common.errors import ProviderRefused
 from worker.speech.asr import Transcript
-from worker.speech.endpoints import split_endpoint
+from worker.speech.endpoints import TENCENT_ASR_HOST, split_endpoint
 from worker.speech.ws_asr import StreamingAsr
 
-DEFAULT_HOST = "asr.cloud.tencent.com"
+DEFAULT_HOST = TENCENT_ASR_HOST
 DEFAULT_MODEL = "16k_zh_en"
 # RustPBX's defaults; each may be overridden through `asr.extra`.
 DEFAULT_PARAMS = {
@@ -69,6 +69,9 @@ class TencentAsr(StreamingAsr):
 
     def secrets(self) -> tuple[str, ...]:
         return self._credentials()[1:]
+
+    def endpoint(self) -> str:
+        return self.option.endpoint or f"wss://{DEFAULT_HOST}"
 
     def check(self) -> None:
         missing = [

@@ -35,12 +35,13 @@ import aiohttp
 import numpy as np
 
 from common.errors import ProviderError, ProviderRefused
-from worker.speech.endpoints import split_endpoint
+from worker.speech.endpoints import TENCENT_TTS_HOST, split_endpoint
 from worker.speech.tts import Subtitle, TtsAudio, TtsOutput, TtsProvider, TtsSubtitles
+from worker.urlguard import WS, UrlRefused
 
 log = logging.getLogger("pbx.worker.tts.tencent")
 
-DEFAULT_HOST = "tts.cloud.tencent.com"
+DEFAULT_HOST = TENCENT_TTS_HOST
 DEFAULT_VOICE = "101001"
 ONE_SHOT_PATH, ONE_SHOT_ACTION = "/stream_ws", "TextToStreamAudioWS"
 STREAMING_PATH, STREAMING_ACTION = "/stream_wsv2", "TextToStreamAudioWSv2"
@@ -372,6 +373,9 @@ class TencentTts(TtsProvider):
             ) from None
         except TimeoutError:
             raise ProviderError(f"tencent tts: no connection within {CONNECT_TIMEOUT:.0f} s") from None
+        except UrlRefused as exc:
+            endpoint = self.option.endpoint or f"wss://{DEFAULT_HOST}"
+            raise ProviderRefused(self._scrub(exc.for_field("option.tts.endpoint", endpoint)), 403) from None
         except (aiohttp.ClientError, OSError) as exc:
             # Whatever the library says, a query string in it (SecretId, Signature) does not go further.
             reason = re.sub(r"\?[^\s'\"]*", "?…", str(exc))
@@ -402,7 +406,7 @@ class TencentTts(TtsProvider):
         started = time.monotonic()
         params = self.query(ONE_SHOT_ACTION, text)
         rx = _Reception(self._decoder(), self.rate, self._scrub)
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as http:
+        async with self.context.guard.session(WS, timeout=aiohttp.ClientTimeout(total=None)) as http:
             async with await self._connect(http, ONE_SHOT_PATH, params) as ws:
                 silence = f"nothing from the service for {IDLE_TIMEOUT:g} s"
                 while not rx.final:
@@ -416,7 +420,7 @@ class TencentTts(TtsProvider):
         params = self.query(STREAMING_ACTION)
         rx = _Reception(self._decoder(), self.rate, self._scrub)
         loop = asyncio.get_running_loop()
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as http:
+        async with self.context.guard.session(WS, timeout=aiohttp.ClientTimeout(total=None)) as http:
             async with await self._connect(http, STREAMING_PATH, params) as ws:
                 # Text sent before `ready: 1` is not taken; Tencent's SDKs wait for it the same way.
                 deadline = loop.time() + READY_TIMEOUT
