@@ -62,6 +62,9 @@ class CallerListener:
             self._make_asr(option.asr)
         if option.eou is not None:
             settings = s.proc.settings
+            # The endpoint is always the client's: the server's secrets go there only when its clients are
+            # trusted (TRUST_CLIENTS), else the option brings its own or none is sent.
+            lend = settings.trust_clients
             try:
                 self.eou = EouDetector(
                     option.eou,
@@ -69,8 +72,8 @@ class CallerListener:
                     self._on_eou,
                     self._on_eou_error,
                     guard=s.proc.url_guard,
-                    secret_id=settings.tencent_secret_id,
-                    secret_key=settings.tencent_secret_key,
+                    secret_id=settings.tencent_secret_id if lend else "",
+                    secret_key=settings.tencent_secret_key if lend else "",
                 )
             except ValueError as exc:
                 s.error("eou", str(exc), 400)

@@ -146,17 +146,22 @@ async def test_tencent_without_credentials_says_so_without_connecting() -> None:
     await client.close()
 
 
-async def test_tencent_credentials_from_the_environment() -> None:
+def env_context(trust_clients: bool = False) -> AsrContext:
+    return AsrContext(
+        call_id="c",
+        tencent_appid="77",
+        tencent_secret_id="AKIDenv",
+        tencent_secret_key="envkey",
+        trust_clients=trust_clients,
+        guard=LOOPBACK,
+    )
+
+
+async def test_tencent_credentials_from_the_environment_go_to_a_client_endpoint_under_trust_clients() -> None:
     frames, _ = two_sentences()
     async with TencentAsrServer("77", "AKIDenv", "envkey", SCRIPT) as server:
         sink = Sink()
-        context = AsrContext(
-            call_id="c",
-            tencent_appid="77",
-            tencent_secret_id="AKIDenv",
-            tencent_secret_key="envkey",
-            guard=LOOPBACK,
-        )
+        context = env_context(trust_clients=True)
         opt = TranscriptionOption(provider="tencent", endpoint=server.ws_url)
         client = TencentAsr(opt, context, sink.results.append, sink.errors.append)
         await client.start()
@@ -165,6 +170,63 @@ async def test_tencent_credentials_from_the_environment() -> None:
         await client.close()
         assert not sink.errors
         assert server.connections[0].query["engine_model_type"] == "16k_zh_en"
+
+
+async def test_tencent_client_endpoint_without_its_own_credentials_is_refused_without_connecting() -> None:
+    async with TencentAsrServer("77", "AKIDenv", "envkey", SCRIPT) as server:
+        for own in ({}, {"secret_id": "AKIDmine"}, {"app_id": "9", "secret_id": "AKIDmine"}):
+            sink = Sink()
+            opt = TranscriptionOption(provider="tencent", endpoint=server.ws_url, **own)
+            client = TencentAsr(opt, env_context(), sink.results.append, sink.errors.append)
+            await client.start()
+            await client.close()
+            [err] = sink.errors
+            assert err.status == 400
+            assert err.message.startswith("option.asr.endpoint: a custom endpoint needs its own ")
+            assert "secretKey" in err.message and "only sent to asr.cloud.tencent.com" in err.message
+            assert "AKIDenv" not in err.message and "envkey" not in err.message
+        assert not server.connections, "nothing was sent to the client's endpoint"
+
+
+async def test_tencent_client_endpoint_with_its_own_credentials_gets_only_those() -> None:
+    frames, _ = two_sentences()
+    async with TencentAsrServer("9", "AKIDmine", "minekey", SCRIPT) as server:
+        sink = Sink()
+        opt = TranscriptionOption(
+            provider="tencent", endpoint=server.ws_url, app_id="9", secret_id="AKIDmine", secret_key="minekey"
+        )
+        client = TencentAsr(opt, env_context(), sink.results.append, sink.errors.append)
+        await client.start()
+        await feed(client, frames)
+        await until(lambda: len(sink.finals()) == 2)
+        await client.close()
+        assert not sink.errors
+        assert server.connections[0].query["secretid"] == "AKIDmine"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "default"),
+    [
+        (None, True),
+        ("asr.cloud.tencent.com", True),
+        ("wss://asr.cloud.tencent.com", True),
+        ("https://asr.cloud.tencent.com:443/", True),
+        ("ws://asr.cloud.tencent.com", False),  # the signed query would travel in the clear
+        ("wss://asr.cloud.tencent.com:8443", False),
+        ("wss://asr.cloud.tencent.com.evil.example", False),
+        ("wss://user@asr.cloud.tencent.com", False),
+        ("wss://evil.example/asr.cloud.tencent.com", False),
+    ],
+)
+def test_the_server_credentials_only_go_to_tencent_itself(endpoint: str | None, default: bool) -> None:
+    opt = TranscriptionOption(provider="tencent", endpoint=endpoint)
+    client = TencentAsr(opt, env_context(), lambda t: None, lambda e: None)
+    if default:
+        client.check()
+        assert "secretid=AKIDenv" in client.url()
+    else:
+        with pytest.raises(ProviderError, match="option.asr.endpoint: a custom endpoint"):
+            client.check()
 
 
 async def test_tencent_error_code_mid_call_is_reported_and_final() -> None:

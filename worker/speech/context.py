@@ -11,7 +11,10 @@ from worker.urlguard import UrlGuard
 
 @dataclass(frozen=True, slots=True)
 class SpeechContext:
-    """Fallbacks for options that leave credentials out (`TENCENT_*`, `VOICEAPI_*`); secrets not in repr."""
+    """Fallbacks for options that leave credentials out (`TENCENT_*`, `VOICEAPI_*`); secrets not in repr.
+
+    The Tencent credentials go only to Tencent's own hosts, unless `trust_clients` (TRUST_CLIENTS): an
+    endpoint a client wrote must come with credentials of its own."""
 
     call_id: str
     tencent_appid: str = ""
@@ -19,6 +22,7 @@ class SpeechContext:
     tencent_secret_key: str = ""
     voiceapi_endpoint: str = ""
     voiceapi_speaker_id: str = ""
+    trust_clients: bool = False
     guard: UrlGuard = UrlGuard()
 
     @classmethod
@@ -30,6 +34,7 @@ class SpeechContext:
             tencent_secret_key=settings.tencent_secret_key,
             voiceapi_endpoint=settings.voiceapi_endpoint,
             voiceapi_speaker_id=settings.voiceapi_speaker_id,
+            trust_clients=settings.trust_clients,
             guard=guard,
         )
 

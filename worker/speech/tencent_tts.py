@@ -35,7 +35,7 @@ import aiohttp
 import numpy as np
 
 from common.errors import ProviderError, ProviderRefused
-from worker.speech.endpoints import TENCENT_TTS_HOST, split_endpoint
+from worker.speech.endpoints import TENCENT_TTS_HOST, custom_endpoint_refusal, is_default_host, split_endpoint
 from worker.speech.tts import Subtitle, TtsAudio, TtsOutput, TtsProvider, TtsSubtitles
 from worker.urlguard import WS, UrlRefused
 
@@ -262,8 +262,14 @@ class TencentTts(TtsProvider):
 
     # --- the option ----------------------------------------------------------------------------------------
 
+    def _server_credentials(self) -> bool:
+        """Whether the environment's credentials may fill in the option's: only towards Tencent itself."""
+        return self.context.trust_clients or is_default_host(self.option.endpoint, DEFAULT_HOST)
+
     def _credentials(self) -> tuple[str, str, str]:
         o, c = self.option, self.context
+        if not self._server_credentials():
+            return str(o.app_id or ""), o.secret_id or "", o.secret_key or ""
         return (
             str(o.app_id or c.tencent_appid or ""),
             o.secret_id or c.tencent_secret_id,
@@ -284,6 +290,8 @@ class TencentTts(TtsProvider):
     def check(self) -> None:
         names = ("appId", "secretId", "secretKey")
         missing = [n for n, v in zip(names, self._credentials(), strict=True) if not v]
+        if missing and not self._server_credentials():
+            raise custom_endpoint_refusal("option.tts.endpoint", missing, DEFAULT_HOST)
         if missing:
             raise ProviderRefused(
                 f"tencent tts: missing {', '.join(missing)} (set them in option.tts or TENCENT_APPID, "
