@@ -238,6 +238,10 @@ class UrlGuard:
             try:
                 kind = address_kind(written.strip("[]"))
             except ValueError:
+                if _looks_numeric(written):
+                    # aiohttp connects to what looks like an address without asking the resolver, and the
+                    # system reads odd forms (`2130706433`, `127.1`, `127.0.0.1.`) as addresses too.
+                    raise UrlRefused(f"{written} is not an IP address in its usual form") from None
                 continue
             if kind is not None:
                 raise _refused_address(written, kind)
@@ -282,6 +286,11 @@ class UrlGuard:
         tracing.on_request_start.append(on_start)
         tracing.on_request_redirect.append(on_redirect)
         return tracing
+
+
+def _looks_numeric(host: str) -> bool:
+    """Whether a host is what aiohttp takes for an IP address (digits and dots, or anything with a colon)."""
+    return ":" in host or host.replace(".", "").isdigit()
 
 
 def _as_ws(url: str) -> str:

@@ -67,6 +67,8 @@ def fuzz_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
             WS_MAX_COMMANDS_PER_SEC="100000",
             WS_MAX_AUDIO_FRAMES_PER_SEC="100000",
             LOG_LEVEL=os.environ.get("PBX_FUZZ_LOG_LEVEL", "WARNING"),
+            # As exposed: nothing the fuzzers send may make the server reach a private address.
+            ALLOW_PRIVATE_URLS="0",
         ) as info,
     ):
         yield info

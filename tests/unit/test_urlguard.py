@@ -276,6 +276,16 @@ async def test_a_loopback_literal_is_refused_before_connecting(sites: tuple[Site
     assert not a.hits
 
 
+@pytest.mark.parametrize("host", ["2130706433", "127.1", "127.0.0.1.", "0x7f000001", "0177.0.0.1"])
+async def test_odd_forms_of_an_address_are_refused(host: str) -> None:
+    # The system reads each as 127.0.0.1, and aiohttp would not ask the resolver about the digits-only ones.
+    text = await refusal(UrlGuard(), f"http://{host}:{free_port()}/")
+    assert text in (
+        f"{host} is not an IP address in its usual form",
+        f"{host} resolves to a private address (127.0.0.1, loopback); set ALLOW_PRIVATE_URLS=1 to allow",
+    )
+
+
 async def test_names_are_refused_by_what_they_resolve_to(sites: tuple[Site, Site]) -> None:
     a, _ = sites
     assert "localhost resolves to" in await refusal(UrlGuard(), f"http://localhost:{a.port}/")
