@@ -17,11 +17,14 @@ from collections.abc import Iterator
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.abc import ResolveResult
 from aiohttp.helpers import is_ip_address
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from yarl import URL
 
+from common.embedded import free_port
 from tests.fuzz.conftest import scale
 from tests.fuzz.stack_probe import Loop
 from tests.unit.test_urlguard import FakeResolver
@@ -118,18 +121,22 @@ def hostile(v4: Canary, v6: Canary | None, scheme: str) -> st.SearchStrategy[str
     return st.one_of(*spellings)
 
 
+class NamesToLoopback(FakeResolver):
+    """NAMES resolve to loopback, as a rebinding attacker's names would; anything else as the system says."""
+
+    def __init__(self) -> None:
+        super().__init__({n: ["127.0.0.1", "::1"] for n in NAMES})
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        if host.lower().rstrip(".") in self.table:
+            return await super().resolve(host, port, family)
+        return await aiohttp.ThreadedResolver().resolve(host, port, family)
+
+
 def guard_with_names() -> UrlGuard:
-    # Names that are not IP spellings resolve to loopback, as a rebinding attacker's would.
-    fake = FakeResolver({n: ["127.0.0.1", "::1"] for n in NAMES})
-    real = aiohttp.ThreadedResolver
-
-    class Mixed(FakeResolver):
-        async def resolve(self, host, port=0, family=socket.AF_INET):  # type: ignore[no-untyped-def]
-            if host.lower().rstrip(".") in fake.table:
-                return await fake.resolve(host, port, family)
-            return await real().resolve(host, port, family)
-
-    return UrlGuard(new_resolver=lambda: Mixed({}))
+    return UrlGuard(new_resolver=NamesToLoopback)
 
 
 async def attempt(guard: UrlGuard, url: str, schemes: frozenset[str]) -> str:
@@ -178,8 +185,6 @@ def test_no_redirect_to_loopback_gets_a_connection(
 
 
 async def _redirected(target: str, status: int) -> str:
-    from aiohttp import web
-
     async def redirect(_request: web.Request) -> web.Response:
         return web.Response(status=status, headers={"Location": target})
 
@@ -187,9 +192,8 @@ async def _redirected(target: str, status: int) -> str:
     app.router.add_get("/", redirect)
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.2", 0)  # not the canaries' address
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.2", port).start()  # not the canaries' address
     try:
         guard = guard_with_names().trusting(f"http://127.0.0.2:{port}")
         return await attempt(guard, f"http://127.0.0.2:{port}/", HTTP)
