@@ -18,6 +18,22 @@ errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 
 
+def when_ready(server: object) -> None:
+    """The listeners are bound, no frontend started yet: say once what this deployment leaves open."""
+    from common import logs
+    from common.config import Settings
+    from frontend.exposure import log_report
+
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        # Every frontend will refuse to start with the same error, and say so.
+        server.log.error("start-up report skipped: %s", exc)  # type: ignore[attr-defined]
+        return
+    logs.setup(settings.log_level, "web")
+    log_report(settings, server.cfg.address)  # type: ignore[attr-defined]
+
+
 def post_worker_init(worker: object) -> None:
     """Keep the modules and app built at start out of every later garbage collection (shorter pauses)."""
     import gc

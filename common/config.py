@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -67,6 +68,22 @@ def _bool(env: dict[str, str], name: str) -> bool:
     if raw in _FALSE:
         return False
     raise ValueError(f"environment variable {name} must be 1 or 0 (true/false, yes/no, on/off), got {raw!r}")
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(env: dict[str, str], name: str) -> tuple[Network, ...]:
+    """A comma-separated list of addresses or networks (`10.0.0.0/8`, `::1`); unset or empty: none."""
+    out: list[Network] = []
+    for part in (p.strip() for p in env.get(name, "").split(",")):
+        if not part:
+            continue
+        try:
+            out.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise ValueError(f"environment variable {name}: {part!r} is not an address or network") from None
+    return tuple(out)
 
 
 def _allowed_hosts(env: dict[str, str], name: str) -> tuple[str, ...]:
@@ -212,14 +229,28 @@ class Settings:
     ws_max_commands_per_sec: float = 100.0
     ws_max_tts_pieces_per_sec: float = 5000.0
     ws_max_audio_frames_per_sec: float = 150.0
+    # `/llm/v1` adds OPENAI_API_KEY to requests that bring no key of their own only when its callers are
+    # known: API_TOKEN is set (every caller had to show it), or the operator opened it with this.
+    llm_proxy_open: bool = False
+    # The clients are the operator's own (a trusted local use): implies `llm_proxy_open` and
+    # `allow_private_urls`, and the server's provider credentials go to endpoints a client names.
+    trust_clients: bool = False
+    # New call sockets one client address may open a minute, and how many it may save up (0 = no limit);
+    # shared by every frontend through Redis (frontend/callrate.py).
+    calls_per_ip_per_min: float = 300.0
+    calls_per_ip_burst: float = 100.0
+    # Peers (load balancers, reverse proxies) whose `X-Forwarded-For` is believed (frontend/clientaddr.py).
+    trusted_proxies: tuple[Network, ...] = ()
     # Outbound requests a client steers (play URLs, mediaPass, provider and EOU endpoints) may reach
     # private, loopback and link-local addresses (worker/urlguard.py); TRUST_CLIENTS implies it.
     allow_private_urls: bool = False
     # Destinations (`host` or `host:port`) that may be private whoever names them.
     allowed_url_hosts: tuple[str, ...] = ()
-    # The clients are the operator's own (a trusted local use): private URLs are allowed, and the server's
-    # provider credentials go to endpoints a client names.
-    trust_clients: bool = False
+
+    @property
+    def lends_llm_key(self) -> bool:
+        """Whether `/llm/v1` adds OPENAI_API_KEY to a request that brings no `Authorization` of its own."""
+        return bool(self.openai_api_key) and bool(self.api_token or self.llm_proxy_open or self.trust_clients)
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, dotenv: Path | None = Path(".env")) -> Settings:
@@ -273,9 +304,13 @@ class Settings:
             ws_max_commands_per_sec=_float(env, "WS_MAX_COMMANDS_PER_SEC", 100.0),
             ws_max_tts_pieces_per_sec=_float(env, "WS_MAX_TTS_PIECES_PER_SEC", 5000.0),
             ws_max_audio_frames_per_sec=_float(env, "WS_MAX_AUDIO_FRAMES_PER_SEC", 150.0),
+            llm_proxy_open=_bool(env, "LLM_PROXY_OPEN"),
+            trust_clients=_bool(env, "TRUST_CLIENTS"),
+            calls_per_ip_per_min=_float(env, "CALLS_PER_IP_PER_MIN", 300.0),
+            calls_per_ip_burst=_float(env, "CALLS_PER_IP_BURST", 100.0),
+            trusted_proxies=_networks(env, "TRUSTED_PROXIES"),
             allow_private_urls=_bool(env, "ALLOW_PRIVATE_URLS"),
             allowed_url_hosts=_allowed_hosts(env, "ALLOWED_URL_HOSTS"),
-            trust_clients=_bool(env, "TRUST_CLIENTS"),
         )
 
     def __repr__(self) -> str:

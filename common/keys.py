@@ -45,3 +45,7 @@ class Keys:
 
     def sip(self, sip_call_id: str) -> str:
         return f"{self.prefix}sip:{sip_call_id}"
+
+    def call_rate(self, address: str) -> str:
+        """The bucket of new calls from one client address (an IPv4 address or an IPv6 /64)."""
+        return f"{self.prefix}rate:calls:{address}"

@@ -458,6 +458,7 @@ FAILURE_REASONS = frozenset(
         "worker_lost",  # the owning media process died
         "no_worker",  # no media process claimed the call in time
         "no_capacity",  # every media process was at MAX_CALLS or draining when the call arrived
+        "rate_limited",  # its client address had opened more new calls than CALLS_PER_IP_PER_MIN lets it
         "bot_lost",  # the mediaPass bot's connection dropped
     }
 )

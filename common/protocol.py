@@ -16,6 +16,8 @@ from common.errors import BadCommand
 from common.schema import parse_object, to_wire
 
 MAX_TEXT_FRAME = 1 << 20
+# A call id (the `id` of a call socket, of a call token): this many characters at most.
+MAX_CALL_ID = 128
 # Arrays and objects inside one another, at most (serde_json's limit in RustPBX is 128; a real command has
 # 4). Deeper values would overflow the recursion of msgpack (512) or Python before they reached the owner.
 MAX_DEPTH = 32
@@ -28,6 +30,11 @@ CODECS = ("pcm", "pcmu", "pcma", "g722")
 SDP_CALL_TYPES = frozenset({"webrtc", "sip"})
 DEFAULT_HANDSHAKE_TIMEOUT = 15.0
 DEFAULT_RING_TIMEOUT = 60.0
+
+
+def valid_call_id(value: str) -> bool:
+    """Whether `value` can name a call: 1 to MAX_CALL_ID printable characters without spaces."""
+    return 0 < len(value) <= MAX_CALL_ID and value.isprintable() and not any(c.isspace() for c in value)
 
 
 def _secret() -> Any:

@@ -13,7 +13,8 @@ from common import logs
 from common.bus import connect
 from common.config import Settings
 from common.embedded import DEFAULT_LOCAL_URL
-from frontend import auth, calls, cors, health, iceservers, llm, metrics
+from frontend import auth, calls, calltoken, cors, health, iceservers, llm, metrics
+from frontend.calltoken import CallTokens
 from frontend.errors import errors_middleware
 from frontend.hub import Hub
 from frontend.keys import HUB, SETTINGS
@@ -65,8 +66,11 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings.from_env()
     logs.setup(settings.log_level, "web")
     middlewares: list[Middleware] = [errors_middleware]
+    # Without API_TOKEN every route is open and tokens are minted all the same (nothing checks them), so a
+    # browser app written for a protected deployment runs unchanged against an open one.
+    call_tokens = CallTokens(settings.api_token)
     if settings.api_token:
-        middlewares.append(auth.auth_middleware(settings.api_token))
+        middlewares.append(auth.auth_middleware(settings.api_token, call_tokens))
     app = web.Application(
         middlewares=middlewares,
         client_max_size=4 * 1024 * 1024,
@@ -79,6 +83,7 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     app.cleanup_ctx.append(_hub_ctx)
     app.on_shutdown.append(_drain)
     calls.setup_routes(app)
+    calltoken.setup(app, call_tokens)
     app.router.add_get("/health", health.health)
     app.router.add_get("/metrics", metrics.handler)
     iceservers.setup(app)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import socket
 import time
 import uuid
@@ -15,10 +16,11 @@ import msgpack
 from aiohttp import web
 
 from common import events, wire
-from common.errors import BadCommand, CallNotFound, DuplicateCall
+from common.errors import BadCommand, CallNotFound, DuplicateCall, RateLimited
 from common.logs import call_id_var
 from common.metrics import call_failed
-from common.protocol import MAX_TEXT_FRAME
+from common.protocol import MAX_CALL_ID, MAX_TEXT_FRAME, valid_call_id
+from frontend import auth, clientaddr
 from frontend.callsocket import CallSocket
 from frontend.connection import CallConnection
 from frontend.keys import HUB
@@ -28,10 +30,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pbx.frontend.calls")
 
-MAX_CALL_ID = 128
 # Seconds between log lines about refused calls (no_capacity), and the count since the last line / its time.
 REFUSAL_LOG_EVERY = 10.0
 _refusals: list[float] = [0, -REFUSAL_LOG_EVERY]
+_rate_refusals: list[float] = [0, -REFUSAL_LOG_EVERY]
 # Bytes of outgoing data the kernel (and, again, the transport) may hold per call socket: ~0.5 s of PCM.
 SEND_BUFFER = 16 * 1024
 
@@ -61,7 +63,7 @@ def _ping(request: web.Request) -> int:
 
 def _call_id(request: web.Request) -> str:
     call_id = request.query.get("id") or f"s.{uuid.uuid4()}"
-    if len(call_id) > MAX_CALL_ID or not call_id.isprintable() or any(c.isspace() for c in call_id):
+    if not valid_call_id(call_id):
         raise BadCommand(
             f"query parameter id: must be at most {MAX_CALL_ID} printable characters without spaces"
         )
@@ -109,6 +111,32 @@ async def _refuse_no_capacity(
     return ws
 
 
+async def _over_rate(request: web.Request, hub: Hub, call_type: str) -> web.Response | None:
+    """The 429 for a client address that opened more new calls than CALLS_PER_IP_PER_MIN lets it, or None.
+
+    Requests that showed the master API token are not counted: that is the operator's backend, which may
+    place every call of a deployment from one address."""
+    if not hub.call_rate.enabled or request.get(auth.AUTHENTICATED_BY) == "api_token":
+        return None
+    address = clientaddr.limit_key(clientaddr.client_address(request, hub.settings.trusted_proxies))
+    wait = await hub.call_rate.take(address)
+    if wait <= 0:
+        return None
+    _rate_refusals[0] += 1
+    if time.monotonic() - _rate_refusals[1] >= REFUSAL_LOG_EVERY:
+        log.warning("new call refused (%d since the last such line): %s over CALLS_PER_IP_PER_MIN",
+                    int(_rate_refusals[0]), address)  # fmt: skip
+        _rate_refusals[:] = [0, time.monotonic()]
+    call_failed(call_type, "rate_limited")
+    settings = hub.settings
+    exc = RateLimited(
+        "too many new calls from this address",
+        f"{address} may open {settings.calls_per_ip_per_min:g} calls a minute (CALLS_PER_IP_PER_MIN), "
+        f"{max(settings.calls_per_ip_burst, 1):g} at once (CALLS_PER_IP_BURST); the next in {wait:.1f} s",
+    )
+    return web.json_response(exc.body(), status=exc.status, headers={"Retry-After": str(math.ceil(wait))})
+
+
 def call_handler(call_type: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         hub = request.app[HUB]
@@ -128,6 +156,9 @@ def call_handler(call_type: str) -> Callable[[web.Request], Awaitable[web.Stream
             raise BadCommand("this endpoint takes a WebSocket upgrade")
         if call_id in hub.connections:
             raise DuplicateCall(f"call {call_id!r} already exists", "a live call already uses this id")
+        over = await _over_rate(request, hub, call_type)
+        if over is not None:
+            return over
         ticket = await hub.capacity.admit()
         if ticket is None and await hub.registry.get(call_id) is None:
             # Every media process is full or draining: say so now rather than after the claim timeout. An

@@ -21,6 +21,7 @@ from common.metrics import redis_error
 from common.registry import Registry
 from frontend import metrics
 from frontend.admission import CallAdmission, FrontendLoad
+from frontend.callrate import CallRate
 from frontend.limits import MediaCapacity
 
 if TYPE_CHECKING:
@@ -52,6 +53,10 @@ class Hub:
         self.load = FrontendLoad(settings, lambda: len(self.connections), self.heartbeat.touch)
         # Room in the media pool and on this frontend's loop: without it, new calls are refused at once.
         self.capacity = CallAdmission(MediaCapacity(self.registry), self.load.admission)
+        # New calls per client address, counted with every other frontend's.
+        self.call_rate = CallRate(
+            redis, self.keys, settings.calls_per_ip_per_min, settings.calls_per_ip_burst
+        )
         self.connections: dict[str, CallConnection] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.redis_ok = False

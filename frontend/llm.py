@@ -1,7 +1,11 @@
 """`/llm/v1/{path}`: a streaming proxy to an OpenAI-compatible service (`OPENAI_BASE_URL`).
 
-Whatever method, path, query and body the bot sends go upstream with the client's headers (minus Host and
-hop-by-hop ones), plus `Authorization: Bearer $OPENAI_API_KEY` when the client brought no key of its own.
+Whatever method, path, query and body the bot sends go upstream with the client's headers (minus Host,
+hop-by-hop ones and those that describe the browser or the client's network rather than the request), plus
+`Authorization: Bearer $OPENAI_API_KEY` when the client brought no key of its own and the server lends its
+key: only to callers it knows (API_TOKEN set, so every caller showed it), or to anyone once the operator says
+so (LLM_PROXY_OPEN, TRUST_CLIENTS). Otherwise a request without a key of its own is refused here with 401,
+rather than forwarded to fail upstream: the refusal can say which setting opens the proxy.
 The answer comes back as it arrives, chunk by chunk, so a server-sent-events completion reaches the bot token
 by token; status, headers and bytes are the upstream's own (compressed bodies stay compressed).
 """
@@ -19,7 +23,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from common.errors import BadCommand, ProviderError
+from common.errors import BadCommand, ProviderError, Unauthorized
 from frontend import auth
 from frontend.keys import LLM_SESSION, SETTINGS
 
@@ -51,6 +55,15 @@ _HOP_BY_HOP = frozenset(
 # The body is read whole and aiohttp frames it again (Content-Length of what it sends). aiohttp has already
 # answered the client's `Expect: 100-continue`; forwarded, it would hold the upstream request for another.
 _REQUEST_ONLY = frozenset({"host", "content-length", "expect"})
+# What a browser or the network in front of us says about the client, not about the request: the page it is
+# on (Origin, Referer), its cookies for this host (which may belong to other apps on it), its fetch metadata
+# and client hints (Sec-*), its address as our load balancer saw it. None of it is the LLM service's
+# business, and some services treat a request with an Origin as a browser's and refuse it.
+_ABOUT_THE_CLIENT = frozenset(
+    {"origin", "referer", "cookie", "forwarded", "via", "x-real-ip", "x-client-ip", "cf-connecting-ip",
+     "true-client-ip"}
+)  # fmt: skip
+_ABOUT_THE_CLIENT_PREFIXES = ("sec-", "x-forwarded-")
 # Without these aiohttp adds headers of its own: an Accept-Encoding the client never sent would bring back
 # a compressed body the client cannot read (bytes pass through undecoded), so only the client's go out.
 _NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
@@ -84,11 +97,12 @@ def upstream_headers(request: web.Request, api_key: str, api_token: str = "") ->
 
     An `Authorization` that carries this server's `api_token` is this hop's and is dropped, so the
     configured key goes in its place."""
-    drop = _dropped(request.headers, _REQUEST_ONLY)
+    drop = _dropped(request.headers, _REQUEST_ONLY | _ABOUT_THE_CLIENT)
     headers = CIMultiDict(
         (k, v)
         for k, v in request.headers.items()
         if k.lower() not in drop
+        and not k.lower().startswith(_ABOUT_THE_CLIENT_PREFIXES)
         and not (api_token and k.lower() == "authorization" and auth.matches(auth.bearer(v), api_token))
     )
     if api_key and "Authorization" not in headers:
@@ -108,6 +122,16 @@ def _no_answer(url: URL, exc: BaseException) -> ProviderError:
         )
     # Connected, but the service hung up or sent no valid HTTP answer.
     return ProviderError("the LLM service did not answer", f"{where}: {type(exc).__name__}")
+
+
+def _key_not_lent() -> web.Response:
+    exc = Unauthorized(
+        "this server lends its LLM key only to authenticated callers",
+        "send your own key as Authorization: Bearer <key>; or the operator sets API_TOKEN (callers then send "
+        "it) or LLM_PROXY_OPEN=1 (any caller may use the server's OPENAI_API_KEY)",
+    )
+    challenge = {"WWW-Authenticate": 'Bearer realm="llm"'}
+    return web.json_response(exc.body(), status=exc.status, headers=challenge)
 
 
 class _ClientLeft(Exception):
@@ -145,8 +169,10 @@ async def _forward(request: web.Request, url: URL, headers: CIMultiDict[str]) ->
         resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         drop = _dropped(upstream.headers, frozenset())
         for name, value in upstream.headers.items():
-            # The service's CORS headers speak for its origin; this server's (frontend/cors.py) go on.
-            if name.lower() not in drop and not name.lower().startswith("access-control-"):
+            # The service's CORS headers speak for its origin; this server's (frontend/cors.py) go on. Its
+            # cookies (load balancer affinity and the like) would be set on this server's origin.
+            lower = name.lower()
+            if lower not in drop and lower != "set-cookie" and not lower.startswith("access-control-"):
                 resp.headers.add(name, value)
         # Proxies in front of us (nginx) must not hold a stream back to buffer it.
         resp.headers["X-Accel-Buffering"] = "no"
@@ -212,7 +238,10 @@ async def proxy(request: web.Request) -> web.StreamResponse:
     """
     settings = request.app[SETTINGS]
     url = upstream_url(settings.openai_base_url, request, settings.api_token)
-    headers = upstream_headers(request, settings.openai_api_key, settings.api_token)
+    if settings.openai_api_key and not settings.lends_llm_key and "Authorization" not in request.headers:
+        return _key_not_lent()
+    key = settings.openai_api_key if settings.lends_llm_key else ""
+    headers = upstream_headers(request, key, settings.api_token)
     forward = asyncio.create_task(_forward(request, url, headers), name=f"llm:{request.method}:{url.path}")
     try:
         while not forward.done():

@@ -74,6 +74,10 @@ def stack_env(root: Path, port: int, redis_url: str | None, **settings: str) -> 
         RTC_MEDIA_TIMEOUT="3",
         SIP_ADDR="127.0.0.1",
         SIP_PORT=str(free_port()),
+        # Every test's calls come from 127.0.0.1, hundreds a minute: the per-address limit is out of the way
+        # (still counted in Redis on every call) unless a test sets its own.
+        CALLS_PER_IP_PER_MIN="1000000",
+        CALLS_PER_IP_BURST="1000000",
     )
     env.pop("PYTHONWARNINGS", None)
     env.pop("REDIS_URL", None)
@@ -85,12 +89,19 @@ def stack_env(root: Path, port: int, redis_url: str | None, **settings: str) -> 
 
 @contextlib.contextmanager
 def running_stack(
-    root: Path, media: int, web: int, log: Path | None = None, warm: bool = True, **settings: str
+    root: Path,
+    media: int,
+    web: int,
+    log: Path | None = None,
+    warm: bool = True,
+    port: int | None = None,
+    **settings: str,
 ) -> Iterator[StackInfo]:
     """A whole stack of its own (embedded Redis, gunicorn, media pool), healthy (and, with `warm`, every media
-    process warmed up), stopped on exit; with `log`, every process's output is appended to that file."""
+    process warmed up), stopped on exit; with `log`, every process's output is appended to that file. Its
+    frontends listen on `port` (default: a free one)."""
     with EmbeddedRedis() as server:
-        port = free_port()
+        port = port or free_port()
         env = stack_env(
             root, port, server.url, WEB_CONCURRENCY=str(web), WORKER_PROCESSES=str(media), **settings
         )

@@ -219,3 +219,14 @@ async def test_the_token_is_never_logged(auth: AuthStack, call_id: str) -> None:
     assert TOKEN not in text
     for piece in ("3f9a1c7e", "tok-3f9a"):
         assert piece not in text, f"part of the token ({piece}) is in the logs"
+
+
+def test_the_start_up_report_sees_the_token(auth: AuthStack) -> None:
+    text = auth.log.read_text(errors="replace")
+    assert text.count("start-up report for 0.0.0.0:") == 1
+    block = text[text.index("start-up report for") :].split("\n2")[0]
+    assert "1 open to whoever reaches it" in block and "OPEN  CORS_ORIGINS=*" in block
+    assert "no API_TOKEN" not in block
+    assert "ok    API_TOKEN set" in block
+    assert "ok    LLM proxy: OPENAI_API_KEY is added only to requests that carry API_TOKEN" in block
+    assert TOKEN not in block and SERVER_KEY not in block

@@ -63,9 +63,12 @@ def fuzz_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
             PBX_CLAIM_TIMEOUT="5",
             OPENAI_BASE_URL=f"http://127.0.0.1:{closed.getsockname()[1]}/v1",
             OPENAI_API_KEY="sk-fuzz-not-a-key",
-            # The fuzzers send as fast as they can; the per-socket rate limits are not what they test.
+            # The fuzzers send as fast as they can; the per-socket rate limits are not what they test, nor is
+            # the per-address limit on new calls (every fuzzed call comes from 127.0.0.1): far out of reach.
             WS_MAX_COMMANDS_PER_SEC="100000",
             WS_MAX_AUDIO_FRAMES_PER_SEC="100000",
+            CALLS_PER_IP_PER_MIN="1000000",
+            CALLS_PER_IP_BURST="1000000",
             LOG_LEVEL=os.environ.get("PBX_FUZZ_LOG_LEVEL", "WARNING"),
             # As exposed: nothing the fuzzers send may make the server reach a private address.
             ALLOW_PRIVATE_URLS="0",

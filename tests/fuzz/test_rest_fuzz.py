@@ -48,7 +48,7 @@ PATH = st.one_of(
         [
             "/call/lists", "/health", "/iceservers", "/call", "/call/webrtc", "/call/sip", "/", "/call/kill",
             "/call/kill/", "/llm/v1", "/llm/v1/", "/llm/v1/chat/completions", "/static/", "/metrics", "//",
-            "/call//lists", "/health/",
+            "/call//lists", "/health/", "/call/token", "/call/token/",
         ]
     ),
     st.builds(lambda s: "/call/kill/" + s, SEGMENT),
@@ -69,6 +69,7 @@ QUERY = st.one_of(
             [
                 "id=", "id=" + "x" * 200, "id=a%20b", "id=%00", "dump=maybe", "dump=", "ping=-1", "ping=1e3",
                 "ping=99999999999999999999", "ping=0", "token=x", "a=%zz", "&&", "=", "id=%ff", "id=..",
+                "token=ct1.e30.AAAA", "token=ct1.%ff.%00",
             ]
         ),
         max_size=3,
@@ -105,6 +106,7 @@ HEADERS = st.fixed_dictionaries(
         "Authorization": st.sampled_from(["Bearer x", "Basic", ""]),
         "Accept-Encoding": st.sampled_from(["gzip", "br", "identity", "*;q=0"]),
         "X-Client-IP": st.sampled_from(["1.2.3.4", "::1", "junk", ""]),
+        "X-Forwarded-For": st.sampled_from(["1.2.3.4", "1.2.3.4, ::1", "junk, ,", "[::1]", ""]),
         "Connection": st.sampled_from(["Upgrade", "close", "keep-alive, Upgrade, X-Foo"]),
         "Upgrade": st.sampled_from(["websocket", "h2c", ""]),
         "Sec-WebSocket-Version": st.sampled_from(["13", "8", "x"]),

@@ -31,6 +31,18 @@ def test_bad_integer_is_named() -> None:
         Settings.from_env({"MAX_CALLS": "lots"}, dotenv=None)
 
 
+def test_exposure_settings() -> None:
+    s = Settings.from_env({}, dotenv=None)
+    assert not s.llm_proxy_open and not s.trust_clients and s.trusted_proxies == ()
+    assert (s.calls_per_ip_per_min, s.calls_per_ip_burst) == (300, 100)
+    assert not Settings.from_env({"OPENAI_API_KEY": "sk-x"}, dotenv=None).lends_llm_key
+    for opener in ({"API_TOKEN": "t"}, {"LLM_PROXY_OPEN": "yes"}, {"TRUST_CLIENTS": "1"}):
+        assert Settings.from_env({"OPENAI_API_KEY": "sk-x", **opener}, dotenv=None).lends_llm_key, opener
+    assert not Settings.from_env({"LLM_PROXY_OPEN": "1"}, dotenv=None).lends_llm_key, "no key to lend"
+    with pytest.raises(ValueError, match="LLM_PROXY_OPEN"):
+        Settings.from_env({"LLM_PROXY_OPEN": "sure"}, dotenv=None)
+
+
 def test_outbound_url_settings() -> None:
     s = Settings.from_env({}, dotenv=None)
     assert (s.allow_private_urls, s.allowed_url_hosts, s.trust_clients) == (False, (), False)

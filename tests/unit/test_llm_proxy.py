@@ -164,10 +164,12 @@ async def upstream() -> AsyncIterator[tuple[FakeOpenAI, str]]:
         await server.close()
 
 
-def proxy_app(base: str, api_key: str = SERVER_KEY) -> web.Application:
-    """An app with only the llm routes (and the JSON error middleware), as `create_app` wires them."""
+def proxy_app(base: str, api_key: str = SERVER_KEY, **settings: Any) -> web.Application:
+    """An app with only the llm routes (and the JSON error middleware), as `create_app` wires them; open
+    (`LLM_PROXY_OPEN`: the key is lent to any caller) unless `settings` say otherwise."""
     app = web.Application(middlewares=[errors_middleware])
-    app[SETTINGS] = Settings(openai_base_url=base, openai_api_key=api_key)
+    settings = {"llm_proxy_open": True, **settings}
+    app[SETTINGS] = Settings(openai_base_url=base, openai_api_key=api_key, **settings)
     app.cleanup_ctx.append(llm.session_ctx)
     llm.setup_routes(app)
     return app
@@ -182,8 +184,10 @@ async def start_proxy() -> AsyncIterator[Callable[..., Awaitable[str]]]:
     """
     closers: list[Callable[[], Awaitable[None]]] = []
 
-    async def start(base: str, api_key: str = SERVER_KEY, cancel_on_disconnect: bool = True) -> str:
-        app = proxy_app(base, api_key)
+    async def start(
+        base: str, api_key: str = SERVER_KEY, cancel_on_disconnect: bool = True, **settings: Any
+    ) -> str:
+        app = proxy_app(base, api_key, **settings)
         if cancel_on_disconnect:
             server = TestServer(app, host="127.0.0.1")
             await server.start_server()
@@ -355,6 +359,87 @@ async def test_no_key_configured_adds_none(upstream: tuple[FakeOpenAI, str], sta
     async with aiohttp.ClientSession() as session, session.get(f"{proxy}/llm/v1/models") as resp:
         assert resp.status == 200
     assert "Authorization" not in fake.last.headers
+
+
+async def test_a_closed_proxy_lends_no_key(
+    upstream: tuple[FakeOpenAI, str], start_proxy: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # OPENAI_API_KEY set, no API_TOKEN, not opened: an open relay unless requests without a key stop here.
+    caplog.set_level(logging.DEBUG)
+    fake, base = upstream
+    proxy = await start_proxy(base, llm_proxy_open=False)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{proxy}/llm/v1/chat/completions", json={"model": "gpt-test"}) as resp:
+            assert resp.status == 401
+            assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+            body = await resp.json()
+        assert fake.seen == [], "nothing went upstream"
+        assert body["code"] == "UNAUTHORIZED" and set(body) == {"error", "code", "details"}
+        assert "LLM_PROXY_OPEN" in body["details"] and "API_TOKEN" in body["details"]
+        assert SERVER_KEY not in json.dumps(body)
+        # A caller with a key of its own is served with it, as before.
+        async with openai_client(proxy) as client:
+            await client.models.list()
+        assert fake.last.headers.getall("Authorization") == [f"Bearer {CLIENT_KEY}"]
+    assert SERVER_KEY not in caplog.text
+
+
+async def test_trust_clients_opens_the_proxy(upstream: tuple[FakeOpenAI, str], start_proxy: Any) -> None:
+    fake, base = upstream
+    proxy = await start_proxy(base, llm_proxy_open=False, trust_clients=True)
+    async with aiohttp.ClientSession() as session, session.get(f"{proxy}/llm/v1/models") as resp:
+        assert resp.status == 200
+    assert fake.last.headers.getall("Authorization") == [f"Bearer {SERVER_KEY}"]
+
+
+async def test_a_closed_proxy_without_a_key_forwards_as_before(
+    upstream: tuple[FakeOpenAI, str], start_proxy: Any
+) -> None:
+    # No OPENAI_API_KEY (a local model server that needs none): nothing to lend, nothing to refuse.
+    fake, base = upstream
+    proxy = await start_proxy(base, api_key="", llm_proxy_open=False)
+    async with aiohttp.ClientSession() as session, session.get(f"{proxy}/llm/v1/models") as resp:
+        assert resp.status == 200
+    assert "Authorization" not in fake.last.headers
+
+
+async def test_browser_and_network_headers_stay_here(
+    upstream: tuple[FakeOpenAI, str], start_proxy: Any
+) -> None:
+    fake, base = upstream
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        return web.json_response({}, headers={"Set-Cookie": "__cf_bm=abc; Path=/", "X-Up": "1"})
+
+    fake.answer = answer
+    proxy = await start_proxy(base)
+    headers = {
+        "Origin": "https://app.example.com",
+        "Referer": "https://app.example.com/private/page?user=42",
+        "Cookie": "session=other-apps-cookie",
+        "Sec-Fetch-Site": "cross-site",
+        "Sec-Fetch-Mode": "cors",
+        "Sec-CH-UA": '"Chromium";v="130"',
+        "X-Forwarded-For": "203.0.113.7",
+        "X-Forwarded-Proto": "https",
+        "X-Real-IP": "203.0.113.7",
+        "Forwarded": "for=203.0.113.7",
+        "Via": "1.1 lb",
+        "X-Custom": "kept",
+        "Accept-Language": "fr",
+    }
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{proxy}/llm/v1/chat/completions", data=b"{}", headers=headers) as resp,
+    ):
+        assert resp.status == 200
+        assert resp.headers["X-Up"] == "1"
+        assert "Set-Cookie" not in resp.headers, "the service's cookies are not set on this server's origin"
+    seen = fake.last.headers
+    for name in headers:
+        if name not in ("X-Custom", "Accept-Language"):
+            assert name not in seen, name
+    assert seen["X-Custom"] == "kept" and seen["Accept-Language"] == "fr"
 
 
 async def test_hop_by_hop_headers_are_not_forwarded(
