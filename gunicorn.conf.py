@@ -31,7 +31,7 @@ def when_ready(server: object) -> None:
         server.log.error("start-up report skipped: %s", exc)  # type: ignore[attr-defined]
         return
     logs.setup(settings.log_level, "web")
-    log_report(settings, server.cfg.address, os.environ)  # type: ignore[attr-defined]
+    log_report(settings, server.cfg.address)  # type: ignore[attr-defined]
 
 
 def post_worker_init(worker: object) -> None:

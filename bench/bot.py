@@ -3,7 +3,8 @@
     .venv/bin/python -m bench.bot --dialect raw --steps 50,100,200,300 --seconds 15
     .venv/bin/python -m bench.bot --dialect twilio --steps 50,100,200,300 --seconds 15
 
-Starts a stack of its own (one frontend, one media process) unless --base names one, and an echo bot in a
+Starts a stack of its own (one frontend, one media process) unless --base names one (which must run with
+ALLOW_PRIVATE_URLS=1 or list 127.0.0.1 in ALLOWED_URL_HOSTS), and an echo bot in a
 process of its own on 127.0.0.1 (raw: every binary packet is sent straight back; twilio: every `media` event
 is answered with a `media` event carrying the same payload). For each step, N WebSocket calls (`pcm`) arrive
 at --rate, each with `mediaPass` pointing at the bot; when all are answered every call streams 20 ms frames

@@ -30,6 +30,8 @@ async def start_stack(
         LOG_LEVEL="WARNING",
         # A benchmark opens hundreds of calls from one address: far more than a real client.
         CALLS_PER_IP_PER_MIN="0",
+        # The benchmarks' bots and media servers listen on 127.0.0.1.
+        ALLOW_PRIVATE_URLS="1",
     )
     env.update(extra)
     env.pop("REDIS_URL", None)

@@ -96,6 +96,23 @@ def _networks(env: dict[str, str], name: str) -> tuple[Network, ...]:
     return tuple(out)
 
 
+def _allowed_hosts(env: dict[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated list of `host` or `host:port` (`[v6]:port`); unset or empty: none."""
+    out: list[str] = []
+    for part in (p.strip() for p in env.get(name, "").split(",")):
+        if not part:
+            continue
+        parts = urlsplit(f"//{part}")
+        try:
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:
+            port_ok = False
+        if not parts.hostname or not port_ok or parts.path or parts.query or "@" in parts.netloc:
+            raise ValueError(f"environment variable {name}: {part!r} is not a host or host:port")
+        out.append(part.lower())
+    return tuple(out)
+
+
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -231,8 +248,9 @@ class Settings:
     # `/llm/v1` adds OPENAI_API_KEY to requests that bring no key of their own only when its callers are
     # known: API_TOKEN is set (every caller had to show it), or the operator opened it with this.
     llm_proxy_open: bool = False
-    # The clients are the operator's own (a trusted local use): implies `llm_proxy_open`, and lifts the path
-    # rules (absolute recorder files, any local play path; the quotas stay).
+    # The clients are the operator's own (a trusted local use): implies `llm_proxy_open` and
+    # `allow_private_urls`, lends the server's provider credentials to endpoints a client names, and lifts the
+    # path rules (absolute recorder files, any local play path; the quotas stay).
     trust_clients: bool = False
     # New call sockets one client address may open a minute, and how many it may save up (0 = no limit);
     # shared by every frontend through Redis (frontend/callrate.py).
@@ -240,6 +258,11 @@ class Settings:
     calls_per_ip_burst: float = 100.0
     # Peers (load balancers, reverse proxies) whose `X-Forwarded-For` is believed (frontend/clientaddr.py).
     trusted_proxies: tuple[Network, ...] = ()
+    # Outbound requests a client steers (play URLs, mediaPass, provider and EOU endpoints) may reach
+    # private, loopback and link-local addresses (worker/urlguard.py); TRUST_CLIENTS implies it.
+    allow_private_urls: bool = False
+    # Destinations (`host` or `host:port`) that may be private whoever names them.
+    allowed_url_hosts: tuple[str, ...] = ()
 
     @property
     def lends_llm_key(self) -> bool:
@@ -306,6 +329,8 @@ class Settings:
             calls_per_ip_per_min=_float(env, "CALLS_PER_IP_PER_MIN", 300.0),
             calls_per_ip_burst=_float(env, "CALLS_PER_IP_BURST", 100.0),
             trusted_proxies=_networks(env, "TRUSTED_PROXIES"),
+            allow_private_urls=_bool(env, "ALLOW_PRIVATE_URLS"),
+            allowed_url_hosts=_allowed_hosts(env, "ALLOWED_URL_HOSTS"),
         )
 
     def __repr__(self) -> str:

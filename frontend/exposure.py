@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from common.config import Settings
 
@@ -38,15 +38,7 @@ def _loopback(bind: Bind) -> bool:
         return False  # a host name, or '' (every interface)
 
 
-def _flag(settings: Settings, environ: Mapping[str, str], field: str, name: str) -> bool:
-    # ALLOW_PRIVATE_URLS comes with another change of issue 18; until its Settings field is here, the
-    # environment says. TODO(lead): drop the fallback once the field exists.
-    if hasattr(settings, field):
-        return bool(getattr(settings, field))
-    return environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def report(settings: Settings, binds: Sequence[Bind], environ: Mapping[str, str]) -> tuple[bool, list[str]]:
+def report(settings: Settings, binds: Sequence[Bind]) -> tuple[bool, list[str]]:
     """(anything open, the report's lines: a heading, then `OPEN  ...` and `ok    ...` items)."""
     where = ", ".join(_where(b) for b in binds) or "?"
     exposed = [_where(b) for b in binds if not _loopback(b)]
@@ -75,11 +67,25 @@ def report(settings: Settings, binds: Sequence[Bind], environ: Mapping[str, str]
                 "own get 401; LLM_PROXY_OPEN=1 would lend it to anyone"
             )
     if settings.trust_clients:
-        opened.append("TRUST_CLIENTS: every client is trusted as the operator's own (the LLM proxy is open)")
-    if _flag(settings, environ, "allow_private_urls", "ALLOW_PRIVATE_URLS"):
+        opened.append(
+            "TRUST_CLIENTS: every client is trusted as the operator's own (the LLM proxy is open, the URLs "
+            "clients send may reach private addresses, and endpoints they name get the server's Tencent "
+            "credentials)"
+        )
+    if settings.allow_private_urls:
         opened.append(
             "ALLOW_PRIVATE_URLS: URLs that clients send (play and the like) may reach private and loopback "
             "addresses of this network"
+        )
+    elif not settings.trust_clients:
+        allowed = (
+            f" and {', '.join(settings.allowed_url_hosts)} (ALLOWED_URL_HOSTS)"
+            if settings.allowed_url_hosts
+            else ""
+        )
+        kept.append(
+            "URLs that clients send (play, mediaPass, provider and EOU endpoints) reach public addresses "
+            f"only, the operator's own destinations{allowed} aside"
         )
     if "*" in settings.cors_origins:
         opened.append(
@@ -106,7 +112,7 @@ def report(settings: Settings, binds: Sequence[Bind], environ: Mapping[str, str]
     return bool(opened), lines
 
 
-def log_report(settings: Settings, binds: Sequence[Bind], environ: Mapping[str, str]) -> None:
+def log_report(settings: Settings, binds: Sequence[Bind]) -> None:
     """Log the report as one record (one write: no other process's line lands inside it)."""
-    opened, lines = report(settings, binds, environ)
+    opened, lines = report(settings, binds)
     log.log(logging.WARNING if opened else logging.INFO, "%s", "\n".join(lines))

@@ -62,14 +62,18 @@ class CallerListener:
             self._make_asr(option.asr)
         if option.eou is not None:
             settings = s.proc.settings
+            # The endpoint is always the client's: the server's secrets go there only when its clients are
+            # trusted (TRUST_CLIENTS), else the option brings its own or none is sent.
+            lend = settings.trust_clients
             try:
                 self.eou = EouDetector(
                     option.eou,
                     self.call_id,
                     self._on_eou,
                     self._on_eou_error,
-                    settings.tencent_secret_id,
-                    settings.tencent_secret_key,
+                    guard=s.proc.url_guard,
+                    secret_id=settings.tencent_secret_id if lend else "",
+                    secret_key=settings.tencent_secret_key if lend else "",
                 )
             except ValueError as exc:
                 s.error("eou", str(exc), 400)
@@ -104,7 +108,7 @@ class CallerListener:
     def _make_asr(self, option: TranscriptionOption) -> None:
         s = self.session
         provider = (option.provider or "local").lower()
-        context = SpeechContext.for_call(self.call_id, s.proc.settings)
+        context = SpeechContext.for_call(self.call_id, s.proc.settings, s.proc.url_guard)
         client: AsrClient
         if provider == "local":
             from worker.speech.local_asr import LocalAsr

@@ -37,9 +37,11 @@ from worker.paths import MediaRoots
 from worker.quota import RecorderQuota
 from worker.rtc import InlineEncoding, limit_host_addresses
 from worker.session import CallSession
+from worker.speech.endpoints import DEFAULT_HOSTS
 from worker.speech.local_asr import WhisperPool
 from worker.speech.local_tts import PiperEngine
 from worker.telephony import SIP, Telephony
+from worker.urlguard import WS, UrlGuard
 from worker.warmup import dtmf, rnnoise, run_steps, ten_vad, webrtc_vad
 
 log = logging.getLogger("pbx.worker.process")
@@ -107,11 +109,17 @@ class MediaProcess:
         # One disk thread keeps each file's writes in order; decoding gets its own threads.
         self.io = ThreadPoolExecutor(1, thread_name_prefix="disk")
         self.cpu = ThreadPoolExecutor(2, thread_name_prefix="decode")
+        # What outbound requests a call may steer (play URLs, mediaPass, provider and EOU endpoints).
+        self.url_guard = UrlGuard.from_settings(settings, DEFAULT_HOSTS)
         # Directory walks (the recorder quota's, the media cache's eviction) get a thread of their own: a walk
         # of a large directory must not hold up the disk thread's recordings, dumps and plays.
         self.scan = ThreadPoolExecutor(1, thread_name_prefix="scan")
         self.cache = MediaCache(
-            settings.media_cache_path, self.io, mebibytes(settings.media_cache_max_mb), self.scan
+            settings.media_cache_path,
+            self.io,
+            self.url_guard,
+            mebibytes(settings.media_cache_max_mb),
+            self.scan,
         )
         # Where clients' names may lead on disk (worker/paths.py, docs/security-files.md).
         self.media_roots = MediaRoots(settings.media_path, settings.media_cache_path, settings.trust_clients)
@@ -174,8 +182,8 @@ class MediaProcess:
         if self._bot_http is None:
             # No pool limit: each call's bot socket holds a connection for the whole call (aiohttp's default
             # of 100 made the 101st bot call wait, then fail).
-            self._bot_http = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
+            self._bot_http = self.url_guard.session(
+                WS, connections=0, timeout=aiohttp.ClientTimeout(total=None)
             )
         return self._bot_http
 

@@ -39,6 +39,7 @@ from common.protocol import (
     Unmute,
     command_from_dict,
     redact,
+    redact_url,
 )
 from worker import metrics
 from worker.bot.link import BotLink
@@ -57,6 +58,7 @@ from worker.rtc import RtcError, RtcPeer
 from worker.sip_call import SipCall
 from worker.speaker import CallSpeaker, TtsRun
 from worker.transfer import Transfer
+from worker.urlguard import UrlRefused
 
 if TYPE_CHECKING:
     from worker.process import MediaProcess
@@ -406,15 +408,16 @@ class CallSession:
         if option.media_pass is None or self.bot is not None:
             return True
         link = BotLink(self, option.media_pass, option.extra)
-        problem = await link.connect()
-        if problem is None and self.ending:  # the call ended while the bot was being reached
+        refusal = await link.connect()
+        if refusal is None and self.ending:  # the call ended while the bot was being reached
             await link.close()
             return False
-        if problem is None:
+        if refusal is None:
             self.bot = link
             return True
-        self.error("mediaPass", problem, 502)
-        self.emit(events.event("reject", track_id=self.call_id, reason=f"mediaPass: {problem}", code=502))
+        code, problem = refusal
+        self.error("mediaPass", problem, code)
+        self.emit(events.event("reject", track_id=self.call_id, reason=f"mediaPass: {problem}", code=code))
         return False
 
     async def _recording_path(self, recorder_option: Any, where: str) -> Path:
@@ -676,6 +679,12 @@ class CallSession:
             else:  # only under MEDIA_PATH or the cache (worker/paths.py), unless clients are trusted
                 f = await threads.run_in_executor(proc.io, proc.media_roots.open, source)
             samples = await threads.run_in_executor(proc.cpu, load_audio, f, source)
+        except UrlRefused as exc:
+            if self.server is track:
+                message = exc.for_field(track.source_field, redact_url(source))
+                self.emit(events.error(SERVER_SIDE_TRACK, f"filetrack: {source}", message, 403))
+                self._finish_server_track(natural=True)
+            return
         except (MediaNotFound, FetchError, AudioFileError, OSError) as exc:
             if self.server is track:
                 problem = f"{track.source_field}: {exc}"

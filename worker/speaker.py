@@ -160,7 +160,7 @@ class CallSpeaker:
     def _provider(self, option: SynthesisOption) -> TtsProvider:
         s = self.session
         name = (option.provider or "local").lower()
-        context = SpeechContext.for_call(s.call_id, s.proc.settings)
+        context = SpeechContext.for_call(s.call_id, s.proc.settings, s.proc.url_guard)
         provider: TtsProvider
         if name == "local":
             from worker.speech.local_tts import LocalTts

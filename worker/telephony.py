@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 from common import events, wire
 from common.errors import DuplicateCall
 from common.logs import call_id_var
+from common.protocol import redact_url
 from worker.sip.agent import SipAgent
 from worker.sip.leg import SipLeg
 from worker.sip.message import Request
@@ -28,6 +29,7 @@ from worker.sip.register import Registrations
 from worker.sip.rtp import PortPool
 from worker.sip.transaction import ServerTransaction
 from worker.sip.transport import Source
+from worker.urlguard import HTTP, UrlRefused
 
 if TYPE_CHECKING:
     from worker.process import MediaProcess
@@ -199,17 +201,23 @@ class Telephony:
 
     async def _post_webhook(self, payload: dict[str, Any]) -> bool:
         if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT))
+            # The operator's URL, so its host may be private (UrlGuard.from_settings trusts it); its scheme
+            # and any redirect still go through the rule.
+            timeout = aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT)
+            self._http = self.proc.url_guard.session(HTTP, timeout=timeout)
         url = self.proc.settings.sip_webhook_url
+        shown = redact_url(url)
         try:
             async with self._http.post(
                 url, data=json.dumps(payload), headers={"Content-Type": "application/json"}
             ) as resp:
                 if 200 <= resp.status < 300:
                     return True
-                log.warning("webhook %s answered %d: rejecting the call", url, resp.status)
+                log.warning("webhook %s answered %d: rejecting the call", shown, resp.status)
+        except UrlRefused as exc:
+            log.warning("%s: rejecting the call", exc.for_field("SIP_WEBHOOK_URL", shown))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            log.warning("webhook %s failed (%s): rejecting the call", url, exc)
+            log.warning("webhook %s failed (%s): rejecting the call", shown, exc)
         return False
 
     def _unanswered(self, call_id: str) -> None:

@@ -61,9 +61,13 @@ def stack_env(root: Path, port: int, redis_url: str | None, **settings: str) -> 
     """The environment of a test stack: its own port, Redis, files and quiet logs, plus `settings`.
 
     `play` may read files under the root's parent: the pytest run's temporary directory (`root` is one of
-    its directories), where every test writes the audio it plays (its `tmp_path`)."""
+    its directories), where every test writes the audio it plays (its `tmp_path`).
+
+    ALLOW_PRIVATE_URLS=1: the tests' bots, provider mocks and media servers listen on 127.0.0.1. A test of
+    the rule itself starts its stack with ALLOW_PRIVATE_URLS="0" (tests/e2e/test_outbound.py)."""
     env = dict(
         os.environ,
+        ALLOW_PRIVATE_URLS="1",
         PORT=str(port),
         RECORDER_PATH=str(root / "rec"),
         MEDIA_CACHE_PATH=str(root / "cache"),

@@ -50,6 +50,8 @@ def auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthStack]:
         # Everything a process might say, and the access log (off by default), which shows request lines.
         LOG_LEVEL="DEBUG",
         GUNICORN_CMD_ARGS="--access-logfile -",
+        # Nothing here needs private URLs: the start-up report then has one open item, CORS.
+        ALLOW_PRIVATE_URLS="0",
     ) as info:
         yield AuthStack(info, log, llm_port)
 

@@ -49,6 +49,7 @@ def closed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposed]:
         OPENAI_API_KEY=SERVER_KEY,
         CALLS_PER_IP_PER_MIN="1",
         CALLS_PER_IP_BURST=str(BURST),
+        ALLOW_PRIVATE_URLS="0",  # a first deployment's default (the test stacks otherwise allow them)
     ) as info:
         yield Exposed(info, log, llm_port)
 

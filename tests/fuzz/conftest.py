@@ -70,6 +70,8 @@ def fuzz_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
             CALLS_PER_IP_PER_MIN="1000000",
             CALLS_PER_IP_BURST="1000000",
             LOG_LEVEL=os.environ.get("PBX_FUZZ_LOG_LEVEL", "WARNING"),
+            # As exposed: nothing the fuzzers send may make the server reach a private address.
+            ALLOW_PRIVATE_URLS="0",
         ) as info,
     ):
         yield info

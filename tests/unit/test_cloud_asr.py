@@ -17,6 +17,10 @@ from worker.speech import ws_asr
 from worker.speech.asr import AsrClient, AsrContext, Transcript
 from worker.speech.tencent_asr import TencentAsr
 from worker.speech.voiceapi_asr import VoiceApiAsr
+from worker.urlguard import UrlGuard
+
+# The mock services listen on 127.0.0.1: ALLOW_PRIVATE_URLS=1, as the test stacks run.
+LOOPBACK = UrlGuard(allow_private=True)
 
 T0 = 1_700_000_000_000
 SCRIPT = ["book a table for two", "a window seat please", "thank you"]
@@ -78,7 +82,9 @@ def tencent(server: TencentAsrServer, sink: Sink, **option: object) -> TencentAs
         endpoint=server.ws_url,
         **option,  # type: ignore[arg-type]
     )
-    return TencentAsr(opt, AsrContext(call_id="call-1"), sink.results.append, sink.errors.append)
+    return TencentAsr(
+        opt, AsrContext(call_id="call-1", guard=LOOPBACK), sink.results.append, sink.errors.append
+    )
 
 
 async def test_tencent_signed_stream_gives_interims_and_finals_on_the_call_clock() -> None:
@@ -130,7 +136,7 @@ async def test_tencent_without_credentials_says_so_without_connecting() -> None:
     sink = Sink()
     client = TencentAsr(
         TranscriptionOption(provider="tencent"),
-        AsrContext(call_id="c"),
+        AsrContext(call_id="c", guard=LOOPBACK),
         sink.results.append,
         sink.errors.append,
     )
@@ -140,13 +146,22 @@ async def test_tencent_without_credentials_says_so_without_connecting() -> None:
     await client.close()
 
 
-async def test_tencent_credentials_from_the_environment() -> None:
+def env_context(trust_clients: bool = False) -> AsrContext:
+    return AsrContext(
+        call_id="c",
+        tencent_appid="77",
+        tencent_secret_id="AKIDenv",
+        tencent_secret_key="envkey",
+        trust_clients=trust_clients,
+        guard=LOOPBACK,
+    )
+
+
+async def test_tencent_credentials_from_the_environment_go_to_a_client_endpoint_under_trust_clients() -> None:
     frames, _ = two_sentences()
     async with TencentAsrServer("77", "AKIDenv", "envkey", SCRIPT) as server:
         sink = Sink()
-        context = AsrContext(
-            call_id="c", tencent_appid="77", tencent_secret_id="AKIDenv", tencent_secret_key="envkey"
-        )
+        context = env_context(trust_clients=True)
         opt = TranscriptionOption(provider="tencent", endpoint=server.ws_url)
         client = TencentAsr(opt, context, sink.results.append, sink.errors.append)
         await client.start()
@@ -155,6 +170,63 @@ async def test_tencent_credentials_from_the_environment() -> None:
         await client.close()
         assert not sink.errors
         assert server.connections[0].query["engine_model_type"] == "16k_zh_en"
+
+
+async def test_tencent_client_endpoint_without_its_own_credentials_is_refused_without_connecting() -> None:
+    async with TencentAsrServer("77", "AKIDenv", "envkey", SCRIPT) as server:
+        for own in ({}, {"secret_id": "AKIDmine"}, {"app_id": "9", "secret_id": "AKIDmine"}):
+            sink = Sink()
+            opt = TranscriptionOption(provider="tencent", endpoint=server.ws_url, **own)
+            client = TencentAsr(opt, env_context(), sink.results.append, sink.errors.append)
+            await client.start()
+            await client.close()
+            [err] = sink.errors
+            assert err.status == 400
+            assert err.message.startswith("option.asr.endpoint: a custom endpoint needs its own ")
+            assert "secretKey" in err.message and "only sent to asr.cloud.tencent.com" in err.message
+            assert "AKIDenv" not in err.message and "envkey" not in err.message
+        assert not server.connections, "nothing was sent to the client's endpoint"
+
+
+async def test_tencent_client_endpoint_with_its_own_credentials_gets_only_those() -> None:
+    frames, _ = two_sentences()
+    async with TencentAsrServer("9", "AKIDmine", "minekey", SCRIPT) as server:
+        sink = Sink()
+        opt = TranscriptionOption(
+            provider="tencent", endpoint=server.ws_url, app_id="9", secret_id="AKIDmine", secret_key="minekey"
+        )
+        client = TencentAsr(opt, env_context(), sink.results.append, sink.errors.append)
+        await client.start()
+        await feed(client, frames)
+        await until(lambda: len(sink.finals()) == 2)
+        await client.close()
+        assert not sink.errors
+        assert server.connections[0].query["secretid"] == "AKIDmine"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "default"),
+    [
+        (None, True),
+        ("asr.cloud.tencent.com", True),
+        ("wss://asr.cloud.tencent.com", True),
+        ("https://asr.cloud.tencent.com:443/", True),
+        ("ws://asr.cloud.tencent.com", False),  # the signed query would travel in the clear
+        ("wss://asr.cloud.tencent.com:8443", False),
+        ("wss://asr.cloud.tencent.com.evil.example", False),
+        ("wss://user@asr.cloud.tencent.com", False),
+        ("wss://evil.example/asr.cloud.tencent.com", False),
+    ],
+)
+def test_the_server_credentials_only_go_to_tencent_itself(endpoint: str | None, default: bool) -> None:
+    opt = TranscriptionOption(provider="tencent", endpoint=endpoint)
+    client = TencentAsr(opt, env_context(), lambda t: None, lambda e: None)
+    if default:
+        client.check()
+        assert "secretid=AKIDenv" in client.url()
+    else:
+        with pytest.raises(ProviderError, match="option.asr.endpoint: a custom endpoint"):
+            client.check()
 
 
 async def test_tencent_error_code_mid_call_is_reported_and_final() -> None:
@@ -194,7 +266,7 @@ async def test_tencent_unreachable_gives_up_after_retries() -> None:
     opt = TranscriptionOption(
         provider="tencent", app_id="1", secret_id="a", secret_key="b", endpoint="ws://127.0.0.1:9"
     )
-    client = TencentAsr(opt, AsrContext(call_id="c"), sink.results.append, sink.errors.append)
+    client = TencentAsr(opt, AsrContext(call_id="c", guard=LOOPBACK), sink.results.append, sink.errors.append)
     await client.start()
     await until(lambda: any("giving up" in e.message for e in sink.errors))
     assert len(sink.errors) == len(ws_asr.RECONNECT_DELAYS) + 1
@@ -207,7 +279,7 @@ def test_tencent_url_is_signed_over_host_path_and_sorted_query() -> None:
     import hmac
 
     opt = TranscriptionOption(provider="tencent", app_id="1259", secret_id="AKID", secret_key="secret")
-    client = TencentAsr(opt, AsrContext(call_id="s.1"), lambda t: None, lambda e: None)
+    client = TencentAsr(opt, AsrContext(call_id="s.1", guard=LOOPBACK), lambda t: None, lambda e: None)
     url = urlsplit(client.url())
     assert (url.scheme, url.netloc, url.path) == ("wss", "asr.cloud.tencent.com", "/asr/v2/1259")
     q = {k: v[0] for k, v in parse_qs(url.query).items()}
@@ -223,7 +295,9 @@ async def test_voiceapi_streams_and_stamps_sentences_on_the_call_clock() -> None
     async with VoiceApiAsrServer(SCRIPT) as server:
         sink = Sink()
         opt = TranscriptionOption(provider="voiceapi", endpoint=server.ws_url.replace("ws://", "http://"))
-        client = VoiceApiAsr(opt, AsrContext(call_id="c"), sink.results.append, sink.errors.append)
+        client = VoiceApiAsr(
+            opt, AsrContext(call_id="c", guard=LOOPBACK), sink.results.append, sink.errors.append
+        )
         await client.start()
         await feed(client, frames, speed=1.0)  # the service sends no times: stamps need real-time arrival
         await until(lambda: len(sink.finals()) == 2)
@@ -258,8 +332,44 @@ async def test_voiceapi_refused_handshake_is_an_error() -> None:
     async with VoiceApiAsrServer() as server:
         sink = Sink()
         opt = TranscriptionOption(provider="voiceapi", endpoint=server.ws_url + "/nowhere")
-        client = VoiceApiAsr(opt, AsrContext(call_id="c"), sink.results.append, sink.errors.append)
+        client = VoiceApiAsr(
+            opt, AsrContext(call_id="c", guard=LOOPBACK), sink.results.append, sink.errors.append
+        )
         await client.start()
         await until(lambda: any("giving up" in e.message for e in sink.errors))
         assert "HTTP 404" in sink.errors[0].message
         await client.close()
+
+
+async def test_a_client_endpoint_at_a_private_address_is_refused_once_without_connecting() -> None:
+    async with VoiceApiAsrServer(SCRIPT) as server:
+        sink = Sink()
+        opt = TranscriptionOption(provider="voiceapi", endpoint=server.ws_url)
+        client = VoiceApiAsr(opt, AsrContext(call_id="c"), sink.results.append, sink.errors.append)
+        await client.start()
+        await until(lambda: bool(sink.errors))
+        await asyncio.sleep(0.2)  # no retry follows
+        await client.close()
+        assert not server.connections
+    [err] = sink.errors
+    assert err.status == 403
+    assert err.message == (
+        f"option.asr.endpoint: {server.ws_url} refused: 127.0.0.1 is a private address (loopback); "
+        "set ALLOW_PRIVATE_URLS=1 to allow"
+    )
+
+
+async def test_the_configured_endpoint_may_be_private() -> None:
+    frames, _ = two_sentences()
+    async with VoiceApiAsrServer(SCRIPT) as server:
+        sink = Sink()
+        # VOICEAPI_ENDPOINT, the operator's: reached under the strict rule.
+        context = AsrContext(call_id="c", voiceapi_endpoint=server.ws_url, guard=UrlGuard())
+        client = VoiceApiAsr(
+            TranscriptionOption(provider="voiceapi"), context, sink.results.append, sink.errors.append
+        )
+        await client.start()
+        await feed(client, frames)
+        await until(lambda: len(sink.finals()) == 2)
+        await client.close()
+        assert not sink.errors

@@ -62,3 +62,26 @@ def test_file_settings() -> None:
     assert not Settings.from_env({"TRUST_CLIENTS": "false"}, dotenv=None).trust_clients
     with pytest.raises(ValueError, match="TRUST_CLIENTS"):
         Settings.from_env({"TRUST_CLIENTS": "maybe"}, dotenv=None)
+
+
+def test_outbound_url_settings() -> None:
+    s = Settings.from_env({}, dotenv=None)
+    assert (s.allow_private_urls, s.allowed_url_hosts, s.trust_clients) == (False, (), False)
+    s = Settings.from_env(
+        {
+            "ALLOW_PRIVATE_URLS": "yes",
+            "ALLOWED_URL_HOSTS": " Bots.Internal , 10.0.0.7:9000,",
+            "TRUST_CLIENTS": "0",
+        },
+        dotenv=None,
+    )
+    assert (s.allow_private_urls, s.allowed_url_hosts, s.trust_clients) == (
+        True,
+        ("bots.internal", "10.0.0.7:9000"),
+        False,
+    )
+    with pytest.raises(ValueError, match="ALLOW_PRIVATE_URLS must be 1 or 0"):
+        Settings.from_env({"ALLOW_PRIVATE_URLS": "maybe"}, dotenv=None)
+    for bad in ("http://x/y", "x:0", "user@x", "x:http"):
+        with pytest.raises(ValueError, match="ALLOWED_URL_HOSTS"):
+            Settings.from_env({"ALLOWED_URL_HOSTS": bad}, dotenv=None)

@@ -12,6 +12,10 @@ from common.embedded import free_port
 from common.errors import ProviderError
 from common.protocol import EouOption
 from worker.speech.eou import EouDetector
+from worker.urlguard import UrlGuard
+
+# The mock service listens on 127.0.0.1: ALLOW_PRIVATE_URLS=1, as the test stacks run.
+LOOPBACK = UrlGuard(allow_private=True)
 
 
 class Sink:
@@ -26,7 +30,9 @@ class Sink:
 
 async def test_local_waits_for_silence_and_joins_the_turns_text() -> None:
     sink = Sink()
-    eou = EouDetector(EouOption(type="local", timeout=200), "c1", sink.emit, sink.errors.append)
+    eou = EouDetector(
+        EouOption(type="local", timeout=200), "c1", sink.emit, sink.errors.append, guard=LOOPBACK
+    )
     eou.turn_may_end("book a table")
     await asyncio.sleep(0.1)
     eou.speech_started()  # the caller goes on: no decision yet
@@ -42,9 +48,9 @@ async def test_local_waits_for_silence_and_joins_the_turns_text() -> None:
 
 def test_bad_options() -> None:
     with pytest.raises(ValueError, match="unknown type"):
-        EouDetector(EouOption(type="magic"), "c", lambda c, t: None, lambda e: None)
+        EouDetector(EouOption(type="magic"), "c", lambda c, t: None, lambda e: None, guard=LOOPBACK)
     with pytest.raises(ValueError, match="endpoint"):
-        EouDetector(EouOption(type="tencent"), "c", lambda c, t: None, lambda e: None)
+        EouDetector(EouOption(type="tencent"), "c", lambda c, t: None, lambda e: None, guard=LOOPBACK)
 
 
 async def test_service_answers_and_failures_fall_back() -> None:
@@ -74,7 +80,7 @@ async def test_service_answers_and_failures_fall_back() -> None:
         secret_id="sid",
         secret_key="skey",
     )
-    eou = EouDetector(option, "c2", sink.emit, sink.errors.append)
+    eou = EouDetector(option, "c2", sink.emit, sink.errors.append, guard=LOOPBACK)
     try:
         eou.turn_may_end("I want")
         await asyncio.sleep(0.1)
@@ -94,6 +100,39 @@ async def test_service_answers_and_failures_fall_back() -> None:
             assert sink.eous[n:] and sink.eous[-1][0] is True, (
                 "the silence rule decides when the service fails"
             )
+    finally:
+        await eou.close()
+        await runner.cleanup()
+
+
+async def test_a_private_endpoint_is_refused_once_and_the_local_rule_decides() -> None:
+    seen: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        return web.json_response({"completed": False})
+
+    app = web.Application()
+    app.router.add_post("/eou", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    sink = Sink()
+    option = EouOption(type="tencent", endpoint=f"http://127.0.0.1:{port}/eou?token=abc", timeout=100)
+    eou = EouDetector(option, "c3", sink.emit, sink.errors.append, guard=UrlGuard())
+    try:
+        for text in ("book", "a table"):
+            eou.turn_may_end(text)
+            await asyncio.sleep(0.3)
+        assert [c for c, _t, _ in sink.eous] == [True, True], "the silence rule decided both turns"
+        [err] = sink.errors
+        assert err.status == 403
+        assert err.message == (
+            f"option.eou.endpoint: http://127.0.0.1:{port}/eou?token=*** refused: 127.0.0.1 is a private "
+            "address (loopback); set ALLOW_PRIVATE_URLS=1 to allow; the local rule decides"
+        )
+        assert not seen
     finally:
         await eou.close()
         await runner.cleanup()

@@ -13,12 +13,10 @@ ANY = ("0.0.0.0", 8080)
 LOCAL = ("127.0.0.1", 8080)
 
 
-def lines(
-    env: dict[str, str], binds: list[object] | None = None, environ: dict[str, str] | None = None
-) -> tuple[bool, str, list[str], list[str]]:
+def lines(env: dict[str, str], binds: list[object] | None = None) -> tuple[bool, str, list[str], list[str]]:
     """(anything open, the heading, the OPEN lines stripped, every item line)."""
     settings = Settings.from_env(env, dotenv=None)
-    opened, got = report(settings, binds or [ANY], environ or {})  # type: ignore[arg-type]
+    opened, got = report(settings, binds or [ANY])  # type: ignore[arg-type]
     return opened, got[0], [g.strip() for g in got[1:] if g.startswith("  OPEN")], got[1:]
 
 
@@ -66,8 +64,9 @@ def test_the_other_widening_settings() -> None:
         "CALLS_PER_IP_PER_MIN": "0",
         "TRUSTED_PROXIES": "0.0.0.0/0",
         "CORS_ORIGINS": "https://app.example.com",
+        "ALLOW_PRIVATE_URLS": "1",
     }
-    opened, heading, open_lines, _ = lines(env, environ={"ALLOW_PRIVATE_URLS": "1"})
+    opened, heading, open_lines, _ = lines(env)
     assert heading.endswith("4 open to whoever reaches it")
     for start in ("TRUST_CLIENTS", "ALLOW_PRIVATE_URLS", "CALLS_PER_IP_PER_MIN=0", "TRUSTED_PROXIES"):
         assert any(line.startswith(f"OPEN  {start}") for line in open_lines), start
@@ -83,9 +82,19 @@ def test_nothing_open_is_said_at_info_and_open_at_warning(caplog: pytest.LogCapt
         },
         dotenv=None,
     )
-    log_report(safe, [ANY], {})
-    log_report(Settings.from_env({"OPENAI_API_KEY": "sk-secret-key-1234"}, dotenv=None), [ANY], {})
+    log_report(safe, [ANY])
+    log_report(Settings.from_env({"OPENAI_API_KEY": "sk-secret-key-1234"}, dotenv=None), [ANY])
     first, second = caplog.records
     assert first.levelno == logging.INFO and "nothing open" in first.getMessage()
     assert second.levelno == logging.WARNING and "2 open" in second.getMessage()
     assert "secret" not in caplog.text
+
+
+def test_outbound_urls() -> None:
+    _, _, open_lines, items = lines({})
+    assert not any("ALLOW_PRIVATE_URLS" in line for line in open_lines)
+    assert any(i.startswith("  ok    URLs that clients send") and "public addresses only" in i for i in items)
+    _, _, _, items = lines({"ALLOWED_URL_HOSTS": "bots.internal,10.0.0.7:9000"})
+    assert any("bots.internal, 10.0.0.7:9000 (ALLOWED_URL_HOSTS)" in i for i in items)
+    _, _, open_lines, _ = lines({"TRUST_CLIENTS": "1"})
+    assert any(line.startswith("OPEN  TRUST_CLIENTS") and "private addresses" in line for line in open_lines)

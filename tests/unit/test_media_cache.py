@@ -13,6 +13,10 @@ from aiohttp import web
 
 from common.embedded import free_port
 from worker.media.cache import STALE_TMP, FetchError, MediaCache, cache_path, evict, open_cached
+from worker.urlguard import UrlGuard
+
+# The test's server listens on loopback.
+LOOPBACK = UrlGuard(allow_private=True)
 
 
 def listing(directory: Path) -> dict[str, int]:
@@ -92,7 +96,7 @@ async def test_cache_bounded_by_eviction_after_stores(
 ) -> None:
     base, bodies = server
     io = ThreadPoolExecutor(1)
-    cache = MediaCache(str(tmp_path), io, max_bytes=1000)
+    cache = MediaCache(str(tmp_path), io, LOOPBACK, max_bytes=1000)
     try:
         for name in "abcd":
             bodies[name] = name.encode() * 300
@@ -116,7 +120,7 @@ async def test_cache_refuses_a_file_larger_than_itself(
     base, bodies = server
     bodies["big"] = b"x" * 1500
     io = ThreadPoolExecutor(1)
-    cache = MediaCache(str(tmp_path), io, max_bytes=1000)
+    cache = MediaCache(str(tmp_path), io, LOOPBACK, max_bytes=1000)
     try:
         with pytest.raises(
             FetchError, match=r"larger than the media cache \(1000 bytes, MEDIA_CACHE_MAX_MB\)"

@@ -21,8 +21,11 @@ from tests.providers.tencent_tts import CHAR_MS, TencentTtsServer, samples_for, 
 from worker.speech import tencent_tts
 from worker.speech.tencent_tts import TencentTts, sign, string_to_sign
 from worker.speech.tts import Subtitle, TtsAudio, TtsContext, TtsOutput, TtsSubtitles
+from worker.urlguard import UrlGuard
 
 APPID, SECRET_ID, SECRET_KEY = "1300123456", "AKIDttsTest", "k3y/with+chars="
+# The mock service listens on 127.0.0.1: ALLOW_PRIVATE_URLS=1, as the test stacks run.
+LOOPBACK = UrlGuard(allow_private=True)
 
 
 def tts(
@@ -38,7 +41,7 @@ def tts(
             "endpoint": server.ws_url,
         }
     fields |= option
-    return TencentTts(SynthesisOption(**fields), context or TtsContext(call_id="call-1"))
+    return TencentTts(SynthesisOption(**fields), context or TtsContext(call_id="call-1", guard=LOOPBACK))
 
 
 @dataclass
@@ -174,15 +177,58 @@ async def test_empty_text_needs_no_connection() -> None:
         assert not heard.audio and not server.connections
 
 
-async def test_credentials_come_from_the_environment_context() -> None:
-    context = TtsContext(
-        call_id="call-2", tencent_appid=APPID, tencent_secret_id=SECRET_ID, tencent_secret_key=SECRET_KEY
+def env_context(trust_clients: bool = False) -> TtsContext:
+    return TtsContext(
+        call_id="call-2",
+        tencent_appid=APPID,
+        tencent_secret_id=SECRET_ID,
+        tencent_secret_key=SECRET_KEY,
+        trust_clients=trust_clients,
+        guard=LOOPBACK,
     )
+
+
+async def test_credentials_from_the_environment_go_to_a_client_endpoint_under_trust_clients() -> None:
     async with TencentTtsServer(APPID, SECRET_ID, SECRET_KEY) as server:
-        client = tts(context=context, endpoint=server.ws_url)
+        client = tts(context=env_context(trust_clients=True), endpoint=server.ws_url)
         client.check()
         heard = await hear(client.synthesize("ok"))
     assert len(heard.samples) == samples_for("ok", 16000)
+
+
+async def test_a_client_endpoint_without_its_own_credentials_is_refused_without_connecting() -> None:
+    async with TencentTtsServer(APPID, SECRET_ID, SECRET_KEY) as server:
+        client = tts(context=env_context(), endpoint=server.ws_url, secret_id="AKIDmine")
+        with pytest.raises(ProviderRefused) as info:
+            await hear(client.synthesize("ok"))
+        with pytest.raises(ProviderRefused):
+            await hear(client.stream(pieces("ok")))
+        assert not server.connections
+    assert info.value.status == 400
+    assert info.value.message == (
+        "option.tts.endpoint: a custom endpoint needs its own appId, secretKey in the option; the server's "
+        "credentials are only sent to tts.cloud.tencent.com"
+    )
+
+
+def test_the_environment_credentials_sign_for_tencent_itself() -> None:
+    for endpoint in (None, "tts.cloud.tencent.com", "wss://tts.cloud.tencent.com:443"):
+        client = tts(context=env_context(), endpoint=endpoint)
+        client.check()
+        assert f"SecretId={SECRET_ID}" in client.url("/stream_ws", client.query("TextToStreamAudioWS", "x"))
+
+
+async def test_a_client_endpoint_at_a_private_address_is_refused() -> None:
+    async with TencentTtsServer(APPID, SECRET_ID, SECRET_KEY) as server:
+        client = tts(server, context=TtsContext(call_id="c", guard=UrlGuard()))
+        with pytest.raises(ProviderRefused) as info:
+            await hear(client.synthesize("ok"))
+        assert not server.connections
+    assert info.value.status == 403
+    assert info.value.message.startswith(
+        f"option.tts.endpoint: {server.ws_url} refused: 127.0.0.1 is a private"
+    )
+    no_secrets(info.value.message)
 
 
 # --- streaming -------------------------------------------------------------------------------------------

@@ -16,12 +16,18 @@ from common.protocol import SynthesisOption
 from tests.providers.voiceapi_tts import VoiceApiTtsServer, parse_query, tone
 from worker.speech.tts import TtsAudio, TtsContext
 from worker.speech.voiceapi_tts import VoiceApiTts
+from worker.urlguard import UrlGuard
+
+# The mock service listens on 127.0.0.1: ALLOW_PRIVATE_URLS=1, as the test stacks run.
+LOOPBACK = UrlGuard(allow_private=True)
 
 TEXT = "book a table"  # 10 characters that are not spaces: 400 ms
 
 
 def provider(endpoint: str | None = None, context: TtsContext | None = None, **option: Any) -> VoiceApiTts:
-    return VoiceApiTts(SynthesisOption(endpoint=endpoint, **option), context or TtsContext(call_id="c1"))
+    return VoiceApiTts(
+        SynthesisOption(endpoint=endpoint, **option), context or TtsContext(call_id="c1", guard=LOOPBACK)
+    )
 
 
 async def collect(tts: VoiceApiTts, text: str = TEXT) -> list[TtsAudio]:
@@ -100,7 +106,7 @@ async def test_endpoint_from_the_context_with_its_speaker() -> None:
 async def test_the_option_endpoint_wins_over_the_context() -> None:
     dead = f"ws://127.0.0.1:{free_port()}"
     async with VoiceApiTtsServer() as server:
-        context = TtsContext(call_id="c1", voiceapi_endpoint=dead, voiceapi_speaker_id="7")
+        context = TtsContext(call_id="c1", voiceapi_endpoint=dead, voiceapi_speaker_id="7", guard=LOOPBACK)
         await collect(provider(server.ws_url, context, speaker="2"))
     assert server.connections[0].query["sid"] == "2"
 
@@ -227,3 +233,17 @@ def test_defaults_without_any_setting() -> None:
     tts = provider()
     tts.check()
     assert tts.url() == "ws://localhost:8000/tts?samplerate=16000&sid=0&chunk_size=2560&split=false"
+
+
+async def test_a_client_endpoint_at_a_private_address_is_refused_but_the_configured_one_is_not() -> None:
+    async with VoiceApiTtsServer() as server:
+        strict = TtsContext(call_id="c1", voiceapi_endpoint=server.ws_url, guard=UrlGuard())
+        with pytest.raises(ProviderRefused) as caught:
+            await collect(provider(server.ws_url.replace("127.0.0.1", "localhost"), strict))
+        assert not server.connections
+        assert caught.value.status == 403
+        message = caught.value.message
+        assert message.startswith(f"option.tts.endpoint: ws://localhost:{server.port} refused: localhost ")
+        assert "resolves to" in message and "127.0.0.1" in message and "ALLOW_PRIVATE_URLS" in message
+        # VOICEAPI_ENDPOINT is the operator's: reached under the same rule.
+        assert len(joined(await collect(provider(context=strict)))) == 6400

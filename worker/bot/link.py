@@ -23,6 +23,7 @@ from common.protocol import MediaPassOption, redact_url
 from worker import metrics
 from worker.bot.dialect import BadBotMessage, BotAudio, BotClear, BotMark, Message, make_dialect
 from worker.bot.player import BotPlayer
+from worker.urlguard import UrlRefused
 
 if TYPE_CHECKING:
     from worker.session import CallSession
@@ -63,8 +64,8 @@ class BotLink:
 
     # --- setting up ---------------------------------------------------------------------------------------
 
-    async def connect(self) -> str | None:
-        """Open the socket; None once it is open, else why it could not be (for the error event)."""
+    async def connect(self) -> tuple[int, str] | None:
+        """Open the socket; None once it is open, else the error event's code and why it could not be."""
         url = self.dialect.url(self.option.url)
         http = self.session.proc.bot_http()
         try:
@@ -73,15 +74,19 @@ class BotLink:
             ws = await asyncio.wait_for(
                 http.ws_connect(url, autoping=True, max_msg_size=MAX_BOT_MESSAGE), CONNECT_TIMEOUT
             )
+        except UrlRefused as exc:
+            return 403, self._refused(exc.for_field("option.mediaPass.url", self.shown_url))
         except aiohttp.WSServerHandshakeError as exc:
-            return self._refused(f"the bot at {self.shown_url} refused the connection (HTTP {exc.status})")
+            return 502, self._refused(
+                f"the bot at {self.shown_url} refused the connection (HTTP {exc.status})"
+            )
         except TimeoutError:
-            return self._refused(
+            return 502, self._refused(
                 f"no connection to the bot at {self.shown_url} within {CONNECT_TIMEOUT:.0f} s"
             )
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             reason = str(exc).replace(self.option.url, self.shown_url).replace(url, self.shown_url)
-            return self._refused(
+            return 502, self._refused(
                 f"cannot connect to the bot at {self.shown_url}: {reason or type(exc).__name__}"
             )
         metrics.BOT_CONNECTS.labels(self.dialect.name, "ok").inc()

@@ -5,6 +5,9 @@ and bounded by MEDIA_CACHE_MAX_MB: past it, the least recently used files (by mt
 refreshes) are removed. Removal is safe beside other processes: files appear only by atomic rename, a file
 is opened before it is read (an open file that is unlinked stays readable), and a race to unlink the same
 file is harmless.
+
+Downloads go through the process's URL rule (worker/urlguard.py): a URL it refuses raises `UrlRefused`,
+before any connection is made.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from typing import BinaryIO
 from urllib.parse import urlparse
 
 import aiohttp
+
+from worker.urlguard import HTTP, UrlGuard
 
 log = logging.getLogger("pbx.worker.cache")
 
@@ -117,12 +122,18 @@ class MediaCache:
     (a walk must not hold up the disk thread's writes and reads)."""
 
     def __init__(
-        self, cache_dir: str, io: Executor, max_bytes: int = 0, scan: Executor | None = None
+        self,
+        cache_dir: str,
+        io: Executor,
+        guard: UrlGuard,
+        max_bytes: int = 0,
+        scan: Executor | None = None,
     ) -> None:
         self.cache_dir = cache_dir
         self.max_bytes = max_bytes
         self._io = io
         self._scan = scan or io
+        self._guard = guard
         self._inflight: dict[str, asyncio.Future[Path]] = {}
         self._session: aiohttp.ClientSession | None = None
         # What the directory held at the last walk (None: not walked yet), and what this process stored since.
@@ -156,7 +167,7 @@ class MediaCache:
 
     async def _download(self, url: str, path: Path) -> Path:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=TIMEOUT)
+            self._session = self._guard.session(HTTP, timeout=TIMEOUT)
         limit = self.largest
         try:
             async with self._session.get(url) as resp:

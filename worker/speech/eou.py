@@ -8,6 +8,10 @@ VAD closed an utterance), once the caller has stayed silent for `timeout` ms.
   as `X-Secret-Id`/`X-Secret-Key` headers when set), which answers `{"completed": bool}` within `timeout`
   ms; its answer is sent as the event. If it fails or is late, an `error{sender:"eou"}` is sent and the
   local rule decides, so a broken EOU service never silences the turn-taking (nor VAD or ASR).
+
+The endpoint is the client's, so the request obeys the process's URL rule (worker/urlguard.py); one it
+refuses is reported once and the local rule decides from then on. The secrets are the option's: the
+environment's Tencent credentials are only lent under TRUST_CLIENTS (the caller decides, see listener.py).
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from collections.abc import Callable
 
 import aiohttp
 
-from common.errors import ProviderError
-from common.protocol import EouOption
+from common.errors import ProviderError, ProviderRefused
+from common.protocol import EouOption, redact_url
+from worker.urlguard import HTTP, UrlGuard, UrlRefused
 
 log = logging.getLogger("pbx.worker.eou")
 
@@ -34,6 +39,8 @@ class EouDetector:
         call_id: str,
         emit: Callable[[bool, str | None], None],
         on_error: Callable[[ProviderError], None],
+        *,
+        guard: UrlGuard,
         secret_id: str = "",
         secret_key: str = "",
     ) -> None:
@@ -49,6 +56,7 @@ class EouDetector:
         self.timeout_ms = option.timeout if option.timeout and option.timeout > 0 else DEFAULT_TIMEOUT_MS
         self._emit = emit
         self._on_error = on_error
+        self._guard = guard
         self._secret_id = option.secret_id or secret_id
         self._secret_key = option.secret_key or secret_key
         self._texts: list[str] = []
@@ -87,7 +95,8 @@ class EouDetector:
     async def _ask(self, text: str | None) -> bool | None:
         assert self.option.endpoint
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_ms / 1000))
+            timeout = aiohttp.ClientTimeout(total=self.timeout_ms / 1000)
+            self._session = self._guard.session(HTTP, timeout=timeout)
         headers = {}
         if self._secret_id:
             headers["X-Secret-Id"] = self._secret_id
@@ -104,6 +113,10 @@ class EouDetector:
                 if not isinstance(completed, bool):
                     raise ProviderError("eou service answer has no boolean 'completed'")
                 return completed
+        except UrlRefused as exc:
+            self.kind = "local"  # the same address would be refused at every turn
+            message = exc.for_field("option.eou.endpoint", redact_url(self.option.endpoint))
+            self._on_error(ProviderRefused(f"{message}; the local rule decides", 403))
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             self._on_error(ProviderError(f"eou service failed: {exc or type(exc).__name__}"))
         except ProviderError as exc:

@@ -23,10 +23,10 @@ from urllib.parse import quote
 
 from common.errors import ProviderRefused
 from worker.speech.asr import Transcript
-from worker.speech.endpoints import split_endpoint
+from worker.speech.endpoints import TENCENT_ASR_HOST, custom_endpoint_refusal, is_default_host, split_endpoint
 from worker.speech.ws_asr import StreamingAsr
 
-DEFAULT_HOST = "asr.cloud.tencent.com"
+DEFAULT_HOST = TENCENT_ASR_HOST
 DEFAULT_MODEL = "16k_zh_en"
 # RustPBX's defaults; each may be overridden through `asr.extra`.
 DEFAULT_PARAMS = {
@@ -59,8 +59,14 @@ class TencentAsr(StreamingAsr):
     provider = "tencent"
     chunk_bytes = 1280
 
+    def _server_credentials(self) -> bool:
+        """Whether the environment's credentials may fill in the option's: only towards Tencent itself."""
+        return self.context.trust_clients or is_default_host(self.option.endpoint, DEFAULT_HOST)
+
     def _credentials(self) -> tuple[str, str, str]:
         o, c = self.option, self.context
+        if not self._server_credentials():
+            return o.app_id or "", o.secret_id or "", o.secret_key or ""
         return (
             o.app_id or c.tencent_appid,
             o.secret_id or c.tencent_secret_id,
@@ -70,10 +76,15 @@ class TencentAsr(StreamingAsr):
     def secrets(self) -> tuple[str, ...]:
         return self._credentials()[1:]
 
+    def endpoint(self) -> str:
+        return self.option.endpoint or f"wss://{DEFAULT_HOST}"
+
     def check(self) -> None:
         missing = [
             n for n, v in zip(("appId", "secretId", "secretKey"), self._credentials(), strict=True) if not v
         ]
+        if missing and not self._server_credentials():
+            raise custom_endpoint_refusal("option.asr.endpoint", missing, DEFAULT_HOST)
         if missing:
             raise ProviderRefused(
                 f"tencent asr: missing {', '.join(missing)} (set them in option.asr or TENCENT_APPID, "

@@ -35,12 +35,13 @@ import aiohttp
 import numpy as np
 
 from common.errors import ProviderError, ProviderRefused
-from worker.speech.endpoints import split_endpoint
+from worker.speech.endpoints import TENCENT_TTS_HOST, custom_endpoint_refusal, is_default_host, split_endpoint
 from worker.speech.tts import Subtitle, TtsAudio, TtsOutput, TtsProvider, TtsSubtitles
+from worker.urlguard import WS, UrlRefused
 
 log = logging.getLogger("pbx.worker.tts.tencent")
 
-DEFAULT_HOST = "tts.cloud.tencent.com"
+DEFAULT_HOST = TENCENT_TTS_HOST
 DEFAULT_VOICE = "101001"
 ONE_SHOT_PATH, ONE_SHOT_ACTION = "/stream_ws", "TextToStreamAudioWS"
 STREAMING_PATH, STREAMING_ACTION = "/stream_wsv2", "TextToStreamAudioWSv2"
@@ -261,8 +262,14 @@ class TencentTts(TtsProvider):
 
     # --- the option ----------------------------------------------------------------------------------------
 
+    def _server_credentials(self) -> bool:
+        """Whether the environment's credentials may fill in the option's: only towards Tencent itself."""
+        return self.context.trust_clients or is_default_host(self.option.endpoint, DEFAULT_HOST)
+
     def _credentials(self) -> tuple[str, str, str]:
         o, c = self.option, self.context
+        if not self._server_credentials():
+            return str(o.app_id or ""), o.secret_id or "", o.secret_key or ""
         return (
             str(o.app_id or c.tencent_appid or ""),
             o.secret_id or c.tencent_secret_id,
@@ -283,6 +290,8 @@ class TencentTts(TtsProvider):
     def check(self) -> None:
         names = ("appId", "secretId", "secretKey")
         missing = [n for n, v in zip(names, self._credentials(), strict=True) if not v]
+        if missing and not self._server_credentials():
+            raise custom_endpoint_refusal("option.tts.endpoint", missing, DEFAULT_HOST)
         if missing:
             raise ProviderRefused(
                 f"tencent tts: missing {', '.join(missing)} (set them in option.tts or TENCENT_APPID, "
@@ -372,6 +381,9 @@ class TencentTts(TtsProvider):
             ) from None
         except TimeoutError:
             raise ProviderError(f"tencent tts: no connection within {CONNECT_TIMEOUT:.0f} s") from None
+        except UrlRefused as exc:
+            endpoint = self.option.endpoint or f"wss://{DEFAULT_HOST}"
+            raise ProviderRefused(self._scrub(exc.for_field("option.tts.endpoint", endpoint)), 403) from None
         except (aiohttp.ClientError, OSError) as exc:
             # Whatever the library says, a query string in it (SecretId, Signature) does not go further.
             reason = re.sub(r"\?[^\s'\"]*", "?…", str(exc))
@@ -402,7 +414,7 @@ class TencentTts(TtsProvider):
         started = time.monotonic()
         params = self.query(ONE_SHOT_ACTION, text)
         rx = _Reception(self._decoder(), self.rate, self._scrub)
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as http:
+        async with self.context.guard.session(WS, timeout=aiohttp.ClientTimeout(total=None)) as http:
             async with await self._connect(http, ONE_SHOT_PATH, params) as ws:
                 silence = f"nothing from the service for {IDLE_TIMEOUT:g} s"
                 while not rx.final:
@@ -416,7 +428,7 @@ class TencentTts(TtsProvider):
         params = self.query(STREAMING_ACTION)
         rx = _Reception(self._decoder(), self.rate, self._scrub)
         loop = asyncio.get_running_loop()
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as http:
+        async with self.context.guard.session(WS, timeout=aiohttp.ClientTimeout(total=None)) as http:
             async with await self._connect(http, STREAMING_PATH, params) as ws:
                 # Text sent before `ready: 1` is not taken; Tencent's SDKs wait for it the same way.
                 deadline = loop.time() + READY_TIMEOUT

@@ -22,14 +22,14 @@ class VoiceApiAsr(StreamingAsr):
 
     _sentence_start: int | None = None
 
-    def _endpoint(self) -> str:
+    def endpoint(self) -> str:
         return self.option.endpoint or self.context.voiceapi_endpoint or DEFAULT_ENDPOINT
 
     def check(self) -> None:
-        split_endpoint(self._endpoint(), "", "option.asr.endpoint")
+        split_endpoint(self.endpoint(), "", "option.asr.endpoint")
 
     def url(self) -> str:
-        scheme, host, prefix = split_endpoint(self._endpoint(), "", "option.asr.endpoint")
+        scheme, host, prefix = split_endpoint(self.endpoint(), "", "option.asr.endpoint")
         return f"{scheme}://{host}{prefix}/asr?samplerate=16000"  # the caller track is 16 kHz
 
     def parse(self, message: dict[str, Any]) -> Transcript | None:

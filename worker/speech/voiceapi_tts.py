@@ -37,6 +37,7 @@ import numpy as np
 from common.errors import ProviderError, ProviderRefused
 from worker.speech.endpoints import split_endpoint
 from worker.speech.tts import TtsAudio, TtsOutput, TtsProvider, strip_emoji
+from worker.urlguard import WS, UrlGuard, UrlRefused
 
 log = logging.getLogger("pbx.worker.tts")
 
@@ -62,6 +63,12 @@ class VoiceApiTts(TtsProvider):
 
     def _endpoint(self) -> str:
         return self.option.endpoint or self.context.voiceapi_endpoint or DEFAULT_ENDPOINT
+
+    def _guard(self) -> UrlGuard:
+        # The endpoint the server picked (VOICEAPI_ENDPOINT, or the default) is trusted; a client's is not.
+        if self.option.endpoint:
+            return self.context.guard
+        return self.context.guard.trusting(self._endpoint())
 
     def _speaker(self) -> str:
         return (self.option.speaker or self.context.voiceapi_speaker_id or "0").strip()
@@ -105,6 +112,8 @@ class VoiceApiTts(TtsProvider):
             raise ProviderError(message) from None
         except TimeoutError:
             raise ProviderError(f"voiceapi tts: no connection within {CONNECT_TIMEOUT:.0f} s") from None
+        except UrlRefused as exc:
+            raise ProviderRefused(exc.for_field(f"{_FIELD}.endpoint", self._endpoint()), 403) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise ProviderError(f"voiceapi tts: cannot connect: {exc}") from None
 
@@ -118,7 +127,7 @@ class VoiceApiTts(TtsProvider):
         started = time.monotonic()
         received = 0
         leftover = b""
-        async with aiohttp.ClientSession() as http, await self._connect(http, url) as ws:
+        async with self._guard().session(WS) as http, await self._connect(http, url) as ws:
             try:
                 await ws.send_str(text)
             except (aiohttp.ClientError, OSError) as exc:

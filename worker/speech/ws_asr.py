@@ -22,6 +22,7 @@ import numpy as np
 from common.errors import ProviderError, ProviderRefused
 from common.protocol import TranscriptionOption
 from worker.speech.asr import AsrClient, AsrContext, ErrorCallback, ResultCallback, Transcript
+from worker.urlguard import WS, UrlGuard, UrlRefused
 
 log = logging.getLogger("pbx.worker.asr")
 
@@ -66,6 +67,17 @@ class StreamingAsr(AsrClient, abc.ABC):
 
     def headers(self) -> dict[str, str]:
         return {}
+
+    @abc.abstractmethod
+    def endpoint(self) -> str:
+        """Where the service is, as error messages may show it (never the signed URL)."""
+
+    def guard(self) -> UrlGuard:
+        """The rule the connections obey: the call's, and a provider's default endpoint is trusted when the
+        client named none."""
+        if self.option.endpoint:
+            return self.context.guard
+        return self.context.guard.trusting(self.endpoint())
 
     @abc.abstractmethod
     def parse(self, message: dict[str, Any]) -> Transcript | None:
@@ -129,7 +141,7 @@ class StreamingAsr(AsrClient, abc.ABC):
 
     async def _run(self) -> None:
         failures = 0
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as http:
+        async with self.guard().session(WS, timeout=aiohttp.ClientTimeout(total=None)) as http:
             while not self._closing:
                 try:
                     await self._connection(http)
@@ -171,6 +183,9 @@ class StreamingAsr(AsrClient, abc.ABC):
             raise ProviderError(
                 f"{self.provider} asr: no connection within {CONNECT_TIMEOUT:.0f} s"
             ) from None
+        except UrlRefused as exc:
+            # Final: the same address would be refused again.
+            raise ProviderRefused(exc.for_field("option.asr.endpoint", self.endpoint()), 403) from None
         self._established = True
         self.stream_start_ms = None
         self._index_base = self._max_index + 1
