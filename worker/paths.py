@@ -1,6 +1,6 @@
 """Where a client's strings may lead on disk: call ids as file names, recorder files, local media files.
 
-Clients are untrusted (docs/security-files.md): a call id, a `recorderFile` or a `play` path never makes the
+Clients are untrusted (docs/security.md): a call id, a `recorderFile` or a `play` path never makes the
 server write or read outside RECORDER_PATH, MEDIA_PATH and the media cache, unless TRUST_CLIENTS is set.
 The checks here are lexical first (nothing on disk is touched for a path that is refused by its spelling),
 then by the real path (a symbolic link inside a root that points out of it does not open a way out).

@@ -121,7 +121,7 @@ class MediaProcess:
             mebibytes(settings.media_cache_max_mb),
             self.scan,
         )
-        # Where clients' names may lead on disk (worker/paths.py, docs/security-files.md).
+        # Where clients' names may lead on disk (worker/paths.py, docs/security.md).
         self.media_roots = MediaRoots(settings.media_path, settings.media_cache_path, settings.trust_clients)
         self.recorder_quota = RecorderQuota(
             settings.recorder_path, mebibytes(settings.recorder_quota_mb), self.scan

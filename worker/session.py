@@ -422,7 +422,7 @@ class CallSession:
 
     async def _recording_path(self, recorder_option: Any, where: str) -> Path:
         """Where the option's recording goes; BadCommand naming `<where>.recorderFile` if the client may
-        not write there (docs/security-files.md)."""
+        not write there (docs/security.md)."""
         settings = self.proc.settings
         root, trusted = settings.recorder_path, settings.trust_clients
         try:

@@ -1,4 +1,4 @@
-"""What a client can make the server read and write (docs/security-files.md), attacked over the real stack:
+"""What a client can make the server read and write (docs/security.md), attacked over the real stack:
 recorder files and call ids stay under RECORDER_PATH, `play` reads only under MEDIA_PATH and the media
 cache (and cannot tell a forbidden file from a missing one), the recorder quota refuses new recordings while
 the call goes on, the media cache stays within its bound, and TRUST_CLIENTS lifts the path rules."""

@@ -1,4 +1,4 @@
-"""Fuzzing what a client's strings may make the server read and write (worker/paths.py, security-files.md).
+"""Fuzzing what a client's strings may make the server read and write (worker/paths.py, docs/security.md).
 
 The pure properties run on any text: a call id always becomes one safe file name, two ids never share one,
 a recorder file is refused or lands under RECORDER_PATH, a local play path opens nothing outside the roots.
