@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from common.embedded import free_port
 from tests.audio_util import peak_freq, tone
 from tests.e2e.client import CallClient
 from tests.e2e.conftest import StackInfo, running_stack
 from tests.e2e.test_playback import pcm, write_wav
+from tests.local_http import serve_app
 
 pytestmark = pytest.mark.e2e
 
@@ -310,10 +310,7 @@ async def test_media_cache_evicts_least_recently_used_and_refuses_what_cannot_fi
 
     app = web.Application()
     app.router.add_get("/{name}.wav", serve)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, port = await serve_app(app)
     urls = [f"http://127.0.0.1:{port}/{n}.wav" for n in ("a", "b", "c", "d", "e")]
     cached = {u: trusted.cache_path / f"{hashlib.sha256(u.encode()).hexdigest()}.wav" for u in urls}
     c = await CallClient.open(trusted.ws, call_id=call_id)

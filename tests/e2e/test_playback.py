@@ -16,6 +16,7 @@ from common.embedded import free_port
 from tests.audio_util import peak_freq, rms, tone
 from tests.e2e.client import CallClient
 from tests.e2e.conftest import StackInfo
+from tests.local_http import serve_app
 
 pytestmark = pytest.mark.e2e
 
@@ -87,10 +88,7 @@ async def test_play_url_downloads_once_into_cache(stack: StackInfo, call_id: str
 
     app = web.Application()
     app.router.add_get("/media/tone.wav", serve)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, port = await serve_app(app)
     url = f"http://127.0.0.1:{port}/media/tone.wav"
     c = await CallClient.open(stack.ws, call_id=call_id)
     try:

@@ -8,9 +8,9 @@ import time
 import pytest
 from aiohttp import web
 
-from common.embedded import free_port
 from common.errors import ProviderError
 from common.protocol import EouOption
+from tests.local_http import serve_app
 from worker.speech.eou import EouDetector
 from worker.urlguard import UrlGuard
 
@@ -68,10 +68,7 @@ async def test_service_answers_and_failures_fall_back() -> None:
 
     app = web.Application()
     app.router.add_post("/eou", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, port = await serve_app(app)
     sink = Sink()
     option = EouOption(
         type="tencent",
@@ -114,10 +111,7 @@ async def test_a_private_endpoint_is_refused_once_and_the_local_rule_decides() -
 
     app = web.Application()
     app.router.add_post("/eou", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, port = await serve_app(app)
     sink = Sink()
     option = EouOption(type="tencent", endpoint=f"http://127.0.0.1:{port}/eou?token=abc", timeout=100)
     eou = EouDetector(option, "c3", sink.emit, sink.errors.append, guard=UrlGuard())

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from common.embedded import free_port
+from tests.local_http import serve_app
 from worker.media.cache import STALE_TMP, FetchError, MediaCache, cache_path, evict, open_cached
 from worker.urlguard import UrlGuard
 
@@ -83,10 +83,7 @@ async def server() -> tuple[str, dict[str, bytes]]:
 
     app = web.Application()
     app.router.add_get("/{name}", serve)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner, port = await serve_app(app)
     yield f"http://127.0.0.1:{port}", bodies
     await runner.cleanup()
 
