@@ -64,9 +64,15 @@ class SipCall:
         leg = SipLeg(self.telephony.agent, self.telephony.pool, self, "uac")
         self.leg = leg
         try:
-            await leg.dial(option.caller or "", option.callee, _headers(headers), creds, timeout, contact)
+            admit = self.telephony.admit("option.callee", option.callee)
+            await leg.dial(
+                option.caller or "", option.callee, _headers(headers), creds, timeout, contact, admit
+            )
         except LegError as exc:
             s.error("invite", str(exc), exc.code)
+            if exc.code == 403:
+                # A destination the rule refuses ends the call as a refusing callee would (nothing was sent).
+                s.emit(events.event("reject", track_id=s.call_id, reason=str(exc), code=403))
             await s.hangup("failed", "system")
         except OSError as exc:
             s.error("invite", f"cannot set up media: {exc}", 503)

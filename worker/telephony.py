@@ -22,14 +22,14 @@ from common import events, wire
 from common.errors import DuplicateCall
 from common.logs import call_id_var
 from common.protocol import redact_url
-from worker.sip.agent import SipAgent
-from worker.sip.leg import SipLeg
+from worker.sip.agent import Admit, SipAgent
+from worker.sip.leg import LegError, SipLeg
 from worker.sip.message import Request
 from worker.sip.register import Registrations
 from worker.sip.rtp import PortPool
 from worker.sip.transaction import ServerTransaction
 from worker.sip.transport import Source
-from worker.urlguard import HTTP, UrlRefused
+from worker.urlguard import HTTP, SIP_HINT, UrlRefused
 
 if TYPE_CHECKING:
     from worker.process import MediaProcess
@@ -82,6 +82,8 @@ class Telephony:
             self.agent.on_invite = self._on_invite
         self.pending: dict[str, PendingCall] = {}
         self.registrations = Registrations(self.agent, s.sip_register)
+        # Where a client may send a call: the URL rule, plus the PBXs the operator registers with.
+        self.guard = proc.url_guard.with_trusted(self.registrations.destinations())
         self._http: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -102,6 +104,19 @@ class Telephony:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def admit(self, field: str, uri: str) -> Admit:
+        """The check of a SIP destination a client named (`field`: `uri`) for `SipLeg.dial`: the callee's
+        resolved addresses are judged by the URL rule, and a refusal is a LegError(403) naming the field."""
+        guard = self.guard
+
+        def admit(host: str, port: int, addresses: list[str]) -> str:
+            try:
+                return guard.pick_address(host, port, addresses, SIP_HINT)
+            except UrlRefused as exc:
+                raise LegError(exc.for_field(field, uri), 403) from None
+
+        return admit
 
     # --- cross-process routing ---------------------------------------------------------------------------
 

@@ -114,9 +114,9 @@ class Transfer:
         self.leg = leg
         caller = self.cmd.caller or ""
         try:
-            await leg.dial(
-                caller, self.target, h, creds, float(self.options.timeout or DEFAULT_TIMEOUT), contact
-            )
+            timeout = float(self.options.timeout or DEFAULT_TIMEOUT)
+            admit = telephony.admit("refer.target", self.target)
+            await leg.dial(caller, self.target, h, creds, timeout, contact, admit)
         except (LegError, OSError) as exc:
             s.error("refer", str(exc), getattr(exc, "code", 503))
             self._failed(getattr(exc, "code", 503), str(exc))

@@ -17,6 +17,9 @@ through a session made by `UrlGuard.session`, which
 
 A refusal raises `UrlRefused` before any connection is opened, so it reads the same whether anything
 listens at that address or not.
+
+SIP destinations a client names (an outbound call's callee, a bridged refer's target) are not URLs aiohttp
+fetches: the SIP stack resolves them and asks `pick_address` which of the answers it may send to.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -39,6 +42,8 @@ HTTP = frozenset({"http", "https"})
 WS = frozenset({"ws", "wss"})
 MAX_REDIRECTS = 5
 HINT = "set ALLOW_PRIVATE_URLS=1 to allow"
+# SIP destinations: a PBX on the operator's LAN is the usual one, and listing it is the narrow way in.
+SIP_HINT = "set ALLOW_PRIVATE_URLS=1 or list the host in ALLOWED_URL_HOSTS"
 
 # A WebSocket handshake is an HTTP request: a redirect may name either form of the scheme.
 _TWIN = {"http": "ws", "https": "wss", "ws": "http", "wss": "https"}
@@ -130,16 +135,16 @@ class UrlRefused(Exception):
         return f"{field}: {shown_url} refused: {self}"
 
 
-def _refused_address(host: str, kind: str) -> UrlRefused:
-    return UrlRefused(f"{host} is a private address ({kind}); {HINT}")
+def _refused_address(host: str, kind: str, hint: str = HINT) -> UrlRefused:
+    return UrlRefused(f"{host} is a private address ({kind}); {hint}")
 
 
-def _refused_addresses(host: str, refused: list[tuple[str, str]]) -> UrlRefused:
+def _refused_addresses(host: str, refused: list[tuple[str, str]], hint: str = HINT) -> UrlRefused:
     if len(refused) == 1:
         address, kind = refused[0]
-        return UrlRefused(f"{host} resolves to a private address ({address}, {kind}); {HINT}")
+        return UrlRefused(f"{host} resolves to a private address ({address}, {kind}); {hint}")
     listed = ", ".join(f"{address} {kind}" for address, kind in refused[:4])
-    return UrlRefused(f"{host} resolves to private addresses only ({listed}); {HINT}")
+    return UrlRefused(f"{host} resolves to private addresses only ({listed}); {hint}")
 
 
 class GuardedResolver(AbstractResolver):
@@ -222,6 +227,29 @@ class UrlGuard:
             return True
         host = _norm_host(host)
         return (host, port) in self.trusted or (host, None) in self.trusted
+
+    def with_trusted(self, destinations: Iterable[tuple[str, int | None]]) -> UrlGuard:
+        """This rule, with more operator-configured destinations trusted: (host, port), port None for any."""
+        added = frozenset((_norm_host(host), port) for host, port in destinations)
+        return dataclasses.replace(self, trusted=self.trusted | added) if added else self
+
+    def pick_address(self, host: str, port: int, addresses: Sequence[str], hint: str = HINT) -> str:
+        """The address to reach `host:port` at, for a connection made outside aiohttp (SIP): the first of
+        `addresses` (what the name resolved to, or the address `host` is) the rule allows. The caller sends
+        to exactly that address, so no second lookup can change it. Raises UrlRefused when none is allowed."""
+        if not addresses:
+            raise UrlRefused(f"{host} has no address")
+        if self.allows_any_address(host, port):
+            return addresses[0]
+        refused: list[tuple[str, str]] = []
+        for address in addresses:
+            kind = address_kind(address)
+            if kind is None:
+                return address  # mixed answers: reached at a public one, as GuardedResolver does
+            refused.append((address, kind))
+        if len(refused) == 1 and _norm_host(host) == refused[0][0]:
+            raise _refused_address(host, refused[0][1], hint)
+        raise _refused_addresses(host, refused, hint)
 
     def check(self, url: URL, schemes: frozenset[str]) -> None:
         """Raise UrlRefused for a URL whose scheme is not among `schemes`, that names no host, or whose

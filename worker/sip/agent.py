@@ -50,6 +50,8 @@ InviteHandler = Callable[[Request, ServerTransaction], None]
 # Forward a message for an unknown dialog to its owner; False when no other process owns it.
 Forwarder = Callable[[str, bytes, Source], Awaitable[bool]]
 DialogClaim = Callable[[str, bool], None]  # (sip call-id, owned now?) → record in Redis
+# (host as written, port, its addresses) → the address to send to; raises to refuse the destination.
+Admit = Callable[[str, int, list[str]], str]
 
 
 def is_ip(host: str) -> bool:
@@ -124,13 +126,19 @@ class SipAgent:
         param = ";transport=tcp" if transport == "tcp" else ""
         return f"<sip:{who}{self.address}:{self.port}{param}>"
 
-    async def resolve(self, target: Target) -> Target:
+    async def resolve(self, target: Target, admit: Admit | None = None) -> Target:
+        """`target` with its host resolved (A records, on the loop's executor); `admit` picks the address
+        among the answers and may refuse them all (what it raises goes to the caller)."""
         if is_ip(target.host):
-            return target
-        infos = await asyncio.get_running_loop().getaddrinfo(target.host, target.port, family=socket.AF_INET)
-        if not infos:
-            raise OSError(f"cannot resolve {target.host}")
-        return Target(str(infos[0][4][0]), target.port, target.transport)
+            addresses = [target.host]
+        else:
+            loop = asyncio.get_running_loop()
+            infos = await loop.getaddrinfo(target.host, target.port, family=socket.AF_INET)
+            addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+            if not addresses:
+                raise OSError(f"cannot resolve {target.host}")
+        address = addresses[0] if admit is None else admit(target.host, target.port, addresses)
+        return Target(address, target.port, target.transport)
 
     # --- dialogs -----------------------------------------------------------------------------------------
 

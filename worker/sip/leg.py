@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from worker.sip import sdp
-from worker.sip.agent import SipAgent
+from worker.sip.agent import Admit, SipAgent
 from worker.sip.dialog import Dialog, new_call_id, new_tag, target_of, uri_of
 from worker.sip.digest import DigestState, header_names
 from worker.sip.message import Headers, Request, Response
@@ -154,8 +154,13 @@ class SipLeg:
         credentials: tuple[str, str] | None = None,
         timeout: float = 60.0,
         contact: str | None = None,
+        admit: Admit | None = None,
     ) -> None:
-        """Place the call; returns when it is answered, failed or timed out (events tell which)."""
+        """Place the call; returns when it is answered, failed or timed out (events tell which).
+
+        `admit` judges the callee's addresses before anything is sent (the caller's rule for destinations a
+        client chose); every request outside the dialog (INVITE, its retries and CANCEL) goes to the one it
+        picked. In-dialog requests go where the peer's Contact and Record-Route say."""
         try:
             uri = uri_of(callee)
             target = target_of(uri)
@@ -164,7 +169,7 @@ class SipLeg:
         if target is None:
             raise LegError(f"callee: {callee!r} is not a sip: URI", 400)
         try:
-            self._target = await self.agent.resolve(target)
+            self._target = await self.agent.resolve(target, admit)
         except OSError as exc:
             raise LegError(f"callee: cannot resolve {target.host}: {exc}", 502) from None
         if self._abandoned():

@@ -174,6 +174,18 @@ class Registrations:
         self.items = [Registration(agent, a) for a in self.accounts]
         self._tasks: list[asyncio.Task[None]] = []
 
+    def destinations(self) -> list[tuple[str, int]]:
+        """(host, port) of every account's server: the operator's own, so a client may dial them too."""
+        found: list[tuple[str, int]] = []
+        for account in self.accounts:
+            try:
+                target = target_of(uri_of(account.server))
+            except ValueError:
+                continue
+            if target is not None:
+                found.append((target.host, target.port))
+        return found
+
     def start(self) -> None:
         for reg in self.items:
             self._tasks.append(asyncio.create_task(reg.run(), name=f"register:{reg.account.username}"))
