@@ -97,6 +97,24 @@ def test_load_audio_resamples_to_16k_mono(tmp_path: Path, rate: int, channels: i
     assert abs(peak_freq(y) - 500) < 5
 
 
+def test_load_audio_reads_a_16k_mono_wav_directly_with_ffmpegs_samples(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.media import audiofile
+
+    path = _wav(tmp_path / "t.wav", tone(500, 2.0, rate=16000), 16000, 1)
+    direct = load_audio(str(path))
+    with open(path, "rb") as f:
+        assert audiofile._plain_wav(f) is not None, "read without FFmpeg"
+    monkeypatch.setattr(audiofile, "_plain_wav", lambda source: None)
+    decoded = load_audio(str(path))
+    assert direct.dtype == np.int16 and direct.flags.writeable
+    assert np.array_equal(direct, decoded)
+    # Not 16 kHz mono 16-bit: FFmpeg's way, from the start of the file.
+    with open(_wav(tmp_path / "s.wav", tone(500, 0.5, rate=8000), 8000, 2), "rb") as f:
+        assert audiofile._plain_wav(f) is None
+
+
 def test_load_audio_errors(tmp_path: Path) -> None:
     with pytest.raises(AudioFileError, match="no such file"):
         load_audio(str(tmp_path / "missing.wav"))
@@ -104,6 +122,15 @@ def test_load_audio_errors(tmp_path: Path) -> None:
     junk.write_bytes(b"not audio at all" * 64)
     with pytest.raises(AudioFileError):
         load_audio(str(junk))
+    # A WAV header that promises 16 kHz mono and then no samples, or a truncated one.
+    path = _wav(tmp_path / "t.wav", tone(500, 0.5, rate=16000), 16000, 1)
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(_wav(tmp_path / "e.wav", np.zeros(0, np.int16), 16000, 1).read_bytes())
+    with pytest.raises(AudioFileError):
+        load_audio(str(empty))
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(path.read_bytes()[:1001])
+    assert len(load_audio(str(cut))) > 0
 
 
 def test_wav_writer_header_valid_while_open(tmp_path: Path) -> None:

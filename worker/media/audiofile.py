@@ -6,6 +6,7 @@ Blocking: run it in a thread.
 from __future__ import annotations
 
 import os
+import wave
 from typing import BinaryIO
 
 import av
@@ -36,6 +37,19 @@ def load_audio(source: str | BinaryIO, name: str | None = None) -> np.ndarray:
         # FFmpeg gets a file, never a string: it would read `concat:`, `http:` and the like as protocols.
         source = open(source, "rb")  # noqa: SIM115 - closed below
     try:
+        samples = _plain_wav(source)
+    except (wave.Error, EOFError, OSError, ValueError):
+        samples = None
+    if samples is not None:
+        source.close()
+        if len(samples) > MAX_SECONDS * 16000:
+            raise AudioFileError(f"{path} is longer than {MAX_SECONDS} s")
+        if not len(samples):
+            raise AudioFileError(f"{path} holds no audio")
+        return samples
+    try:
+        if source.seekable():
+            source.seek(0)
         container = av.open(source, "r", options={"format_whitelist": AUDIO_FORMATS})
     except (av.FFmpegError, OSError) as exc:
         source.close()
@@ -64,6 +78,23 @@ def load_audio(source: str | BinaryIO, name: str | None = None) -> np.ndarray:
     if not chunks:
         raise AudioFileError(f"{path} holds no audio")
     return np.concatenate(chunks).astype(np.int16, copy=False)
+
+
+def _plain_wav(source: BinaryIO) -> np.ndarray | None:
+    """The samples of a WAV file that is already mono 16-bit PCM at 16 kHz, else None (FFmpeg decodes it).
+
+    FFmpeg decodes such a file frame by frame, in small steps that each take the GIL: 10 ms for 20 s of audio
+    against 0.6 ms read here. With each new call starting a `play`, those threads kept the media loop waiting
+    and stretched the setup of the calls arriving meanwhile (docs/performance.md, "Low load and the setup
+    tail")."""
+    if not source.seekable() or source.read(12)[8:12] != b"WAVE":
+        return None
+    source.seek(0)
+    with wave.open(source, "rb") as w:
+        if (w.getnchannels(), w.getsampwidth(), w.getframerate()) != (1, 2, 16000):
+            return None
+        data = w.readframes(min(w.getnframes(), MAX_SECONDS * 16000 + 1))
+    return np.frombuffer(data, "<i2").astype(np.int16)
 
 
 def _reason(exc: Exception) -> str:
