@@ -71,16 +71,29 @@ class CallClient:
                     if found is not None:
                         return found
                     if self.closed.is_set():
-                        raise AssertionError(f"socket closed without {name} {match}; events: {self.names()}")
+                        raise AssertionError(
+                            f"socket closed without {name} {match}; events: {self.names()}{self._errors()}"
+                        )
                     await self._changed.wait()
 
         try:
             return await asyncio.wait_for(wait(), timeout)
         except TimeoutError:
-            raise AssertionError(f"no {name} {match} within {timeout}s; events: {self.names()}") from None
+            raise AssertionError(
+                f"no {name} {match} within {timeout}s; events: {self.names()}{self._errors()}"
+            ) from None
 
     def names(self) -> list[str]:
         return [e.get("event", "?") for e in self.events]
+
+    def _errors(self) -> str:
+        """The error events' texts, for a failed wait's message (what the server said went wrong)."""
+        said = [
+            f"{e.get('sender')} {e.get('code')}: {e.get('error')}"
+            for e in self.events
+            if e.get("event") == "error"
+        ]
+        return f"; errors: {said}" if said else ""
 
     async def wait_closed(self, timeout: float = 5.0) -> None:
         await asyncio.wait_for(self.closed.wait(), timeout)
