@@ -138,9 +138,17 @@ async def test_a_call_moves_the_cluster_figures(stack: StackInfo, call_id: str, 
     finally:
         await c.close()
 
-    ended = await until(stack.base, lambda f: f.since(live, "pbx_calls_ended_total", type="websocket") >= 1)
-    assert ended.since(live, "pbx_calls_ended_total", type="websocket") >= 1
     owner_active = {p: v for p, v in live.by_proc("pbx_calls_active", type="websocket").items() if v >= 1}
+
+    def after_call(f: Figures) -> bool:
+        # Each process publishes its own figures: the frontend's count of ended calls and the media process's
+        # active calls need not arrive in the same snapshot.
+        active = f.by_proc("pbx_calls_active", type="websocket")
+        ended = f.since(live, "pbx_calls_ended_total", type="websocket") >= 1
+        return ended and any(active.get(p, 0) < v for p, v in owner_active.items())
+
+    ended = await until(stack.base, after_call)
+    assert ended.since(live, "pbx_calls_ended_total", type="websocket") >= 1
     after_active = ended.by_proc("pbx_calls_active", type="websocket")
     assert any(after_active.get(p, 0) < v for p, v in owner_active.items()), "the owner holds one call less"
     # (Tests that kill processes of this stack may still see their calls counted as frontend_lost or

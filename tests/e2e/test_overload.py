@@ -35,6 +35,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 # Microseconds of media-loop CPU per call per 20 ms tick (`PBX_TEST_TICK_BURN_US`), and the loop's CPU share
 # at which a process takes no more calls (`PBX_LOAD_LOOP_BUSY`, lowered from 0.75 so that the two media
 # processes at their limit leave the shared cores room): ~16 calls per media process.
+# The server's own lag and tick limits (the other test stacks turn admission by load off).
+SERVER_LOAD_LIMITS = {"PBX_LOAD_LAG_MS": "30", "PBX_LOAD_TICK_MS": "10"}
 BURN_US = int(os.environ.get("PBX_OVERLOAD_BURN_US", "500"))
 LOOP_BUSY = os.environ.get("PBX_OVERLOAD_LOOP_BUSY", "0.4")
 # Calls asked for: about three times what the two media processes carry.
@@ -93,7 +95,13 @@ def beats(info: StackInfo, role: str) -> list[dict[str, Any]]:
 @pytest.fixture
 def burnt(tmp_path: Path) -> Iterator[StackInfo]:
     with running_stack(
-        tmp_path, 2, 2, MAX_CALLS="200", PBX_TEST_TICK_BURN_US=str(BURN_US), PBX_LOAD_LOOP_BUSY=LOOP_BUSY
+        tmp_path,
+        2,
+        2,
+        MAX_CALLS="200",
+        PBX_TEST_TICK_BURN_US=str(BURN_US),
+        PBX_LOAD_LOOP_BUSY=LOOP_BUSY,
+        **SERVER_LOAD_LIMITS,
     ) as info:
         yield info
 
@@ -212,7 +220,7 @@ async def test_twice_the_capacity_is_refused_at_once_and_the_rest_keep_their_aud
 
 @pytest.fixture
 def stallable(tmp_path: Path) -> Iterator[StackInfo]:
-    with running_stack(tmp_path, 2, 2, PBX_TEST_STALL_SECONDS="5") as info:
+    with running_stack(tmp_path, 2, 2, PBX_TEST_STALL_SECONDS="5", **SERVER_LOAD_LIMITS) as info:
         yield info
 
 
