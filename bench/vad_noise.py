@@ -21,32 +21,15 @@ import numpy as np
 
 from tests.audio_util import noise, onsets
 from tests.unit.test_vad import (
-    FIXTURES,
     LEADS,
     NOISE_LEVELS,
     NOISES,
-    SENTENCES,
     judge_audio,
     lead,
+    onset_clips,
     pcm,
 )
 from worker.media.vad import Speaking
-
-
-def clips() -> dict[str, np.ndarray]:
-    import wave
-
-    from tests.speech import speech
-
-    out = {
-        text[:24]: np.concatenate([np.zeros(16000, np.int16), speech(text), np.zeros(8000, np.int16)])
-        for text in (*SENTENCES, "Please book a table for two people tonight.")
-    }
-    zh = FIXTURES / "hello_book_course_zh_16k.wav"
-    if zh.is_file():
-        with wave.open(str(zh)) as w:
-            out[zh.name] = np.frombuffer(w.readframes(w.getnframes()), "<i2")
-    return out
 
 
 def main() -> None:
@@ -55,7 +38,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
-    speech_clips = clips()
+    speech_clips = {name[:24]: clip for name, clip in onset_clips().items()}
     for engine in args.engines:
         runs = heard = 0
         where = []

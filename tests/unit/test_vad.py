@@ -182,8 +182,12 @@ FIXTURES = Path("/work/shared/fixtures")
 
 @pytest.fixture(scope="module")
 def speech_clips() -> dict[str, np.ndarray]:
+    return onset_clips()
+
+
+def onset_clips() -> dict[str, np.ndarray]:
     """Speech after a second of silence: synthesised sentences, and the recorded Mandarin fixture (two
-    phrases) when the shared fixtures are there."""
+    phrases) when the shared fixtures are there (bench/vad_noise.py uses them too)."""
     clips = {
         text: np.concatenate([np.zeros(16000, np.int16), speech(text), np.zeros(8000, np.int16)])
         for text in (*SENTENCES, "Please book a table for two people tonight.")
