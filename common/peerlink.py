@@ -343,8 +343,11 @@ class Links:
     def _maybe_dial(self, proc: str) -> None:
         if proc in self._dialing or not proc.startswith("media-"):
             return
-        if time.monotonic() < self._next_dial.get(proc, 0.0):
+        now = time.monotonic()
+        if now < self._next_dial.get(proc, 0.0):
             return
+        if len(self._next_dial) > 256:  # processes long gone: forget them
+            self._next_dial = {p: t for p, t in self._next_dial.items() if t > now}
         self._dialing.add(proc)
         task = asyncio.get_running_loop().create_task(self._dial(proc), name=f"link:{proc}")
         self._tasks.add(task)
