@@ -16,7 +16,8 @@ from redis.exceptions import RedisError
 
 from common import wire
 from common.keys import Keys
-from common.metrics import AUDIO_DROPPED, redis_error
+from common.metrics import AUDIO_DROPPED, BUS_BATCHES, redis_error
+from common.peerlink import InboxCursor, Links
 from common.streamlink import stream_io
 
 log = logging.getLogger("pbx.bus")
@@ -52,14 +53,20 @@ class Outbox:
 
     Commands, events and control messages go out on the loop's next turn, with whatever else was queued in
     the same turn. Audio waits up to `linger` seconds for company (a media process writes its tick's frames
-    at once with `kick`), so one XADD per destination carries many calls' frames at any load. Messages
-    queued while a write is in flight go out together in the next write.
+    at once with `kick`), so one write per destination carries many calls' frames at any load. Messages
+    queued while a write is in flight go out together in the next write. A batch for a process with a
+    direct link up (`links`, common/peerlink.py) goes over it; the others go to the inbox streams.
     """
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, linger: float = AUDIO_LINGER) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, keys: Keys, linger: float = AUDIO_LINGER, links: Links | None = None
+    ) -> None:
         self._streams = stream_io(redis)
         self._keys = keys
         self.linger = linger
+        self.links = links
+        # The last entry this process wrote to each inbox stream: a link starts after it (common/peerlink.py).
+        self._last_id: dict[str, bytes] = {}
         self._pending: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -118,11 +125,26 @@ class Outbox:
                 log.warning("final flush failed: %s", exc)
 
     async def _write(self, batch: dict[str, list[dict[str, Any]]]) -> None:
-        items = [
-            (self._keys.inbox(proc), wire.FIELD, self._pack(proc, messages))
-            for proc, messages in batch.items()
-        ]
-        await self._streams.xadd_many(items, INBOX_MAXLEN)
+        links = self.links
+        items, procs = [], []
+        for proc, messages in batch.items():
+            blob = self._pack(proc, messages)
+            if links is not None and links.send(proc, blob, self._last_id.get(proc)):
+                _LINKED.value += 1
+                continue
+            items.append((self._keys.inbox(proc), wire.FIELD, blob))
+            procs.append(proc)
+        if items:
+            try:
+                ids = await self._streams.xadd_many(items, INBOX_MAXLEN)
+            except RedisError:
+                # Only what went to Redis goes round again (the linked batches left already).
+                for proc in batch.keys() - set(procs):
+                    del batch[proc]
+                raise
+            _STREAMED.value += len(items)
+            for proc, entry_id in zip(procs, ids, strict=False):
+                self._last_id[proc] = entry_id
         self.sent_batches += 1
 
     async def close(self) -> None:
@@ -157,10 +179,16 @@ class Outbox:
             self._pending[proc] = merged
 
 
+_LINKED = BUS_BATCHES.labels("link")
+_STREAMED = BUS_BATCHES.labels("redis")
+
+
 async def read_inbox(
-    redis: aioredis.Redis, keys: Keys, proc: str, block_ms: int = 1000
+    redis: aioredis.Redis, keys: Keys, proc: str, block_ms: int = 1000, cursor: InboxCursor | None = None
 ) -> AsyncIterator[list[dict[str, Any]]]:
-    """Yield batches of messages addressed to `proc`, in order, forever; survives Redis restarts."""
+    """Yield batches of messages addressed to `proc`, in order, forever; survives Redis restarts.
+
+    `cursor` learns each entry once the consumer has handled its batch (links wait on it)."""
     stream = keys.inbox(proc)
     streams = stream_io(redis)
     last = b"0-0"
@@ -181,14 +209,15 @@ async def read_inbox(
         for entry_id, fields in entries:
             last = entry_id
             blob = fields.get(wire.FIELD)
-            if blob is None:
-                continue
+            messages = None
             try:
-                messages = wire.unpack(blob)
+                messages = wire.unpack(blob) if blob is not None else None
             except Exception:  # a foreign or corrupt entry must not stop the reader
                 log.exception("undecodable inbox entry %s", entry_id)
-                continue
-            yield messages
+            if messages is not None:
+                yield messages
+            if cursor is not None:
+                cursor.advance(entry_id)
         reads += 1
         if reads % TRIM_EVERY == 0:
             # Entries are read once by their only reader; trimming now and then keeps memory flat.

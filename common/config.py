@@ -209,6 +209,10 @@ class Settings:
     tencent_secret_key: str = ""
     voiceapi_endpoint: str = ""
     voiceapi_speaker_id: str = ""
+    # Direct frontend ⇄ media process sockets for call messages (common/peerlink.py); Redis otherwise.
+    media_link: bool = True
+    # Address a media process's link listens on, and that frontends dial (a wildcard: this host's address).
+    media_link_host: str = "127.0.0.1"
     # Seconds a media process, on SIGTERM, lets its calls go on before hanging up the rest.
     drain_timeout: float = 30.0
     # Seconds a process heartbeat lives in Redis; liveness is "refreshed within this window".
@@ -326,6 +330,8 @@ class Settings:
             ws_max_audio_frames_per_sec=_float(env, "WS_MAX_AUDIO_FRAMES_PER_SEC", 150.0),
             llm_proxy_open=_bool(env, "LLM_PROXY_OPEN"),
             trust_clients=_bool(env, "TRUST_CLIENTS"),
+            media_link=_bool(env, "MEDIA_LINK") if env.get("MEDIA_LINK", "").strip() else True,
+            media_link_host=env.get("MEDIA_LINK_HOST", "").strip() or "127.0.0.1",
             calls_per_ip_per_min=_float(env, "CALLS_PER_IP_PER_MIN", 300.0),
             calls_per_ip_burst=_float(env, "CALLS_PER_IP_BURST", 100.0),
             trusted_proxies=_networks(env, "TRUSTED_PROXIES"),

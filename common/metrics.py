@@ -438,6 +438,15 @@ AUDIO_DROPPED = REGISTRY.counter(
     "pbx_audio_frames_dropped_total", "Audio frames dropped on the way to a client or a peer.", ("reason",)
 )
 AUDIO_DROPPED.labels("redis_backlog")  # every process has an outbox (common/bus.py)
+BUS_BATCHES = REGISTRY.counter(
+    "pbx_bus_batches_total",
+    "Batches of messages sent to another process, by path: a direct link or the Redis inbox stream.",
+    ("path",),
+)
+LINK_DROPS = REGISTRY.counter(
+    "pbx_link_drops_total",
+    "Direct links between processes dropped for misbehaving (a wrong token, a backlog, a bad frame).",
+)
 CALLS_FAILED = REGISTRY.counter(
     "pbx_calls_failed_total",
     "Calls that ended in failure (a set-up failure, a rejection, no answer, a media or process failure).",

@@ -30,8 +30,8 @@ CONNECT_TIMEOUT = 5.0
 
 
 class StreamIO(Protocol):
-    async def xadd_many(self, items: list[tuple[str, bytes, bytes]], maxlen: int) -> None:
-        """XADD each (stream, field, value), one write and one round trip for all of them."""
+    async def xadd_many(self, items: list[tuple[str, bytes, bytes]], maxlen: int) -> list[bytes]:
+        """XADD each (stream, field, value), one write and one round trip for all of them: the new ids."""
 
     async def xread(self, stream: str, last: bytes, count: int, block_ms: int) -> list[Entry]:
         """XREAD COUNT BLOCK from one stream after `last`: its new entries, [] when none came in time."""
@@ -162,11 +162,11 @@ class LeanStreams:
         if self._link is link:
             self._link = None
 
-    async def xadd_many(self, items: list[tuple[str, bytes, bytes]], maxlen: int) -> None:
+    async def xadd_many(self, items: list[tuple[str, bytes, bytes]], maxlen: int) -> list[bytes]:
         payload = b"".join(
             encode("XADD", stream, "MAXLEN", "~", maxlen, "*", field, value) for stream, field, value in items
         )
-        await self._call(payload, len(items))
+        return await self._call(payload, len(items))
 
     async def xread(self, stream: str, last: bytes, count: int, block_ms: int) -> list[Entry]:
         (reply,) = await self._call(
@@ -192,11 +192,12 @@ class ClientStreams:
     def __init__(self, redis: aioredis.Redis) -> None:
         self._redis = redis
 
-    async def xadd_many(self, items: list[tuple[str, bytes, bytes]], maxlen: int) -> None:
+    async def xadd_many(self, items: list[tuple[str, bytes, bytes]], maxlen: int) -> list[bytes]:
         pipe = self._redis.pipeline(transaction=False)
         for stream, field, value in items:
             pipe.xadd(stream, {field: value}, maxlen=maxlen, approximate=True)
-        await pipe.execute()
+        ids = await pipe.execute()
+        return [i if isinstance(i, bytes) else str(i).encode() for i in ids]
 
     async def xread(self, stream: str, last: bytes, count: int, block_ms: int) -> list[Entry]:
         reply: Any = await self._redis.xread({stream: last}, count=count, block=block_ms)

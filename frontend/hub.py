@@ -18,6 +18,7 @@ from common.headroom import install_stall_knob
 from common.keys import Keys
 from common.liveness import HEARTBEAT_EVERY, DeathWatch, Heartbeat
 from common.metrics import redis_error
+from common.peerlink import InboxCursor, Links, link_lookup
 from common.registry import Registry
 from frontend import metrics
 from frontend.admission import CallAdmission, FrontendLoad
@@ -44,8 +45,15 @@ class Hub:
         self.redis = redis
         self.keys = Keys(settings.redis_prefix)
         self.registry = Registry(redis, self.keys)
-        self.outbox = Outbox(redis, self.keys)
         self.proc_id = new_proc_id("web")
+        # Direct links to the media processes this frontend talks to (common/peerlink.py), else Redis.
+        self.cursor = InboxCursor()
+        self.links = (
+            Links(self.proc_id, self._deliver_batch, self.cursor, link_lookup(redis, self.keys))
+            if settings.media_link
+            else None
+        )
+        self.outbox = Outbox(redis, self.keys, links=self.links)
         # Heartbeats from a thread of their own (common/liveness.py); deaths confirmed before acting on them.
         self.heartbeat = Heartbeat(settings.redis_url or DEFAULT_LOCAL_URL, self.keys, self.proc_id,
                                    settings.heartbeat_ttl, stall_limit=settings.loop_stall_limit)  # fmt: skip
@@ -107,6 +115,8 @@ class Hub:
                 await task
         await self.heartbeat.stop()  # before the key goes: a later write would bring it back
         await self.outbox.close()
+        if self.links is not None:
+            await self.links.close()
         with contextlib.suppress(RedisError):
             await self.redis.delete(self.keys.proc(self.proc_id), self.keys.inbox(self.proc_id))
 
@@ -159,12 +169,16 @@ class Hub:
                 log.exception("reaper pass crashed")
 
     async def _inbox(self) -> None:
-        async for batch in read_inbox(self.redis, self.keys, self.proc_id):
-            for m in batch:
-                try:
-                    self._deliver(m)
-                except Exception:
-                    log.exception("could not deliver %s message for %s", m.get("k"), m.get("c"))
+        async for batch in read_inbox(self.redis, self.keys, self.proc_id, cursor=self.cursor):
+            self._deliver_batch(batch)
+
+    def _deliver_batch(self, batch: list[dict[str, Any]]) -> None:
+        """Messages from the inbox stream or a link, in the order they were sent."""
+        for m in batch:
+            try:
+                self._deliver(m)
+            except Exception:
+                log.exception("could not deliver %s message for %s", m.get("k"), m.get("c"))
 
     def _deliver(self, m: dict[str, Any]) -> None:
         call_id, kind, body = m["c"], m["k"], m["b"]

@@ -26,6 +26,7 @@ from common.keys import DISPATCH_GROUP, Keys
 from common.liveness import DeathWatch, Heartbeat
 from common.logs import call_id_var
 from common.metrics import redis_error
+from common.peerlink import InboxCursor, Links
 from common.registry import Registry
 from worker import metrics
 from worker.load import MediaLoad
@@ -104,7 +105,10 @@ class MediaProcess:
         limit_host_addresses(settings.rtc_addresses)
         self.redis = connect(settings.redis_url or DEFAULT_LOCAL_URL)
         self.registry = Registry(self.redis, self.keys)
-        self.outbox = Outbox(self.redis, self.keys)
+        # Frontends dial this process's link (common/peerlink.py); messages without one go through Redis.
+        self.cursor = InboxCursor()
+        self.links = Links(self.proc_id, self._deliver_batch, self.cursor)
+        self.outbox = Outbox(self.redis, self.keys, links=self.links)
         self.sessions: dict[str, CallSession] = {}
         # One disk thread keeps each file's writes in order; decoding gets its own threads.
         self.io = ThreadPoolExecutor(1, thread_name_prefix="disk")
@@ -246,6 +250,13 @@ class MediaProcess:
         except OSError as exc:
             log.error("SIP is off in this process: cannot bind %s:%d (%s)", self.settings.sip_addr,
                       self.settings.sip_port, exc)  # fmt: skip
+        if self.settings.media_link:
+            try:
+                host, port = await self.links.listen(self.settings.media_link_host)
+                log.debug("link listening on %s:%d", host, port)
+            except OSError as exc:
+                log.error("no direct link for frontends (cannot listen on %s: %s); messages go through Redis",
+                          self.settings.media_link_host, exc)  # fmt: skip
         await self._start_heartbeat()  # warm: false, capacity 0
         for name, coro in (
             ("outbox", self.outbox.run()),
@@ -339,6 +350,7 @@ class MediaProcess:
             )
         await self.heartbeat.stop()  # before the key goes: a later write would bring it back
         await self.outbox.close()
+        await self.links.close()
         with contextlib.suppress(RedisError):
             await self.redis.delete(self.keys.proc(self.proc_id), self.keys.inbox(self.proc_id))
             # Leave the consumer group tidy, unless requests read during the drain still wait for a taker.
@@ -389,6 +401,8 @@ class MediaProcess:
             "tick_max_ms": round(self.tick_max_ms, 2),
             "clock_restarts": self.clock_restarts,
             "load": self.load.figures(),
+            # Where frontends dial this process, and the token they give (never shown by any API).
+            "link": self.links.announcement(),
         }
 
     async def _start_heartbeat(self) -> None:
@@ -571,19 +585,23 @@ class MediaProcess:
             call_id_var.reset(token)
 
     async def _inbox(self) -> None:
-        async for batch in read_inbox(self.redis, self.keys, self.proc_id):
-            for m in batch:
-                session = self.sessions.get(m["c"])
-                if session is None:
-                    self._unowned(m)
-                    continue
-                token = call_id_var.set(session.call_id)  # every log line carries the call id
-                try:
-                    session.deliver(m["k"], m["b"])
-                except Exception:
-                    log.exception("could not handle %s message", m["k"])
-                finally:
-                    call_id_var.reset(token)
+        async for batch in read_inbox(self.redis, self.keys, self.proc_id, cursor=self.cursor):
+            self._deliver_batch(batch)
+
+    def _deliver_batch(self, batch: list[dict[str, Any]]) -> None:
+        """Messages from the inbox stream or a frontend's link, in the order they were sent."""
+        for m in batch:
+            session = self.sessions.get(m["c"])
+            if session is None:
+                self._unowned(m)
+                continue
+            token = call_id_var.set(session.call_id)  # every log line carries the call id
+            try:
+                session.deliver(m["k"], m["b"])
+            except Exception:
+                log.exception("could not handle %s message", m["k"])
+            finally:
+                call_id_var.reset(token)
 
     def _unowned(self, m: dict[str, Any]) -> None:
         """A message for no session here: a forwarded SIP message, or a socket for an inbound call."""

@@ -172,6 +172,12 @@ async def test_redis_restart_under_load(tmp_path: Path) -> None:
                 frame = rate // 50
                 loud = [rms(during[i : i + frame]) > 1000 for i in range(0, during.size - frame + 1, frame)]
                 assert sum(loud) >= 0.95 * len(loud), "the tone went on playing to the SIP phone"
+                # The WebSocket calls' audio crosses the frontends' direct links to the media processes
+                # (common/peerlink.py), not Redis: it went on too.
+                quiet = [
+                    c.call_id for c in calls if not any(t_down + 1 < t < t_down + outage for t in c.arrivals)
+                ]
+                assert not quiet, f"calls that heard nothing while Redis was down: {quiet}"
 
                 server = EmbeddedRedis(server.port).start()  # back, and empty
                 t_up = time.monotonic()

@@ -132,6 +132,9 @@ async def test_a_call_moves_the_cluster_figures(stack: StackInfo, call_id: str, 
             "set up within 1 s"
         )
         assert call_id not in live.text, "no call id in any label"
+        # The call's messages crossed a direct link both ways (common/peerlink.py), not Redis.
+        assert delta(live, "pbx_bus_batches_total", path="link", role="web") >= 1
+        assert delta(live, "pbx_bus_batches_total", path="link", role="media") >= 1
 
         await c.send({"command": "hangup"})
         await c.wait_closed()
