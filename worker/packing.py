@@ -9,9 +9,9 @@ once (a call then waits that long at most).
 
 The target, which every media process works out alike from the heartbeats: among the live, warm media
 processes with room (an overloaded or draining one announces none), the one with the lowest proc id that is
-not yet full for packing (`PACK_CALLS` calls, or a load pressure of `PACK_PRESSURE`). When there is none
-(every process is full for packing, or the only candidate went stale), every process blocks and the calls
-spread round-robin, as with `PACK_CALLS=0`.
+not yet full for packing (`PACK_CALLS` calls, or a load pressure of `PACK_PRESSURE`, measured or foreseen
+from what its calls cost). When there is none (every process is full for packing, or the only candidate
+went stale), every process blocks and the calls spread round-robin, as with `PACK_CALLS=0`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from common.headroom import TARGET_PRESSURE
 from common.liveness import HEARTBEAT_EVERY, is_warm, room
 from common.registry import Registry
 
@@ -40,9 +41,17 @@ MIN_POLL = 0.005
 
 def full_for_packing(beat: dict[str, Any], pack_calls: int) -> bool:
     """Whether a media process has calls enough for packing: `pack_calls`, or a load pressure of
-    PACK_PRESSURE."""
-    pressure = float((beat.get("load") or {}).get("pressure", 0.0))
-    return int(beat.get("calls", 0)) >= pack_calls or pressure >= PACK_PRESSURE
+    PACK_PRESSURE, measured or foreseen."""
+    calls, load = int(beat.get("calls", 0)), beat.get("load") or {}
+    if calls >= pack_calls or float(load.get("pressure", 0.0)) >= PACK_PRESSURE:
+        return True
+    # The pressure is measured over half a second: in a burst of dear calls (WebRTC, local ASR) the target
+    # would take a second's worth more before it showed. Its load's estimate of the calls it can carry at
+    # TARGET_PRESSURE (`limit`, below MAX_CALLS once there is one) foresees it from what a call costs.
+    limit = load.get("limit")
+    if limit is None or int(limit) >= int(beat.get("max_calls", 0)):
+        return False
+    return calls >= int(limit) * PACK_PRESSURE / TARGET_PRESSURE
 
 
 def takes_calls(beat: dict[str, Any], now_ms: int) -> bool:

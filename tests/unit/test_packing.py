@@ -64,6 +64,17 @@ def test_full_by_pressure_goes_to_the_next() -> None:
     assert target(busy, beat("media-b", 7)) == "media-b"
 
 
+def test_full_by_the_pressure_its_calls_will_have() -> None:
+    """A burst of dear calls: the load estimates 18 calls at TARGET_PRESSURE (0.9), so 10 reach about 0.5
+    before the next sample shows it."""
+    load = {"pressure": 0.3, "admitting": True, "limit": 18}
+    assert full_for_packing(beat("media-a", 10, capacity=18, load=load), PACK)
+    assert not full_for_packing(beat("media-a", 9, capacity=18, load=load), PACK)
+    # No estimate yet (the limit is MAX_CALLS): calls and measured pressure only.
+    idle = {"pressure": 0.01, "admitting": True, "limit": 200}
+    assert not full_for_packing(beat("media-a", 49, load=idle), PACK)
+
+
 def test_every_process_full_means_no_target() -> None:
     assert target(beat("media-a", PACK), beat("media-b", 3, pressure=0.7)) is None
 
