@@ -29,11 +29,13 @@ log = logging.getLogger("pbx.worker.packing")
 
 # Load pressure (common/headroom.py: 1 = at the admission limit) from which a process is full for packing.
 # Half of the limit: the target keeps half its headroom for the calls that reach it before the others have
-# read its heartbeat (up to two heartbeats, ~1.6 s of arrivals) and for the setup bursts (file decodes) that
-# made the setup tail at 300 calls.
+# read that it is full (it writes its heartbeat at once; they read the heartbeats every 0.8 s) and for the
+# setup bursts (file decodes) that made the setup tail at 300 calls.
 PACK_PRESSURE = 0.5
 # A heartbeat this old (ms), or whose event loop had not run for this long when it was written, is stale:
-# that process is not the target (heartbeats are written every 0.8 s, and live 3 s).
+# that process is not the target (heartbeats are written every 0.8 s, and live 3 s). The age is read on this
+# host's clock: a host whose clock runs seconds ahead sees the other hosts' processes as stale and packs
+# calls onto its own while they pack onto theirs (calls then spread over both targets, as round-robin).
 STALE_MS = 2000
 # The shortest poll (s), whatever PACK_POLL_MS says.
 MIN_POLL = 0.005
