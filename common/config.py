@@ -174,6 +174,11 @@ class Settings:
     web_concurrency: int = field(default_factory=lambda: default_web_concurrency(os.cpu_count() or 1))
     worker_processes: int = field(default_factory=lambda: os.cpu_count() or 1)
     max_calls: int = 200
+    # Calls a media process takes before new calls go to the next one (packing, worker/packing.py); the
+    # media processes that are not the packing target poll the dispatch stream every `pack_poll_ms`.
+    # 0 = no packing: every media process blocks on the stream and new calls spread round-robin.
+    pack_calls: int = 50
+    pack_poll_ms: float = 50.0
     redis_url: str = ""
     redis_prefix: str = "pbx:"
     recorder_path: str = "/tmp/recorders"
@@ -283,6 +288,8 @@ class Settings:
             web_concurrency=_int(env, "WEB_CONCURRENCY", default_web_concurrency(cores)),
             worker_processes=_int(env, "WORKER_PROCESSES", cores),
             max_calls=_int(env, "MAX_CALLS", 200),
+            pack_calls=_int(env, "PACK_CALLS", 50),
+            pack_poll_ms=_float(env, "PACK_POLL_MS", 50.0),
             redis_url=env.get("REDIS_URL", ""),
             redis_prefix=env.get("REDIS_PREFIX", "pbx:") or "pbx:",
             recorder_path=env.get("RECORDER_PATH", "") or "/tmp/recorders",

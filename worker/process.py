@@ -34,6 +34,7 @@ from worker.media.cache import MediaCache
 from worker.media.dtmf import DtmfBank
 from worker.media.offload import FrameBatcher
 from worker.media.vad import SileroBatcher
+from worker.packing import Packing
 from worker.paths import MediaRoots
 from worker.quota import RecorderQuota
 from worker.rtc import InlineEncoding, limit_host_addresses
@@ -162,6 +163,15 @@ class MediaProcess:
         self._restore_pending = False
         # Set to send the next heartbeat at once (capacity changed).
         self._beat_now = asyncio.Event()
+        # Packing (worker/packing.py): only the packing target blocks on the dispatch stream.
+        self.packing = Packing(
+            self.registry,
+            self.proc_id,
+            settings.pack_calls,
+            settings.pack_poll_ms,
+            self._beat_fields,
+            on_change=self._beat_now.set,
+        )
         self._ending: deque[tuple[CallSession, str, str]] = deque()
         self._ending_wake = asyncio.Event()
         self._capacity_free = asyncio.Event()
@@ -520,10 +530,19 @@ class MediaProcess:
                     )
                     entries = [e for e in reply[1] if e and e[1]] if reply else []
                 if not entries:
+                    # Not the packing target: a read that does not wait, every PACK_POLL_MS, finds what the
+                    # target did not take at once.
+                    blocks = await self.packing.blocks()
                     resp: Any = await self.redis.xreadgroup(
-                        DISPATCH_GROUP, self.proc_id, {self.keys.dispatch: ">"}, count=count, block=1000
+                        DISPATCH_GROUP,
+                        self.proc_id,
+                        {self.keys.dispatch: ">"},
+                        count=count,
+                        block=1000 if blocks else None,
                     )
                     entries = resp[0][1] if resp else []
+                    if not entries and not blocks:
+                        await asyncio.sleep(self.packing.poll)
                 if entries and self._accepting and not self.load.admission.claiming:
                     await self.load.turn_away(entries)
                 elif entries:

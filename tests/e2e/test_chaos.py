@@ -26,7 +26,8 @@ from tests.e2e.test_sip_calls import dial
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-# PBX_CHAOS_CALLS=200 for the figures in docs/operations.md.
+# PBX_CHAOS_CALLS=200 for the figures in docs/operations.md. More than twice PACK_CALLS (50, the default the
+# stack runs with): packing fills one media process, then the other, so both carry calls when one is killed.
 CALLS = int(os.environ.get("PBX_CHAOS_CALLS", "120"))
 # What the other calls may lose: no silence longer than this around the fault.
 MAX_GAP_MS = 100.0

@@ -13,6 +13,9 @@ def test_defaults() -> None:
     assert s.port == 8080 and s.redis_prefix == "pbx:" and s.recorder_path == "/tmp/recorders"
     assert s.media_cache_path == "/tmp/mediacache" and s.sip_port == 25060
     assert s.rtp_port_min == 12000 and s.rtp_port_max == 42000 and s.worker_processes >= 1
+    assert s.pack_calls == 50 and s.pack_poll_ms == 50.0
+    off = Settings.from_env({"PACK_CALLS": "0", "PACK_POLL_MS": "20"}, dotenv=None)
+    assert off.pack_calls == 0 and off.pack_poll_ms == 20.0
 
 
 def test_environment_and_dotenv(tmp_path: Path) -> None:

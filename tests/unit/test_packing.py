@@ -1,0 +1,179 @@
+"""Packing (worker/packing.py): which media process blocks on the dispatch stream, from the heartbeats."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import fakeredis
+import pytest
+
+from common.keys import Keys
+from common.registry import Registry
+from worker.packing import PACK_PRESSURE, STALE_MS, Packing, full_for_packing, packing_target
+
+KEYS = Keys("pbx:")
+NOW = 1_800_000_000_000  # epoch ms
+PACK = 50
+
+
+def beat(proc: str, calls: int = 0, **fields: Any) -> dict[str, Any]:
+    """A warm, admitting media process's heartbeat, written just now."""
+    pressure = fields.pop("pressure", 0.0)
+    out = {
+        "role": "media",
+        "proc": proc,
+        "warm": True,
+        "calls": calls,
+        "capacity": 200,
+        "max_calls": 200,
+        "load": {"pressure": pressure, "admitting": True, "claiming": True},
+        "beat_at": NOW - 300,
+        "loop_at": NOW - 310,
+    }
+    out.update(fields)
+    return out
+
+
+def target(*beats: dict[str, Any], pack: int = PACK) -> str | None:
+    return packing_target(list(beats), pack, NOW)
+
+
+def test_the_lowest_proc_id_is_the_target() -> None:
+    assert target(beat("media-b", 3), beat("media-a", 10), beat("media-c")) == "media-a"
+
+
+def test_alone_it_is_the_target() -> None:
+    assert target(beat("media-a", 12)) == "media-a"
+    assert target(beat("media-a", PACK)) is None, "alone and full: it reads, as every process then does"
+
+
+def test_full_by_calls_goes_to_the_next() -> None:
+    assert full_for_packing(beat("media-a", PACK), PACK)
+    assert not full_for_packing(beat("media-a", PACK - 1), PACK)
+    assert target(beat("media-a", PACK), beat("media-b", 7)) == "media-b"
+    assert target(beat("media-a", PACK + 5), beat("media-b", PACK - 1)) == "media-b"
+
+
+def test_full_by_pressure_goes_to_the_next() -> None:
+    busy = beat("media-a", 3, pressure=PACK_PRESSURE)
+    assert full_for_packing(busy, PACK)
+    assert not full_for_packing(beat("media-a", 3, pressure=PACK_PRESSURE - 0.01), PACK)
+    assert target(busy, beat("media-b", 7)) == "media-b"
+
+
+def test_full_by_the_pressure_its_calls_will_have() -> None:
+    """A burst of dear calls: the load estimates 18 calls at TARGET_PRESSURE (0.9), so 10 reach about 0.5
+    before the next sample shows it."""
+    load = {"pressure": 0.3, "admitting": True, "limit": 18}
+    assert full_for_packing(beat("media-a", 10, capacity=18, load=load), PACK)
+    assert not full_for_packing(beat("media-a", 9, capacity=18, load=load), PACK)
+    # No estimate yet (the limit is MAX_CALLS): calls and measured pressure only.
+    idle = {"pressure": 0.01, "admitting": True, "limit": 200}
+    assert not full_for_packing(beat("media-a", 49, load=idle), PACK)
+
+
+def test_every_process_full_means_no_target() -> None:
+    assert target(beat("media-a", PACK), beat("media-b", 3, pressure=0.7)) is None
+
+
+def test_processes_that_take_no_calls_are_skipped() -> None:
+    stale = beat("media-a", beat_at=NOW - STALE_MS - 1, loop_at=NOW - STALE_MS - 1)
+    stuck = beat("media-a", beat_at=NOW - 100, loop_at=NOW - 100 - STALE_MS - 1)  # its loop stopped running
+    cold = beat("media-a", warm=False, capacity=0)
+    draining = beat("media-a", capacity=0, max_calls=0)
+    overloaded = beat("media-a", 10, capacity=10, load={"pressure": 1.2, "admitting": False})
+    at_max = beat("media-a", 200)
+    web = beat("media-a", role="web")
+    for skipped in (stale, stuck, cold, draining, overloaded, at_max, web):
+        assert target(skipped, beat("media-b", 4)) == "media-b", skipped
+        assert target(skipped) is None, skipped
+
+
+def test_a_heartbeat_without_times_is_fresh_and_a_broken_one_is_skipped() -> None:
+    own = {k: v for k, v in beat("media-a").items() if k not in ("beat_at", "loop_at")}
+    assert target(own, beat("media-b")) == "media-a", "a process's own fields have no times: fresh"
+    broken = beat("media-0", calls="many")
+    assert target(broken, beat("media-b")) == "media-b"
+    assert target({"role": "media"}, beat("media-b")) == "media-b"
+
+
+# --- one process's view, from Redis --------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def registry() -> AsyncIterator[Registry]:
+    redis = fakeredis.FakeAsyncRedis()
+    yield Registry(redis, KEYS)
+    await redis.aclose()
+
+
+async def write(registry: Registry, *beats: dict[str, Any]) -> None:
+    """Heartbeats as the heartbeat threads write them, just now."""
+    now = int(time.time() * 1000)
+    for b in beats:
+        await registry.redis.set(KEYS.proc(b["proc"]), json.dumps({**b, "beat_at": now, "loop_at": now}))
+
+
+def view(
+    registry: Registry, proc: str, own: dict[str, Any], pack: int = PACK, changes: list[bool] | None = None
+) -> tuple[Packing, Clock]:
+    """Media process `proc`'s packing, its own heartbeat fields `own`, on a virtual clock."""
+    clock, changed = Clock(), changes if changes is not None else []
+    packing = Packing(
+        registry, proc, pack, 50.0, lambda: own, on_change=lambda: changed.append(True), clock=clock
+    )
+    return packing, clock
+
+
+async def test_only_the_target_blocks(registry: Registry) -> None:
+    a, b = beat("media-a", 2), beat("media-b", 0)
+    await write(registry, a, b)
+    on_a, _ = view(registry, "media-a", a)
+    on_b, _ = view(registry, "media-b", b)
+    assert await on_a.blocks() is True
+    assert await on_b.blocks() is False
+    assert on_b.poll == 0.05
+
+
+async def test_own_fields_count_at_once_and_the_heartbeats_once_a_heartbeat(registry: Registry) -> None:
+    own = beat("media-a", 2)
+    await write(registry, own, beat("media-b", 0))
+    changes: list[bool] = []
+    on_a, clock = view(registry, "media-a", own, changes=changes)
+    assert await on_a.blocks() is True
+    own["calls"] = PACK  # its own calls: seen now, and its heartbeat is asked for at once
+    assert await on_a.blocks() is False and changes == [True]
+    assert on_a.target == "media-b"
+    # media-b fills up, but media-a reads the heartbeats again only a heartbeat later.
+    await write(registry, beat("media-b", PACK))
+    clock.now += 0.5
+    assert await on_a.blocks() is False
+    clock.now += 0.4
+    assert await on_a.blocks() is True, "every process full: everyone reads"
+    assert on_a.target is None
+    own["calls"] = PACK - 1
+    assert await on_a.blocks() is True and changes == [True, True]
+    assert on_a.target == "media-a"
+
+
+async def test_gone_target_and_packing_off(registry: Registry) -> None:
+    b = beat("media-b", 0)
+    await write(registry, beat("media-a", 1), b)
+    on_b, clock = view(registry, "media-b", b)
+    assert await on_b.blocks() is False
+    await registry.redis.delete(KEYS.proc("media-a"))  # killed: its heartbeat deleted by the supervisor
+    clock.now += 1.0
+    assert await on_b.blocks() is True, "alone now, it is the target"
+    off, _ = view(registry, "media-z", beat("media-z", 0), pack=0)
+    assert await off.blocks() is True, "PACK_CALLS=0: every process blocks"

@@ -1,0 +1,131 @@
+"""Packing: new calls go to as few media processes as the load allows (docs/operations.md, "Packing").
+
+A media process blocked on `XREADGROUP` on the dispatch stream gets its share of new calls, round-robin, and
+each media process with calls pays its own media clock, its own inbox wake-ups and its share of every
+frontend batch: 50 calls on two media processes cost ~1 ms of CPU per call-second more than on one
+(docs/performance.md, "Low load and the setup tail"). So only one process, the packing target, blocks on the
+stream; the others read it without blocking every `PACK_POLL_MS` and take what the target did not take at
+once (a call then waits that long at most).
+
+The target, which every media process works out alike from the heartbeats: among the live, warm media
+processes with room (an overloaded or draining one announces none), the one with the lowest proc id that is
+not yet full for packing (`PACK_CALLS` calls, or a load pressure of `PACK_PRESSURE`, measured or foreseen
+from what its calls cost). When there is none (every process is full for packing, or the only candidate
+went stale), every process blocks and the calls spread round-robin, as with `PACK_CALLS=0`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from common.headroom import TARGET_PRESSURE
+from common.liveness import HEARTBEAT_EVERY, is_warm, room
+from common.registry import Registry
+
+log = logging.getLogger("pbx.worker.packing")
+
+# Load pressure (common/headroom.py: 1 = at the admission limit) from which a process is full for packing.
+# Half of the limit: the target keeps half its headroom for the calls that reach it before the others have
+# read that it is full (it writes its heartbeat at once; they read the heartbeats every 0.8 s) and for the
+# setup bursts (file decodes) that made the setup tail at 300 calls.
+PACK_PRESSURE = 0.5
+# A heartbeat this old (ms), or whose event loop had not run for this long when it was written, is stale:
+# that process is not the target (heartbeats are written every 0.8 s, and live 3 s). The age is read on this
+# host's clock: a host whose clock runs seconds ahead sees the other hosts' processes as stale and packs
+# calls onto its own while they pack onto theirs (calls then spread over both targets, as round-robin).
+STALE_MS = 2000
+# The shortest poll (s), whatever PACK_POLL_MS says.
+MIN_POLL = 0.005
+
+
+def full_for_packing(beat: dict[str, Any], pack_calls: int) -> bool:
+    """Whether a media process has calls enough for packing: `pack_calls`, or a load pressure of
+    PACK_PRESSURE, measured or foreseen."""
+    calls, load = int(beat.get("calls", 0)), beat.get("load") or {}
+    if calls >= pack_calls or float(load.get("pressure", 0.0)) >= PACK_PRESSURE:
+        return True
+    # The pressure is measured over half a second: in a burst of dear calls (WebRTC, local ASR) the target
+    # would take a second's worth more before it showed. Its load's estimate of the calls it can carry at
+    # TARGET_PRESSURE (`limit`, below MAX_CALLS once there is one) foresees it from what a call costs.
+    limit = load.get("limit")
+    if limit is None or int(limit) >= int(beat.get("max_calls", 0)):
+        return False
+    return calls >= int(limit) * PACK_PRESSURE / TARGET_PRESSURE
+
+
+def takes_calls(beat: dict[str, Any], now_ms: int) -> bool:
+    """Whether a heartbeat is of a live, warm media process with room for another call."""
+    if beat.get("role") != "media" or not is_warm(beat) or room(beat) <= 0:
+        return False
+    beat_at = int(beat.get("beat_at", now_ms))
+    return now_ms - beat_at <= STALE_MS and beat_at - int(beat.get("loop_at", beat_at)) <= STALE_MS
+
+
+def packing_target(beats: list[dict[str, Any]], pack_calls: int, now_ms: int) -> str | None:
+    """The proc id of the packing target among `beats` (heartbeats), or None: every process reads."""
+    candidates = []
+    for beat in beats:
+        try:
+            if takes_calls(beat, now_ms) and not full_for_packing(beat, pack_calls):
+                candidates.append(str(beat["proc"]))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue  # not a heartbeat this version writes: it is nobody's target
+    return min(candidates, default=None)
+
+
+class Packing:
+    """One media process's side of packing: whether it reads the dispatch stream blocking (it is the target,
+    or there is none), from the heartbeats read at most once a heartbeat and its own fields (`own`, fresh).
+
+    `on_change` is called when the process becomes full for packing or stops being so: its heartbeat should
+    say so now, so the next target takes over sooner.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        proc_id: str,
+        pack_calls: int,
+        poll_ms: float,
+        own: Callable[[], dict[str, Any]],
+        on_change: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.proc_id = proc_id
+        self.pack_calls = pack_calls
+        # Seconds between two reads of a process that is not the target.
+        self.poll = max(MIN_POLL, poll_ms / 1000)
+        self.own = own
+        self.on_change = on_change
+        self._clock = clock
+        self._beats: list[dict[str, Any]] = []
+        self._read_at = float("-inf")
+        self._full = False
+        self.target: str | None = None
+
+    @property
+    def on(self) -> bool:
+        return self.pack_calls > 0
+
+    async def blocks(self) -> bool:
+        """Whether this process's next read of the dispatch stream blocks (else it polls)."""
+        if not self.on:
+            return True
+        if self._clock() - self._read_at >= HEARTBEAT_EVERY:
+            self._beats = await self.registry.procs()
+            self._read_at = self._clock()
+        own = self.own()
+        full = full_for_packing(own, self.pack_calls)
+        if full != self._full:
+            self._full = full
+            self.on_change()
+        beats = [b for b in self._beats if isinstance(b, dict) and b.get("proc") != self.proc_id]
+        target = packing_target([*beats, own], self.pack_calls, int(time.time() * 1000))
+        if target != self.target:
+            log.debug("packing target: %s", target or "none (every media process reads)")
+            self.target = target
+        return target is None or target == self.proc_id
