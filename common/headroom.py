@@ -210,7 +210,9 @@ class LoopMeter:
     """Measures the load of the event loop it runs on; hands a `LoadSample` to `on_sample` every window.
 
     `calls` counts the process's calls (sampled at every probe). `ticks`, in a media process, returns the
-    media clock's cumulative (seconds, count). `touch` is called at every probe: the loop is alive.
+    media clock's cumulative (seconds, count). `touch` is called at every probe: the loop is alive. The lag
+    is measured by sleeping `probe` s at a time; a process with a timer of its own (the media clock) may
+    `lag` its lateness instead and probe once a window, so as not to be woken for nothing.
     """
 
     def __init__(
@@ -231,6 +233,11 @@ class LoopMeter:
         self.window = window
         self.probe = probe
         self.last = LoadSample()
+        self._fed: list[float] = []
+
+    def lag(self, ms: float) -> None:
+        """A lag sample from elsewhere on the loop: how late a timer fired (ms)."""
+        self._fed.append(ms)
 
     async def run(self) -> None:
         clock = time.perf_counter
@@ -249,6 +256,9 @@ class LoopMeter:
             wall = max(clock() - start, 1e-6)
             tick1 = self.ticks() if self.ticks else (0.0, 0)
             n = tick1[1] - tick0[1]
+            probes = len(lags)
+            lags += self._fed
+            self._fed = []
             lags.sort()
             self.last = LoadSample(
                 seconds=wall,
@@ -258,7 +268,7 @@ class LoopMeter:
                 lag_max_ms=lags[-1],
                 tick_ms=(tick1[0] - tick0[0]) * 1000 / n if n > 0 else 0.0,
                 tick_max_ms=self.tick_max() if self.tick_max else 0.0,
-                calls=calls / len(lags),
+                calls=calls / probes,
             )
             try:
                 self.on_sample(self.last)

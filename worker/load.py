@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from common import events, wire
-from common.headroom import Admission, LoadLimits, LoadSample, LoopMeter
+from common.headroom import WINDOW, Admission, LoadLimits, LoadSample, LoopMeter
 from common.keys import DISPATCH_GROUP
 from common.liveness import room
 from common.metrics import call_failed
@@ -45,6 +45,8 @@ class MediaLoad:
             calls=lambda: len(proc.sessions),
             ticks=lambda: (metrics.TICK_TIME.sum, metrics.TICK_TIME.count),
             touch=proc.heartbeat.touch,
+            # The media clock feeds its lateness as the lag (`LoopMeter.lag`): one probe a window is enough.
+            probe=WINDOW,
         )
         self.burn_us = settings.test_tick_burn_us
 

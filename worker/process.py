@@ -57,6 +57,10 @@ SLOW_TICK_MS = 15.0
 GC_YOUNG_TICKS = 10
 GC_MIDDLE_TICKS = 250
 GC_FULL_TICKS = 3000
+# With no call the clock stops; the collector then runs every IDLE_GC_EVERY s (a full pass every
+# IDLE_FULL_GC of them).
+IDLE_GC_EVERY = 1.0
+IDLE_FULL_GC = 60
 # Seconds between heartbeats (and frontend liveness checks).
 HEARTBEAT_EVERY = 0.8
 # Dispatch requests read at once.
@@ -176,6 +180,7 @@ class MediaProcess:
         self._ending_wake = asyncio.Event()
         self._capacity_free = asyncio.Event()
         self._capacity_free.set()
+        self._calls_arrived = asyncio.Event()
 
     # --- wiring ------------------------------------------------------------------------------------------
 
@@ -596,8 +601,7 @@ class MediaProcess:
             session = CallSession(
                 self, call_id, call_type, frontend, bool(params.get("dump", True)), created or events.now_ms()
             )
-            self.sessions[call_id] = session
-            session.start()
+            self._add(session)
             self.send(frontend, wire.msg(call_id, wire.CTL, {"op": "claimed", "owner": self.proc_id}))
             log.info("claimed %s call from %s", call_type, frontend)
         finally:
@@ -646,13 +650,17 @@ class MediaProcess:
             session = CallSession(
                 self, call_id, "sip", frontend, bool(body.get("dump", True)), pending.created_ms
             )
-            self.sessions[call_id] = session
-            session.start()
+            self._add(session)
             self.send(frontend, wire.msg(call_id, wire.CTL, {"op": "claimed", "owner": self.proc_id}))
             session.attach_incoming(pending)
             log.info("inbound SIP call attached to %s", frontend)
         finally:
             call_id_var.reset(token)
+
+    def _add(self, session: CallSession) -> None:
+        self.sessions[session.call_id] = session
+        session.start()
+        self._calls_arrived.set()  # the clock runs again
 
     def _collect_garbage(self) -> None:
         """Run the cyclic garbage collector right after a tick, where the loop has the most slack.
@@ -668,11 +676,26 @@ class MediaProcess:
         """The media clock: every session advances one frame per 20 ms, paced to start + n × 20 ms."""
         loop = asyncio.get_running_loop()
         next_at = loop.time()
+        idle = 0
         while True:
+            if not self.sessions and self.warm:
+                # No call, nothing to pace: an idle process is not woken 50 times a second. (While warming
+                # up the clock runs: the model batchers are kicked by it.)
+                self._calls_arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(IDLE_GC_EVERY):
+                        await self._calls_arrived.wait()
+                if not self.sessions:
+                    idle += 1  # the collector still runs now and then (gc is off outside the clock)
+                    gc.collect(2 if idle % IDLE_FULL_GC == 0 else 1)
+                    continue
+                next_at = loop.time()
             next_at += TICK
             delay = next_at - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+                # How late the loop woke us: its lag, measured by the clock instead of a probe of its own.
+                self.load.meter.lag((loop.time() - next_at) * 1000)
             elif -delay > TICK * MAX_CATCH_UP:
                 # Too far behind to catch up: the ticks in between never happen, and their frames are lost.
                 self.clock_restarts += 1
@@ -683,6 +706,8 @@ class MediaProcess:
                 # Caught up in a burst: this tick's frames leave more than one frame time after their moment.
                 metrics.LATE_TICKS.value += 1
                 metrics.FRAMES_LATE.value += len(self.sessions)
+            if delay <= 0:
+                self.load.meter.lag(-delay * 1000)
             self.ticks += 1
             began = time.perf_counter()
             for session in list(self.sessions.values()):

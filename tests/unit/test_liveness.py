@@ -307,6 +307,25 @@ async def test_loop_meter_sees_a_busy_loop() -> None:
         task.cancel()
 
 
+async def test_a_meter_with_a_clock_of_its_own_probes_once_a_window_and_takes_the_clocks_lag() -> None:
+    """A media process's clock feeds its lateness (`lag`); the meter itself wakes once a window."""
+    samples: list[LoadSample] = []
+    meter = LoopMeter(samples.append, calls=lambda: 2, window=0.1, probe=0.1)
+    task = asyncio.create_task(meter.run())
+    try:
+        for late in (1.0, 2.0, 40.0, 3.0):
+            meter.lag(late)
+        await until(lambda: samples, 2.0)
+        first = samples[0]
+        assert first.lag_max_ms == 40.0, "the fed lags count"
+        assert first.calls == 2
+        n = len(samples)
+        await until(lambda: len(samples) > n, 2.0)
+        assert samples[-1].lag_max_ms < 20, "each window starts afresh"
+    finally:
+        task.cancel()
+
+
 def test_headroom_defaults_match_settings() -> None:
     from common.config import Settings
 
