@@ -276,6 +276,7 @@ class Sampler:
         self.procs: dict[int, tuple[str, psutil.Process]] = {}
         self.last: dict[int, tuple[str, float, int]] = {}
         self.samples: list[tuple[float, dict[str, list[float]]]] = []
+        self.by_pid: list[tuple[float, dict[int, tuple[str, float]]]] = []
 
     def pids(self, name: str) -> list[int]:
         return [pid for pid, (r, _) in self.procs.items() if r == name]
@@ -303,8 +304,21 @@ class Sampler:
                 row[name][0] += cpu
                 row[name][1] += rss
             self.samples.append((time.monotonic(), row))
+            self.by_pid.append((time.monotonic(), {pid: (n, cpu) for pid, (n, cpu, _) in self.last.items()}))
             self.over_rss |= sum(row[r][1] for r in ROLES) > self.rss_limit
             await asyncio.sleep(0.25)
+
+    def processes(self, a: float, b: float) -> dict[str, list[float]]:
+        """Per role, each process's CPU as % of a core between the samples nearest a and b."""
+        inside = [s for s in self.by_pid if a <= s[0] <= b]
+        out: dict[str, list[float]] = {}
+        if len(inside) < 2:
+            return out
+        (ta, first), (tb, final) = inside[0], inside[-1]
+        for pid, (name, cpu) in final.items():
+            if pid in first:
+                out.setdefault(name, []).append(round((cpu - first[pid][1]) / (tb - ta) * 100, 1))
+        return out
 
     def window(self, a: float, b: float) -> dict[str, tuple[float, float]]:
         """Per role: CPU as % of a core, and the largest RSS in MiB, between the samples nearest a and b."""
@@ -498,6 +512,7 @@ def summarize(n: int, outs: list[dict], sampler: Sampler, args: argparse.Namespa
         "window_s": b - a,
         "window_from": "ramp end" if a == ramp_end else "last answer",
         "cpu": {r: usage[r][0] for r in ROLES},
+        "cpu_by_process": sampler.processes(a, b),
         "rss_mib": {r: usage[r][1] for r in ROLES},
         "ms_per_call_s": server / 100 / len(answered) * 1000 if answered else float("nan"),
         "generator_cpu": usage["generator"][0],
@@ -568,6 +583,10 @@ async def main_async(args: argparse.Namespace) -> None:
             print(
                 f"  window {st['window_s']:.1f} s from {st['window_from']}; load {st['load_before']:.2f}",
                 more,
+            )
+            procs = st["cpu_by_process"]
+            print(
+                "  CPU % by process:", "; ".join(f"{r} {sorted(v, reverse=True)}" for r, v in procs.items())
             )
             if args.profile:
                 for r in ("frontend", "media"):

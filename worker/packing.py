@@ -39,6 +39,11 @@ PACK_PRESSURE = 0.5
 STALE_MS = 2000
 # The shortest poll (s), whatever PACK_POLL_MS says.
 MIN_POLL = 0.005
+# Seconds a target that became full for packing goes on blocking: the others read its heartbeat at most a
+# heartbeat later, and until one of them blocks, new calls would wait for a poll.
+HANDOVER = 2 * HEARTBEAT_EVERY
+# Seconds between reads of the heartbeats while a process with a lower id warms up.
+WARMING_RECHECK = 0.1
 
 
 def full_for_packing(beat: dict[str, Any], pack_calls: int) -> bool:
@@ -62,6 +67,11 @@ def takes_calls(beat: dict[str, Any], now_ms: int) -> bool:
         return False
     beat_at = int(beat.get("beat_at", now_ms))
     return now_ms - beat_at <= STALE_MS and beat_at - int(beat.get("loop_at", beat_at)) <= STALE_MS
+
+
+def warming(beat: dict[str, Any]) -> bool:
+    """Whether a heartbeat is of a media process that is still loading its models (it takes calls soon)."""
+    return beat.get("role") == "media" and not is_warm(beat)
 
 
 def packing_target(beats: list[dict[str, Any]], pack_calls: int, now_ms: int) -> str | None:
@@ -105,6 +115,8 @@ class Packing:
         self._beats: list[dict[str, Any]] = []
         self._read_at = float("-inf")
         self._full = False
+        self._lead_until = float("-inf")
+        self._first_seen: bytes | None = None
         self.target: str | None = None
 
     @property
@@ -128,4 +140,23 @@ class Packing:
         if target != self.target:
             log.debug("packing target: %s", target or "none (every media process reads)")
             self.target = target
-        return target is None or target == self.proc_id
+        if target is None or target == self.proc_id:
+            self._lead_until = self._clock() + HANDOVER
+            if target is not None and any(warming(b) and str(b.get("proc")) < target for b in beats):
+                # The target only while a lower one warms up (all start together): look again soon, or the
+                # first calls would spread over both.
+                self._read_at = min(self._read_at, self._clock() - HEARTBEAT_EVERY + WARMING_RECHECK)
+            return True
+        # Just filled up as the target: on until the next target has read so and blocks. (One that finds a
+        # lower-id target stops at once: that one blocks already.)
+        return full and self._clock() < self._lead_until
+
+    async def overdue(self, dispatch: str) -> bool:
+        """For a process that does not block: whether a request waits in the dispatch stream that was there
+        at the previous poll already (the target did not take it at once). A call that the target takes
+        within a poll is left to it, so the calls of a quiet server do not spill onto a second process."""
+        entries: Any = await self.registry.redis.xrange(dispatch, count=1)
+        first = entries[0][0] if entries else None
+        waited = first is not None and first == self._first_seen
+        self._first_seen = first
+        return waited

@@ -535,9 +535,12 @@ class MediaProcess:
                     )
                     entries = [e for e in reply[1] if e and e[1]] if reply else []
                 if not entries:
-                    # Not the packing target: a read that does not wait, every PACK_POLL_MS, finds what the
-                    # target did not take at once.
+                    # Not the packing target: every PACK_POLL_MS, a read that does not wait takes what has
+                    # waited a whole poll (the target did not take it at once).
                     blocks = await self.packing.blocks()
+                    if not blocks and not await self.packing.overdue(self.keys.dispatch):
+                        await asyncio.sleep(self.packing.poll)
+                        continue
                     resp: Any = await self.redis.xreadgroup(
                         DISPATCH_GROUP,
                         self.proc_id,

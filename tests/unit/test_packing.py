@@ -11,8 +11,9 @@ import fakeredis
 import pytest
 
 from common.keys import Keys
+from common.liveness import HEARTBEAT_EVERY
 from common.registry import Registry
-from worker.packing import PACK_PRESSURE, STALE_MS, Packing, full_for_packing, packing_target
+from worker.packing import HANDOVER, PACK_PRESSURE, STALE_MS, Packing, full_for_packing, packing_target
 
 KEYS = Keys("pbx:")
 NOW = 1_800_000_000_000  # epoch ms
@@ -153,13 +154,13 @@ async def test_own_fields_count_at_once_and_the_heartbeats_once_a_heartbeat(regi
     on_a, clock = view(registry, "media-a", own, changes=changes)
     assert await on_a.blocks() is True
     own["calls"] = PACK  # its own calls: seen now, and its heartbeat is asked for at once
-    assert await on_a.blocks() is False and changes == [True]
+    assert await on_a.blocks() is True and changes == [True], "it goes on blocking until media-b does"
     assert on_a.target == "media-b"
+    clock.now += HANDOVER
+    assert await on_a.blocks() is False
     # media-b fills up, but media-a reads the heartbeats again only a heartbeat later.
     await write(registry, beat("media-b", PACK))
-    clock.now += 0.5
-    assert await on_a.blocks() is False
-    clock.now += 0.4
+    clock.now += HEARTBEAT_EVERY + 0.01
     assert await on_a.blocks() is True, "every process full: everyone reads"
     assert on_a.target is None
     own["calls"] = PACK - 1
@@ -177,3 +178,26 @@ async def test_gone_target_and_packing_off(registry: Registry) -> None:
     assert await on_b.blocks() is True, "alone now, it is the target"
     off, _ = view(registry, "media-z", beat("media-z", 0), pack=0)
     assert await off.blocks() is True, "PACK_CALLS=0: every process blocks"
+
+
+async def test_a_poller_takes_only_what_waited_a_whole_poll(registry: Registry) -> None:
+    on_b, _ = view(registry, "media-b", beat("media-b", 0))
+    stream = KEYS.dispatch
+    assert await on_b.overdue(stream) is False, "nothing waits"
+    first = await registry.redis.xadd(stream, {"call_id": "c1"})
+    assert await on_b.overdue(stream) is False, "new: the target may take it yet"
+    assert await on_b.overdue(stream) is True, "still there a poll later"
+    await registry.redis.xdel(stream, first)
+    await registry.redis.xadd(stream, {"call_id": "c2"})
+    assert await on_b.overdue(stream) is False, "taken; the next one is new"
+
+
+async def test_the_target_while_a_lower_one_warms_looks_again_soon(registry: Registry) -> None:
+    cold = {**beat("media-a", 0), "warm": False}
+    b = beat("media-b", 0)
+    await write(registry, cold, b)
+    on_b, clock = view(registry, "media-b", b)
+    assert await on_b.blocks() is True, "media-a takes no call yet"
+    await write(registry, beat("media-a", 0))  # warm now
+    clock.now += 0.15
+    assert await on_b.blocks() is False, "read again a tenth of a second later, not a heartbeat later"
