@@ -216,7 +216,7 @@ class Settings:
     voiceapi_speaker_id: str = ""
     # Direct frontend ⇄ media process sockets for call messages (common/peerlink.py); Redis otherwise.
     media_link: bool = True
-    # Address a media process's link listens on, and that frontends dial (a wildcard: this host's address).
+    # Address a media process's link listens on and frontends dial (0.0.0.0: the default route's address).
     media_link_host: str = "127.0.0.1"
     # Seconds a media process, on SIGTERM, lets its calls go on before hanging up the rest.
     drain_timeout: float = 30.0

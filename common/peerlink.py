@@ -400,12 +400,14 @@ class Links:
 
 
 def advertised_host(host: str) -> str:
-    """The address others dial: the bound one, or this host's own address for a wildcard bind."""
-    if host in ("", "0.0.0.0", "::"):
-        with contextlib.suppress(OSError):
-            return socket.gethostbyname(socket.gethostname())
-        return "127.0.0.1"
-    return host
+    """The address others dial: the bound one, or for a wildcard bind the address of the interface this
+    host's default route leaves by (a UDP socket "connected" there sends nothing); loopback without one."""
+    if host not in ("", "0.0.0.0", "::"):
+        return host
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # TEST-NET-1: never reached, only routed
+        return str(probe.getsockname()[0])
+    return "127.0.0.1"
 
 
 def link_lookup(redis: Any, keys: Any) -> Lookup:

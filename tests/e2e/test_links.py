@@ -7,31 +7,21 @@ import json
 from pathlib import Path
 
 import aiohttp
-import numpy as np
 import pytest
 
-from tests.audio_util import tone
 from tests.e2e.client import CallClient
 from tests.e2e.conftest import StackInfo, running_stack
-from tests.e2e.test_metrics import until
-from tests.e2e.test_playback import write_wav
+from tests.e2e.test_metrics import short_call, until
 
 pytestmark = pytest.mark.e2e
 
 
 async def test_with_links_off_everything_goes_through_redis(tmp_path: Path) -> None:
-    wav = write_wav(tmp_path / "a.wav", tone(440, 0.4))  # 20 frames
     with running_stack(tmp_path / "stack", 1, 1, MEDIA_LINK="0") as info:
         c = await CallClient.open(info.ws, call_id="nolink")
         try:
-            await c.invite()
-            for _ in range(10):
-                await c.ws.send_bytes(np.zeros(320, dtype="<i2").tobytes())
-            await c.send({"command": "play", "url": str(wav), "playId": "p"})
-            await c.event("trackEnd", trackId="server-side-track", timeout=5)
+            await short_call(c, tmp_path)
             assert sum(len(f) for _, f in c.frames) >= 20 * 640, "every played frame arrived"
-            await c.send({"command": "history", "speaker": "user", "text": "hello"})
-            await c.event("addHistory")
             await c.send({"command": "hangup"})
             await c.wait_closed()
         finally:

@@ -87,19 +87,24 @@ async def until(base: str, check: Callable[[Figures], bool], timeout: float = 6.
         await asyncio.sleep(0.25)
 
 
+async def short_call(c: CallClient, tmp_path: Path) -> None:
+    """Answer, 10 frames of caller audio, a 20-frame `play` to its end, one `history` answered."""
+    wav = write_wav(tmp_path / "a.wav", tone(440, 0.4))  # 20 frames
+    await c.invite()
+    for _ in range(10):
+        await c.ws.send_bytes(np.zeros(320, dtype="<i2").tobytes())
+    await c.send({"command": "play", "url": str(wav), "playId": "p"})
+    await c.event("trackEnd", trackId="server-side-track", timeout=5)
+    await c.send({"command": "history", "speaker": "user", "text": "hello"})
+    await c.event("addHistory")
+
+
 async def test_a_call_moves_the_cluster_figures(stack: StackInfo, call_id: str, tmp_path: Path) -> None:
     before = await scrape(stack.base)
     assert before.content_type == CONTENT_TYPE
-    wav = write_wav(tmp_path / "a.wav", tone(440, 0.4))  # 20 frames
     c = await CallClient.open(stack.ws, call_id=call_id)
     try:
-        await c.invite()
-        for _ in range(10):
-            await c.ws.send_bytes(np.zeros(320, dtype="<i2").tobytes())
-        await c.send({"command": "play", "url": str(wav), "playId": "p"})
-        await c.event("trackEnd", trackId="server-side-track", timeout=5)
-        await c.send({"command": "history", "speaker": "user", "text": "hello"})
-        await c.event("addHistory")
+        await short_call(c, tmp_path)
 
         def delta(f: Figures, name: str, **labels: str) -> float:
             return f.since(before, name, **labels)

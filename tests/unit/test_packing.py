@@ -13,6 +13,7 @@ import pytest
 from common.keys import Keys
 from common.liveness import HEARTBEAT_EVERY
 from common.registry import Registry
+from tests.unit.test_liveness import Clock
 from worker.packing import HANDOVER, PACK_PRESSURE, STALE_MS, Packing, full_for_packing, packing_target
 
 KEYS = Keys("pbx:")
@@ -102,14 +103,6 @@ def test_a_heartbeat_without_times_is_fresh_and_a_broken_one_is_skipped() -> Non
 
 
 # --- one process's view, from Redis --------------------------------------------------------------------
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

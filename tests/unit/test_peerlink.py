@@ -249,3 +249,10 @@ async def test_hello_is_msgpack_with_the_dialers_name(pair: tuple[Side, Side]) -
     await writer.drain()
     await until(lambda: media.bodies() == ["raw"])
     writer.close()
+
+
+def test_a_wildcard_bind_announces_a_routable_address() -> None:
+    assert peerlink.advertised_host("10.1.2.3") == "10.1.2.3"
+    announced = peerlink.advertised_host("0.0.0.0")
+    assert announced != "0.0.0.0"
+    socket.inet_aton(announced)  # an IPv4 address (the default route's interface, or loopback)
