@@ -151,6 +151,13 @@ class Packing:
         # lower-id target stops at once: that one blocks already.)
         return full and self._clock() < self._lead_until
 
+    def block_ms(self) -> int:
+        """How long a blocking read may wait: a second, but no longer than a handover has left."""
+        left = self._lead_until - self._clock()
+        if self.target in (None, self.proc_id) or left >= 1.0:
+            return 1000
+        return max(1, int(left * 1000))
+
     async def overdue(self, dispatch: str) -> bool:
         """For a process that does not block: whether a request waits in the dispatch stream that was there
         at the previous poll already (the target did not take it at once). A call that the target takes

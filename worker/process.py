@@ -546,7 +546,7 @@ class MediaProcess:
                         self.proc_id,
                         {self.keys.dispatch: ">"},
                         count=count,
-                        block=1000 if blocks else None,
+                        block=self.packing.block_ms() if blocks else None,
                     )
                     entries = resp[0][1] if resp else []
                     if not entries and not blocks:

@@ -18,8 +18,9 @@ pytestmark = pytest.mark.e2e
 
 PACK = 3
 # Seconds for a change to reach every media process's view: its heartbeat is written (at once when it fills
-# up, else within 0.8 s) and the others read the heartbeats again within 0.8 s.
-VIEW = 2.0
+# up, else within 0.8 s) and the others read the heartbeats again within 0.8 s; a target that filled up
+# blocks on for HANDOVER (1.6 s) after it last read as the target.
+VIEW = 2.5
 # A call set up by a process that polls waits up to PACK_POLL_MS (50) for it: well under this (s).
 SETUP_BOUND = 1.0
 

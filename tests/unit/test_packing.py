@@ -149,7 +149,10 @@ async def test_own_fields_count_at_once_and_the_heartbeats_once_a_heartbeat(regi
     own["calls"] = PACK  # its own calls: seen now, and its heartbeat is asked for at once
     assert await on_a.blocks() is True and changes == [True], "it goes on blocking until media-b does"
     assert on_a.target == "media-b"
-    clock.now += HANDOVER
+    clock.now += HANDOVER - 0.25
+    assert await on_a.blocks() is True
+    assert on_a.block_ms() == 250, "no blocking read outlasts the handover"
+    clock.now += 0.25
     assert await on_a.blocks() is False
     # media-b fills up, but media-a reads the heartbeats again only a heartbeat later.
     await write(registry, beat("media-b", PACK))
