@@ -4,7 +4,8 @@ A process keeps its figures in one `Metrics` registry (`REGISTRY`: one per OS pr
 client has; every frontend and media process is its own OS process). About once a second `publish` writes
 `snapshot()` (a plain dict, msgpack) to `{prefix}metrics:{proc}` with a TTL of a few publishes, so a dead
 process's figures disappear on their own. A frontend's `GET /metrics` reads every snapshot and `render`s
-them as text exposition format 0.0.4, each series labelled with the `proc` and `role` it came from.
+them as text exposition format 0.0.4 with prometheus_client (`SnapshotCollector` makes its metric families
+of them), each series labelled with the `proc` and `role` it came from.
 
 The hot path stays cheap: take a label set's value once (`child = FAMILY.labels("websocket")`) and then
 `child.value += 1` per event (a counter in the 20 ms media loop is one attribute add). Figures kept
@@ -27,12 +28,21 @@ import os
 import platform
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
 import msgpack
 import psutil
 import redis.asyncio as aioredis
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.samples import Sample
 from redis.exceptions import RedisError
 
 from common.keys import Keys
@@ -275,92 +285,94 @@ class Metrics:
 
 # --- exposition ------------------------------------------------------------------------------------------
 
-
-def _escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _number(value: Any) -> str:
-    v = float(value)
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    if v.is_integer() and abs(v) < 2**53:
-        return str(int(v))
-    return repr(v)
+# Built empty and filled with samples, so no `_created` sample is ever added (prometheus_client adds those
+# only for its own counters and histograms, and for a family's `add_metric(created=...)`).
+_FAMILIES: dict[str, Callable[[str, str], Metric]] = {
+    "counter": CounterMetricFamily,  # named without `_total`; the exposition adds it back
+    "gauge": GaugeMetricFamily,
+    "histogram": HistogramMetricFamily,
+}
 
 
-def _labels(base: str, names: Sequence[str], values: Sequence[Any], extra: str = "") -> str:
-    if len(names) != len(values):
-        raise ValueError("label values do not match label names")
-    parts = [base]
-    for name, value in zip(names, values, strict=True):
-        parts.append(f'{name}="{_escape_label(str(value))}"')
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}"
+def _le(bound: float) -> str:
+    # A bucket bound as /metrics wrote it before prometheus_client did ("1", where it writes "1.0"):
+    # Prometheus before 3.0 keeps another spelling of `le` as another series.
+    if math.isinf(bound):
+        return "+Inf"
+    return str(int(bound)) if bound.is_integer() and abs(bound) < 2**53 else repr(bound)
 
 
-def _family_lines(family: dict[str, Any], base: str) -> list[str]:
-    """The sample lines of one family of one snapshot (ValueError, TypeError or KeyError if malformed)."""
+def _samples(family: dict[str, Any], base: dict[str, str]) -> list[Sample]:
+    """The samples of one family of one snapshot (ValueError, TypeError or KeyError if malformed)."""
     name = family["name"]
     names = [str(n) for n in family.get("labels", ())]
     for label in names:
         if not _LABEL.match(label) or label.startswith("__") or label in RESERVED_LABELS or label == "le":
             raise ValueError(f"invalid label name {label!r}")
-    lines: list[str] = []
+
+    def labels(values: Iterable[Any]) -> dict[str, str]:
+        return base | dict(zip(names, map(str, values), strict=True))
+
+    out: list[Sample] = []
     if family["type"] == "histogram":
         bounds = [float(b) for b in family["buckets"]]
         for values, counts, total in family["series"]:
-            if len(counts) != len(bounds) + 1:
-                raise ValueError("bucket counts do not match the buckets")
+            series = labels(values)
             running = 0
+            # Per-bucket counts in the snapshot; the exposition's buckets are cumulative.
             for bound, n in zip([*bounds, math.inf], counts, strict=True):
                 running += int(n)
-                le = f'le="{_number(bound)}"'
-                lines.append(f"{name}_bucket{_labels(base, names, values, le)} {running}")
-            lines.append(f"{name}_sum{_labels(base, names, values)} {_number(total)}")
-            lines.append(f"{name}_count{_labels(base, names, values)} {running}")
+                out.append(Sample(f"{name}_bucket", series | {"le": _le(bound)}, running))
+            out.append(Sample(f"{name}_sum", series, float(total)))
+            out.append(Sample(f"{name}_count", series, running))
     else:
         for values, value in family["series"]:
-            lines.append(f"{name}{_labels(base, names, values)} {_number(value)}")
-    return lines
+            out.append(Sample(name, labels(values), float(value)))
+    return out
+
+
+class SnapshotCollector(Collector):
+    """Many processes' snapshots as prometheus_client's families: one per name (its type and help from the
+    first snapshot, by role and then proc, that has it), each series labelled with the `proc` and `role`
+    it came from. A malformed snapshot or family (another version's, or a corrupt key) is left out, never
+    an error."""
+
+    def __init__(self, snapshots: Iterable[dict[str, Any]]) -> None:
+        self.snapshots = sorted(snapshots, key=lambda s: (str(s.get("role", "")), str(s.get("proc", ""))))
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for snap in self.snapshots:
+            try:
+                base = {"proc": str(snap["proc"]), "role": str(snap["role"])}
+                listed = list(snap["families"])
+            except (KeyError, TypeError):
+                continue
+            for family in listed:
+                try:
+                    name, kind = str(family["name"]), str(family["type"])
+                    make = _FAMILIES.get(kind)
+                    if make is None or not _NAME.match(name):
+                        continue
+                    if kind == "counter" and not name.endswith("_total"):
+                        continue  # its samples would not match the `_total` name its HELP and TYPE get
+                    metric = families.get(name)
+                    if metric is None:
+                        metric = families[name] = make(name, str(family.get("help", "")))
+                    elif metric.type != kind:
+                        continue  # another process's family of this name has another type
+                    metric.samples.extend(_samples(family, base))
+                except (KeyError, TypeError, ValueError):
+                    continue
+        yield from families.values()
 
 
 def render(snapshots: Iterable[dict[str, Any]]) -> str:
-    """Text exposition format 0.0.4 of many processes' snapshots: one HELP and TYPE per family, each
-    series labelled with its `proc` and `role`. A malformed snapshot or family (another version's, or a
-    corrupt key) is left out, never an error."""
-    kinds: dict[str, tuple[str, str]] = {}  # name -> (type, help)
-    lines: dict[str, list[str]] = {}
-    ordered = sorted(snapshots, key=lambda s: (str(s.get("role", "")), str(s.get("proc", ""))))
-    for snap in ordered:
-        try:
-            base = f'proc="{_escape_label(str(snap["proc"]))}",role="{_escape_label(str(snap["role"]))}"'
-            families = list(snap["families"])
-        except (KeyError, TypeError):
-            continue
-        for family in families:
-            try:
-                name, kind = str(family["name"]), str(family["type"])
-                if not _NAME.match(name) or kind not in ("counter", "gauge", "histogram"):
-                    continue
-                if kinds.setdefault(name, (kind, str(family.get("help", ""))))[0] != kind:
-                    continue  # another process's family of this name has another type
-                lines.setdefault(name, []).extend(_family_lines(family, base))
-            except (KeyError, TypeError, ValueError):
-                continue
-    out: list[str] = []
-    for name, (kind, help) in kinds.items():
-        out.append(f"# HELP {name} {_escape_help(help)}")
-        out.append(f"# TYPE {name} {kind}")
-        out.extend(lines.get(name, ()))
-    return "\n".join(out) + "\n" if out else ""
+    """Text exposition format 0.0.4 of many processes' snapshots (`SnapshotCollector`), written by
+    prometheus_client from a registry of its own (so without its default process and platform figures)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(snapshots))
+    return generate_latest(registry).decode()
 
 
 # --- through Redis ---------------------------------------------------------------------------------------

@@ -155,6 +155,97 @@ def test_special_values() -> None:
     assert got[key("pbx_t_g", k="big", proc="p", role="web")] == 1e300
 
 
+# What the hand-written renderer printed for `golden_snapshots()` before /metrics was rendered with
+# prometheus_client. The text need not match byte for byte (prometheus_client sorts label names and writes
+# 3 as 3.0); the HELP and TYPE lines, every series's name, labels (`le` included) and value, and their order
+# must.
+GOLDEN = r"""# HELP pbx_t_failed_total Calls that failed.
+# TYPE pbx_t_failed_total counter
+pbx_t_failed_total{proc="media-1",role="media",type="sip",reason="rejected"} 2
+pbx_t_failed_total{proc="media-1",role="media",type="_other",reason="worker_lost"} 1
+pbx_t_failed_total{proc="media-2",role="media",type="sip",reason="rejected"} 2
+pbx_t_failed_total{proc="media-2",role="media",type="_other",reason="worker_lost"} 1
+pbx_t_failed_total{proc="web-1",role="web",type="webrtc",reason="failed"} 0.5
+# HELP pbx_t_active Calls now.
+# TYPE pbx_t_active gauge
+pbx_t_active{proc="media-1",role="media"} 3
+pbx_t_active{proc="media-2",role="media"} 3
+# HELP pbx_t_tick_seconds One tick.
+# TYPE pbx_t_tick_seconds histogram
+pbx_t_tick_seconds_bucket{proc="media-1",role="media",le="0.0005"} 1
+pbx_t_tick_seconds_bucket{proc="media-1",role="media",le="0.02"} 3
+pbx_t_tick_seconds_bucket{proc="media-1",role="media",le="1"} 3
+pbx_t_tick_seconds_bucket{proc="media-1",role="media",le="+Inf"} 4
+pbx_t_tick_seconds_sum{proc="media-1",role="media"} 3.5242
+pbx_t_tick_seconds_count{proc="media-1",role="media"} 4
+pbx_t_tick_seconds_bucket{proc="media-2",role="media",le="0.0005"} 1
+pbx_t_tick_seconds_bucket{proc="media-2",role="media",le="0.02"} 3
+pbx_t_tick_seconds_bucket{proc="media-2",role="media",le="1"} 3
+pbx_t_tick_seconds_bucket{proc="media-2",role="media",le="+Inf"} 4
+pbx_t_tick_seconds_sum{proc="media-2",role="media"} 3.5242
+pbx_t_tick_seconds_count{proc="media-2",role="media"} 4
+# HELP pbx_t_odd Help with \\ and a\nnewline and "quotes".
+# TYPE pbx_t_odd gauge
+pbx_t_odd{proc="web-1",role="web",what="a\"b\\c\nd}e,f=\"g"} 1e+300
+pbx_t_odd{proc="web-1",role="web",what="nan"} NaN
+pbx_t_odd{proc="web-1",role="web",what="ninf"} -Inf
+# HELP pbx_t_rtt_seconds Round trips.
+# TYPE pbx_t_rtt_seconds histogram
+pbx_t_rtt_seconds_bucket{proc="web-1",role="web",command="play",le="0.001"} 0
+pbx_t_rtt_seconds_bucket{proc="web-1",role="web",command="play",le="0.25"} 1
+pbx_t_rtt_seconds_bucket{proc="web-1",role="web",command="play",le="+Inf"} 1
+pbx_t_rtt_seconds_sum{proc="web-1",role="web",command="play"} 0.1
+pbx_t_rtt_seconds_count{proc="web-1",role="web",command="play"} 1
+pbx_t_rtt_seconds_bucket{proc="web-1",role="web",command="tts",le="0.001"} 1
+pbx_t_rtt_seconds_bucket{proc="web-1",role="web",command="tts",le="0.25"} 1
+pbx_t_rtt_seconds_bucket{proc="web-1",role="web",command="tts",le="+Inf"} 1
+pbx_t_rtt_seconds_sum{proc="web-1",role="web",command="tts"} 0.0001
+pbx_t_rtt_seconds_count{proc="web-1",role="web",command="tts"} 1
+"""
+
+
+def golden_snapshots() -> list[dict[str, Any]]:
+    media = Metrics()
+    failed = media.counter("pbx_t_failed_total", "Calls that failed.", ("type", "reason"))
+    failed.labels("sip", "rejected").inc(2)
+    failed.labels(OVERFLOW, "worker_lost").inc()
+    media.gauge("pbx_t_active", "Calls now.").labels().set(3)
+    tick = media.histogram("pbx_t_tick_seconds", "One tick.", buckets=(0.0005, 0.02, 1.0))
+    for v in (0.0002, 0.004, 0.02, 3.5):
+        tick.labels().observe(v)
+    web = Metrics()
+    web.counter("pbx_t_failed_total", "Calls that failed.", ("type", "reason")).labels(
+        "webrtc", "failed"
+    ).inc(0.5)
+    odd = web.gauge("pbx_t_odd", 'Help with \\ and a\nnewline and "quotes".', ("what",))
+    odd.labels('a"b\\c\nd}e,f="g').set(1e300)
+    odd.labels("nan").set(math.nan)
+    odd.labels("ninf").set(-math.inf)
+    rtt = web.histogram("pbx_t_rtt_seconds", "Round trips.", ("command",), buckets=(0.001, 0.25))
+    rtt.labels("play").observe(0.1)
+    rtt.labels("tts").observe(0.0001)
+    return [
+        media.snapshot("media-2", "media"),
+        web.snapshot("web-1", "web"),
+        media.snapshot("media-1", "media"),
+    ]
+
+
+def test_exposition_matches_the_renderer_it_replaced() -> None:
+    text = render(golden_snapshots())
+
+    def comments(t: str) -> list[str]:
+        return [line for line in t.splitlines() if line.startswith("#")]
+
+    def series(t: str) -> list[tuple[str, dict[str, str], str]]:
+        # repr: NaN equals NaN; float: the parser gives "3" as an int and "3.0" as a float.
+        return [(s.name, s.labels, repr(float(s.value))) for f in parse(t).values() for s in f.samples]
+
+    assert comments(text) == comments(GOLDEN)
+    assert series(text) == series(GOLDEN)
+    assert len(text.splitlines()) == len(GOLDEN.splitlines()) and text.endswith("\n")
+
+
 def test_definitions_are_checked() -> None:
     m = Metrics()
     with pytest.raises(ValueError):
