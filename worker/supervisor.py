@@ -1,7 +1,14 @@
-"""The media pool supervisor: starts the media processes, restarts the dead, drains on SIGTERM."""
+"""The media pool supervisor: starts the media processes, replaces the dead and the stuck, drains on SIGTERM.
+
+A child is replaced when its pid exits, and also when it stops beating: its heartbeat (written by a thread of
+its own, common/liveness.py) has been missing, or its event loop silent past `PBX_LOOP_STALL_LIMIT`, on two
+checks at least `PBX_REAP_GRACE` apart (`ChildWatch`). Such a process is stopped (SIGSTOP) or wedged for
+good; the reapers end its calls either way, but it would go on holding its ports, its memory and its slot.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -9,7 +16,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -17,6 +26,7 @@ from common import logs
 from common.config import Settings
 from common.embedded import DEFAULT_LOCAL_URL
 from common.keys import Keys
+from common.liveness import DeathWatch
 
 log = logging.getLogger("pbx.worker.supervisor")
 
@@ -25,6 +35,73 @@ SINGLE_THREADED = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM
 MIN_UPTIME = 5.0
 # Seconds a dead child's tombstone (`pbx:dead:{proc}`) stays: longer than any reaper takes to see it.
 TOMBSTONE_TTL = 60
+# Seconds between two looks at the children's heartbeats.
+WATCH_EVERY = 0.5
+# Seconds the supervisor's Redis calls may take: a Redis that hangs delays noticing an exit by no more.
+REDIS_TIMEOUT = 1.0
+
+
+class ChildWatch:
+    """Decides which of the supervisor's children stopped beating and are to be killed and replaced.
+
+    Rules (each check is one read of the children's heartbeats):
+
+    - a child is watched from its first heartbeat on. Before it, it is still starting (imports, Redis not
+      reachable yet): never killed. A child that is warming up (`warm: false`) is watched like any other, and
+      never for being slow to warm: its heartbeat comes from a thread whatever the models do, so only a
+      stopped process or a loop wedged for good loses it;
+    - a heartbeat counts as missing when its key is gone, or when its `loop_at` is older than `stall_limit`
+      (the thread stops writing then anyway; 0: not looked at);
+    - a watched child is stuck once missing on two checks at least `grace` apart (`DeathWatch`);
+    - nothing counts while Redis does not answer (`beats` None), for one `ttl` after it answers again, or
+      while no other process's heartbeat is there (Redis came back empty, or the whole machine was
+      suspended: everyone's key expired, and everyone writes it again within a beat).
+    """
+
+    def __init__(
+        self,
+        grace: float,
+        ttl: float,
+        stall_limit: float,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.ttl = ttl
+        self.stall_limit = stall_limit
+        self._clock = clock
+        self._wall = wall
+        self._deaths = DeathWatch(grace, clock)
+        # proc -> wall time (s) of the last heartbeat seen: only these children are watched.
+        self._beat_at: dict[str, float] = {}
+        self._quiet_until = 0.0
+
+    def check(self, beats: dict[str, dict[str, Any] | None] | None, others: bool = True) -> dict[str, str]:
+        """One check: `beats` the heartbeat of each child now (None: missing), or None when Redis did not
+        answer; `others` whether any other process's heartbeat is there. Returns the stuck children, each
+        with why (for the log)."""
+        now, wall = self._clock(), self._wall()
+        if beats is None:
+            self._deaths.forget()
+            self._quiet_until = now + self.ttl
+            return {}
+        self._beat_at = {p: t for p, t in self._beat_at.items() if p in beats}
+        missing: set[str] = set()
+        why: dict[str, str] = {}
+        for proc, beat in beats.items():
+            if beat is not None:
+                at = float(beat.get("beat_at", wall * 1000)) / 1000
+                self._beat_at[proc] = max(at, self._beat_at.get(proc, 0.0))
+                loop_silent = wall - float(beat.get("loop_at", wall * 1000)) / 1000
+                if self.stall_limit > 0 and loop_silent > self.stall_limit:
+                    missing.add(proc)
+                    why[proc] = f"event loop stuck for {loop_silent:.0f} s"
+            elif proc in self._beat_at:
+                missing.add(proc)
+                why[proc] = f"stopped beating for {wall - self._beat_at[proc]:.0f} s"
+        if now < self._quiet_until or not others:
+            self._deaths.forget()
+            return {}
+        return {proc: why[proc] for proc in self._deaths.confirm(missing)}
 
 
 @dataclass
@@ -39,10 +116,15 @@ class Supervisor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.keys = Keys(settings.redis_prefix)
-        self.redis = redis.Redis.from_url(settings.redis_url or DEFAULT_LOCAL_URL, socket_timeout=2)
+        self.redis = redis.Redis.from_url(
+            settings.redis_url or DEFAULT_LOCAL_URL,
+            socket_timeout=REDIS_TIMEOUT,
+            socket_connect_timeout=REDIS_TIMEOUT,
+        )
         self.children: dict[int, Child] = {}
         self.stop_signal: int | None = None
         self.restarts = 0
+        self.watch = ChildWatch(settings.reap_grace, settings.heartbeat_ttl, settings.loop_stall_limit)
 
     def _spawn(self, slot: int) -> Child:
         proc_id = f"media-{os.uname().nodename}-{slot}-{uuid.uuid4().hex[:6]}"
@@ -65,6 +147,7 @@ class Supervisor:
         count = max(1, self.settings.worker_processes)
         for slot in range(count):
             self.children[slot] = self._spawn(slot)
+        next_watch = time.monotonic() + WATCH_EVERY
         while self.stop_signal is None:
             time.sleep(0.1)
             for slot, child in list(self.children.items()):
@@ -78,13 +161,55 @@ class Supervisor:
                     log.info("media process %s stopped; starting a new one", child.proc_id)
                 else:
                     log.error("media process %s exited with %s; restarting", child.proc_id, code)
-                self._forget(child)
-                if time.monotonic() - child.started < MIN_UPTIME:
-                    time.sleep(1.0)
-                if self.stop_signal is None:
-                    self.restarts += 1
-                    self.children[slot] = self._spawn(slot)
+                self._replace(slot, child)
+            if time.monotonic() >= next_watch and self.stop_signal is None:
+                next_watch = time.monotonic() + WATCH_EVERY
+                self._watch()
         return self._stop()
+
+    def _replace(self, slot: int, child: Child) -> None:
+        """A child has exited: its calls are reaped now, and a new one takes its slot."""
+        self._forget(child)
+        if time.monotonic() - child.started < MIN_UPTIME:
+            time.sleep(1.0)
+        if self.stop_signal is None:
+            self.restarts += 1
+            self.children[slot] = self._spawn(slot)
+
+    def _watch(self) -> None:
+        """Kill and replace the children that stopped beating (`ChildWatch`)."""
+        children = {c.proc_id: (slot, c) for slot, c in self.children.items()}
+        stuck = self.watch.check(*self._read_beats(list(children)))
+        for proc, why in stuck.items():
+            slot, child = children[proc]
+            if child.popen.poll() is not None:
+                continue  # it exited meanwhile: the exit is handled as any other
+            log.error("media process %s (pid %d) %s: killed and replaced", proc, child.popen.pid, why)
+            # SIGKILL also ends a stopped process (SIGTERM would wait for a SIGCONT).
+            child.popen.kill()
+            try:
+                child.popen.wait(5.0)
+            except subprocess.TimeoutExpired:
+                log.error("media process %s (pid %d) survived SIGKILL", proc, child.popen.pid)
+            self._replace(slot, child)
+
+    def _read_beats(self, procs: list[str]) -> tuple[dict[str, dict[str, Any] | None] | None, bool]:
+        """Each child's heartbeat (None: missing), and whether any other process has one; (None, False) when
+        Redis does not answer."""
+        mine = {self.keys.proc(p).encode() for p in procs}
+        try:
+            raw = self.redis.mget([self.keys.proc(p) for p in procs]) if procs else []
+            keys = self.redis.scan_iter(match=self.keys.proc_pattern(), count=100)
+            others = any(k not in mine for k in keys)
+        except (redis.RedisError, OSError):
+            return None, False
+        beats: dict[str, dict[str, Any] | None] = {}
+        for proc, value in zip(procs, raw, strict=True):
+            try:
+                beats[proc] = json.loads(value) if value else None
+            except ValueError:
+                beats[proc] = {}  # there, if unreadable: it beats
+        return beats, others
 
     def _forget(self, child: Child) -> None:
         """Drop a dead child's heartbeat at once and leave a tombstone (it is known dead: no grace), so its

@@ -1,4 +1,4 @@
-"""Failures over the real stack: a media process killed mid-call, a client that drops its socket."""
+"""Failures over the real stack: a media process killed or stopped mid-call, a client that drops out."""
 
 from __future__ import annotations
 
@@ -7,13 +7,17 @@ import json
 import os
 import signal
 import time
+import uuid
 import wave
+from pathlib import Path
 
 import pytest
 
 from tests.audio_util import tone
 from tests.e2e.client import CallClient
 from tests.e2e.conftest import StackInfo, wait_healthy
+from tests.e2e.load import CallLoad, media_pids
+from tests.e2e.test_chaos import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -103,3 +107,53 @@ async def test_frontend_killed_mid_call_owner_hangs_up(stack: StackInfo, call_id
     with wave.open(str(stack.recorder_path / f"{call_id}.wav")) as w:
         assert w.getnchannels() == 2
     await asyncio.to_thread(wait_healthy, stack, 2, 2, 15.0)
+
+
+def is_media_process(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"worker.child" in f.read()
+    except OSError:
+        return False
+
+
+async def test_media_process_stopped_mid_call_is_replaced(stack: StackInfo, tmp_path: Path) -> None:
+    """A media process that stops beating (SIGSTOP: its heartbeat thread stops with it) loses its calls to
+    the reapers (`worker_lost`) and is killed and replaced by the supervisor, as one that exits would be."""
+    await asyncio.to_thread(wait_healthy, stack, 2, 2, 15.0)
+    load = CallLoad(stack.ws, stack.redis_url, tmp_path)
+    pid = 0
+    try:
+        calls = await load.start(3, f"stop-{uuid.uuid4().hex[:6]}")
+        before = media_pids(stack.redis_url)
+        victim = max(before, key=lambda p: sum(c.owner == p for c in calls))
+        hit = [c for c in calls if c.owner == victim]
+        pid = before[victim]
+        t0 = time.monotonic()
+        os.kill(pid, signal.SIGSTOP)
+        await wait_until(lambda: all(c.closed_at is not None for c in hit), 15.0)
+        for c in hit:
+            err, hangup = c.first("error", sender="worker"), c.first("hangup")
+            assert err is not None and hangup is not None, f"{c.call_id}: {c.names()}"
+            assert hangup[1]["reason"] == "worker_lost" and hangup[1]["initiator"] == "system"
+        ended = max(c.first("hangup")[0] for c in hit) - t0  # type: ignore[index]
+        await wait_until(lambda: not is_media_process(pid), 15.0)
+        killed = time.monotonic() - t0
+        health = await asyncio.to_thread(wait_healthy, stack, 2, 2, 30.0)
+        replaced = time.monotonic() - t0
+        after = media_pids(stack.redis_url)
+        assert victim not in after and len(after) == 2 and pid not in after.values()
+        assert len(set(after) - set(before)) == 1, "one new media process"
+        print(f"SIGSTOP: {len(hit)} calls ended after {ended:.2f} s, process killed by {killed:.2f} s,",
+              f"a warm replacement by {replaced:.2f} s: {health}")  # fmt: skip
+    finally:
+        # Never leave a stopped process behind (the supervisor replaces it once it exits).
+        if pid and is_media_process(pid):
+            os.kill(pid, signal.SIGKILL)
+        await load.close()
+    c2 = await CallClient.open(stack.ws, call_id=f"stop-after-{uuid.uuid4().hex[:6]}")
+    try:
+        await c2.invite()
+        assert owner_pid(stack, c2.call_id) != pid
+    finally:
+        await c2.close()
