@@ -18,6 +18,7 @@ import msgpack
 from redis.exceptions import RedisError, ResponseError
 
 from common import events, reaper, wire
+from common.backoff import Backoff
 from common.bus import Outbox, connect, new_proc_id, read_inbox
 from common.config import Settings
 from common.embedded import DEFAULT_LOCAL_URL
@@ -387,7 +388,7 @@ class MediaProcess:
         self.tts_thread.shutdown(wait=False, cancel_futures=True)
 
     async def _ensure_group(self) -> None:
-        backoff = 0.1
+        backoff = Backoff(0.1, 2.0)
         while True:
             try:
                 await self.redis.xgroup_create(self.keys.dispatch, DISPATCH_GROUP, id="0", mkstream=True)
@@ -399,8 +400,7 @@ class MediaProcess:
             except RedisError as exc:
                 redis_error("dispatch_group")
                 log.warning("redis not reachable (%s); retrying", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await backoff.wait()
 
     # --- loops -------------------------------------------------------------------------------------------
 
@@ -506,7 +506,7 @@ class MediaProcess:
 
     async def _dispatch(self) -> None:
         """Claim new calls while below capacity (design §3: the consumer group gives each to one process)."""
-        backoff = 0.1
+        backoff = Backoff(0.1, 2.0)
         last_autoclaim = 0.0
         while True:
             # Far past its load limits (`claiming` off, common/headroom.py) it claims nothing: what it reads
@@ -555,7 +555,7 @@ class MediaProcess:
                     await self.load.turn_away(entries)
                 elif entries:
                     await self._take(entries)
-                backoff = 0.1
+                backoff.reset()
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):
                     await self._ensure_group()
@@ -564,8 +564,7 @@ class MediaProcess:
             except RedisError as exc:
                 redis_error("dispatch")
                 log.warning("dispatch failed (%s)", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await backoff.wait()
 
     async def _take(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         """Claim a batch of dispatch requests with one pipelined round trip."""
