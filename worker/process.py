@@ -29,6 +29,7 @@ from common.logs import call_id_var
 from common.metrics import redis_error
 from common.peerlink import InboxCursor, Links
 from common.registry import Registry
+from common.tasks import TaskSet
 from worker import metrics
 from worker.load import MediaLoad
 from worker.media.cache import MediaCache
@@ -78,21 +79,6 @@ TASKS_STOP_GRACE = 0.5
 def mebibytes(mb: float) -> int:
     """A size setting in MiB as bytes (0 or less: no bound)."""
     return max(0, int(mb * 1024 * 1024))
-
-
-async def cancel_all(tasks: list[asyncio.Task[Any]], grace: float) -> list[str]:
-    """Cancel the tasks and give them `grace` seconds to end; the names of those still running.
-
-    Seen on a busy machine when a stop came during the warm-up: a cancelled task (the reaper's, the metrics
-    publisher's) that never ran again. Nothing was left for it to do, and waiting on it held the exit until
-    the supervisor killed the process.
-    """
-    for task in reversed(tasks):
-        task.cancel()
-    if not tasks:
-        return []
-    _ended, running = await asyncio.wait(tasks, timeout=grace)
-    return sorted(t.get_name() for t in running)
 
 
 class MediaProcess:
@@ -156,7 +142,7 @@ class MediaProcess:
         self._slow_logged = 0.0
         self._accepting = True
         self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._tasks = TaskSet(log, f"{self.proc_id}:")
         # Heartbeats from a thread of their own (common/liveness.py); deaths confirmed before acting on them.
         self.heartbeat = Heartbeat(settings.redis_url or DEFAULT_LOCAL_URL, self.keys, self.proc_id,
                                    settings.heartbeat_ttl, stall_limit=settings.loop_stall_limit)  # fmt: skip
@@ -305,9 +291,7 @@ class MediaProcess:
         await self._shutdown()
 
     def _start(self, name: str, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro, name=f"{self.proc_id}:{name}")
-        self._tasks.append(task)
-        return task
+        return self._tasks.spawn(coro, name)
 
     async def _warm_up(self) -> None:
         """Load and run every default model once (worker/warmup.py); then the process is warm."""
@@ -359,7 +343,7 @@ class MediaProcess:
         if self.telephony is not None:
             await self.telephony.close()
         await self.outbox.flush()
-        stuck = await cancel_all(self._tasks, TASKS_STOP_GRACE)
+        stuck = await self._tasks.cancel_all(TASKS_STOP_GRACE)
         if stuck:
             log.warning(
                 "tasks still running %.1f s after being cancelled: %s", TASKS_STOP_GRACE, ", ".join(stuck)
