@@ -5,13 +5,15 @@ A bare `create_task` keeps no reference (the loop holds only a weak one, so the 
 and its exception is seen, if at all, as "Task exception was never retrieved" when it is collected, without
 the name of the call or the process. Here every task has a name, stays referenced until it ends, has its
 failure logged by its owner's logger, and is cancelled on the owner's teardown, the last spawned first.
+`close_each` is the rest of a teardown: each resource closed on its own, each failure reported.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -74,3 +76,23 @@ class TaskSet:
             return []
         _ended, running = await asyncio.wait(cancelled, timeout=grace)
         return sorted(t.get_name() for t in running)
+
+
+async def close_each(
+    logger: logging.Logger, closers: Iterable[tuple[str, Callable[[], object]]]
+) -> list[str]:
+    """Run each `(name, closer)` in order (a closer may return an awaitable, which is awaited), each on its
+    own: a closer that fails is logged with its name and the next one still runs. The names that failed.
+
+    One `try` around a teardown let the first failing close (a bot link's socket) skip the rest (the
+    recording, the event dump), and named only the first."""
+    failed: list[str] = []
+    for name, closer in closers:
+        try:
+            result = closer()
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            failed.append(name)
+            logger.warning("closing %s failed: %r", name, exc, exc_info=exc)
+    return failed

@@ -41,7 +41,7 @@ from common.protocol import (
     redact,
     redact_url,
 )
-from common.tasks import TaskSet
+from common.tasks import TaskSet, close_each
 from worker import metrics
 from worker.bot.link import BotLink
 from worker.bot.player import BotPlayer
@@ -810,24 +810,21 @@ class CallSession:
         await asyncio.shield(self._finish())
 
     async def _finish(self) -> None:
-        try:
-            if self.transfer is not None:
-                self.transfer.close()
-            if self.bot is not None:
-                await self.bot.close()
-            if self.sip is not None:
-                self.sip.close()
-            if self.rtc is not None:
-                await self.rtc.close()
-            await self.listener.close()
-            if self.recorder is not None:
-                await self.recorder.close()
-            if self.dump is not None:
-                await self.dump.close()
-        except Exception:
-            log.exception("closing recorder/dump failed")
-        with contextlib.suppress(Exception):
-            await self.proc.registry.remove(self.call_id)
+        # Each on its own: a bot link that fails to close must not cost the call its recording or dump. Each
+        # resource is looked up when its turn comes, as a setup still ending may have just made it.
+        await close_each(
+            log,
+            (
+                ("transfer", lambda: self.transfer.close() if self.transfer is not None else None),
+                ("bot link", lambda: self.bot.close() if self.bot is not None else None),
+                ("sip leg", lambda: self.sip.close() if self.sip is not None else None),
+                ("peer connection", lambda: self.rtc.close() if self.rtc is not None else None),
+                ("listener", lambda: self.listener.close()),
+                ("recorder", lambda: self.recorder.close() if self.recorder is not None else None),
+                ("event dump", lambda: self.dump.close() if self.dump is not None else None),
+                ("registry entry", lambda: self.proc.registry.remove(self.call_id)),
+            ),
+        )
         self.proc.send(self.frontend, wire.msg(self.call_id, wire.CTL, {"op": "close"}))
         self.proc.session_ended(self)
         self._tasks.cancel()  # not the task running this hangup
