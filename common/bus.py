@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from common import wire
+from common.backoff import Backoff
 from common.keys import Keys
 from common.metrics import AUDIO_DROPPED, BUS_BATCHES, redis_error
 from common.peerlink import InboxCursor, Links
@@ -93,7 +94,7 @@ class Outbox:
         self._loop = asyncio.get_running_loop()
         if self._pending:
             self._wake.set()
-        backoff = 0.05
+        backoff = Backoff(0.05, 2.0)
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -105,13 +106,13 @@ class Outbox:
                 continue
             try:
                 await self._write(batch)
-                backoff = 0.05
+                backoff.reset()
             except RedisError as exc:
                 redis_error("outbox_write")
-                log.warning("redis write failed (%s); retrying in %.2fs", exc, backoff)
+                delay = backoff.next()
+                log.warning("redis write failed (%s); retrying in %.2fs", exc, delay)
                 self._requeue(batch)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await asyncio.sleep(delay)
                 self._wake.set()
 
     async def flush(self, timeout: float = 2.0) -> None:
@@ -193,16 +194,16 @@ async def read_inbox(
     streams = stream_io(redis)
     last = b"0-0"
     reads = 0
-    backoff = 0.05
+    backoff = Backoff(0.05, 2.0)
     while True:
         try:
             entries = await streams.xread(stream, last, 500, block_ms)
-            backoff = 0.05
+            backoff.reset()
         except RedisError as exc:
             redis_error("inbox_read")
-            log.warning("inbox read failed (%s); retrying in %.2fs", exc, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
+            delay = backoff.next()
+            log.warning("inbox read failed (%s); retrying in %.2fs", exc, delay)
+            await asyncio.sleep(delay)
             continue
         if not entries:
             continue

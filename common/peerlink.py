@@ -41,6 +41,7 @@ import msgpack
 
 from common import wire
 from common.metrics import LINK_DROPS
+from common.tasks import TaskSet
 
 log = logging.getLogger("pbx.link")
 
@@ -262,7 +263,7 @@ class Links:
         self._dialing: set[str] = set()
         self._next_dial: dict[str, float] = {}
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(log, "link:")
 
     # --- listening (media process) --------------------------------------------------------------------------
 
@@ -349,9 +350,7 @@ class Links:
         if len(self._next_dial) > 256:  # processes long gone: forget them
             self._next_dial = {p: t for p, t in self._next_dial.items() if t > now}
         self._dialing.add(proc)
-        task = asyncio.get_running_loop().create_task(self._dial(proc), name=f"link:{proc}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._dial(proc), proc)
 
     async def _dial(self, proc: str) -> None:
         assert self.lookup is not None
@@ -387,8 +386,7 @@ class Links:
     # --- stopping -------------------------------------------------------------------------------------------
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel()
         if self._server is not None:
             self._server.close()
         for link in list(self._links.values()):

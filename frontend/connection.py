@@ -144,10 +144,8 @@ class CallConnection:
         body = command_to_dict(cmd)
         if body["command"] in ("invite", "accept") and not self._option_registered:
             self._option_registered = True
-            task = asyncio.create_task(
-                self._register_option(body.get("option") or {}), name=f"call:{self.call_id}:option"
-            )
-            self.hub.background(task)
+            option = body.get("option") or {}
+            self.hub.background(self._register_option(option), f"call:{self.call_id}:option")
         if not self._command_limit.piece:
             # Timed, so acknowledged: for a stream's pieces that would double its messages, so they are not.
             body = self.command_timer.stamp(body)
@@ -234,10 +232,7 @@ class CallConnection:
         if self.owner is not None:
             self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": "gone"}))
         else:
-            task = asyncio.create_task(
-                self.hub.registry.remove(self.call_id), name=f"call:{self.call_id}:gone"
-            )
-            self.hub.background(task)
+            self.hub.background(self.hub.registry.remove(self.call_id), f"call:{self.call_id}:gone")
 
     async def _claim_watch(self) -> None:
         await asyncio.sleep(self.hub.settings.claim_timeout)
@@ -272,10 +267,7 @@ class CallConnection:
                 self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": "kill"}))
             else:
                 self.end_locally("killed", "the call was killed before a media worker took it", 410)
-                task = asyncio.create_task(
-                    self.hub.registry.remove(self.call_id), name=f"call:{self.call_id}:kill"
-                )
-                self.hub.background(task)
+                self.hub.background(self.hub.registry.remove(self.call_id), f"call:{self.call_id}:kill")
 
     def push_event(self, ev: dict[str, Any]) -> None:
         direct = self._direct

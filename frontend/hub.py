@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
@@ -20,6 +21,7 @@ from common.liveness import HEARTBEAT_EVERY, DeathWatch, Heartbeat
 from common.metrics import redis_error
 from common.peerlink import InboxCursor, Links, link_lookup
 from common.registry import Registry
+from common.tasks import TaskSet
 from frontend import metrics
 from frontend.admission import CallAdmission, FrontendLoad
 from frontend.callrate import CallRate
@@ -66,9 +68,10 @@ class Hub:
             redis, self.keys, settings.calls_per_ip_per_min, settings.calls_per_ip_burst
         )
         self.connections: dict[str, CallConnection] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = TaskSet(log, f"{self.proc_id}:")
         self.redis_ok = False
-        self._background: set[asyncio.Task[Any]] = set()
+        # Short-lived work of the connections (a registry write); not cancelled on stop, so it gets done.
+        self._background = TaskSet(log)
 
     async def start(self) -> None:
         for name, coro in (
@@ -79,7 +82,7 @@ class Hub:
             ("reaper", self._reaper()),
             ("metrics", metrics.publish(self)),
         ):
-            self._tasks.append(asyncio.create_task(coro, name=f"{self.proc_id}:{name}"))
+            self._tasks.spawn(coro, name)
         # Register before serving so that media processes see this frontend alive from the first call.
         self.heartbeat.on_error = self._heartbeat_failed
         self.heartbeat.on_ok = self._heartbeat_ok
@@ -108,11 +111,7 @@ class Hub:
         for conn in list(self.connections.values()):
             await conn.server_close()
         await self.outbox.flush()
-        for task in reversed(self._tasks):
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._tasks.cancel_all(None)
         await self.heartbeat.stop()  # before the key goes: a later write would bring it back
         await self.outbox.close()
         if self.links is not None:
@@ -120,15 +119,9 @@ class Hub:
         with contextlib.suppress(RedisError):
             await self.redis.delete(self.keys.proc(self.proc_id), self.keys.inbox(self.proc_id))
 
-    def background(self, task: asyncio.Task[Any]) -> None:
-        """Keep a short-lived task referenced until it ends, and log its failure."""
-        self._background.add(task)
-        task.add_done_callback(self._background_done)
-
-    def _background_done(self, task: asyncio.Task[Any]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("%s failed: %s", task.get_name(), task.exception())
+    def background(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run short-lived work as a task named `name`, referenced until it ends, its failure logged."""
+        return self._background.spawn(coro, name)
 
     def send(self, proc: str, message: dict[str, Any]) -> None:
         self.outbox.send(proc, message)

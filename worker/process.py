@@ -18,6 +18,7 @@ import msgpack
 from redis.exceptions import RedisError, ResponseError
 
 from common import events, reaper, wire
+from common.backoff import Backoff
 from common.bus import Outbox, connect, new_proc_id, read_inbox
 from common.config import Settings
 from common.embedded import DEFAULT_LOCAL_URL
@@ -28,6 +29,7 @@ from common.logs import call_id_var
 from common.metrics import redis_error
 from common.peerlink import InboxCursor, Links
 from common.registry import Registry
+from common.tasks import TaskSet
 from worker import metrics
 from worker.load import MediaLoad
 from worker.media.cache import MediaCache
@@ -77,21 +79,6 @@ TASKS_STOP_GRACE = 0.5
 def mebibytes(mb: float) -> int:
     """A size setting in MiB as bytes (0 or less: no bound)."""
     return max(0, int(mb * 1024 * 1024))
-
-
-async def cancel_all(tasks: list[asyncio.Task[Any]], grace: float) -> list[str]:
-    """Cancel the tasks and give them `grace` seconds to end; the names of those still running.
-
-    Seen on a busy machine when a stop came during the warm-up: a cancelled task (the reaper's, the metrics
-    publisher's) that never ran again. Nothing was left for it to do, and waiting on it held the exit until
-    the supervisor killed the process.
-    """
-    for task in reversed(tasks):
-        task.cancel()
-    if not tasks:
-        return []
-    _ended, running = await asyncio.wait(tasks, timeout=grace)
-    return sorted(t.get_name() for t in running)
 
 
 class MediaProcess:
@@ -155,7 +142,7 @@ class MediaProcess:
         self._slow_logged = 0.0
         self._accepting = True
         self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._tasks = TaskSet(log, f"{self.proc_id}:")
         # Heartbeats from a thread of their own (common/liveness.py); deaths confirmed before acting on them.
         self.heartbeat = Heartbeat(settings.redis_url or DEFAULT_LOCAL_URL, self.keys, self.proc_id,
                                    settings.heartbeat_ttl, stall_limit=settings.loop_stall_limit)  # fmt: skip
@@ -304,9 +291,7 @@ class MediaProcess:
         await self._shutdown()
 
     def _start(self, name: str, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro, name=f"{self.proc_id}:{name}")
-        self._tasks.append(task)
-        return task
+        return self._tasks.spawn(coro, name)
 
     async def _warm_up(self) -> None:
         """Load and run every default model once (worker/warmup.py); then the process is warm."""
@@ -358,7 +343,7 @@ class MediaProcess:
         if self.telephony is not None:
             await self.telephony.close()
         await self.outbox.flush()
-        stuck = await cancel_all(self._tasks, TASKS_STOP_GRACE)
+        stuck = await self._tasks.cancel_all(TASKS_STOP_GRACE)
         if stuck:
             log.warning(
                 "tasks still running %.1f s after being cancelled: %s", TASKS_STOP_GRACE, ", ".join(stuck)
@@ -387,7 +372,7 @@ class MediaProcess:
         self.tts_thread.shutdown(wait=False, cancel_futures=True)
 
     async def _ensure_group(self) -> None:
-        backoff = 0.1
+        backoff = Backoff(0.1, 2.0)
         while True:
             try:
                 await self.redis.xgroup_create(self.keys.dispatch, DISPATCH_GROUP, id="0", mkstream=True)
@@ -399,8 +384,7 @@ class MediaProcess:
             except RedisError as exc:
                 redis_error("dispatch_group")
                 log.warning("redis not reachable (%s); retrying", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await backoff.wait()
 
     # --- loops -------------------------------------------------------------------------------------------
 
@@ -506,7 +490,7 @@ class MediaProcess:
 
     async def _dispatch(self) -> None:
         """Claim new calls while below capacity (design §3: the consumer group gives each to one process)."""
-        backoff = 0.1
+        backoff = Backoff(0.1, 2.0)
         last_autoclaim = 0.0
         while True:
             # Far past its load limits (`claiming` off, common/headroom.py) it claims nothing: what it reads
@@ -555,7 +539,7 @@ class MediaProcess:
                     await self.load.turn_away(entries)
                 elif entries:
                     await self._take(entries)
-                backoff = 0.1
+                backoff.reset()
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):
                     await self._ensure_group()
@@ -564,8 +548,7 @@ class MediaProcess:
             except RedisError as exc:
                 redis_error("dispatch")
                 log.warning("dispatch failed (%s)", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
+                await backoff.wait()
 
     async def _take(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         """Claim a batch of dispatch requests with one pipelined round trip."""

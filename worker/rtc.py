@@ -37,6 +37,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from common.config import Settings
 from common.ice import parse_configured
+from common.tasks import TaskSet
 from worker import metrics, rtc_sdp
 from worker.media.telephone_event import TelephoneEventDecoder
 
@@ -153,7 +154,7 @@ class RtcPeer:
         self.codec: str | None = None
         self._pending: list[RTCIceCandidate] = []
         self._described = False
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._tasks = TaskSet(log, f"call:{call_id}:")
         self._telephone_pt: int | None = None
         self._dtmf = TelephoneEventDecoder()
         self.last_packet = time.monotonic()
@@ -209,7 +210,7 @@ class RtcPeer:
             sdp = rtc_sdp.add_public_address(sdp, self.settings.public_ip)
         if self._telephone_pt is not None:
             sdp = rtc_sdp.add_telephone_event(sdp, self._telephone_pt, clock_rate)
-        self._tasks.append(asyncio.create_task(self._watchdog(), name=f"call:{self.call_id}:rtc-watchdog"))
+        self._tasks.spawn(self._watchdog(), "rtc-watchdog")
         return sdp
 
     async def add_candidate(self, line: str, sdp_mid: str | None = None, index: int | None = None) -> None:
@@ -241,7 +242,7 @@ class RtcPeer:
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind == "audio":
-            self._tasks.append(asyncio.create_task(self._receive(track), name=f"call:{self.call_id}:rtc-rx"))
+            self._tasks.spawn(self._receive(track), "rtc-rx")
 
     async def _receive(self, track: MediaStreamTrack) -> None:
         resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
@@ -313,7 +314,6 @@ class RtcPeer:
     async def close(self) -> None:
         self._closed = True
         self.out.stop()
-        for task in self._tasks:
-            task.cancel()
+        self._tasks.cancel()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.pc.close(), 2)

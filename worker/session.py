@@ -41,6 +41,7 @@ from common.protocol import (
     redact,
     redact_url,
 )
+from common.tasks import TaskSet, close_each
 from worker import metrics
 from worker.bot.link import BotLink
 from worker.bot.player import BotPlayer
@@ -126,7 +127,7 @@ class CallSession:
         # Commands run one at a time, except beside a pending setup (worker/command_queue.py).
         self.commands = CommandQueue(self._parse, self._execute, self._is_setup, self.spawn)
         self._wait_input: asyncio.Task[None] | None = None
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._tasks = TaskSet(log, f"call:{call_id}:")
         settings = proc.settings
         self.dump = (
             EventDump(
@@ -142,7 +143,7 @@ class CallSession:
 
     def start(self) -> None:
         metrics.CALLS_STARTED.labels(self.call_type).inc()
-        self._tasks.append(asyncio.create_task(self._run_commands(), name=f"call:{self.call_id}:cmd"))
+        self.spawn(self._run_commands(), "cmd")
 
     # --- inbound -----------------------------------------------------------------------------------------
 
@@ -166,14 +167,13 @@ class CallSession:
                 self.proc.end_soon(self, "connection_closed", "caller")
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        """Run `coro` as the call's task `call:{id}:{name}`: cancelled on hangup, its failure logged."""
         # The task's context is copied now: whoever spawns it, its log lines carry this call's id.
         token = call_id_var.set(self.call_id)
         try:
-            task = asyncio.create_task(coro, name=f"call:{self.call_id}:{name}")
+            return self._tasks.spawn(coro, name)
         finally:
             call_id_var.reset(token)
-        self._tasks.append(task)
-        return task
 
     def on_audio(self, data: bytes) -> None:
         # Socket audio of a WebSocket call (the frontend drops it on the other call types).
@@ -810,28 +810,22 @@ class CallSession:
         await asyncio.shield(self._finish())
 
     async def _finish(self) -> None:
-        try:
-            if self.transfer is not None:
-                self.transfer.close()
-            if self.bot is not None:
-                await self.bot.close()
-            if self.sip is not None:
-                self.sip.close()
-            if self.rtc is not None:
-                await self.rtc.close()
-            await self.listener.close()
-            if self.recorder is not None:
-                await self.recorder.close()
-            if self.dump is not None:
-                await self.dump.close()
-        except Exception:
-            log.exception("closing recorder/dump failed")
-        with contextlib.suppress(Exception):
-            await self.proc.registry.remove(self.call_id)
+        # Each on its own: a bot link that fails to close must not cost the call its recording or dump. Each
+        # resource is looked up when its turn comes, as a setup still ending may have just made it.
+        await close_each(
+            log,
+            (
+                ("transfer", lambda: self.transfer.close() if self.transfer is not None else None),
+                ("bot link", lambda: self.bot.close() if self.bot is not None else None),
+                ("sip leg", lambda: self.sip.close() if self.sip is not None else None),
+                ("peer connection", lambda: self.rtc.close() if self.rtc is not None else None),
+                ("listener", lambda: self.listener.close()),
+                ("recorder", lambda: self.recorder.close() if self.recorder is not None else None),
+                ("event dump", lambda: self.dump.close() if self.dump is not None else None),
+                ("registry entry", lambda: self.proc.registry.remove(self.call_id)),
+            ),
+        )
         self.proc.send(self.frontend, wire.msg(self.call_id, wire.CTL, {"op": "close"}))
         self.proc.session_ended(self)
-        current = asyncio.current_task()
-        for task in reversed(self._tasks):
-            if task is not current:
-                task.cancel()
+        self._tasks.cancel()  # not the task running this hangup
         self.done.set()

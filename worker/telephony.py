@@ -22,6 +22,7 @@ from common import events, wire
 from common.errors import DuplicateCall
 from common.logs import call_id_var
 from common.protocol import redact_url
+from common.tasks import TaskSet
 from worker.sip.agent import Admit, SipAgent
 from worker.sip.leg import LegError, SipLeg
 from worker.sip.message import Request
@@ -85,7 +86,7 @@ class Telephony:
         # Where a client may send a call: the URL rule, plus the PBXs the operator registers with.
         self.guard = proc.url_guard.with_trusted(self.registrations.destinations())
         self._http: aiohttp.ClientSession | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(log, "telephony:")
 
     async def start(self) -> None:
         await self.agent.start()
@@ -100,10 +101,8 @@ class Telephony:
             await self._http.close()
         await self.agent.close()
 
-    def spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def spawn(self, coro: Any, name: str) -> None:
+        self._tasks.spawn(coro, name)
 
     def admit(self, field: str, uri: str) -> Admit:
         """The check of a SIP destination a client named (`field`: `uri`) for `SipLeg.dial`: the callee's
@@ -143,7 +142,7 @@ class Telephony:
         await pipe.execute()
 
     def _claim(self, sip_call_id: str, owned: bool) -> None:
-        self.spawn(self._record_claim(sip_call_id, owned))
+        self.spawn(self._record_claim(sip_call_id, owned), f"claim:{sip_call_id}")
 
     async def _record_claim(self, sip_call_id: str, owned: bool) -> None:
         key = self.proc.keys.sip(sip_call_id)
@@ -180,7 +179,7 @@ class Telephony:
         pending = PendingCall(self, leg, events.now_ms())
         leg.bind_events(pending)
         self.pending[pending.call_id] = pending
-        self.spawn(self._announce(pending, request))
+        self.spawn(self._announce(pending, request), f"announce:{pending.call_id}")
 
     async def _announce(self, pending: PendingCall, request: Request) -> None:
         call_id = pending.call_id
@@ -264,7 +263,7 @@ class Telephony:
             pending.timer.cancel()
         if call_id not in self.proc.sessions:
             with contextlib.suppress(Exception):
-                self.spawn(self.proc.registry.remove(call_id))
+                self.spawn(self.proc.registry.remove(call_id), f"remove:{call_id}")
 
 
 class _Detached(PendingCall):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
-from worker.process import cancel_all
+from common.tasks import TaskSet
 
 
 async def test_a_task_that_does_not_end_when_cancelled_holds_nothing_up() -> None:
@@ -19,13 +20,14 @@ async def test_a_task_that_does_not_end_when_cancelled_holds_nothing_up() -> Non
             except asyncio.CancelledError:
                 continue
 
-    clock = asyncio.create_task(asyncio.sleep(10), name="clock")
-    reaper = asyncio.create_task(stubborn(), name="reaper")
+    tasks = TaskSet(logging.getLogger("test"))
+    clock = tasks.spawn(asyncio.sleep(10), "clock")
+    reaper = tasks.spawn(stubborn(), "reaper")
     await asyncio.sleep(0)  # both running, waiting
     began = time.monotonic()
-    assert await cancel_all([clock, reaper], 0.2) == ["reaper"]
+    assert await tasks.cancel_all(0.2) == ["reaper"]
     assert time.monotonic() - began < 1.0
     assert clock.cancelled() and not reaper.done()
-    assert await cancel_all([], 0.2) == []
+    assert await TaskSet(logging.getLogger("test")).cancel_all(0.2) == []
     release.set()
     await reaper

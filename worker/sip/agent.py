@@ -12,9 +12,10 @@ import asyncio
 import ipaddress
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any, Protocol
 
+from common.tasks import TaskSet
 from worker.sip.message import Headers, Request, Response, parse, response_to
 from worker.sip.transaction import (
     ClientTransaction,
@@ -97,7 +98,7 @@ class SipAgent:
         self._dialogs: dict[tuple[str, str], DialogUser] = {}
         self._by_call_id: dict[str, int] = {}
         self._pending: dict[str, DialogUser] = {}  # INVITEs we sent or got, before their dialog exists
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(log, "sip-agent:")
         self.received = 0
         self.parse_errors = 0
 
@@ -112,8 +113,7 @@ class SipAgent:
 
     async def close(self) -> None:
         self.layer.close()
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel()
         await self.transport.close()
 
     # --- addresses ---------------------------------------------------------------------------------------
@@ -356,13 +356,15 @@ class SipAgent:
     def _forward(self, call_id: str, data: bytes, source: Source) -> None:
         if self.forwarder is None:
             return
-        self._spawn(self._forward_task(call_id, data, source, None))
+        self._spawn(self._forward_task(call_id, data, source, None), f"forward:{call_id}")
 
     def _forward_or(self, request: Request, data: bytes, source: Source, status: int) -> None:
         if self.forwarder is None:
             self._stateless(request, _target(source), status)
             return
-        self._spawn(self._forward_task(request.call_id, data, source, (request, status)))
+        self._spawn(
+            self._forward_task(request.call_id, data, source, (request, status)), f"forward:{request.call_id}"
+        )
 
     async def _forward_task(
         self, call_id: str, data: bytes, source: Source, fallback: tuple[Request, int] | None
@@ -377,10 +379,8 @@ class SipAgent:
             request, status = fallback
             self._stateless(request, _target(source), status)
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self._tasks.spawn(coro, name)
 
 
 def _target(source: Source) -> Target:

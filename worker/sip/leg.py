@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from common.tasks import TaskSet
 from worker.sip import sdp
 from worker.sip.agent import Admit, SipAgent
 from worker.sip.dialog import Dialog, new_call_id, new_tag, target_of, uri_of
@@ -90,7 +91,7 @@ class SipLeg:
         self.tx: ServerTransaction | None = None
         self.offer: sdp.SessionDescription | None = None
         self.local_tag = new_tag()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(log, "sip-leg:")
 
     @property
     def call_id(self) -> str:
@@ -219,7 +220,7 @@ class SipLeg:
             return False
         if self.rtp is not None:
             rtp, self.rtp = self.rtp, None
-            self._spawn(rtp.close())
+            self._spawn(rtp.close(), "rtp-close")
         return True
 
     def _send_invite(self) -> None:
@@ -417,7 +418,7 @@ class SipLeg:
         self.state = "confirmed"
         self.sending = True
         self.agent.track_call_id(self.call_id, None)
-        self._spawn(self._await_ack())
+        self._spawn(self._await_ack(), "await-ack")
         return answer
 
     async def _await_ack(self) -> None:
@@ -618,7 +619,7 @@ class SipLeg:
             self.agent.track_call_id(self.call_id, None)
         if self.rtp is not None:
             rtp, self.rtp = self.rtp, None
-            self._spawn(rtp.close())
+            self._spawn(rtp.close(), "rtp-close")
         # The dialog stays routable a little longer: the BYE's response, retransmitted requests.
         if self.dialog is not None:
             key = self.dialog.key
@@ -626,10 +627,8 @@ class SipLeg:
                 32 * self.agent.layer.timers.t1, self.agent.remove_dialog, key
             )
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self._tasks.spawn(coro, f"{self.call_id}:{name}")
 
 
 def _ip(host: str) -> bool:

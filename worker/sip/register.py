@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.tasks import TaskSet
 from worker.sip.agent import SipAgent
 from worker.sip.dialog import new_call_id, new_tag, target_of, uri_of
 from worker.sip.digest import DigestState
@@ -172,7 +173,7 @@ class Registrations:
             log.error("SIP_REGISTER is unusable (%s); no registrations", type(exc).__name__)
             self.accounts = []
         self.items = [Registration(agent, a) for a in self.accounts]
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = TaskSet(log, "register:")
 
     def destinations(self) -> list[tuple[str, int]]:
         """(host, port) of every account's server: the operator's own, so a client may dial them too."""
@@ -188,11 +189,10 @@ class Registrations:
 
     def start(self) -> None:
         for reg in self.items:
-            self._tasks.append(asyncio.create_task(reg.run(), name=f"register:{reg.account.username}"))
+            self._tasks.spawn(reg.run(), reg.account.username)
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
+        self._tasks.cancel()
         for reg in self.items:
             if reg.registered.is_set():
                 with contextlib.suppress(Exception):

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
+from common.tasks import TaskSet
+
 log = logging.getLogger("pbx.worker.sip.transport")
 
 MAX_MESSAGE = 64 * 1024
@@ -130,7 +132,7 @@ class SipTransport:
         self._udp: dict[int, _Udp] = {}
         self._tcp: dict[tuple[str, int], _Tcp] = {}
         self._servers: list[asyncio.AbstractServer] = []
-        self._connecting: set[asyncio.Task[None]] = set()
+        self._connecting = TaskSet(log, "sip-tcp:")
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -176,9 +178,7 @@ class SipTransport:
             if conn is not None and conn.transport is not None and not conn.transport.is_closing():
                 conn.transport.write(data)
                 return
-            task = asyncio.get_running_loop().create_task(self._connect_and_send(data, host, port))
-            self._connecting.add(task)
-            task.add_done_callback(self._connecting.discard)
+            self._connecting.spawn(self._connect_and_send(data, host, port), f"{host}:{port}")
             return
         udp = self._udp.get(local_port or self.own_port) or self._udp[self.own_port]
         if udp.transport is not None:
@@ -195,8 +195,7 @@ class SipTransport:
         transport.write(data)
 
     async def close(self) -> None:
-        for task in list(self._connecting):
-            task.cancel()
+        self._connecting.cancel()
         for server in self._servers:
             server.close()
         for conn in list(self._tcp.values()):

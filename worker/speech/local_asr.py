@@ -19,6 +19,7 @@ import numpy as np
 
 from common.errors import ProviderError
 from common.protocol import TranscriptionOption
+from common.tasks import TaskSet
 from worker.speech.asr import AsrClient, AsrContext, ErrorCallback, ResultCallback, Transcript
 
 log = logging.getLogger("pbx.worker.asr.local")
@@ -174,7 +175,7 @@ class LocalAsr(AsrClient):
         self._index = 0
         self._interim: asyncio.Future[str] | None = None
         self._last_interim_at = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(log, "asr:")
         self._closed = False
 
     async def start(self) -> None:
@@ -232,9 +233,7 @@ class LocalAsr(AsrClient):
         fut = self._pool.transcribe(audio, self.option.language, final)
         if not final:
             self._interim = fut
-        task = asyncio.create_task(self._deliver(fut, index, start_ms, end_ms, final), name=f"asr:{index}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._deliver(fut, index, start_ms, end_ms, final), str(index))
 
     async def _deliver(
         self, fut: asyncio.Future[str], index: int, start_ms: int, end_ms: int, final: bool
@@ -254,5 +253,4 @@ class LocalAsr(AsrClient):
         self._closed = True
         if self._interim is not None:
             self._interim.cancel()
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel()
