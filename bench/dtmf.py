@@ -99,10 +99,10 @@ def audio_kinds() -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
 def load_impl(where: Path | None) -> tuple[Any, Any]:
     """The dtmf and listener modules: the working tree's, or copies of them in `where` (a baseline)."""
     if where is None:
-        import worker.listener
+        import worker.call.listening
         import worker.media.dtmf
 
-        return worker.media.dtmf, worker.listener
+        return worker.media.dtmf, worker.call.listening
     mods = []
     for name in ("dtmf", "listener"):
         spec = importlib.util.spec_from_file_location(f"bench_baseline_{name}", where / f"{name}.py")

@@ -31,6 +31,7 @@ from common.peerlink import InboxCursor, Links
 from common.registry import Registry
 from common.tasks import TaskSet
 from worker import metrics
+from worker.call.session import CallSession
 from worker.load import MediaLoad
 from worker.media.cache import MediaCache
 from worker.media.dtmf import DtmfBank
@@ -39,12 +40,11 @@ from worker.media.vad import SileroBatcher
 from worker.packing import Packing
 from worker.paths import MediaRoots
 from worker.quota import RecorderQuota
-from worker.rtc import InlineEncoding, limit_host_addresses
-from worker.session import CallSession
+from worker.rtc.peer import InlineEncoding, limit_host_addresses
+from worker.sip.telephony import SIP, Telephony
 from worker.speech.endpoints import DEFAULT_HOSTS
 from worker.speech.local_asr import WhisperPool
 from worker.speech.local_tts import PiperEngine
-from worker.telephony import SIP, Telephony
 from worker.urlguard import WS, UrlGuard
 from worker.warmup import dtmf, rnnoise, run_steps, ten_vad, webrtc_vad
 

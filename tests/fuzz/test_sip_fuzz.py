@@ -6,7 +6,7 @@
   its 400 (505), one that parses gets a response of its own that is not a 400; nothing answers responses.
 - digest (`worker.sip.digest`): `ValueError` only; a challenge that parses can be answered, the answer
   parses and verifies; `verify` never raises.
-- SDP (`worker.sip.sdp`, `worker.rtc_sdp`): `ValueError` only; what parses prints back to itself; a
+- SDP (`worker.sip.sdp`, `worker.rtc.sdp`): `ValueError` only; what parses prints back to itself; a
   negotiated stream is one the RTP layer can send to.
 """
 
@@ -26,7 +26,7 @@ from tests.fuzz.conftest import scale
 from tests.unit.test_rtc import OFFER as WEBRTC_OFFER
 from tests.unit.test_sip_message import SEEDS, SNIPPETS, check_contract
 from tests.unit.test_sip_sdp import ASTERISK, BARESIP, LINPHONE, VIDEO_AND_AUDIO
-from worker import rtc_sdp
+from worker.rtc import sdp as rtc_sdp
 from worker.sip import digest, sdp
 from worker.sip.agent import SipAgent
 from worker.sip.message import (
@@ -524,7 +524,7 @@ def test_sdp_answers_to_our_offer(text: str) -> None:
     | st.text(max_size=100)
 )
 def test_webrtc_sdp_edits_never_raise(text: str) -> None:
-    """worker.rtc_sdp reads the client's offer before aiortc sees it: no text may make it raise."""
+    """worker.rtc.sdp reads the client's offer before aiortc sees it: no text may make it raise."""
     chosen = rtc_sdp.choose_codec(text)
     for _pt, name, rate in rtc_sdp.audio_rtpmaps(text):
         assert name == name.lower() and rate >= 0

@@ -17,7 +17,7 @@ from aiohttp import WSMsgType
 from common import wire
 from common.config import Settings
 from frontend.connection import CallConnection
-from worker.session import CallSession
+from worker.call.session import CallSession
 
 BURST = 50_000
 

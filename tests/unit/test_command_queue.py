@@ -1,4 +1,4 @@
-"""The command queue's rule (worker/command_queue.py), on a loop whose clock jumps (virtual time).
+"""The command queue's rule (worker/call/commands.py), on a loop whose clock jumps (virtual time).
 
 A fake call executes the commands: its `invite` rings for `ring` virtual seconds before it is answered,
 its `tts` and `play` take a second each, `hangup` ends the call. Every test reads when (in virtual
@@ -14,7 +14,7 @@ from typing import Any
 from common.errors import BadCommand
 from common.protocol import NAMES, Command, Hangup, Invite, Play, Tts, command_from_dict
 from tests.sip.test_transaction import now, run
-from worker.command_queue import CommandQueue, Parsed
+from worker.call.commands import CommandQueue, Parsed
 
 
 class FakeCall:

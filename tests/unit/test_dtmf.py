@@ -437,7 +437,7 @@ def test_listener_frames_for_the_bank() -> None:
     """The listener hands the bank read-only 20 ms frames of the caller's stream, whatever its chunking."""
     import types
 
-    from worker.listener import CallerListener
+    from worker.call.listening import CallerListener
 
     class Bank:
         frames: list[np.ndarray] = []

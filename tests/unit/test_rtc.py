@@ -6,9 +6,9 @@ import numpy as np
 
 from common.config import Settings
 from tests.e2e.rtc_client import RtcCaller
-from worker import rtc_sdp
 from worker.media.telephone_event import TelephoneEventDecoder, parse, payload
-from worker.rtc import RtcPeer
+from worker.rtc import sdp as rtc_sdp
+from worker.rtc.peer import RtcPeer
 
 OFFER = (
     "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n"

@@ -13,7 +13,7 @@ import pytest
 from common import wire
 from common.config import Settings
 from common.tasks import close_each
-from worker.session import CallSession
+from worker.call.session import CallSession
 
 log = logging.getLogger("pbx.test.teardown")
 
@@ -97,7 +97,7 @@ async def test_a_failing_bot_link_does_not_skip_the_recorder_or_the_dump(
     session.rtc = Resource("rtc", closed, fails=True)  # type: ignore[assignment]
     session.recorder = Resource("recorder", closed)  # type: ignore[assignment]
     session.dump = Resource("dump", closed)  # type: ignore[assignment]
-    with caplog.at_level(logging.WARNING, logger="pbx.worker.session"):
+    with caplog.at_level(logging.WARNING, logger="pbx.worker.call.session"):
         await session.hangup("test", "system")
     assert closed == ["bot", "rtc", "recorder", "dump", "registry"]
     failures = [r.getMessage() for r in caplog.records if "closing" in r.getMessage()]

@@ -8,8 +8,8 @@ import numpy as np
 
 from common.protocol import SynthesisOption
 from tests.audio_util import peak_freq, tone
+from worker.call.speaking import cache_file, merge
 from worker.media.tts_player import Segment, TtsPlayer
-from worker.speaker import cache_file, merge
 from worker.speech.local_tts import pieces
 from worker.speech.tts import MAX_UNENDED, SentenceSplitter, Subtitle, strip_emoji
 

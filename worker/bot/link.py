@@ -26,7 +26,7 @@ from worker.bot.player import BotPlayer
 from worker.urlguard import UrlRefused
 
 if TYPE_CHECKING:
-    from worker.session import CallSession
+    from worker.call.session import CallSession
 
 log = logging.getLogger("pbx.worker.bot")
 

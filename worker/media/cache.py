@@ -1,10 +1,10 @@
 """The media cache: files behind http(s) URLs are downloaded once and kept by the sha256 of the URL.
 
-The directory is shared by every media process of a host (and holds kept syntheses too, worker/speaker.py)
-and bounded by MEDIA_CACHE_MAX_MB: past it, the least recently used files (by mtime, which every use
-refreshes) are removed. Removal is safe beside other processes: files appear only by atomic rename, a file
-is opened before it is read (an open file that is unlinked stays readable), and a race to unlink the same
-file is harmless.
+The directory is shared by every media process of a host (and holds kept syntheses too,
+worker/call/speaking.py) and bounded by MEDIA_CACHE_MAX_MB: past it, the least recently used files (by
+mtime, which every use refreshes) are removed. Removal is safe beside other processes: files appear only
+by atomic rename, a file is opened before it is read (an open file that is unlinked stays readable), and a
+race to unlink the same file is harmless.
 
 Downloads go through the process's URL rule (worker/urlguard.py): a URL it refuses raises `UrlRefused`,
 before any connection is made.

@@ -35,7 +35,7 @@ from worker.urlguard import HTTP, SIP_HINT, UrlRefused
 if TYPE_CHECKING:
     from worker.process import MediaProcess
 
-log = logging.getLogger("pbx.worker.telephony")
+log = logging.getLogger("pbx.worker.sip.telephony")
 
 SIP = "sip"  # inbox kind of a forwarded SIP message
 DIALOG_TTL = 6 * 3600

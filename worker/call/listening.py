@@ -21,9 +21,9 @@ from worker.speech.context import SpeechContext
 from worker.speech.eou import EouDetector
 
 if TYPE_CHECKING:
-    from worker.session import CallSession
+    from worker.call.session import CallSession
 
-log = logging.getLogger("pbx.worker.listener")
+log = logging.getLogger("pbx.worker.call.listening")
 
 # Past this lag behind wall time (ms), the caller's audio clock is re-anchored: the client paused sending.
 MAX_AUDIO_CLOCK_LAG = 1000

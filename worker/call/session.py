@@ -45,9 +45,11 @@ from common.tasks import TaskSet, close_each
 from worker import metrics
 from worker.bot.link import BotLink
 from worker.bot.player import BotPlayer
-from worker.command_queue import CommandQueue, Parsed
-from worker.dump import EventDump
-from worker.listener import CallerListener
+from worker.call.commands import CommandQueue, Parsed
+from worker.call.dump import EventDump
+from worker.call.listening import CallerListener
+from worker.call.speaking import CallSpeaker, TtsRun
+from worker.call.transfer import Transfer
 from worker.media.audiofile import AudioFileError, load_audio
 from worker.media.cache import FetchError, is_url
 from worker.media.codecs import Codec, make_codec
@@ -55,16 +57,14 @@ from worker.media.player import BridgePlayer, FilePlayer
 from worker.media.recorder import CallRecorder
 from worker.media.tts_player import TtsPlayer
 from worker.paths import MediaNotFound, PathRefused, file_stem, inside, recorder_file
-from worker.rtc import RtcError, RtcPeer
-from worker.sip_call import SipCall
-from worker.speaker import CallSpeaker, TtsRun
-from worker.transfer import Transfer
+from worker.rtc.peer import RtcError, RtcPeer
+from worker.sip.call_leg import SipCall
 from worker.urlguard import UrlRefused
 
 if TYPE_CHECKING:
     from worker.process import MediaProcess
 
-log = logging.getLogger("pbx.worker.session")
+log = logging.getLogger("pbx.worker.call.session")
 
 # Audio a client may send before `invite`; it is decoded once the call is set up.
 MAX_EARLY_AUDIO = 256 * 1024
@@ -124,7 +124,7 @@ class CallSession:
         self._candidates: list[tuple[str, str | None, int | None]] = []  # trickled before the offer
         self.listener = CallerListener(self)
         self.speaker = CallSpeaker(self)
-        # Commands run one at a time, except beside a pending setup (worker/command_queue.py).
+        # Commands run one at a time, except beside a pending setup (worker/call/commands.py).
         self.commands = CommandQueue(self._parse, self._execute, self._is_setup, self.spawn)
         self._wait_input: asyncio.Task[None] | None = None
         self._tasks = TaskSet(log, f"call:{call_id}:")

@@ -22,14 +22,14 @@ from common import events
 from common.events import SERVER_SIDE_TRACK
 from common.protocol import Refer, ReferOption
 from worker.media.player import BridgePlayer
+from worker.sip.call_leg import leg_options
 from worker.sip.leg import LegError, SipLeg
 from worker.sip.message import Headers
-from worker.sip_call import leg_options
 
 if TYPE_CHECKING:
-    from worker.session import CallSession
+    from worker.call.session import CallSession
 
-log = logging.getLogger("pbx.worker.transfer")
+log = logging.getLogger("pbx.worker.call.transfer")
 
 DEFAULT_TIMEOUT = 30
 

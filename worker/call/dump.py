@@ -15,7 +15,7 @@ from common.events import now_ms
 if TYPE_CHECKING:
     from worker.quota import RecorderQuota
 
-log = logging.getLogger("pbx.worker.dump")
+log = logging.getLogger("pbx.worker.call.dump")
 
 
 def _append(path: Path, handle: list[IO[bytes]], lines: list[str]) -> int:

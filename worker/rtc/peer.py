@@ -38,10 +38,11 @@ from aiortc.sdp import candidate_from_sdp
 from common.config import Settings
 from common.ice import parse_configured
 from common.tasks import TaskSet
-from worker import metrics, rtc_sdp
+from worker import metrics
 from worker.media.telephone_event import TelephoneEventDecoder
+from worker.rtc import sdp as rtc_sdp
 
-log = logging.getLogger("pbx.worker.rtc")
+log = logging.getLogger("pbx.worker.rtc.peer")
 
 FRAME = 320  # 20 ms at 16 kHz
 OUT_QUEUE = 10  # frames the sender may fall behind before the oldest are dropped

@@ -14,10 +14,10 @@ from worker.sip.leg import LegError, SipLeg
 from worker.sip.message import Headers
 
 if TYPE_CHECKING:
-    from worker.session import CallSession
-    from worker.telephony import PendingCall, Telephony
+    from worker.call.session import CallSession
+    from worker.sip.telephony import PendingCall, Telephony
 
-log = logging.getLogger("pbx.worker.sip_call")
+log = logging.getLogger("pbx.worker.sip.call_leg")
 
 
 def leg_options(

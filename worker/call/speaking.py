@@ -45,9 +45,9 @@ from worker.speech.tts import (
 )
 
 if TYPE_CHECKING:
-    from worker.session import CallSession
+    from worker.call.session import CallSession
 
-log = logging.getLogger("pbx.worker.speaker")
+log = logging.getLogger("pbx.worker.call.speaking")
 
 TTS_PROVIDERS = ("local", "tencent", "voiceapi")
 

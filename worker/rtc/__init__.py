@@ -1,0 +1,1 @@
+"""WebRTC calls: the aiortc peer connection and the SDP work around its answer."""
