@@ -160,12 +160,12 @@ class CallSpeaker:
     def _provider(self, option: SynthesisOption) -> TtsProvider:
         s = self.session
         name = (option.provider or "local").lower()
-        context = SpeechContext.for_call(s.call_id, s.proc.settings, s.proc.url_guard)
+        context = SpeechContext.for_call(s.call_id, s.services.settings, s.services.url_guard)
         provider: TtsProvider
         if name == "local":
             from worker.speech.local_tts import LocalTts
 
-            provider = LocalTts(option, context, s.proc.piper)
+            provider = LocalTts(option, context, s.services.piper)
         elif name == "tencent":
             from worker.speech.tencent_tts import TencentTts
 
@@ -203,7 +203,7 @@ class CallSpeaker:
         cache = None
         if not run.streaming:
             cache = cache_file(
-                self.session.proc.settings.media_cache_path, provider.name, spoken, option, cmd.cache_key
+                self.session.services.settings.media_cache_path, provider.name, spoken, option, cmd.cache_key
             )
         run.jobs.put_nowait(Job(segment=segment, provider=provider, play_id=cmd.play_id, cache_path=cache))
 
@@ -279,7 +279,7 @@ class CallSpeaker:
         seg = job.segment
         loop = asyncio.get_running_loop()
         if job.cache_path is not None:
-            hit = await loop.run_in_executor(s.proc.io, _read_cache, job.cache_path)
+            hit = await loop.run_in_executor(s.services.io, _read_cache, job.cache_path)
             if hit is not None:
                 seg.audio += hit[0]
                 seg.subtitles = hit[1]
@@ -312,9 +312,14 @@ class CallSpeaker:
         now = events.now_ms()
         self._metrics(job, now - job.received_ms, (first or now) - job.received_ms, cached=False)
         if job.cache_path is not None and seg.received:
-            cache = s.proc.cache
+            cache = s.services.cache
             stored = loop.run_in_executor(
-                s.proc.io, _write_cache, job.cache_path, bytes(seg.audio), list(seg.subtitles), cache.largest
+                s.services.io,
+                _write_cache,
+                job.cache_path,
+                bytes(seg.audio),
+                list(seg.subtitles),
+                cache.largest,
             )
             stored.add_done_callback(partial(_cache_written, cache))
 
