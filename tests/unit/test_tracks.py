@@ -420,3 +420,49 @@ def test_a_play_replaces_a_tts_track() -> None:
         ]
 
     run(scenario)
+
+
+def test_interrupt_on_a_tts_track_reports_what_was_heard_and_stops_at_once() -> None:
+    async def scenario() -> None:
+        call = Call()
+        call.speaker.tts(Tts(text=pcm(1000), base64=True, play_id="long", auto_hangup=True))
+        heard = await call.ticks(10)
+        call.side.interrupt()
+        after = await call.ticks(20)
+        assert all(f is not None for f in heard) and after == [None] * 20, "no frame after the interrupt"
+        assert [(e["event"], e.get("playId")) for e in call.log] == [
+            ("trackStart", "long"),
+            ("interruption", "long"),
+            ("trackEnd", "long"),
+        ]
+        cut, end = call.log[1], call.log[2]
+        assert (cut["current"], cut["totalDuration"], cut["trackId"]) == (200, 1000, SIDE)
+        assert cut["timestamp"] == end["timestamp"] == end["duration"] == 200
+
+    run(scenario)
+
+
+def test_tts_auto_hangup_comes_after_its_last_frame() -> None:
+    async def scenario() -> None:
+        call = Call()
+        call.speaker.tts(Tts(text=pcm(100), base64=True, play_id="bye", auto_hangup=True))
+        frames = await call.ticks(8)
+        assert sum(f is not None for f in frames) == 5, "every frame plays before the hangup"
+        assert call.names() == ["trackStart", "trackEnd", "HANGUP"]
+        assert call.log[1]["timestamp"] == call.log[2]["timestamp"] == 120
+        assert (call.log[2]["reason"], call.log[2]["initiator"]) == ("autohangup", "system")
+
+    run(scenario)
+
+
+def test_tts_wait_input_timeout_counts_from_its_track_end() -> None:
+    async def scenario() -> None:
+        call = Call()
+        call.speaker.tts(Tts(text=pcm(100), base64=True, play_id="q", wait_input_timeout=600))
+        await call.ticks(6 + 29)
+        assert "silence" not in call.names()
+        await call.ticks(1)
+        assert call.names() == ["trackStart", "trackEnd", "silence"]
+        assert call.log[-1]["startTime"] == 120 and call.log[-1]["timestamp"] == 720
+
+    run(scenario)

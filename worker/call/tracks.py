@@ -57,6 +57,7 @@ class ServerTrack:
     ssrc: int = field(default_factory=lambda: random.getrandbits(32))
     player: Player | None = None
     loader: asyncio.Task[None] | None = None
+    paused: bool = False  # kept for a player still loading: a pause right after `play` is not lost
     tts: object = None  # the TtsRun filling a TTS track (worker/call/speaking.py)
     # The command field the file came from, named when it cannot be played.
     source_field: str = "play.url"
@@ -179,6 +180,7 @@ class ServerSide:
             return
         if self.track is track:
             track.player = FilePlayer(samples, loop=loop)
+            track.player.paused = track.paused
 
     # --- commands ------------------------------------------------------------------------------------------
 
@@ -192,8 +194,12 @@ class ServerSide:
             self.finish(natural=False)
 
     def pause(self, paused: bool) -> None:
-        if self.track is not None and self.track.player is not None:
-            self.track.player.paused = paused
+        track = self.track
+        if track is None:
+            return
+        track.paused = paused
+        if track.player is not None:
+            track.player.paused = paused
 
     def input_detected(self) -> None:
         """The caller spoke or keyed: a pending waitInputTimeout no longer applies."""
