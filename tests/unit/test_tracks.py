@@ -16,6 +16,7 @@ import numpy as np
 
 from common.protocol import Tts
 from tests.sip import test_transaction
+from worker.bot.player import IDLE_END_FRAMES, BotPlayer
 from worker.call.speaking import CallSpeaker
 from worker.call.tracks import ServerSide
 from worker.media.player import BridgePlayer
@@ -53,7 +54,7 @@ class Call:
         self.log: list[dict[str, Any]] = []
         self.ending = False
         self.side = ServerSide(
-            "c1", self.log.append, self.hang_up, lambda: self.ending, self.open, now=self.now
+            "c1", self.log.append, self.hang_up, lambda: self.ending, self.open, self.bot_done, now=self.now
         )
         self.speaker = CallSpeaker(self.side, SimpleNamespace(), "c1", self.log.append, lambda: self.ending)
 
@@ -65,6 +66,9 @@ class Call:
         self.log.append(
             {"event": "HANGUP", "reason": reason, "initiator": initiator, "timestamp": self.now()}
         )
+
+    def bot_done(self) -> None:
+        self.log.append({"event": "BOT_DONE", "timestamp": self.now()})
 
     async def open(self, source: str) -> np.ndarray:
         if source not in self.media:
@@ -464,5 +468,38 @@ def test_tts_wait_input_timeout_counts_from_its_track_end() -> None:
         await call.ticks(1)
         assert call.names() == ["trackStart", "trackEnd", "silence"]
         assert call.log[-1]["startTime"] == 120 and call.log[-1]["timestamp"] == 720
+
+    run(scenario)
+
+
+# --- the mediaPass bot's audio -----------------------------------------------------------------------------
+
+
+def test_the_bots_track_ends_after_its_idle_gap_and_says_so() -> None:
+    async def scenario() -> None:
+        call = Call()
+        bot = BotPlayer(lambda mark: None)
+        bot.add(np.full(640, 3, dtype=np.int16))
+        call.side.start_bot(bot)
+        frames = await call.ticks(2 + IDLE_END_FRAMES + 1)
+        assert sum(f is not None for f in frames) == 2
+        assert call.names() == ["trackStart", "trackEnd", "BOT_DONE"], "no autoHangup: the session decides"
+        assert call.log[0].get("playId") is None
+        assert call.log[1]["timestamp"] == (2 + IDLE_END_FRAMES) * 20, "ends on its tenth idle tick"
+
+    run(scenario)
+
+
+def test_an_interrupt_cuts_the_bots_sentence() -> None:
+    async def scenario() -> None:
+        call = Call()
+        bot = BotPlayer(lambda mark: None)
+        bot.add(np.full(16000, 3, dtype=np.int16))
+        call.side.start_bot(bot)
+        await call.ticks(5)
+        call.side.interrupt()
+        assert bot.pending == 0 and bot.dropped == 16000 - 5 * 320, "what was queued is dropped"
+        assert not bot.add(np.full(320, 3, dtype=np.int16)), "and the rest of the sentence as it comes"
+        assert call.names() == ["trackStart", "trackEnd"]
 
     run(scenario)
