@@ -21,15 +21,17 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 import numpy as np
 
 from common import events
+from common.config import Settings
 from common.errors import ProviderError, ProviderRefused
 from common.protocol import SynthesisOption, Tts
 from worker import metrics
@@ -45,6 +47,10 @@ from worker.speech.tts import (
     TtsSubtitles,
     strip_emoji,
 )
+from worker.urlguard import UrlGuard
+
+if TYPE_CHECKING:
+    from worker.speech.local_tts import PiperEngine  # loaded with the local voice, on its first use
 
 log = logging.getLogger("pbx.worker.call.speaking")
 
@@ -132,11 +138,16 @@ def _write_cache(path: Path, audio: bytes, subtitles: list[Subtitle], largest: i
 class SpeechServices(Protocol):
     """What synthesis needs from its media process (worker/process.py's MediaProcess has it)."""
 
-    settings: Any
-    url_guard: Any
-    piper: Any
-    io: Any  # the disk thread pool
-    cache: MediaCache
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def url_guard(self) -> UrlGuard: ...
+    @property
+    def piper(self) -> PiperEngine: ...
+    @property
+    def io(self) -> Executor: ...  # the disk thread
+    @property
+    def cache(self) -> MediaCache: ...
 
 
 class CallSpeaker:
