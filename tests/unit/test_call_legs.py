@@ -14,8 +14,9 @@ from common import wire
 from common.config import Settings
 from common.protocol import CallOption, Invite, Ringing
 from tests.unit.callfakes import FakeCall, FakeHost, fake_services
-from worker.call.leg import MAX_EARLY_AUDIO, SILENT_FRAME, LegHooks, WebSocketLeg
+from worker.call.leg import MAX_EARLY_AUDIO, LegHooks, WebSocketLeg
 from worker.call.session import CallSession, make_leg
+from worker.media.player import SILENT_FRAME
 from worker.rtc.call_leg import RtcLeg
 from worker.sip.call_leg import SipCall
 

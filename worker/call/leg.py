@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 # Audio a client may send before `invite`; it is decoded once the call is set up.
 MAX_EARLY_AUDIO = 256 * 1024
-SILENT_FRAME = np.zeros(320, dtype=np.int16)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,6 @@ import json
 import logging
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,47 +38,27 @@ from common.protocol import (
     Unmute,
     command_from_dict,
     redact,
-    redact_url,
 )
 from common.tasks import TaskSet, close_each
 from worker import metrics
 from worker.bot.link import BotLink
-from worker.bot.player import BotPlayer
 from worker.call.commands import CommandQueue, Parsed
 from worker.call.dump import EventDump
-from worker.call.leg import SILENT_FRAME, CallLeg, LegHooks, WebSocketLeg
+from worker.call.leg import CallLeg, LegHooks, WebSocketLeg
 from worker.call.listening import CallerListener
 from worker.call.services import CallHooks, CallHost, MediaServices
-from worker.call.speaking import CallSpeaker, TtsRun
+from worker.call.speaking import CallSpeaker
+from worker.call.tracks import ServerSide, ServerTrack
 from worker.call.transfer import Transfer, TransferTrack
-from worker.media.audiofile import AudioFileError, load_audio
-from worker.media.cache import FetchError, is_url
-from worker.media.player import BridgePlayer, FilePlayer
+from worker.media.audiofile import load_audio
+from worker.media.cache import is_url
+from worker.media.player import BridgePlayer
 from worker.media.recorder import CallRecorder
-from worker.media.tts_player import TtsPlayer
-from worker.paths import MediaNotFound, PathRefused, file_stem, inside, recorder_file
+from worker.paths import PathRefused, file_stem, inside, recorder_file
 from worker.rtc.call_leg import RtcLeg
 from worker.sip.call_leg import SipCall
-from worker.urlguard import UrlRefused
 
 log = logging.getLogger("pbx.worker.call.session")
-
-
-@dataclass(slots=True)
-class ServerTrack:
-    """What is playing on the server-side track now."""
-
-    play_id: str | None
-    source: str
-    started_ms: int
-    auto_hangup: bool = False
-    wait_input_timeout: int = 0
-    ssrc: int = field(default_factory=lambda: random.getrandbits(32))
-    player: FilePlayer | TtsPlayer | BridgePlayer | BotPlayer | None = None
-    loader: asyncio.Task[None] | None = None
-    tts: TtsRun | None = None  # set on TTS tracks
-    # The command field the file came from, named when it cannot be played.
-    source_field: str = "play.url"
 
 
 class CallSession:
@@ -106,9 +85,7 @@ class CallSession:
         # The option as `/call/lists` shows it (secrets redacted), kept to rebuild a lost registry entry.
         self.listed_option: str | None = None
         self.recorder: CallRecorder | None = None
-        self.server: ServerTrack | None = None
         self.caller_muted = False
-        self.server_muted = False
         self.ending = False
         self.frames_in = 0
         self.frames_out = 0
@@ -140,10 +117,13 @@ class CallSession:
             services,
         )
         self.listener = CallerListener(self.hooks, services, self.input_detected, self._bot_digit)
-        self.speaker = CallSpeaker(self)
+        # The server-side track and its timing rules (worker/call/tracks.py).
+        self.tracks = ServerSide(
+            call_id, self.emit, self._end_soon, lambda: self.ending, self._open_media, self._bot_done
+        )
+        self.speaker = CallSpeaker(self.tracks, services, call_id, self.emit, lambda: self.ending)
         # Commands run one at a time, except beside a pending setup (worker/call/commands.py).
         self.commands = CommandQueue(self._parse, self._execute, self._is_setup, self.spawn)
-        self._wait_input: asyncio.Task[None] | None = None
         self._tasks = TaskSet(log, f"call:{call_id}:")
         settings = services.settings
         self.dump = (
@@ -209,7 +189,7 @@ class CallSession:
 
     def input_detected(self) -> None:
         """The caller spoke or keyed: a pending waitInputTimeout no longer applies."""
-        self._cancel_wait_input()
+        self.tracks.input_detected()
 
     def _digit(self, digit: str) -> None:
         self.listener.digit(digit)
@@ -238,20 +218,12 @@ class CallSession:
     def tick(self) -> None:
         """Advance one 20 ms frame of the media clock."""
         out: bytes | None = None
-        frame: np.ndarray | None = None
-        track = self.server
-        if track is not None and track.player is not None and not track.player.paused:
-            frame = track.player.next_frame()
-            if frame is None:
-                if track.player.finished:
-                    self._finish_server_track(natural=True)
-            else:
-                if self.server_muted:
-                    frame = SILENT_FRAME
-                if self.recorder is not None:
-                    out = frame.tobytes()
-                self.frames_out += 1
-                self._frames_out.value += 1
+        frame = self.tracks.tick()
+        if frame is not None:
+            if self.recorder is not None:
+                out = frame.tobytes()
+            self.frames_out += 1
+            self._frames_out.value += 1
         self.leg.send(frame)  # None: nothing plays (an RTP stream still gets its silence)
         if self.transfer is not None:
             self.transfer.tick()
@@ -310,14 +282,9 @@ class CallSession:
             case Play():
                 self._play(cmd)
             case Interrupt():
-                if self.server is not None:
-                    if cmd.graceful and isinstance(self.server.player, TtsPlayer):
-                        self.server.player.graceful_stop()
-                    else:
-                        self._finish_server_track(natural=False)
+                self.tracks.interrupt(bool(cmd.graceful))
             case Pause() | Resume():
-                if self.server is not None and self.server.player is not None:
-                    self.server.player.paused = isinstance(cmd, Pause)
+                self.tracks.pause(isinstance(cmd, Pause))
             case Mute() | Unmute():
                 self._mute(cmd.track_id, isinstance(cmd, Mute))
             case History():
@@ -514,21 +481,13 @@ class CallSession:
             self.error("refer", f"refer failed: {exc}", 500)
 
     def play_moh(self, url: str) -> None:
-        track = self._start_track(
-            ServerTrack(play_id=url, source=url, started_ms=events.now_ms(), source_field="refer.options.moh")
-        )
-        track.loader = asyncio.create_task(self._load(track, loop=True), name=f"call:{self.call_id}:moh")
+        self.tracks.play_moh(url)
 
     def end_moh(self) -> None:
-        if self.server is not None and isinstance(self.server.player, FilePlayer) and self.server.player.loop:
-            self._finish_server_track(natural=False)
-        elif self.server is not None and self.server.player is None and self.server.loader is not None:
-            self._finish_server_track(natural=False)
+        self.tracks.end_moh()
 
     def start_bridge_track(self, player: BridgePlayer, ssrc: int) -> None:
-        self._start_track(
-            ServerTrack(play_id=None, source="refer", started_ms=events.now_ms(), player=player, ssrc=ssrc)
-        )
+        self.tracks.start_bridge(player, ssrc)
 
     # --- the mediaPass bot ---------------------------------------------------------------------------------
 
@@ -546,9 +505,13 @@ class CallSession:
 
     def _start_bot_track(self) -> None:
         assert self.bot is not None
-        self._start_track(
-            ServerTrack(play_id=None, source="mediaPass", started_ms=events.now_ms(), player=self.bot.player)
-        )
+        self.tracks.start_bot(self.bot.player)
+
+    def _bot_done(self) -> None:
+        """The bot's audio played out: if the bot has gone and the option says so, the call ends."""
+        bot = self.bot
+        if bot is not None and bot.gone and bot.hangup_on_close:
+            self._end_soon("bot_closed", "system")
 
     def bot_gone(self, problem: str | None) -> None:
         """The bot's socket closed: a drop is an error; the call ends unless the option says otherwise."""
@@ -568,133 +531,50 @@ class CallSession:
         # else the bot's last words play out first; the end of its track hangs up
 
     def end_bridge_track(self, player: BridgePlayer) -> None:
-        if self.server is not None and self.server.player is player:
-            self._finish_server_track(natural=False)
+        self.tracks.end_bridge(player)
 
     def _mute(self, track_id: str | None, muted: bool) -> None:
         if track_id is None:
-            self.caller_muted = self.server_muted = muted
+            self.caller_muted = self.tracks.muted = muted
         elif track_id == self.call_id:
             self.caller_muted = muted
         elif track_id == SERVER_SIDE_TRACK:
-            self.server_muted = muted
+            self.tracks.muted = muted
         else:
             raise BadCommand(
                 f"trackId: no track {track_id!r} in this call (use {self.call_id!r} or {SERVER_SIDE_TRACK!r})"
             )
 
-    # --- the server-side track ---------------------------------------------------------------------------
+    # --- the server-side track (worker/call/tracks.py) -----------------------------------------------------
 
-    def _start_track(self, track: ServerTrack) -> ServerTrack:
-        """Put a new track on the server side, replacing (interrupting) whatever plays there."""
-        if self.server is not None:
-            self._finish_server_track(natural=False)
-        self._cancel_wait_input()
-        self.server = track
-        self.emit(events.event("trackStart", track_id=SERVER_SIDE_TRACK, play_id=track.play_id))
-        return track
+    @property
+    def server(self) -> ServerTrack | None:
+        return self.tracks.track
 
     def _play(self, cmd: Play, source_field: str = "play.url") -> None:
-        track = self._start_track(
-            ServerTrack(
-                play_id=cmd.play_id or cmd.url,
-                source=cmd.url,
-                started_ms=events.now_ms(),
-                auto_hangup=bool(cmd.auto_hangup),
-                wait_input_timeout=cmd.wait_input_timeout or 0,
-                source_field=source_field,
-            )
-        )
-        track.loader = asyncio.create_task(self._load(track), name=f"call:{self.call_id}:load")
-
-    def start_tts_track(self, play_id: str | None, run: TtsRun) -> ServerTrack:
-        return self._start_track(
-            ServerTrack(play_id=play_id, source="tts", started_ms=events.now_ms(), player=run.player, tts=run)
+        self.tracks.play(
+            cmd.url, cmd.play_id, bool(cmd.auto_hangup), cmd.wait_input_timeout or 0, source_field
         )
 
-    async def _load(self, track: ServerTrack, loop: bool = False) -> None:
-        proc, source = self.services, track.source
+    async def _open_media(self, source: str) -> np.ndarray:
+        """A file or URL as 16 kHz mono samples: a URL through the cache, a path only under MEDIA_PATH or
+        the cache (worker/paths.py) unless clients are trusted."""
+        proc = self.services
         threads = asyncio.get_running_loop()
-        try:
-            if is_url(source):
-                f = await proc.cache.open(source)
-            else:  # only under MEDIA_PATH or the cache (worker/paths.py), unless clients are trusted
-                f = await threads.run_in_executor(proc.io, proc.media_roots.open, source)
-            samples = await threads.run_in_executor(proc.cpu, load_audio, f, source)
-        except UrlRefused as exc:
-            if self.server is track:
-                message = exc.for_field(track.source_field, redact_url(source))
-                self.emit(events.error(SERVER_SIDE_TRACK, f"filetrack: {source}", message, 403))
-                self._finish_server_track(natural=True)
-            return
-        except (MediaNotFound, FetchError, AudioFileError, OSError) as exc:
-            if self.server is track:
-                problem = f"{track.source_field}: {exc}"
-                self.emit(events.error(SERVER_SIDE_TRACK, f"filetrack: {source}", problem, 404))
-                self._finish_server_track(natural=True)
-            return
-        if self.server is track:
-            track.player = FilePlayer(samples, loop=loop)
+        if is_url(source):
+            f = await proc.cache.open(source)
+        else:
+            f = await threads.run_in_executor(proc.io, proc.media_roots.open, source)
+        return await threads.run_in_executor(proc.cpu, load_audio, f, source)
+
+    def _end_soon(self, reason: str, initiator: str) -> None:
+        self.spawn(self.hangup(reason, initiator), reason.replace("_", "-"))
 
     def _finish_server_track(self, natural: bool) -> None:
-        track = self.server
-        if track is None:
-            return
-        self.server = None
-        if track.loader is not None and not track.loader.done():
-            track.loader.cancel()
-        now = events.now_ms()
-        bot = self.bot
-        if bot is not None and track.player is bot.player and not natural:
-            bot.player.cut()  # an interrupt, or the app's own track: the bot's sentence is cut off
-        if not natural and track.tts is not None:
-            cut = track.tts.player.interruption()
-            if cut is not None:
-                self.emit(
-                    events.event(
-                        "interruption",
-                        track_id=SERVER_SIDE_TRACK,
-                        timestamp=now,
-                        play_id=track.play_id,
-                        **cut,
-                    )
-                )
-        self.emit(
-            events.event(
-                "trackEnd",
-                track_id=SERVER_SIDE_TRACK,
-                timestamp=now,
-                duration=now - track.started_ms,
-                ssrc=track.ssrc,
-                play_id=track.play_id,
-            )
-        )
-        if not natural or self.ending:
-            return
-        if bot is not None and track.player is bot.player:
-            if bot.gone and bot.hangup_on_close:
-                self.spawn(self.hangup("bot_closed", "system"), "bot-closed")
-            return
-        if isinstance(track.player, TtsPlayer) and track.player.closing:
-            return  # a graceful interrupt is still an interrupt: no autoHangup, no waitInputTimeout
-        if track.auto_hangup:
-            self.spawn(self.hangup("autohangup", "system"), "autohangup")
-        elif track.wait_input_timeout > 0:
-            self._wait_input = asyncio.create_task(
-                self._wait_for_input(now, track.wait_input_timeout), name=f"call:{self.call_id}:wait-input"
-            )
-
-    async def _wait_for_input(self, since_ms: int, timeout_ms: int) -> None:
-        await asyncio.sleep(timeout_ms / 1000)
-        self._wait_input = None
-        self.emit(
-            events.event("silence", track_id=SERVER_SIDE_TRACK, start_time=since_ms, duration=timeout_ms)
-        )
+        self.tracks.finish(natural)
 
     def _cancel_wait_input(self) -> None:
-        if self._wait_input is not None:
-            self._wait_input.cancel()
-            self._wait_input = None
+        self.tracks.input_detected()
 
     def registry_fields(self) -> dict[str, str | int]:
         """This call's registry entry, written back when Redis restarted without it."""

@@ -6,7 +6,8 @@ import numpy as np
 
 from common.config import Settings
 from common.protocol import CallOption
-from worker.call.leg import SILENT_FRAME, LegHooks, NoPeerSetup
+from worker.call.leg import LegHooks, NoPeerSetup
+from worker.media.player import SILENT_FRAME
 from worker.rtc.peer import RtcError, RtcPeer
 
 

@@ -10,8 +10,9 @@ import numpy as np
 
 from common import events
 from common.protocol import CallOption, Ringing
-from worker.call.leg import SILENT_FRAME, LegHooks
+from worker.call.leg import LegHooks
 from worker.call.services import MediaServices
+from worker.media.player import SILENT_FRAME
 from worker.sip.agent import extra_headers
 from worker.sip.leg import LegError, SipLeg
 from worker.sip.message import Headers
