@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from common.errors import BadCommand
 from common.schema import parse_object, to_wire
 
@@ -454,8 +456,29 @@ def _check_media_pass(mp: MediaPassOption) -> None:
 
 
 def command_to_dict(cmd: Command) -> dict[str, Any]:
-    """The canonical wire form of a command (what the worker receives and the dump records)."""
+    """The canonical JSON form of a command (what the dump records and `/call/lists` shows)."""
     return {"command": NAMES[type(cmd)], **to_wire(cmd)}
+
+
+def command_body(cmd: Command) -> dict[str, Any]:
+    """A validated command as the body of a `cmd` message to the call's owner (common/wire.py): the
+    dataclass itself, which msgspec packs by its fields."""
+    return {"command": NAMES[type(cmd)], "args": cmd}
+
+
+def decode_command(body: Any) -> Command:
+    """The command in the body of a `cmd` message, by its type, without a second validation: the frontend
+    validated it. Raises ValueError for a body no frontend of this version sends."""
+    if not isinstance(body, dict):
+        raise ValueError(f"a command body must be a map, got {type(body).__name__}")
+    cls = COMMANDS.get(body.get("command"))  # type: ignore[arg-type]
+    if cls is None:
+        raise ValueError(f"unknown command {body.get('command')!r}")
+    try:
+        cmd: Command = msgspec.convert(body.get("args"), cls)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"{body['command']}: {exc}") from None
+    return cmd
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s)?\s*$")
