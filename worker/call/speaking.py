@@ -29,6 +29,7 @@ import msgpack
 import numpy as np
 
 from common import events
+from common.choices import TTS_PROVIDERS
 from common.errors import ProviderError, ProviderRefused
 from common.protocol import SynthesisOption, Tts
 from worker import metrics
@@ -48,8 +49,6 @@ if TYPE_CHECKING:
     from worker.call.session import CallSession
 
 log = logging.getLogger("pbx.worker.call.speaking")
-
-TTS_PROVIDERS = ("local", "tencent", "voiceapi")
 
 
 @dataclass(slots=True, eq=False)
