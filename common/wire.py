@@ -11,7 +11,7 @@ a frontend forwards also carries `SEQ` (a number per connection) in that body; t
 `ctl {"op": "ack", "seq": n}` once it has handled the command, so the frontend can time the round trip
 (`pbx_command_roundtrip_seconds`).
 
-msgspec rather than msgpack-python: it packs dataclasses without a dict copy and is 1.5 to 4 times faster
+msgspec rather than msgpack-python: it packs dataclasses without a dict copy and is 1.5 to 17 times faster
 on every message kind, audio included (bench/wire.py, docs/performance.md "The wire between processes").
 """
 
