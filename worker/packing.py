@@ -42,8 +42,16 @@ MIN_POLL = 0.005
 # Seconds a target that became full for packing goes on blocking: the others read its heartbeat at most a
 # heartbeat later, and until one of them blocks, new calls would wait for a poll.
 HANDOVER = 2 * HEARTBEAT_EVERY
-# Seconds between reads of the heartbeats while a process with a lower id warms up.
+# Seconds between reads of the heartbeats while a process with a lower id warms up, or while calls arrive
+# and the target is close to full.
 WARMING_RECHECK = 0.1
+
+
+def handover_calls(pack_calls: int) -> int:
+    """How many calls a target that just became full may still take during its handover (and how close to
+    full a target is when the others watch it closely): enough to bridge the others' reaction, not so many
+    that a burst of calls all lands on one process."""
+    return max(2, pack_calls // 5)
 
 
 def full_for_packing(beat: dict[str, Any], pack_calls: int) -> bool:
@@ -115,6 +123,7 @@ class Packing:
         self._beats: list[dict[str, Any]] = []
         self._read_at = float("-inf")
         self._full = False
+        self._full_at = 0  # its calls when it became full for packing
         self._lead_until = float("-inf")
         self._first_seen: bytes | None = None
         self.target: str | None = None
@@ -127,13 +136,20 @@ class Packing:
         """Whether this process's next read of the dispatch stream blocks (else it polls)."""
         if not self.on:
             return True
-        if self._clock() - self._read_at >= HEARTBEAT_EVERY:
+        every = HEARTBEAT_EVERY
+        if self._first_seen is not None and self._near_full(self.target):
+            # Calls arrive and the target is about to fill up: read the heartbeats more often, so this
+            # process blocks (if it is next) soon after the target hands over.
+            every = WARMING_RECHECK
+        if self._clock() - self._read_at >= every:
             self._beats = await self.registry.procs()
             self._read_at = self._clock()
         own = self.own()
+        calls = int(own.get("calls", 0))
         full = full_for_packing(own, self.pack_calls)
         if full != self._full:
             self._full = full
+            self._full_at = calls
             self.on_change()
         beats = [b for b in self._beats if isinstance(b, dict) and b.get("proc") != self.proc_id]
         target = packing_target([*beats, own], self.pack_calls, int(time.time() * 1000))
@@ -147,9 +163,22 @@ class Packing:
                 # first calls would spread over both.
                 self._read_at = min(self._read_at, self._clock() - HEARTBEAT_EVERY + WARMING_RECHECK)
             return True
-        # Just filled up as the target: on until the next target has read so and blocks. (One that finds a
-        # lower-id target stops at once: that one blocks already.)
-        return full and self._clock() < self._lead_until
+        # Just filled up as the target: on until the next target has read so and blocks, for a few calls
+        # at most. (One that finds a lower-id target stops at once: that one blocks already.)
+        slack = handover_calls(self.pack_calls)
+        return full and self._clock() < self._lead_until and calls < self._full_at + slack
+
+    def _near_full(self, target: str | None) -> bool:
+        """Whether another process is the target and its last heartbeat read shows it close to full."""
+        if target in (None, self.proc_id):
+            return False
+        for beat in self._beats:
+            if isinstance(beat, dict) and beat.get("proc") == target:
+                try:
+                    return int(beat.get("calls", 0)) >= self.pack_calls - handover_calls(self.pack_calls)
+                except (TypeError, ValueError):
+                    return False
+        return False
 
     def block_ms(self) -> int:
         """How long a blocking read may wait: a second, but no longer than a handover has left."""

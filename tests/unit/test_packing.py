@@ -14,7 +14,15 @@ from common.keys import Keys
 from common.liveness import HEARTBEAT_EVERY
 from common.registry import Registry
 from tests.unit.test_liveness import Clock
-from worker.packing import HANDOVER, PACK_PRESSURE, STALE_MS, Packing, full_for_packing, packing_target
+from worker.packing import (
+    HANDOVER,
+    PACK_PRESSURE,
+    STALE_MS,
+    Packing,
+    full_for_packing,
+    handover_calls,
+    packing_target,
+)
 
 KEYS = Keys("pbx:")
 NOW = 1_800_000_000_000  # epoch ms
@@ -197,3 +205,32 @@ async def test_the_target_while_a_lower_one_warms_looks_again_soon(registry: Reg
     await write(registry, beat("media-a", 0))  # warm now
     clock.now += 0.15
     assert await on_b.blocks() is False, "read again a tenth of a second later, not a heartbeat later"
+
+
+async def test_a_full_target_hands_over_a_few_calls_at_most(registry: Registry) -> None:
+    own = beat("media-a", PACK - 1)
+    await write(registry, own, beat("media-b", 0))
+    on_a, _ = view(registry, "media-a", own)
+    assert await on_a.blocks() is True
+    own["calls"] = PACK  # full: still blocking while media-b learns of it ...
+    assert await on_a.blocks() is True
+    own["calls"] = PACK + handover_calls(PACK) - 1
+    assert await on_a.blocks() is True
+    own["calls"] = PACK + handover_calls(PACK)  # ... but a burst does not all land here
+    assert await on_a.blocks() is False, "the handover ends after a few calls, before its time"
+
+
+async def test_the_next_target_looks_again_soon_while_calls_arrive_at_a_nearly_full_one(
+    registry: Registry,
+) -> None:
+    b = beat("media-b", 0)
+    await write(registry, beat("media-a", PACK - handover_calls(PACK)), b)
+    on_b, clock = view(registry, "media-b", b)
+    assert await on_b.blocks() is False
+    await write(registry, beat("media-a", PACK))  # media-a filled up
+    clock.now += 0.15
+    assert await on_b.blocks() is False, "no call waited: the heartbeats are read once a heartbeat"
+    await registry.redis.xadd(KEYS.dispatch, {"call_id": "c1"})
+    assert await on_b.overdue(KEYS.dispatch) is False  # seen waiting
+    clock.now += 0.15
+    assert await on_b.blocks() is True, "calls arrive at a nearly full target: read again, and take over"
