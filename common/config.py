@@ -171,7 +171,6 @@ class Settings:
     """Everything a process needs to know about its deployment; see docs/configuration.md."""
 
     port: int = 8080
-    web_concurrency: int = field(default_factory=lambda: default_web_concurrency(os.cpu_count() or 1))
     worker_processes: int = field(default_factory=lambda: os.cpu_count() or 1)
     max_calls: int = 200
     # Calls a media process takes before new calls go to the next one (packing, worker/packing.py); the
@@ -285,7 +284,6 @@ class Settings:
         cores = os.cpu_count() or 1
         return cls(
             port=_int(env, "PORT", 8080),
-            web_concurrency=_int(env, "WEB_CONCURRENCY", default_web_concurrency(cores)),
             worker_processes=_int(env, "WORKER_PROCESSES", cores),
             max_calls=_int(env, "MAX_CALLS", 200),
             pack_calls=_int(env, "PACK_CALLS", 50),

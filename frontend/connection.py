@@ -65,7 +65,6 @@ class CallConnection:
         self._wake = asyncio.Event()
         self._closing = False
         self.closed_by_server = False
-        self.dropped_audio = 0
         self._option_registered = False
         # Binary messages ignored on a call whose audio is not on the socket (told about once).
         self.ignored_audio = 0
@@ -290,7 +289,6 @@ class CallConnection:
         if direct is not None and not self._out and not self._closing and direct.send_now(frame):
             return
         if self._queued_audio >= MAX_QUEUED_AUDIO:
-            self.dropped_audio += 1
             SLOW_CLIENT_DROPS.value += 1
             return
         self._queued_audio += 1

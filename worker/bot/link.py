@@ -50,7 +50,6 @@ class BotLink:
         self.hangup_on_close = option.hangup_on_close is not False
         self.live = False  # the call is answered: caller audio flows to the bot
         self.gone = False  # the bot's socket is closed (or the call ended)
-        self.dropped_messages = 0
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._out: deque[Message | None] = deque()  # None: the last one
         self._wake = asyncio.Event()
@@ -130,7 +129,6 @@ class BotLink:
         for _ in range(excess):
             self._out.popleft()
         if excess > 0:
-            self.dropped_messages += excess
             metrics.BOT_DROPPED.inc(excess)
         self._wake.set()
 

@@ -142,9 +142,6 @@ class SipLeg:
         if self.sending and self.rtp is not None and not self.on_hold:
             self.rtp.send(frame)
 
-    def send_digit_events(self, digit: str) -> None:
-        """Not exposed as a command; here for bridging DTMF between legs later."""
-
     # --- outbound ----------------------------------------------------------------------------------------
 
     async def dial(
@@ -255,8 +252,8 @@ class SipLeg:
             self._on_2xx(resp)
             return
         if status in (401, 407) and self._auth is not None and self.state != "ended":
-            _, challenge_header = header_names(status)
-            values = resp.headers.get_all("WWW-Authenticate" if status == 401 else "Proxy-Authenticate")
+            challenge_header, _ = header_names(status)
+            values = resp.headers.get_all(challenge_header)
             try:
                 retry = self._auth.on_challenge(status, values)
             except ValueError:

@@ -24,13 +24,11 @@ import numpy as np
 
 from worker.media.codecs import Codec, make_codec
 from worker.media.telephone_event import TelephoneEventDecoder
-from worker.media.telephone_event import payload as event_payload
 
 log = logging.getLogger("pbx.worker.sip.rtp")
 
 # RFC 3551's static payload types of the codecs here; G.722's RTP clock is 8000 though it samples at 16 kHz.
 STATIC = {"pcmu": 0, "pcma": 8, "g722": 9}
-CLOCK = {"pcmu": 8000, "pcma": 8000, "g722": 8000}
 SAMPLES_PER_FRAME = 160  # 20 ms at the RTP clock of all three
 RTCP_EVERY = 5.0
 _NTP_EPOCH = 2208988800
@@ -224,14 +222,6 @@ class RtpSession:
         self._ts = (self._ts + SAMPLES_PER_FRAME) & 0xFFFFFFFF
         self.sent += 1
         self.octets += len(payload)
-
-    def send_event(self, event: int, end: bool, duration: int, new: bool) -> None:
-        """One RFC 4733 packet at the current media timestamp (for sending DTMF)."""
-        if self._rtp is None or self.telephone_event_pt is None:
-            return
-        header = RtpHeader(new, self.telephone_event_pt, self._seq, self._ts, self.ssrc)
-        self._rtp.sendto(build_rtp(header, event_payload(event, end, duration)), self.remote)
-        self._seq = (self._seq + 1) & 0xFFFF
 
     # --- in ----------------------------------------------------------------------------------------------
 

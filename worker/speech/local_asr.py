@@ -100,7 +100,6 @@ class WhisperPool:
         self._queue: list[tuple[int, int, asyncio.Future[str], np.ndarray, str | None]] = []
         self._seq = itertools.count()
         self._wake = asyncio.Event()
-        self.transcriptions = 0
         self._active = 0
 
     @property
@@ -144,7 +143,6 @@ class WhisperPool:
             try:
                 model = await self.model()
                 text = await self._run(_transcribe, model, audio, language)
-                self.transcriptions += 1
                 if not fut.done():
                     fut.set_result(text)
             except Exception as exc:

@@ -102,7 +102,6 @@ class PiperEngine:
         self._queue: list[tuple[float, int, _Job]] = []
         self._seq = itertools.count()
         self._wake = asyncio.Event()
-        self.pieces_done = 0
 
     async def voice(self) -> Any:
         if self._voice is None:
@@ -139,7 +138,6 @@ class PiperEngine:
             except Exception as exc:
                 job.audio.put_nowait(exc)
                 continue
-            self.pieces_done += 1
             if job.first_at is None:
                 job.first_at = time.monotonic()
             job.delivered_s += len(audio) / 16000
