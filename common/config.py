@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from common.redact import redact_url
+
 _SECRET_FIELDS = frozenset(
     {
         "sip_register",
@@ -356,13 +358,3 @@ class Settings:
         return f"Settings({', '.join(parts)})"
 
     __str__ = __repr__
-
-
-def redact_url(url: str) -> str:
-    """Hide the password of a `scheme://user:password@host` URL."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else url

@@ -19,7 +19,8 @@ import aiohttp
 import numpy as np
 
 from common import events
-from common.protocol import MediaPassOption, redact_url
+from common.protocol import MediaPassOption
+from common.redact import redact_url
 from worker import metrics
 from worker.bot.dialect import BadBotMessage, BotAudio, BotClear, BotMark, Message, make_dialect
 from worker.bot.player import BotPlayer

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from common import events, wire
 from common.errors import DuplicateCall
 from common.logs import call_id_var
-from common.protocol import redact_url
+from common.redact import redact_url
 from common.tasks import TaskSet
 from worker.sip.agent import Admit, SipAgent
 from worker.sip.leg import LegError, SipLeg

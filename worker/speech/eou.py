@@ -23,7 +23,8 @@ from collections.abc import Callable
 import aiohttp
 
 from common.errors import ProviderError, ProviderRefused
-from common.protocol import EouOption, redact_url
+from common.protocol import EouOption
+from common.redact import redact_url
 from worker.urlguard import HTTP, UrlGuard, UrlRefused
 
 log = logging.getLogger("pbx.worker.eou")
