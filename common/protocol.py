@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.errors import BadCommand
+from common.redact import redact_url
 from common.schema import parse_object, to_wire
 
 MAX_TEXT_FRAME = 1 << 20
@@ -493,18 +494,6 @@ SECRET_KEYS = frozenset(
         "accessToken",
     }
 )
-
-
-# URL query parameters whose values are credentials (a bot's `?token=`, a signed media URL's signature).
-_SECRET_QUERY = re.compile(
-    r"([?&][^=&#]*(?:token|key|secret|password|passwd|auth|sig|credential)[^=&#]*=)[^&#]*", re.I
-)
-_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^/@:]*:)[^/@]*@", re.I)
-
-
-def redact_url(url: str) -> str:
-    """A URL with its password and credential-like query values replaced by `***`."""
-    return _SECRET_QUERY.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", url))
 
 
 def redact(value: Any) -> Any:
