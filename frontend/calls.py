@@ -10,7 +10,6 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 import msgpack
 from aiohttp import web
@@ -23,10 +22,8 @@ from common.protocol import MAX_CALL_ID, MAX_TEXT_FRAME, valid_call_id
 from frontend import auth, clientaddr
 from frontend.callsocket import CallSocket
 from frontend.connection import CallConnection
+from frontend.hub import Hub
 from frontend.keys import HUB
-
-if TYPE_CHECKING:
-    from frontend.hub import Hub
 
 log = logging.getLogger("pbx.frontend.calls")
 

@@ -8,11 +8,13 @@ import json
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
 
 from common import events, wire
+from common.config import Settings
 from common.errors import BadCommand, PbxError, RateLimited
 from common.metrics import call_failed
 from common.protocol import (
@@ -23,12 +25,10 @@ from common.protocol import (
     parse_command,
     redact,
 )
+from common.registry import Registry
 from frontend.callsocket import CallSocket
 from frontend.limits import CommandLimit, TokenBucket, describe
 from frontend.metrics import COMMANDS_REFUSED, RATE_LIMIT_DROPS, SLOW_CLIENT_DROPS, CommandTimer
-
-if TYPE_CHECKING:
-    from frontend.hub import Hub
 
 log = logging.getLogger("pbx.frontend.call")
 
@@ -48,10 +48,26 @@ _NO_SOCKET_AUDIO = {
 READ_SLICE = 0.005
 
 
+class Relay(Protocol):
+    """What a connection needs of its frontend process (frontend.hub.Hub, which holds the connections)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def registry(self) -> Registry: ...
+
+    def send(self, proc: str, message: dict[str, Any]) -> None:
+        """Queue `message` for process `proc` (the call's owner)."""
+
+    def background(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run short-lived work as a named task whose failure is logged."""
+
+
 class CallConnection:
     """The frontend half of a call: the client socket and the route to the media process that owns it."""
 
-    def __init__(self, hub: Hub, call_id: str, call_type: str, ws: web.WebSocketResponse) -> None:
+    def __init__(self, hub: Relay, call_id: str, call_type: str, ws: web.WebSocketResponse) -> None:
         self.hub = hub
         self.call_id = call_id
         self.call_type = call_type

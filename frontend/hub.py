@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -25,10 +25,8 @@ from common.tasks import TaskSet
 from frontend import metrics
 from frontend.admission import CallAdmission, FrontendLoad
 from frontend.callrate import CallRate
+from frontend.connection import CallConnection
 from frontend.limits import MediaCapacity
-
-if TYPE_CHECKING:
-    from frontend.connection import CallConnection
 
 log = logging.getLogger("pbx.frontend.hub")
 
