@@ -188,7 +188,7 @@ async def _serve_call(
             hub.connections.pop(call_id, None)
             raise
         conn.created_ms = events.now_ms()
-        body = {"op": "attach", "frontend": hub.proc_id, "dump": dump}
+        body = {"op": wire.Op.ATTACH, "frontend": hub.proc_id, "dump": dump}
         hub.send(owner, wire.msg(call_id, wire.CTL, body))
         conn.owner = owner  # the inbox keeps order: commands arrive after the attach
     except BaseException:
@@ -220,7 +220,7 @@ async def kill_call(request: web.Request) -> web.Response:
     if entry is None:
         raise CallNotFound(f"call {call_id!r} not found", "no active call has this id")
     target = entry.owner or entry.frontend
-    hub.send(target, wire.msg(call_id, wire.CTL, {"op": "kill"}))
+    hub.send(target, wire.msg(call_id, wire.CTL, {"op": wire.Op.KILL}))
     return web.json_response(True)
 
 

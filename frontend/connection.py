@@ -245,7 +245,7 @@ class CallConnection:
 
     def client_gone(self) -> None:
         if self.owner is not None:
-            self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": "gone"}))
+            self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": wire.Op.GONE}))
         else:
             self.hub.background(self.hub.registry.remove(self.call_id), f"call:{self.call_id}:gone")
 
@@ -261,25 +261,25 @@ class CallConnection:
         call_failed(self.call_type, reason)
         for ev in events.ended_by_system(self.call_id, message, code, reason, self.created_ms):
             self.push_event(ev)
-        self.control({"op": "close"})
+        self.control({"op": wire.Op.CLOSE})
 
     # --- owner → client ---------------------------------------------------------------------------------
 
     def control(self, body: dict[str, Any]) -> None:
         op = body.get("op")
-        if op == "claimed":
+        if op == wire.Op.CLAIMED:
             self.owner = str(body["owner"])
             pending, self._unclaimed = self._unclaimed, []
             for m in pending:
                 self.hub.send(self.owner, m)
-        elif op == "ack":
+        elif op == wire.Op.ACK:
             self.command_timer.acked(body.get("seq"))
-        elif op == "close":
+        elif op == wire.Op.CLOSE:
             self._closing = True
             self._wake.set()
-        elif op == "kill":
+        elif op == wire.Op.KILL:
             if self.owner is not None:
-                self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": "kill"}))
+                self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": wire.Op.KILL}))
             else:
                 self.end_locally("killed", "the call was killed before a media worker took it", 410)
                 self.hub.background(self.hub.registry.remove(self.call_id), f"call:{self.call_id}:kill")
@@ -295,7 +295,7 @@ class CallConnection:
             log.warning("client too slow for events; disconnecting")
             self._closing = True
             if self.owner is not None:
-                self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": "gone"}))
+                self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": wire.Op.GONE}))
             self._out.clear()
             self._queued_audio = 0
 
@@ -336,14 +336,14 @@ class CallConnection:
     def shutdown(self) -> None:
         """The frontend stops: the owner hangs the call up (the client gets `hangup`), then closes it."""
         if self.owner is not None:
-            self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": "shutdown"}))
+            self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": wire.Op.SHUTDOWN}))
         else:
             self.end_locally("shutdown", "the server is shutting down", 503)
 
     async def server_close(self) -> None:
         """Shutdown of this frontend: the owner hangs the call up, the socket closes."""
         if self.owner is not None:
-            self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": "gone"}))
+            self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": wire.Op.GONE}))
         self.closed_by_server = True
         with contextlib.suppress(Exception):
             await self.ws.close()

@@ -175,9 +175,9 @@ class Hub:
         call_id, kind, body = m["c"], m["k"], m["b"]
         conn = self.connections.get(call_id)
         if conn is None:
-            if kind == wire.CTL and body.get("op") == "claimed":
+            if kind == wire.CTL and body.get("op") == wire.Op.CLAIMED:
                 # The client left before its call was claimed: tell the new owner to end it.
-                self.send(body["owner"], wire.msg(call_id, wire.CTL, {"op": "gone"}))
+                self.send(body["owner"], wire.msg(call_id, wire.CTL, {"op": wire.Op.GONE}))
             return
         if kind == wire.PCM:
             conn.push_audio(body)

@@ -588,7 +588,7 @@ class MediaProcess:
                 self, call_id, call_type, frontend, bool(params.get("dump", True)), created or events.now_ms()
             )
             self._add(session)
-            self.send(frontend, wire.msg(call_id, wire.CTL, {"op": "claimed", "owner": self.proc_id}))
+            self.send(frontend, wire.msg(call_id, wire.CTL, {"op": wire.Op.CLAIMED, "owner": self.proc_id}))
             log.info("claimed %s call from %s", call_type, frontend)
         finally:
             call_id_var.reset(token)
@@ -617,7 +617,7 @@ class MediaProcess:
         try:
             if m["k"] == SIP and self.telephony is not None:
                 self.telephony.forwarded(m["b"])
-            elif m["k"] == wire.CTL and m["b"].get("op") == "attach":
+            elif m["k"] == wire.CTL and m["b"].get("op") == wire.Op.ATTACH:
                 self._attach(str(m["c"]), m["b"])
         except Exception:
             log.exception("call %s: could not handle %s message", m.get("c"), m.get("k"))
@@ -629,7 +629,7 @@ class MediaProcess:
             if frontend:
                 self.send(frontend, wire.msg(call_id, wire.EVT, events.error(
                     call_id, "accept", "the inbound call is no longer waiting", 404)))  # fmt: skip
-                self.send(frontend, wire.msg(call_id, wire.CTL, {"op": "close"}))
+                self.send(frontend, wire.msg(call_id, wire.CTL, {"op": wire.Op.CLOSE}))
             return
         token = call_id_var.set(call_id)
         try:
@@ -637,7 +637,7 @@ class MediaProcess:
                 self, call_id, "sip", frontend, bool(body.get("dump", True)), pending.created_ms
             )
             self._add(session)
-            self.send(frontend, wire.msg(call_id, wire.CTL, {"op": "claimed", "owner": self.proc_id}))
+            self.send(frontend, wire.msg(call_id, wire.CTL, {"op": wire.Op.CLAIMED, "owner": self.proc_id}))
             session.attach_incoming(pending)
             log.info("inbound SIP call attached to %s", frontend)
         finally:

@@ -159,11 +159,11 @@ class CallSession:
                 self.dump.add("event", body)
         elif kind == wire.CTL:
             op = body.get("op")
-            if op == "kill":
+            if op == wire.Op.KILL:
                 self.spawn(self.hangup("killed", "system"), "kill")
-            elif op == "shutdown":  # the frontend is stopping and its drain time is over
+            elif op == wire.Op.SHUTDOWN:  # the frontend is stopping and its drain time is over
                 self.proc.end_soon(self, "shutdown", "system")
-            elif op == "gone":
+            elif op == wire.Op.GONE:
                 self.proc.end_soon(self, "connection_closed", "caller")
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
@@ -308,7 +308,7 @@ class CallSession:
 
     def _ack(self, seq: int | None) -> None:
         if seq is not None:  # handled: the frontend times the round trip
-            self.proc.send(self.frontend, wire.msg(self.call_id, wire.CTL, {"op": "ack", "seq": seq}))
+            self.proc.send(self.frontend, wire.msg(self.call_id, wire.CTL, {"op": wire.Op.ACK, "seq": seq}))
 
     def _is_setup(self, cmd: Command) -> bool:
         """An `invite` that waits for its peer (the SIP callee's answer, ICE gathering) runs beside the
@@ -825,7 +825,7 @@ class CallSession:
                 ("registry entry", lambda: self.proc.registry.remove(self.call_id)),
             ),
         )
-        self.proc.send(self.frontend, wire.msg(self.call_id, wire.CTL, {"op": "close"}))
+        self.proc.send(self.frontend, wire.msg(self.call_id, wire.CTL, {"op": wire.Op.CLOSE}))
         self.proc.session_ended(self)
         self._tasks.cancel()  # not the task running this hangup
         self.done.set()

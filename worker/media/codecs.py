@@ -10,8 +10,6 @@ import numpy as np
 from worker.media import g711
 from worker.media.resample import Downsampler2x, Upsampler2x
 
-CODECS = ("pcm", "pcmu", "pcma", "g722")
-
 
 class Codec:
     """One call's encoder and decoder; they keep separate state (filters, ADPCM predictors)."""

@@ -27,8 +27,7 @@ from worker.media.telephone_event import TelephoneEventDecoder
 
 log = logging.getLogger("pbx.worker.sip.rtp")
 
-# RFC 3551's static payload types of the codecs here; G.722's RTP clock is 8000 though it samples at 16 kHz.
-STATIC = {"pcmu": 0, "pcma": 8, "g722": 9}
+# G.722's RTP clock is 8000 though it samples at 16 kHz (RFC 3551 §4.5.2).
 SAMPLES_PER_FRAME = 160  # 20 ms at the RTP clock of all three
 RTCP_EVERY = 5.0
 _NTP_EPOCH = 2208988800

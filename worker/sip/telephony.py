@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pbx.worker.sip.telephony")
 
-SIP = "sip"  # inbox kind of a forwarded SIP message
+SIP = wire.SIP  # inbox kind of a forwarded SIP message
 DIALOG_TTL = 6 * 3600
 WEBHOOK_TIMEOUT = 5.0
 
