@@ -2,8 +2,7 @@
 
 One stream entry holds field `m`: a msgpack list of messages `{"c": call_id, "k": kind, "b": body}`, so one
 XADD (and one XREAD) carries many calls' frames. Kinds: `cmd` (command dict), `evt` (event dict), `pcm`
-(audio bytes), `ctl` (control dict with an `op`, see `Op`), `log` (an event recorded in the dump only), `sip`
-(a SIP message forwarded to the media process that owns its dialog, worker/sip/telephony.py).
+(audio bytes), `ctl` (control dict with an `op`), `log` (an event recorded in the dump only).
 
 A command a frontend forwards carries `SEQ` (a number per connection) in its body; the owner removes it
 before it handles the command and answers `ctl {"op": "ack", "seq": n}` once it has, so the frontend
@@ -16,7 +15,7 @@ from typing import Any
 
 import msgpack
 
-CMD, EVT, PCM, CTL, LOG, SIP = "cmd", "evt", "pcm", "ctl", "log", "sip"
+CMD, EVT, PCM, CTL, LOG, SIP = "cmd", "evt", "pcm", "ctl", "log", "sip"  # sip: worker/sip/telephony.py
 FIELD = b"m"
 SEQ = "_seq"
 
