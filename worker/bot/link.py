@@ -21,6 +21,7 @@ import numpy as np
 from common import events
 from common.protocol import MediaPassOption
 from common.redact import redact_url
+from common.tasks import TaskSet
 from worker import metrics
 from worker.bot.dialect import BadBotMessage, BotAudio, BotClear, BotMark, Message, make_dialect
 from worker.bot.player import BotPlayer
@@ -56,6 +57,7 @@ class BotLink:
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._tasks = TaskSet(log, f"call:{session.call_id}:")
         self._complained = False
 
     @property
@@ -92,8 +94,8 @@ class BotLink:
         metrics.BOT_CONNECTS.labels(self.dialect.name, "ok").inc()
         self._ws = ws
         self._queue(self.dialect.opened())
-        self._writer = asyncio.create_task(self._write(ws), name=f"call:{self.session.call_id}:bot-write")
-        self._reader = asyncio.create_task(self._read(ws), name=f"call:{self.session.call_id}:bot-read")
+        self._writer = self._tasks.spawn(self._write(ws), "bot-write")
+        self._reader = self._tasks.spawn(self._read(ws), "bot-read")
         return None
 
     def _refused(self, message: str) -> str:

@@ -270,21 +270,27 @@ class RtpSession:
         self.last_packet = time.monotonic()
 
     async def _report(self) -> None:
-        while True:
-            await asyncio.sleep(RTCP_EVERY)
-            if self._rtcp is None or not self.sent:
-                continue
-            now = time.time() + _NTP_EPOCH
-            ntp_hi, ntp_lo = int(now), int((now % 1) * (1 << 32))
-            # SR (RFC 3550 §6.4.1) with no report blocks, then an SDES CNAME chunk (§6.5), as a compound.
-            sr = struct.pack(
-                "!BBHIIIIII", 0x80, 200, 6, self.ssrc, ntp_hi, ntp_lo, self._ts, self.sent, self.octets
-            )
-            cname = b"pbx"
-            item = bytes([1, len(cname)]) + cname + b"\0"
-            item += b"\0" * (-(len(item)) % 4)
-            sdes = struct.pack("!BBHI", 0x81, 202, (4 + len(item)) // 4, self.ssrc) + item
-            self._rtcp.sendto(sr + sdes, self.remote_rtcp)
+        try:
+            while True:
+                await asyncio.sleep(RTCP_EVERY)
+                self._send_report()
+        except Exception:
+            log.exception("rtp port %d: RTCP reports stopped", self.local_port)
+
+    def _send_report(self) -> None:
+        if self._rtcp is None or not self.sent:
+            return
+        now = time.time() + _NTP_EPOCH
+        ntp_hi, ntp_lo = int(now), int((now % 1) * (1 << 32))
+        # SR (RFC 3550 §6.4.1) with no report blocks, then an SDES CNAME chunk (§6.5), as a compound.
+        sr = struct.pack(
+            "!BBHIIIIII", 0x80, 200, 6, self.ssrc, ntp_hi, ntp_lo, self._ts, self.sent, self.octets
+        )
+        cname = b"pbx"
+        item = bytes([1, len(cname)]) + cname + b"\0"
+        item += b"\0" * (-(len(item)) % 4)
+        sdes = struct.pack("!BBHI", 0x81, 202, (4 + len(item)) // 4, self.ssrc) + item
+        self._rtcp.sendto(sr + sdes, self.remote_rtcp)
 
     async def close(self) -> None:
         if self._rtp is not None:
