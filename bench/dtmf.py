@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import gc
 import importlib.util
+import inspect
 import os
 import sys
 import time
@@ -133,6 +134,16 @@ class _Session:
         self.digits.append(ev["digit"])
 
 
+def _listener(listener_mod: Any, s: _Session) -> Any:
+    """A listener of either shape: built from the session (before issue 19) or from hooks and services."""
+    if "services" not in inspect.signature(listener_mod.CallerListener).parameters:
+        return listener_mod.CallerListener(s)
+    hooks = types.SimpleNamespace(
+        call_id=s.call_id, emit=s.emit, error=print, spawn=None, hangup=None, ending=lambda: s.ending
+    )
+    return listener_mod.CallerListener(hooks, s.proc, s.input_detected, lambda digit: None)
+
+
 async def run_one(
     impl: tuple[Any, Any], calls: int, ticks: int, frames: np.ndarray, pressing: np.ndarray | None
 ) -> tuple[float, int]:
@@ -143,7 +154,7 @@ async def run_one(
     bank = dtmf.DtmfBank()
     proc = types.SimpleNamespace(dtmf=bank)
     sessions = [_Session(f"c{i}", proc) for i in range(calls)]
-    listeners = [listener_mod.CallerListener(s) for s in sessions]
+    listeners = [_listener(listener_mod, s) for s in sessions]
     # Each call at its own place in the audio; one call in five presses keys in the mix.
     sources = [pressing if pressing is not None and i % 5 == 0 else frames for i in range(calls)]
     offsets = [(i * 7919) % len(src) for i, src in enumerate(sources)]

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from common import events, wire
 from common.headroom import WINDOW, Admission, LoadLimits, LoadSample, LoopMeter
@@ -16,7 +16,11 @@ from common.metrics import call_failed
 from worker import metrics
 
 if TYPE_CHECKING:
-    from worker.process import MediaProcess
+    import redis.asyncio as aioredis
+
+    from common.config import Settings
+    from common.keys import Keys
+    from common.registry import Registry
 
 log = logging.getLogger("pbx.worker.load")
 
@@ -29,11 +33,37 @@ TURNED_AWAY = (
 )
 
 
+class LoadHost(Protocol):
+    """What the load side needs from its media process."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def proc_id(self) -> str: ...
+
+    @property
+    def redis(self) -> aioredis.Redis: ...
+
+    @property
+    def keys(self) -> Keys: ...
+
+    @property
+    def registry(self) -> Registry: ...
+
+    def send(self, proc: str, message: dict[str, Any]) -> None: ...
+
+    def call_count(self) -> int: ...
+
+    def capacity(self) -> int: ...
+
+
 class MediaLoad:
     """Measures the media process's loop every second and keeps its `Admission` up to date; `on_change` is
-    called (on the loop) when it stops or starts admitting or claiming."""
+    called (on the loop) when it stops or starts admitting or claiming; `touch` tells the heartbeat the loop
+    is alive."""
 
-    def __init__(self, proc: MediaProcess, on_change: Callable[[], None]) -> None:
+    def __init__(self, proc: LoadHost, touch: Callable[[], None], on_change: Callable[[], None]) -> None:
         self.proc = proc
         self.on_change = on_change
         settings = proc.settings
@@ -42,9 +72,9 @@ class MediaLoad:
         )
         self.meter = LoopMeter(
             self._sample,
-            calls=lambda: len(proc.sessions),
+            calls=proc.call_count,
             ticks=lambda: (metrics.TICK_TIME.sum, metrics.TICK_TIME.count),
-            touch=proc.heartbeat.touch,
+            touch=touch,
             # The media clock feeds its lateness as the lag (`LoopMeter.lag`): one probe a window is enough.
             probe=WINDOW,
         )
@@ -120,7 +150,7 @@ class MediaLoad:
     def _burn(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
         """Test knob (`PBX_TEST_TICK_BURN_US`): every 20 ms, hold the loop `burn_us` µs per call, as if each
         call's media cost that much more."""
-        n = len(self.proc.sessions)
+        n = self.proc.call_count()
         if n:
             until = time.perf_counter() + n * self.burn_us / 1e6
             while time.perf_counter() < until:

@@ -7,13 +7,16 @@ docs/metrics.md says what each figure means.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 from common import metrics
 from common.metrics import AUDIO_DROPPED, CALL_TYPES, REGISTRY
 
 if TYPE_CHECKING:
-    from worker.process import MediaProcess
+    import redis.asyncio as aioredis
+
+    from common.keys import Keys
 
 R = REGISTRY
 
@@ -115,27 +118,51 @@ for _t in CALL_TYPES:  # every call type shows, at zero, from the first scrape
     FRAMES_OUT.labels(_t)
 
 
-async def publish(proc: MediaProcess) -> None:
+class MediaFigures(Protocol):
+    """What the media process's figures are read from, at each snapshot."""
+
+    @property
+    def ticks(self) -> int: ...
+
+    @property
+    def clock_restarts(self) -> int: ...
+
+    def capacity(self) -> int: ...
+
+    def call_types(self) -> Iterable[str]:
+        """The type of each call the process owns now."""
+        ...
+
+    def work_dropped(self) -> Mapping[str, int]:
+        """What each batcher dropped so far, by `WORK_DROPPED` stage."""
+        ...
+
+
+def collect(source: MediaFigures) -> None:
+    """Bring the gauges and counters read from the process up to date (before each snapshot)."""
+    active = dict.fromkeys(CALL_TYPES, 0)
+    for call_type in source.call_types():
+        active[call_type] = active.get(call_type, 0) + 1
+    for call_type, n in active.items():
+        CALLS_ACTIVE.labels(call_type).set(n)
+    CALLS_CAPACITY.labels().set(source.capacity())
+    TICKS.labels().value = source.ticks
+    CLOCK_RESTARTS.labels().value = source.clock_restarts
+    for stage, dropped in source.work_dropped().items():
+        WORK_DROPPED.labels(stage).value = dropped
+
+
+async def publish(source: MediaFigures, redis: aioredis.Redis, keys: Keys, proc_id: str) -> None:
     """The process's snapshot to Redis every second, for as long as the process runs."""
 
-    def collect() -> None:
-        active = dict.fromkeys(CALL_TYPES, 0)
-        for session in list(proc.sessions.values()):
-            active[session.call_type] = active.get(session.call_type, 0) + 1
-        for call_type, n in active.items():
-            CALLS_ACTIVE.labels(call_type).set(n)
-        CALLS_CAPACITY.labels().set(proc.capacity())
-        TICKS.labels().value = proc.ticks
-        CLOCK_RESTARTS.labels().value = proc.clock_restarts
-        WORK_DROPPED.labels("denoise").value = proc.denoise.dropped
-        WORK_DROPPED.labels("ten_vad").value = proc.ten.dropped
-        WORK_DROPPED.labels("silero_vad").value = proc.silero.dropped
+    def collector() -> None:
+        collect(source)
 
-    REGISTRY.add_collector(collect)
+    REGISTRY.add_collector(collector)
     try:
-        await metrics.publish(proc.redis, proc.keys, proc.proc_id, "media")
+        await metrics.publish(redis, keys, proc_id, "media")
     finally:
-        REGISTRY.remove_collector(collect)
+        REGISTRY.remove_collector(collector)
 
 
 def call_ended(call_type: str, reason: str) -> None:

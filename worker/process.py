@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
 import signal
 import time
 from collections import deque
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -31,6 +33,7 @@ from common.peerlink import InboxCursor, Links
 from common.registry import Registry
 from common.tasks import TaskSet
 from worker import metrics
+from worker.call.services import MediaServices
 from worker.call.session import CallSession
 from worker.load import MediaLoad
 from worker.media.cache import MediaCache
@@ -134,6 +137,25 @@ class MediaProcess:
         self.tts_thread = ThreadPoolExecutor(1, thread_name_prefix="tts")
         self.piper = PiperEngine(self._tts_in_thread)
         self.telephony: Telephony | None = None
+        # What every call shares (worker/call/services.py), built once; `run` adds the SIP side once bound.
+        self.services = MediaServices(
+            settings=settings,
+            proc_id=self.proc_id,
+            registry=self.registry,
+            io=self.io,
+            cpu=self.cpu,
+            url_guard=self.url_guard,
+            cache=self.cache,
+            media_roots=self.media_roots,
+            recorder_quota=self.recorder_quota,
+            silero=self.silero,
+            whisper=self.whisper,
+            denoise=self.denoise,
+            ten=self.ten,
+            dtmf=self.dtmf,
+            piper=self.piper,
+            bot_http=self.bot_http,
+        )
         self._bot_http: aiohttp.ClientSession | None = None
         self.ticks = 0
         self.clock_restarts = 0
@@ -149,7 +171,7 @@ class MediaProcess:
         self._reap_watch = DeathWatch(settings.reap_grace)
         self._frontend_watch = DeathWatch(settings.reap_grace)
         # Admission by headroom (common/headroom.py): capacity announced and calls claimed by load.
-        self.load = MediaLoad(self, self._load_changed)
+        self.load = MediaLoad(self, self.heartbeat.touch, self._load_changed)
         self._redis_back_at = 0.0
         self._restore_pending = False
         # Set to send the next heartbeat at once (capacity changed).
@@ -195,6 +217,27 @@ class MediaProcess:
 
     def send(self, proc: str, message: dict[str, Any]) -> None:
         self.outbox.send(proc, message)
+
+    def call_count(self) -> int:
+        return len(self.sessions)
+
+    def has_call(self, call_id: str) -> bool:
+        return call_id in self.sessions
+
+    def end_call(self, call_id: str, reason: str, initiator: str) -> None:
+        session = self.sessions.get(call_id)
+        if session is not None:
+            session.spawn(session.hangup(reason, initiator), reason)
+
+    def call_types(self) -> Iterator[str]:
+        return (session.call_type for session in list(self.sessions.values()))
+
+    def work_dropped(self) -> Mapping[str, int]:
+        return {
+            "denoise": self.denoise.dropped,
+            "ten_vad": self.ten.dropped,
+            "silero_vad": self.silero.dropped,
+        }
 
     def session_ended(self, session: CallSession) -> None:
         # Full by its announced capacity, not overloaded (then every call that ends would beat at once).
@@ -249,6 +292,7 @@ class MediaProcess:
         try:
             await telephony.start()
             self.telephony = telephony
+            self.services = dataclasses.replace(self.services, telephony=telephony)
         except OSError as exc:
             log.error("SIP is off in this process: cannot bind %s:%d (%s)", self.settings.sip_addr,
                       self.settings.sip_port, exc)  # fmt: skip
@@ -272,7 +316,7 @@ class MediaProcess:
             ("denoise", self.denoise.run()),
             ("ten", self.ten.run()),
             ("piper", self.piper.run()),
-            ("metrics", metrics.publish(self)),
+            ("metrics", metrics.publish(self, self.redis, self.keys, self.proc_id)),
             ("recorder-quota", self.recorder_quota.run()),
         ):
             self._start(name, coro)
@@ -584,8 +628,9 @@ class MediaProcess:
             created, params = 0, {}
         token = call_id_var.set(call_id)
         try:
+            dump = bool(params.get("dump", True))
             session = CallSession(
-                self, call_id, call_type, frontend, bool(params.get("dump", True)), created or events.now_ms()
+                self.services, self, call_id, call_type, frontend, dump, created or events.now_ms()
             )
             self._add(session)
             self.send(frontend, wire.msg(call_id, wire.CTL, {"op": wire.Op.CLAIMED, "owner": self.proc_id}))
@@ -633,9 +678,8 @@ class MediaProcess:
             return
         token = call_id_var.set(call_id)
         try:
-            session = CallSession(
-                self, call_id, "sip", frontend, bool(body.get("dump", True)), pending.created_ms
-            )
+            dump = bool(body.get("dump", True))
+            session = CallSession(self.services, self, call_id, "sip", frontend, dump, pending.created_ms)
             self._add(session)
             self.send(frontend, wire.msg(call_id, wire.CTL, {"op": wire.Op.CLAIMED, "owner": self.proc_id}))
             session.attach_incoming(pending)

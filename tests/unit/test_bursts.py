@@ -17,6 +17,7 @@ from aiohttp import WSMsgType
 from common import wire
 from common.config import Settings
 from frontend.connection import CallConnection
+from tests.unit.callfakes import FakeHost, fake_services
 from worker.call.session import CallSession
 
 BURST = 50_000
@@ -88,10 +89,10 @@ async def test_the_frontend_reads_a_burst_in_slices() -> None:
 
 
 async def test_the_media_session_runs_a_burst_of_commands_in_slices(tmp_path: Any) -> None:
-    sent: list[dict[str, Any]] = []
-    settings = Settings(recorder_path=str(tmp_path))
-    proc = SimpleNamespace(settings=settings, send=lambda to, m: sent.append(m))
-    session = CallSession(proc, "c1", "websocket", "web-1", False, 0)  # type: ignore[arg-type]
+    host = FakeHost()
+    sent = host.sent
+    services = fake_services(Settings(recorder_path=str(tmp_path)))
+    session = CallSession(services, host, "c1", "websocket", "web-1", False, 0)
     session.start()
     for i in range(BURST):
         session.deliver(wire.CMD, {"command": "history", "speaker": "u", "text": str(i), wire.SEQ: i})

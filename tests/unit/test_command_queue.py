@@ -11,10 +11,24 @@ import asyncio
 from collections.abc import Coroutine
 from typing import Any
 
+import numpy as np
+
 from common.errors import BadCommand
-from common.protocol import NAMES, Command, Hangup, Invite, Play, Tts, command_from_dict
+from common.protocol import (
+    NAMES,
+    Command,
+    Hangup,
+    Interrupt,
+    Invite,
+    Pause,
+    Play,
+    Resume,
+    Tts,
+    command_from_dict,
+)
 from tests.sip.test_transaction import now, run
 from worker.call.commands import CommandQueue, Parsed
+from worker.call.tracks import ServerSide
 
 
 class FakeCall:
@@ -171,5 +185,100 @@ def test_a_second_setup_among_the_held_commands_holds_the_rest_again() -> None:
         call.send("hangup")
         await call.finish()
         assert call.ran == [("invite", 10.0), ("invite", 20.0), ("tts", 21.0), ("hangup", 25.0)]
+
+    run(scenario)
+
+
+class TrackCall:
+    """The queue in front of a real server-side track (worker/call/tracks.py), its media clock ticking every
+    20 virtual ms: what the track did shows whether each command ran, and when."""
+
+    def __init__(self, ring: float) -> None:
+        self.ring = ring
+        self.ending = False
+        self.log: list[tuple[str, int]] = []
+        self.frames = 0
+        self.side = ServerSide("c", self.event, lambda *_: None, lambda: self.ending, self.open, now=self.ms)
+        self.queue = CommandQueue(self.parse, self.execute, lambda cmd: isinstance(cmd, Invite), self.spawn)
+        self.runner = asyncio.create_task(self.queue.run(lambda: self.ending))
+        self.clock = asyncio.create_task(self.tick())
+
+    @staticmethod
+    def ms() -> int:
+        return round(now() * 1000)
+
+    def event(self, ev: dict[str, Any]) -> None:
+        self.log.append((ev["event"], self.ms()))
+
+    async def open(self, source: str) -> np.ndarray:
+        return np.ones(16000, dtype=np.int16)  # 1 s
+
+    async def tick(self) -> None:
+        while not self.ending:
+            await asyncio.sleep(0.02)
+            self.frames += self.side.tick() is not None
+
+    def send(self, command: str, **fields: Any) -> None:
+        self.queue.put({"command": command, **fields})
+
+    def parse(self, body: dict[str, Any]) -> Parsed | None:
+        return command_from_dict(body), None
+
+    async def execute(self, cmd: Command, seq: int | None) -> None:
+        match cmd:
+            case Invite():
+                await asyncio.sleep(self.ring)
+                self.log.append(("answer", self.ms()))
+            case Play():
+                self.side.play(cmd.url)
+            case Pause() | Resume():
+                self.side.pause(isinstance(cmd, Pause))
+            case Interrupt():
+                self.side.interrupt()
+            case Hangup():
+                self.ending = True
+                self.queue.cancel_setup()
+                self.side.close()
+                self.log.append(("hangup", self.ms()))
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        return asyncio.create_task(coro, name=name)
+
+    async def finish(self) -> None:
+        await asyncio.wait_for(self.runner, 120)
+        await self.clock
+
+
+def test_a_pause_behind_a_held_play_pauses_that_play_once_answered() -> None:
+    async def scenario() -> None:
+        call = TrackCall(ring=1.0)
+        call.send("invite", option={})
+        call.send("play", url="a.wav")
+        call.send("pause")  # behind a held command: held too, so it finds the play there
+        await asyncio.sleep(3.0)
+        assert call.log == [("answer", 1000), ("trackStart", 1000)]
+        assert call.frames == 0, "paused before its first frame"
+        call.send("resume")
+        await asyncio.sleep(1.1)
+        assert call.frames == 50 and call.log[-1] == ("trackEnd", 4020)
+        call.send("hangup")
+        await call.finish()
+
+    run(scenario)
+
+
+def test_an_interrupt_while_it_rings_runs_at_once_and_a_hangup_drops_the_held_play() -> None:
+    async def scenario() -> None:
+        call = TrackCall(ring=30.0)
+        call.send("play", url="a.wav")
+        await asyncio.sleep(0.5)
+        call.send("invite", option={})
+        call.send("interrupt")  # nothing held ahead of it: it stops the play now, the answer still pending
+        call.send("play", url="b.wav")  # needs the answer: held
+        await asyncio.sleep(1.0)
+        call.send("hangup")
+        await call.finish()
+        assert call.log == [("trackStart", 0), ("trackEnd", 500), ("hangup", 1500)]
+        assert 20 <= call.frames <= 25
 
     run(scenario)

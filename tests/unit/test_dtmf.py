@@ -435,7 +435,6 @@ def test_only_windows_with_the_tone_are_classified() -> None:
 
 def test_listener_frames_for_the_bank() -> None:
     """The listener hands the bank read-only 20 ms frames of the caller's stream, whatever its chunking."""
-    import types
 
     from worker.call.listening import CallerListener
 
@@ -445,14 +444,16 @@ def test_listener_frames_for_the_bank() -> None:
         def feed(self, det: DtmfDetector, samples: np.ndarray, on_digit: object) -> None:
             self.frames.append(samples)
 
-    session = types.SimpleNamespace(call_id="c", ending=False, proc=types.SimpleNamespace(dtmf=Bank()))
-    listener = CallerListener(session)  # type: ignore[arg-type]
+    from tests.unit.callfakes import FakeCall, fake_services
+
+    services = fake_services(dtmf=Bank())
+    listener = CallerListener(FakeCall().hooks(), services, lambda: None, lambda digit: None)
     stream = pcm(np.random.default_rng(1).normal(0.0, 3000.0, 320 * 12))
     at = 0
     for size in (320, 320, 160, 480, 320, 100, 540, 320, 640, 320):
         listener.feed(stream[at : at + size])
         at += size
-    frames = session.proc.dtmf.frames
+    frames = services.dtmf.frames
     assert len(frames) == at // 320
     assert np.array_equal(np.concatenate(frames), stream[: len(frames) * 320])
     assert all(f.dtype == np.dtype("<i2") and len(f) == 320 and not f.flags.writeable for f in frames)

@@ -13,6 +13,7 @@ import pytest
 from common import wire
 from common.config import Settings
 from common.tasks import close_each
+from tests.unit.callfakes import FakeHost, fake_services
 from worker.call.session import CallSession
 
 log = logging.getLogger("pbx.test.teardown")
@@ -77,34 +78,28 @@ async def test_close_each_lets_cancellation_through() -> None:
 async def test_a_failing_bot_link_does_not_skip_the_recorder_or_the_dump(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    sent: list[dict[str, Any]] = []
     closed: list[str] = []
-    ended: list[CallSession] = []
 
     async def remove(call_id: str) -> bool:
         closed.append("registry")
         return True
 
-    proc = SimpleNamespace(
-        settings=Settings(recorder_path=str(tmp_path)),
-        send=lambda to, m: sent.append(m),
-        registry=SimpleNamespace(remove=remove),
-        session_ended=ended.append,
-    )
-    session = CallSession(proc, "c1", "websocket", "web-1", False, 0)  # type: ignore[arg-type]
+    services = fake_services(Settings(recorder_path=str(tmp_path)), registry=SimpleNamespace(remove=remove))
+    host = FakeHost()
+    session = CallSession(services, host, "c1", "webrtc", "web-1", False, 0)
     session.start()
     session.bot = Resource("bot", closed, fails=True)  # type: ignore[assignment]
-    session.rtc = Resource("rtc", closed, fails=True)  # type: ignore[assignment]
+    session.leg = Resource("peer connection", closed, fails=True)  # type: ignore[assignment]
     session.recorder = Resource("recorder", closed)  # type: ignore[assignment]
     session.dump = Resource("dump", closed)  # type: ignore[assignment]
     with caplog.at_level(logging.WARNING, logger="pbx.worker.call.session"):
         await session.hangup("test", "system")
-    assert closed == ["bot", "rtc", "recorder", "dump", "registry"]
+    assert closed == ["bot", "peer connection", "recorder", "dump", "registry"]
     failures = [r.getMessage() for r in caplog.records if "closing" in r.getMessage()]
     assert len(failures) == 2
     assert "closing bot link failed" in failures[0] and "closing peer connection failed" in failures[1]
     # The rest of the end still happens: the frontend is told, the process forgets the call, tasks end.
-    assert any(m["k"] == wire.CTL and m["b"] == {"op": "close"} for m in sent)
-    assert ended == [session] and session.done.is_set()
+    assert any(m["k"] == wire.CTL and m["b"] == {"op": "close"} for m in host.sent)
+    assert host.ended == [session] and session.done.is_set()
     await asyncio.sleep(0)
     assert len(session._tasks) == 0

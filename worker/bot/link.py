@@ -2,8 +2,8 @@
 
 The media path never waits on the bot: caller audio is turned into messages on the tick and queued (at most
 `MAX_OUTGOING`, the oldest dropped when the bot reads too slowly), and one writer task sends them in order.
-One reader task turns the bot's messages into audio for the `BotPlayer`, marks and clears. What the session
-must know (the bot went away) it learns through `CallSession.bot_gone`.
+One reader task turns the bot's messages into audio for the `BotPlayer`, marks and clears. The bot's audio
+goes to the call through `on_audio`; that the bot went away, through `on_gone`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
 import aiohttp
 import numpy as np
@@ -25,10 +24,8 @@ from common.tasks import TaskSet
 from worker import metrics
 from worker.bot.dialect import BadBotMessage, BotAudio, BotClear, BotMark, Message, make_dialect
 from worker.bot.player import BotPlayer
+from worker.call.services import CallHooks
 from worker.urlguard import UrlRefused
-
-if TYPE_CHECKING:
-    from worker.call.session import CallSession
 
 log = logging.getLogger("pbx.worker.bot")
 
@@ -42,12 +39,24 @@ NORMAL_CLOSES = (aiohttp.WSCloseCode.OK, aiohttp.WSCloseCode.GOING_AWAY)
 
 
 class BotLink:
+    """`http` gives the process's HTTP client; `on_audio` takes the bot's audio; `on_gone` hears that its
+    socket closed (with the problem, None when the bot closed it)."""
+
     def __init__(
-        self, session: CallSession, option: MediaPassOption, extra: dict[str, object] | None
+        self,
+        hooks: CallHooks,
+        http: Callable[[], aiohttp.ClientSession],
+        option: MediaPassOption,
+        extra: dict[str, object] | None,
+        on_audio: Callable[[np.ndarray], None],
+        on_gone: Callable[[str | None], None],
     ) -> None:
-        self.session = session
+        self.hooks = hooks
+        self.http = http
+        self.on_audio = on_audio
+        self.on_gone = on_gone
         self.option = option
-        self.dialect = make_dialect(option, session.call_id, extra)
+        self.dialect = make_dialect(option, hooks.call_id, extra)
         self.player = BotPlayer(self._answer_mark)
         self.hangup_on_close = option.hangup_on_close is not False
         self.live = False  # the call is answered: caller audio flows to the bot
@@ -57,7 +66,7 @@ class BotLink:
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._tasks = TaskSet(log, f"call:{session.call_id}:")
+        self._tasks = TaskSet(log, f"call:{hooks.call_id}:")
         self._complained = False
 
     @property
@@ -69,7 +78,7 @@ class BotLink:
     async def connect(self) -> tuple[int, str] | None:
         """Open the socket; None once it is open, else the error event's code and why it could not be."""
         url = self.dialect.url(self.option.url)
-        http = self.session.proc.bot_http()
+        http = self.http()
         try:
             # No heartbeat: a bot that goes away closes its TCP connection, and aiohttp's ping timer
             # would hold a closed socket for 30 s. The bot's own pings are answered.
@@ -186,11 +195,11 @@ class BotLink:
         except BadBotMessage as exc:
             if not self._complained:  # once per call: a bot that sends junk sends a lot of it
                 self._complained = True
-                self.session.error("mediaPass", str(exc), 400, track_id=events.SERVER_SIDE_TRACK)
+                self.hooks.error("mediaPass", str(exc), 400, track_id=events.SERVER_SIDE_TRACK)
             return
         for action in actions:
             if isinstance(action, BotAudio):
-                self.session.bot_audio(action.pcm)
+                self.on_audio(action.pcm)
             elif isinstance(action, BotMark):
                 self.player.mark(action.name)
             elif isinstance(action, BotClear):
@@ -203,7 +212,7 @@ class BotLink:
             self._writer.cancel()
         metrics.BOT_ENDS.labels(self.dialect.name, "dropped" if problem else "closed").inc()
         log.info("mediaPass: the bot %s", f"dropped: {problem}" if problem else "closed the connection")
-        self.session.bot_gone(problem)
+        self.on_gone(problem)
 
     # --- the end -----------------------------------------------------------------------------------------
 

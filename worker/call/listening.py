@@ -1,11 +1,11 @@
 """Everything done with one call's caller audio: the audio clock, VAD, speech recognition (and later denoise,
-DTMF, EOU). Frames come in as the client sends them; events go out through the session."""
+DTMF, EOU). Frames come in as the client sends them; events go out through the call's hooks."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import numpy as np
 
@@ -13,15 +13,13 @@ from common import events
 from common.errors import ProviderError
 from common.protocol import CallOption, TranscriptionOption
 from worker import metrics
+from worker.call.services import CallHooks, MediaServices
 from worker.media.denoise import Denoiser
 from worker.media.dtmf import DtmfDetector
 from worker.media.vad import Discarded, Silence, Speaking, VadEvent, VadProcessor
 from worker.speech.asr import AsrClient, Transcript
 from worker.speech.context import SpeechContext
 from worker.speech.eou import EouDetector
-
-if TYPE_CHECKING:
-    from worker.call.session import CallSession
 
 log = logging.getLogger("pbx.worker.call.listening")
 
@@ -33,11 +31,21 @@ PCM = np.dtype("<i2")
 
 
 class CallerListener:
-    """Owned by a session; built from the call option at `invite`."""
+    """Owned by a session; built from the call option at `invite`. `input_detected` is called when the caller
+    speaks or keys; `bot_digit` passes a key press on to the mediaPass bot."""
 
-    def __init__(self, session: CallSession) -> None:
-        self.session = session
-        self.call_id = session.call_id
+    def __init__(
+        self,
+        hooks: CallHooks,
+        services: MediaServices,
+        input_detected: Callable[[], None],
+        bot_digit: Callable[[str], None],
+    ) -> None:
+        self.hooks = hooks
+        self.services = services
+        self.input_detected = input_detected
+        self.bot_digit = bot_digit
+        self.call_id = hooks.call_id
         self.vad: VadProcessor | None = None
         self.vad_events = False  # speaking/silence go to the client only when it asked for a VAD
         self.asr: AsrClient | None = None
@@ -53,7 +61,7 @@ class CallerListener:
     # --- set-up ------------------------------------------------------------------------------------------
 
     def configure(self, option: CallOption) -> None:
-        s = self.session
+        s, services = self.hooks, self.services
         if option.denoise:
             self.denoiser = Denoiser()
         if option.vad is not None:
@@ -61,7 +69,7 @@ class CallerListener:
         if option.asr is not None:
             self._make_asr(option.asr)
         if option.eou is not None:
-            settings = s.proc.settings
+            settings = services.settings
             # The endpoint is always the client's: the server's secrets go there only when its clients are
             # trusted (TRUST_CLIENTS), else the option brings its own or none is sent.
             lend = settings.trust_clients
@@ -71,7 +79,7 @@ class CallerListener:
                     self.call_id,
                     self._on_eou,
                     self._on_eou_error,
-                    guard=s.proc.url_guard,
+                    guard=services.url_guard,
                     secret_id=settings.tencent_secret_id if lend else "",
                     secret_key=settings.tencent_secret_key if lend else "",
                 )
@@ -79,14 +87,14 @@ class CallerListener:
                 s.error("eou", str(exc), 400)
             if self.eou is not None and self.vad is None:
                 # The turn ends in silence: EOU brings its own VAD, whose events stay internal.
-                self.vad = VadProcessor("webrtc", self._on_vad, batcher=s.proc.silero)
+                self.vad = VadProcessor("webrtc", self._on_vad, batcher=services.silero)
 
     def _make_vad(self, option: CallOption) -> bool:
         vad = option.vad
         assert vad is not None
         engine = (vad.type or "webrtc").lower()
         if engine not in VAD_TYPES:
-            self.session.error(
+            self.hooks.error(
                 "vad",
                 f"option.vad.type: unknown VAD type {vad.type!r} (expected {', '.join(VAD_TYPES)})",
                 400,
@@ -100,23 +108,23 @@ class CallerListener:
             speech_padding=vad.speech_padding,
             silence_padding=vad.silence_padding,
             silence_timeout=vad.silence_timeout,
-            batcher=self.session.proc.silero,
-            offload=self.session.proc.ten,
+            batcher=self.services.silero,
+            offload=self.services.ten,
         )
         return True
 
     def _make_asr(self, option: TranscriptionOption) -> None:
-        s = self.session
+        s, services = self.hooks, self.services
         provider = (option.provider or "local").lower()
-        context = SpeechContext.for_call(self.call_id, s.proc.settings, s.proc.url_guard)
+        context = SpeechContext.for_call(self.call_id, services.settings, services.url_guard)
         client: AsrClient
         if provider == "local":
             from worker.speech.local_asr import LocalAsr
 
-            client = LocalAsr(option, context, self._on_transcript, self._on_asr_error, s.proc.whisper)
+            client = LocalAsr(option, context, self._on_transcript, self._on_asr_error, services.whisper)
             if self.vad is None:
                 # Local recognition works per utterance: it brings its own VAD, whose events stay internal.
-                self.vad = VadProcessor("webrtc", self._on_vad, batcher=s.proc.silero)
+                self.vad = VadProcessor("webrtc", self._on_vad, batcher=services.silero)
         elif provider == "tencent":
             from worker.speech.tencent_asr import TencentAsr
 
@@ -157,26 +165,25 @@ class CallerListener:
         """A 20 ms frame: to the process's DTMF bank, and (denoised when asked) to speech processing."""
         ts = self._t0 + self._samples // 16 if self._t0 is not None else 0
         self._samples += 320
-        proc = self.session.proc
-        proc.dtmf.feed(self.dtmf, frame, self.digit)
+        services = self.services
+        services.dtmf.feed(self.dtmf, frame, self.digit)
         if self.denoiser is not None:
-            proc.denoise.submit(self.denoiser, self.denoiser.process, frame, ts, self._clean)
+            services.denoise.submit(self.denoiser, self.denoiser.process, frame, ts, self._clean)
         else:
             self._clean(frame, ts)
 
     def digit(self, digit: str) -> None:
         """A key press: detected in-band here, or (later) from RTP telephone-events or SIP INFO."""
-        s = self.session
-        if s.ending:
+        s = self.hooks
+        if s.ending():
             return
-        s.input_detected()
+        self.input_detected()
         s.emit(events.event("dtmf", track_id=self.call_id, digit=digit))
-        if s.bot is not None:
-            s.bot.digit(digit)
+        self.bot_digit(digit)
 
     def _clean(self, frame: np.ndarray, ts: int) -> None:
         """A frame ready for speech processing (denoised when asked)."""
-        if self.session.ending:
+        if self.hooks.ending():
             return
         if self.vad is not None:
             self.vad.feed(frame, ts)
@@ -188,8 +195,8 @@ class CallerListener:
     # --- results -----------------------------------------------------------------------------------------
 
     def _on_vad(self, ev: VadEvent) -> None:
-        s = self.session
-        if s.ending:
+        s = self.hooks
+        if s.ending():
             return
         if isinstance(ev, Speaking):
             if self.asr is not None:
@@ -197,7 +204,7 @@ class CallerListener:
             if self.eou is not None:
                 self.eou.speech_started()
             if self.vad_events:
-                s.input_detected()
+                self.input_detected()
                 s.emit(events.event("speaking", track_id=self.call_id, start_time=ev.start_ms))
         elif isinstance(ev, Silence):
             if self.asr is not None and not ev.idle:
@@ -214,12 +221,12 @@ class CallerListener:
             self.asr.speech_discarded()
 
     def _on_transcript(self, t: Transcript) -> None:
-        s = self.session
-        if s.ending or self.asr is None:
+        s = self.hooks
+        if s.ending() or self.asr is None:
             return
         now = events.now_ms()
         provider = self.asr.provider
-        s.input_detected()
+        self.input_detected()
         name = "asrFinal" if t.final else "asrDelta"
         s.emit(
             events.event(
@@ -262,16 +269,16 @@ class CallerListener:
             )
 
     def _on_eou(self, completed: bool, text: str | None) -> None:
-        if not self.session.ending:
-            self.session.emit(events.event("eou", track_id=self.call_id, completed=completed, text=text))
+        if not self.hooks.ending():
+            self.hooks.emit(events.event("eou", track_id=self.call_id, completed=completed, text=text))
 
     def _on_eou_error(self, exc: ProviderError) -> None:
-        if not self.session.ending:
-            self.session.error("eou", exc.message, exc.status)
+        if not self.hooks.ending():
+            self.hooks.error("eou", exc.message, exc.status)
 
     def _on_asr_error(self, exc: ProviderError) -> None:
-        s = self.session
-        if s.ending or self.asr is None:
+        s = self.hooks
+        if s.ending() or self.asr is None:
             return
         metrics.SPEECH_ERRORS.labels("asr", self.asr.provider).inc()
         s.error(f"{self.asr.provider}_asr", exc.message, exc.status)
@@ -284,7 +291,7 @@ class CallerListener:
         if self.eou is not None:
             await self.eou.close()
         if self.denoiser is not None:
-            self.session.proc.denoise.forget(self.denoiser)
+            self.services.denoise.forget(self.denoiser)
             self.denoiser.close()
         if self.asr is not None:
             try:

@@ -1,5 +1,6 @@
 """Everything done to speak on a call: the `tts` command's playback rules, providers, the synthesis cache and
-the `metrics` of each synthesis. The session owns the server-side track; this fills TTS tracks with audio.
+the `metrics` of each synthesis. The server-side track (worker/call/tracks.py) plays; this fills its TTS
+tracks with audio.
 
 Rules (design §6, RustPBX's `tts`): a `tts` whose `playId` equals the live TTS track's (both absent counts
 as equal) is appended to it and played after what is queued; any other `playId` interrupts that track and
@@ -19,19 +20,22 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 import numpy as np
 
 from common import events
+from common.config import Settings
 from common.errors import ProviderError, ProviderRefused
 from common.protocol import SynthesisOption, Tts
 from worker import metrics
+from worker.call.tracks import ServerSide
 from worker.media.cache import MediaCache, open_cached, temporary
 from worker.media.tts_player import Segment, TtsPlayer
 from worker.speech.context import SpeechContext
@@ -43,9 +47,10 @@ from worker.speech.tts import (
     TtsSubtitles,
     strip_emoji,
 )
+from worker.urlguard import UrlGuard
 
 if TYPE_CHECKING:
-    from worker.call.session import CallSession
+    from worker.speech.local_tts import PiperEngine  # loaded with the local voice, on its first use
 
 log = logging.getLogger("pbx.worker.call.speaking")
 
@@ -130,24 +135,51 @@ def _write_cache(path: Path, audio: bytes, subtitles: list[Subtitle], largest: i
     return len(data)
 
 
-class CallSpeaker:
-    """Owned by a session; `call_option` is the `tts` field of the call's `invite`."""
+class SpeechServices(Protocol):
+    """What synthesis needs from its media process (worker/process.py's MediaProcess has it)."""
 
-    def __init__(self, session: CallSession) -> None:
-        self.session = session
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def url_guard(self) -> UrlGuard: ...
+    @property
+    def piper(self) -> PiperEngine: ...
+    @property
+    def io(self) -> Executor: ...  # the disk thread
+    @property
+    def cache(self) -> MediaCache: ...
+
+
+class CallSpeaker:
+    """A call's `tts` commands on its server-side track; `call_option` is the `tts` field of the `invite`.
+
+    `emit` sends an event to the client; `ending` says whether the call is ending."""
+
+    def __init__(
+        self,
+        tracks: ServerSide,
+        services: SpeechServices,
+        call_id: str,
+        emit: Callable[[dict[str, Any]], None],
+        ending: Callable[[], bool],
+    ) -> None:
+        self.tracks = tracks
+        self.services = services
+        self.call_id = call_id
+        self._emit = emit
+        self._ending = ending
         self.call_option: SynthesisOption | None = None
 
     # --- the command ---------------------------------------------------------------------------------------
 
     def tts(self, cmd: Tts) -> None:
-        s = self.session
         option = merge(self.call_option, cmd.option, cmd.speaker)
-        track = s.server
-        run = track.tts if track is not None else None
+        track = self.tracks.track
+        run = track.tts if track is not None and isinstance(track.tts, TtsRun) else None
         if track is None or run is None or track.play_id != cmd.play_id or run.player.closing:
             run = TtsRun(player=TtsPlayer(), streaming=bool(cmd.streaming))
-            track = s.start_tts_track(cmd.play_id, run)
-            track.loader = asyncio.create_task(self._synthesize(run), name=f"call:{s.call_id}:tts")
+            track = self.tracks.start_tts(cmd.play_id, run.player, run)
+            track.loader = asyncio.create_task(self._synthesize(run), name=f"call:{self.call_id}:tts")
         if cmd.auto_hangup:
             track.auto_hangup = True  # a later command on the same track never takes it back
         if cmd.wait_input_timeout is not None:
@@ -158,14 +190,14 @@ class CallSpeaker:
             self._queue(run, cmd, option, cmd.text)
 
     def _provider(self, option: SynthesisOption) -> TtsProvider:
-        s = self.session
+        services = self.services
         name = (option.provider or "local").lower()
-        context = SpeechContext.for_call(s.call_id, s.proc.settings, s.proc.url_guard)
+        context = SpeechContext.for_call(self.call_id, services.settings, services.url_guard)
         provider: TtsProvider
         if name == "local":
             from worker.speech.local_tts import LocalTts
 
-            provider = LocalTts(option, context, s.proc.piper)
+            provider = LocalTts(option, context, services.piper)
         elif name == "tencent":
             from worker.speech.tencent_tts import TencentTts
 
@@ -203,7 +235,7 @@ class CallSpeaker:
         cache = None
         if not run.streaming:
             cache = cache_file(
-                self.session.proc.settings.media_cache_path, provider.name, spoken, option, cmd.cache_key
+                self.services.settings.media_cache_path, provider.name, spoken, option, cmd.cache_key
             )
         run.jobs.put_nowait(Job(segment=segment, provider=provider, play_id=cmd.play_id, cache_path=cache))
 
@@ -275,11 +307,11 @@ class CallSpeaker:
                 self._failed(job.segment, f"{job.provider.name}_tts", ProviderError(f"tts failed: {exc}"))
 
     async def _job(self, job: Job) -> None:
-        s = self.session
+        services = self.services
         seg = job.segment
         loop = asyncio.get_running_loop()
         if job.cache_path is not None:
-            hit = await loop.run_in_executor(s.proc.io, _read_cache, job.cache_path)
+            hit = await loop.run_in_executor(services.io, _read_cache, job.cache_path)
             if hit is not None:
                 seg.audio += hit[0]
                 seg.subtitles = hit[1]
@@ -312,9 +344,10 @@ class CallSpeaker:
         now = events.now_ms()
         self._metrics(job, now - job.received_ms, (first or now) - job.received_ms, cached=False)
         if job.cache_path is not None and seg.received:
-            cache = s.proc.cache
+            cache = services.cache
+            audio, subtitles = bytes(seg.audio), list(seg.subtitles)
             stored = loop.run_in_executor(
-                s.proc.io, _write_cache, job.cache_path, bytes(seg.audio), list(seg.subtitles), cache.largest
+                services.io, _write_cache, job.cache_path, audio, subtitles, cache.largest
             )
             stored.add_done_callback(partial(_cache_written, cache))
 
@@ -328,7 +361,7 @@ class CallSpeaker:
         }
         if cached and job.provider.option.speaker:
             data["speaker"] = job.provider.option.speaker
-        self.session.emit(
+        self._emit(
             events.event(
                 "metrics",
                 key=f"completed.tts.{job.provider.name}",
@@ -340,8 +373,8 @@ class CallSpeaker:
     def _failed(self, segment: Segment, sender: str, exc: ProviderError) -> None:
         segment.failed = True
         segment.finish()
-        if not self.session.ending:
-            self.session.error(sender, exc.message, exc.status, track_id=events.SERVER_SIDE_TRACK)
+        if not self._ending():
+            self._emit(events.error(events.SERVER_SIDE_TRACK, sender, exc.message, exc.status))
 
 
 async def _drain(texts: asyncio.Queue[str | None]) -> AsyncIterator[str]:

@@ -14,6 +14,8 @@ goes to the leg (`answer{trackId:"server-side-track", refer:true}`). No answer w
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,22 +23,45 @@ import numpy as np
 from common import events
 from common.events import SERVER_SIDE_TRACK
 from common.protocol import Refer, ReferOption
+from worker.call.services import CallHooks
 from worker.media.player import BridgePlayer
 from worker.sip.call_leg import leg_options
 from worker.sip.leg import LegError, SipLeg
 from worker.sip.message import Headers
 
 if TYPE_CHECKING:
-    from worker.call.session import CallSession
+    from worker.sip.telephony import Telephony
 
 log = logging.getLogger("pbx.worker.call.transfer")
 
 DEFAULT_TIMEOUT = 30
 
 
+@dataclass(frozen=True, slots=True)
+class TransferTrack:
+    """What a transfer does on the call's server-side track."""
+
+    play_moh: Callable[[str], None]  # music on hold while the new leg rings
+    end_moh: Callable[[], None]
+    start_bridge: Callable[[BridgePlayer, int], None]  # the answered leg's audio (and its SSRC) plays
+    end_bridge: Callable[[BridgePlayer], None]
+
+
 class Transfer:
-    def __init__(self, session: CallSession, cmd: Refer) -> None:
-        self.session = session
+    """One `refer`. `dialog` is the call's own SIP dialog (a bypass REFER goes through it), if it has one."""
+
+    def __init__(
+        self,
+        hooks: CallHooks,
+        track: TransferTrack,
+        cmd: Refer,
+        telephony: Telephony | None,
+        dialog: SipLeg | None,
+    ) -> None:
+        self.hooks = hooks
+        self.track = track
+        self.telephony = telephony
+        self.dialog = dialog
         self.cmd = cmd
         self.options = cmd.options or ReferOption()
         self.target = cmd.target or cmd.callee or ""
@@ -51,7 +76,7 @@ class Transfer:
         return self.options.auto_hangup is not False
 
     def _emit(self, name: str, **fields: object) -> None:
-        self.session.emit(events.event(name, track_id=SERVER_SIDE_TRACK, refer=True, **fields))
+        self.hooks.emit(events.event(name, track_id=SERVER_SIDE_TRACK, refer=True, **fields))
 
     async def start(self) -> None:
         if self.options.bypass:
@@ -62,8 +87,8 @@ class Transfer:
     # --- bypass ------------------------------------------------------------------------------------------
 
     async def _bypass(self) -> None:
-        s = self.session
-        leg = s.sip.leg if s.sip is not None else None
+        s = self.hooks
+        leg = self.dialog
         if leg is None or leg.state != "confirmed":
             s.error("refer", "refer with bypass needs a connected SIP call (the peer does the transfer)", 400)
             self.ended = True
@@ -95,8 +120,8 @@ class Transfer:
     # --- bridged -----------------------------------------------------------------------------------------
 
     async def _bridge(self) -> None:
-        s = self.session
-        telephony = s.proc.telephony
+        s = self.hooks
+        telephony = self.telephony
         assert telephony is not None  # the session checks before it starts a transfer
         try:
             headers, creds, contact = leg_options(self.options)  # type: ignore[arg-type]
@@ -109,7 +134,7 @@ class Transfer:
             h.add(name, value)
         h.add("X-Referred-Id", s.call_id)
         if self.options.moh:
-            s.play_moh(self.options.moh)
+            self.track.play_moh(self.options.moh)
         leg = SipLeg(telephony.agent, telephony.pool, self, "uac")
         self.leg = leg
         caller = self.cmd.caller or ""
@@ -126,7 +151,7 @@ class Transfer:
             return
         self.ended = True
         self._emit("reject", reason=reason, code=code)
-        self.session.end_moh()
+        self.track.end_moh()
 
     def caller_audio(self, pcm: np.ndarray) -> None:
         if self.bridge is not None:
@@ -154,7 +179,7 @@ class Transfer:
             return
         self.answered_ms = events.now_ms()
         self.bridge = BridgePlayer()
-        self.session.start_bridge_track(self.bridge, leg.rtp.ssrc if leg.rtp else 0)
+        self.track.start_bridge(self.bridge, leg.rtp.ssrc if leg.rtp else 0)
         self._emit("answer", sdp=remote_sdp)
 
     def leg_failed(self, leg: SipLeg, code: int, reason: str) -> None:
@@ -164,10 +189,10 @@ class Transfer:
         if self.ended:
             return
         self.ended = True
-        s = self.session
+        s = self.hooks
         if self.bridge is not None:
             self.bridge.finished = True
-            s.end_bridge_track(self.bridge)
+            self.track.end_bridge(self.bridge)
         now = events.now_ms()
         self._emit(
             "hangup",
@@ -185,7 +210,7 @@ class Transfer:
             self.bridge.feed(pcm)
 
     def leg_digit(self, leg: SipLeg, digit: str) -> None:
-        self.session.emit(events.event("dtmf", track_id=SERVER_SIDE_TRACK, digit=digit, refer=True))
+        self.hooks.emit(events.event("dtmf", track_id=SERVER_SIDE_TRACK, digit=digit, refer=True))
 
     def leg_refer(self, leg: SipLeg, target: str) -> None: ...
 

@@ -7,6 +7,7 @@ from collections import deque
 import numpy as np
 
 FRAME = 320  # 20 ms at 16 kHz
+SILENT_FRAME = np.zeros(FRAME, dtype=np.int16)  # what a leg sends while nothing plays
 
 
 class FilePlayer:

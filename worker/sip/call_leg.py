@@ -1,4 +1,5 @@
-"""The caller leg of a `/call/sip` session: maps the SIP leg to the API's commands and events."""
+"""The leg of a `/call/sip` session (`CallLeg`, worker/call/leg.py): maps the SIP dialog to the API's commands
+and events."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import numpy as np
 
 from common import events
 from common.protocol import CallOption, Ringing
+from worker.call.leg import LegHooks
+from worker.call.services import MediaServices
+from worker.media.player import SILENT_FRAME
 from worker.sip.agent import extra_headers
 from worker.sip.leg import LegError, SipLeg
 from worker.sip.message import Headers
 
 if TYPE_CHECKING:
-    from worker.call.session import CallSession
     from worker.sip.telephony import PendingCall, Telephony
 
 log = logging.getLogger("pbx.worker.sip.call_leg")
@@ -33,23 +36,51 @@ def leg_options(
 
 
 class SipCall:
-    """Owns the session's SIP leg (outbound via `dial`, inbound via `attach`)."""
+    """Owns the session's SIP leg (outbound via `invite`, inbound via `attach`)."""
 
-    def __init__(self, session: CallSession) -> None:
-        self.session = session
+    name = "sip leg"
+    answers_at_once = False
+
+    def __init__(self, hooks: LegHooks, services: MediaServices) -> None:
+        self.hooks = hooks
+        self.services = services
         self.leg: SipLeg | None = None
         self.pending: PendingCall | None = None
+        self._bound = False
+
+    @property
+    def bound(self) -> bool:
+        return self._bound
 
     @property
     def telephony(self) -> Telephony:
-        telephony = self.session.proc.telephony
-        assert telephony is not None  # the session checks before it makes a SipCall
+        telephony = self.services.telephony
+        assert telephony is not None  # invite checks; an inbound call came through it
         return telephony
+
+    def configure(self, option: CallOption) -> None:
+        return  # the codec is the one the SDP offer and answer agree on
 
     # --- outbound ----------------------------------------------------------------------------------------
 
+    async def check_invite(self, option: CallOption) -> bool:
+        if self._bound:
+            self.hooks.call.error(
+                "invite", "this is an inbound SIP call: answer it with accept (or reject)", 409
+            )
+            return False
+        return True
+
+    async def invite(self, option: CallOption) -> None:
+        if self.services.telephony is None:
+            self.hooks.call.error("invite", "SIP is not available in this media process", 503)
+            await self.hooks.call.hangup("failed", "system")
+            return
+        self._bound = True
+        await self.dial(option)  # the answer comes as `answered` (or the call ends)
+
     async def dial(self, option: CallOption) -> None:
-        s = self.session
+        s = self.hooks.call
         if not option.callee:
             s.error("invite", "option.callee: required for a SIP call (the URI to dial)", 400)
             await s.hangup("failed", "system")
@@ -81,14 +112,15 @@ class SipCall:
     # --- inbound -----------------------------------------------------------------------------------------
 
     def attach(self, pending: PendingCall) -> None:
+        self._bound = True
         self.pending = pending
         self.leg = pending.leg
         pending.leg.bind_events(self)
         req = pending.leg.tx.request if pending.leg.tx is not None else None
-        self.session.emit(
+        self.hooks.call.emit(
             events.event(
                 "incoming",
-                track_id=self.session.call_id,
+                track_id=self.hooks.call.call_id,
                 caller=str(req.from_.uri) if req else None,
                 callee=str(req.to.uri) if req else None,
                 sdp=pending.leg.remote_sdp,
@@ -99,83 +131,96 @@ class SipCall:
         """180 (or 183 with our answer when earlyMedia/ringtone); False when there is nothing to ring."""
         leg = self.leg
         if leg is None or leg.role != "uas":
-            self.session.error(
+            self.hooks.call.error(
                 "ringing", "no pending call to ring (ringing answers an inbound SIP call)", 400
             )
             return False
         try:
             await leg.ringing(bool(cmd.early_media or cmd.ringtone))
         except LegError as exc:
-            self.session.error("ringing", str(exc), exc.code)
+            self.hooks.call.error("ringing", str(exc), exc.code)
             return False
         return True
 
     async def accept(self) -> str | None:
         leg = self.leg
         if leg is None or leg.role != "uas":
-            self.session.error("accept", "no pending call to accept", 400)
+            self.hooks.call.error("accept", "no pending call to accept", 400)
             return None
         try:
             answer = await leg.accept()
         except LegError as exc:
-            self.session.error("accept", str(exc), exc.code)
+            self.hooks.call.error("accept", str(exc), exc.code)
             if exc.code == 488:
                 leg.reject(488, "Not Acceptable Here")
             return None
-        self.telephony.answered(self.session.call_id)
+        self.telephony.answered(self.hooks.call.call_id)
         return answer
 
     def reject(self, code: int, reason: str) -> bool:
         leg = self.leg
         if leg is None or leg.role != "uas" or leg.state not in ("calling", "early"):
-            self.session.error("reject", "no pending call to reject", 400)
+            self.hooks.call.error("reject", "no pending call to reject", 400)
             return False
         leg.reject(code, reason)
-        self.telephony.answered(self.session.call_id)
+        self.telephony.answered(self.hooks.call.call_id)
         return True
 
     # --- media -------------------------------------------------------------------------------------------
 
-    def push(self, frame: np.ndarray) -> None:
+    async def candidate(self, line: str, sdp_mid: str | None, index: int | None) -> None:
+        return  # RustPBX's first API sent candidates on every call type; nothing uses them here
+
+    def audio(self, data: bytes) -> None:
+        return  # the frontend drops socket audio on SIP calls
+
+    def answered(self) -> None:
+        return
+
+    def send(self, frame: np.ndarray | None) -> None:
+        # Silence too: an RTP stream keeps its pace and timestamps whether or not anything plays.
         if self.leg is not None:
-            self.leg.push(frame)
+            self.leg.push(SILENT_FRAME if frame is None else frame)
+
+    def sip_dialog(self) -> SipLeg | None:
+        return self.leg
 
     def close(self) -> None:
         if self.leg is not None:
             self.leg.hangup()
         if self.pending is not None:
-            self.telephony.drop(self.session.call_id)
+            self.telephony.drop(self.hooks.call.call_id)
 
     # --- LegEvents ---------------------------------------------------------------------------------------
 
     def leg_ringing(self, leg: SipLeg, early_media: bool) -> None:
-        self.session.emit(events.event("ringing", track_id=self.session.call_id, early_media=early_media))
+        self.hooks.call.emit(
+            events.event("ringing", track_id=self.hooks.call.call_id, early_media=early_media)
+        )
 
     def leg_answered(self, leg: SipLeg, remote_sdp: str) -> None:
-        self.session.spawn(self.session.media_up(remote_sdp), "answered")
+        self.hooks.call.spawn(self.hooks.answered(remote_sdp), "answered")
 
     def leg_failed(self, leg: SipLeg, code: int, reason: str) -> None:
-        s = self.session
+        s = self.hooks.call
         s.emit(events.event("reject", track_id=s.call_id, reason=reason, code=code))
         s.spawn(s.hangup("rejected" if code != 408 else "no_answer", "callee"), "rejected")
 
     def leg_ended(self, leg: SipLeg, initiator: str, reason: str) -> None:
-        s = self.session
+        s = self.hooks.call
         s.spawn(s.hangup(reason, initiator), "leg-ended")
 
     def leg_audio(self, leg: SipLeg, pcm: np.ndarray) -> None:
-        self.session.caller_audio(pcm)
+        self.hooks.caller_audio(pcm)
 
     def leg_digit(self, leg: SipLeg, digit: str) -> None:
-        self.session.listener.digit(digit)
+        self.hooks.digit(digit)
 
     def leg_refer(self, leg: SipLeg, target: str) -> None:
-        self.session.emit(events.event("transferRequest", track_id=self.session.call_id, target=target))
+        self.hooks.call.emit(events.event("transferRequest", track_id=self.hooks.call.call_id, target=target))
 
     def leg_notify(self, leg: SipLeg, status: int, reason: str) -> None:
-        transfer = self.session.transfer
-        if transfer is not None:
-            transfer.notified(status, reason)
+        self.hooks.notified(status, reason)
 
 
 def _headers(pairs: list[tuple[str, str]]) -> Headers:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 import numpy as np
@@ -33,7 +33,12 @@ from worker.sip.transport import Source
 from worker.urlguard import HTTP, SIP_HINT, UrlRefused
 
 if TYPE_CHECKING:
-    from worker.process import MediaProcess
+    import redis.asyncio as aioredis
+
+    from common.config import Settings
+    from common.keys import Keys
+    from common.registry import Registry
+    from worker.urlguard import UrlGuard
 
 log = logging.getLogger("pbx.worker.sip.telephony")
 
@@ -73,8 +78,45 @@ class PendingCall:
     def leg_notify(self, leg: SipLeg, status: int, reason: str) -> None: ...
 
 
+class TelephonyHost(Protocol):
+    """What the SIP side needs from its media process."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def proc_id(self) -> str: ...
+
+    @property
+    def url_guard(self) -> UrlGuard: ...
+
+    @property
+    def redis(self) -> aioredis.Redis: ...
+
+    @property
+    def keys(self) -> Keys: ...
+
+    @property
+    def registry(self) -> Registry: ...
+
+    def send(self, proc: str, message: dict[str, Any]) -> None: ...
+
+    def call_count(self) -> int:
+        """The calls the process carries now (inbound calls still pending not counted)."""
+        ...
+
+    def has_call(self, call_id: str) -> bool: ...
+
+    def end_call(self, call_id: str, reason: str, initiator: str) -> None:
+        """Hang up the process's call `call_id`, if it has one."""
+        ...
+
+
 class Telephony:
-    def __init__(self, proc: MediaProcess) -> None:
+    """The process's SIP side: its agent and RTP ports, inbound INVITEs until an app answers them, the
+    routing of SIP messages to the process that owns their dialog."""
+
+    def __init__(self, proc: TelephonyHost) -> None:
         self.proc = proc
         s = proc.settings
         self.agent = SipAgent(s.sip_addr, s.sip_port, s.public_ip, forwarder=self._forward, claim=self._claim)
@@ -172,7 +214,7 @@ class Telephony:
     # --- inbound -----------------------------------------------------------------------------------------
 
     def _on_invite(self, request: Request, tx: ServerTransaction) -> None:
-        if len(self.proc.sessions) + len(self.pending) >= self.proc.settings.max_calls:
+        if self.proc.call_count() + len(self.pending) >= self.proc.settings.max_calls:
             self.agent.reply(tx, 503, headers=[("Retry-After", "5")])
             return
         leg = SipLeg.incoming(self.agent, self.pool, _Detached(), request, tx)
@@ -241,9 +283,7 @@ class Telephony:
         log.info("inbound call %s not answered in %.0f s", call_id, self.proc.settings.sip_accept_timeout)
         if pending.leg.state in ("calling", "early"):
             pending.leg.reject(480, "Temporarily Unavailable")
-        session = self.proc.sessions.get(call_id)
-        if session is not None:
-            session.spawn(session.hangup("no_answer", "system"), "accept-timeout")
+        self.proc.end_call(call_id, "no_answer", "system")
         self.drop(call_id)
 
     def take(self, call_id: str) -> PendingCall | None:
@@ -261,7 +301,7 @@ class Telephony:
             return
         if pending.timer is not None:
             pending.timer.cancel()
-        if call_id not in self.proc.sessions:
+        if not self.proc.has_call(call_id):
             with contextlib.suppress(Exception):
                 self.spawn(self.proc.registry.remove(call_id), f"remove:{call_id}")
 

@@ -16,11 +16,8 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import Any
 from urllib.parse import quote, unquote
-
-if TYPE_CHECKING:
-    from worker.sip.message import Request
 
 
 class SipParseError(ValueError):
@@ -32,9 +29,10 @@ class SipParseError(ValueError):
     §8.2 answers a malformed request instead of dropping it). Its Request-URI may be an `AbsoluteUri` holding
     the raw text when that text was the problem. Malformed responses are dropped, so they have none.
 
-    Not a `PbxError`: it never reaches the call API; the SIP layer answers it on the wire."""
+    Not a `PbxError`: it never reaches the call API; the SIP layer answers it on the wire. `partial` is a
+    `worker.sip.message.Request`, typed loosely: this module sits below message.py, which imports it."""
 
-    def __init__(self, reason: str, status: int = 400, *, partial: Request | None = None) -> None:
+    def __init__(self, reason: str, status: int = 400, *, partial: Any = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
