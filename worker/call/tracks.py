@@ -203,10 +203,6 @@ class ServerSide:
         """The caller spoke or keyed: a pending waitInputTimeout no longer applies."""
         self._silence_at = None
 
-    @property
-    def waiting_for_input(self) -> bool:
-        return self._silence_at is not None
-
     # --- the media clock -----------------------------------------------------------------------------------
 
     def tick(self) -> np.ndarray | None:
