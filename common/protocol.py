@@ -12,6 +12,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
+from common.choices import ASR_PROVIDERS, CODECS, EOU_TYPES, MEDIA_PASS_DIALECTS, TTS_PROVIDERS, VAD_TYPES
 from common.errors import BadCommand
 from common.redact import redact_url
 from common.schema import parse_object, to_wire
@@ -25,7 +28,6 @@ MAX_DEPTH = 32
 # What msgpack can carry between processes: a larger integer would fail there, not here.
 _INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
-CODECS = ("pcm", "pcmu", "pcma", "g722")
 # Call types whose audio never crosses the client's socket (SDP negotiates it with the peer): `option.codec`
 # describes socket audio, so there it means nothing and is not checked, as RustPBX ignores it.
 SDP_CALL_TYPES = frozenset({"webrtc", "sip"})
@@ -420,15 +422,36 @@ def _check(cmd: Any, call_type: str) -> None:
             raise BadCommand("option.ringTimeout: must be more than 0 s")
         if cmd.option.media_pass is not None:
             _check_media_pass(cmd.option.media_pass)
+        _check_choices(cmd.option)
+    elif isinstance(cmd, Tts) and cmd.option is not None:
+        _choice(cmd.option.provider, TTS_PROVIDERS, "option.provider", "provider")
     elif isinstance(cmd, Refer) and not (cmd.target or cmd.callee):
         raise BadCommand("refer: target (or callee) is required")
+    elif isinstance(cmd, Refer) and cmd.options is not None and cmd.options.asr is not None:
+        _choice(cmd.options.asr.provider, ASR_PROVIDERS, "options.asr.provider", "provider")
     elif isinstance(cmd, Play) and not cmd.url.strip():
         raise BadCommand("url: must not be empty")
 
 
-MEDIA_PASS_DIALECTS = ("raw", "twilio")
 MIN_RATE, MAX_RATE = 8000, 48000
 MIN_PACKET, MAX_PACKET = 160, 65536
+
+
+def _choice(value: str | None, choices: tuple[str, ...], where: str, what: str) -> None:
+    if value is not None and value.lower() not in choices:
+        raise BadCommand(f"{where}: unknown {what} {value!r} (expected {', '.join(choices)})")
+
+
+def _check_choices(option: CallOption) -> None:
+    """The names an invite's (or accept's) option picks an engine or provider by."""
+    if option.vad is not None:
+        _choice(option.vad.type, VAD_TYPES, "option.vad.type", "VAD type")
+    if option.asr is not None:
+        _choice(option.asr.provider, ASR_PROVIDERS, "option.asr.provider", "provider")
+    if option.tts is not None:
+        _choice(option.tts.provider, TTS_PROVIDERS, "option.tts.provider", "provider")
+    if option.eou is not None:
+        _choice(option.eou.type, EOU_TYPES, "option.eou.type", "type")
 
 
 def _check_media_pass(mp: MediaPassOption) -> None:
@@ -455,8 +478,29 @@ def _check_media_pass(mp: MediaPassOption) -> None:
 
 
 def command_to_dict(cmd: Command) -> dict[str, Any]:
-    """The canonical wire form of a command (what the worker receives and the dump records)."""
+    """The canonical JSON form of a command (what the dump records and `/call/lists` shows)."""
     return {"command": NAMES[type(cmd)], **to_wire(cmd)}
+
+
+def command_body(cmd: Command) -> dict[str, Any]:
+    """A validated command as the body of a `cmd` message to the call's owner (common/wire.py): the
+    dataclass itself, which msgspec packs by its fields."""
+    return {"command": NAMES[type(cmd)], "args": cmd}
+
+
+def decode_command(body: Any) -> Command:
+    """The command in the body of a `cmd` message, by its type, without a second validation: the frontend
+    validated it. Raises ValueError for a body no frontend of this version sends."""
+    if not isinstance(body, dict):
+        raise ValueError(f"a command body must be a map, got {type(body).__name__}")
+    cls = COMMANDS.get(body.get("command"))  # type: ignore[arg-type]
+    if cls is None:
+        raise ValueError(f"unknown command {body.get('command')!r}")
+    try:
+        cmd: Command = msgspec.convert(body.get("args"), cls)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"{body['command']}: {exc}") from None
+    return cmd
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s)?\s*$")

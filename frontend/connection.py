@@ -20,7 +20,10 @@ from common.metrics import call_failed
 from common.protocol import (
     MAX_TEXT_FRAME,
     SDP_CALL_TYPES,
+    Accept,
     Command,
+    Invite,
+    command_body,
     command_to_dict,
     parse_command,
     redact,
@@ -156,10 +159,11 @@ class CallConnection:
             self._reject(invalid)
             return
         assert cmd is not None
-        body = command_to_dict(cmd)
-        if body["command"] in ("invite", "accept") and not self._option_registered:
+        # Validated here, once: the owner gets the command typed (common/wire.py) and runs it as it is.
+        body = command_body(cmd)
+        if isinstance(cmd, Invite | Accept) and not self._option_registered:
             self._option_registered = True
-            option = body.get("option") or {}
+            option = command_to_dict(cmd).get("option") or {}
             self.hub.background(self._register_option(option), f"call:{self.call_id}:option")
         if not self._command_limit.piece:
             # Timed, so acknowledged: for a stream's pieces that would double its messages, so they are not.

@@ -241,10 +241,10 @@ async def test_a_flood_of_streamed_pieces_is_held_to_its_rate_and_each_dropped_o
         mark = len(c.events)
         sent = 20_000
         tokens = [f" t{i}" for i in range(sent)]
-        # A provider that does not exist: the pieces that get through are not synthesized (local Piper would
-        # be busy with them for seconds after this test). Each piece names it: after a failed track ends,
-        # the next piece starts another (the first piece's option is the track's).
-        nowhere = {"provider": "nowhere"}
+        # A provider without credentials (none in the test stack): the pieces that get through are not
+        # synthesized (local Piper would be busy with them for seconds after this test). Each piece names it:
+        # after a failed track ends, the next piece starts another (the first piece's option is the track's).
+        nowhere = {"provider": "tencent"}
         start = time.monotonic()
         for i, token in enumerate(tokens):  # as fast as this client can: ~100,000 a second
             body = {"command": "tts", "text": token, "playId": "llm", "streaming": True, "option": nowhere}

@@ -2,8 +2,9 @@
 
 The contract: for any text, `parse_command` returns a command or raises `BadCommand`, nothing else. A
 rejected frame's error event can be written to the socket and the dump and sent to the owner; an accepted
-command survives everything that follows it on the way to the media process (`command_to_dict`, msgpack,
-the dump's JSON, `redact`) and parses back to itself, there and from its JSON.
+command survives everything that follows it on the way to the media process (`command_body`, msgspec's
+msgpack, `decode_command` there, the dump's JSON, `redact`) and comes back as itself, there and from its
+JSON.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 from common import events, wire
+from common.choices import ASR_PROVIDERS, CODECS, EOU_TYPES, TTS_PROVIDERS, VAD_TYPES
 from common.errors import BadCommand
 from common.protocol import (
     COMMANDS,
@@ -28,8 +30,10 @@ from common.protocol import (
     Accept,
     Command,
     Invite,
+    command_body,
     command_from_dict,
     command_to_dict,
+    decode_command,
     parse_command,
     redact,
 )
@@ -80,6 +84,10 @@ _RULES: dict[str, st.SearchStrategy[Any]] = {
     "packetSize": st.integers(80, 32768).map(lambda n: n * 2),
     "ptime": st.integers(10, 200),
     "dialect": st.sampled_from(["raw", "twilio", "TWILIO"]),
+    # Names checked at the edge (common/choices.py), per option class where one wire name means two lists.
+    "provider": st.sampled_from([*ASR_PROVIDERS, "Tencent"]),
+    "VadOption.type": st.sampled_from([*VAD_TYPES, "Silero"]),
+    "EouOption.type": st.sampled_from([*EOU_TYPES, "LOCAL"]),
 }
 # Required fields of nested options, filled in when a test reaches inside one.
 NESTED_REQUIRED: dict[str, dict[str, Any]] = {"mediaPass": {"url": "ws://bot"}}
@@ -135,7 +143,7 @@ def _object(cls: Any, valid: bool) -> st.SearchStrategy[dict[str, Any]]:
     optional: dict[str, st.SearchStrategy[Any]] = {}
     for _attr, names, tp, needed in _plan(cls):
         if valid:
-            rule = _RULES.get(names[0])
+            rule = _RULES.get(f"{cls.__name__}.{names[0]}", _RULES.get(names[0]))
             value = rule if rule is not None else st.deferred(lambda tp=tp: _typed(tp, hostile=False))
             (required if needed else optional)[names[0]] = value
             continue
@@ -197,11 +205,11 @@ def check(text: str | bytes) -> Command | None:
         assert exc.status == 400 and exc.message
         _sendable(events.error("call", "command", exc.message, 400))
         return None
-    body = command_to_dict(cmd)
-    packed = wire.pack([wire.msg("call", wire.CMD, body)])
-    # The owner's side: it parses the relayed dict again.
+    packed = wire.pack([wire.msg("call", wire.CMD, {**command_body(cmd), wire.SEQ: 1})])
+    # The owner's side: it decodes the relayed command by its type, with no second validation.
     (relayed,) = wire.unpack(packed)
-    assert command_from_dict(relayed["b"]) == cmd
+    assert decode_command(relayed["b"]) == cmd
+    body = command_to_dict(cmd)
     # The dump's line and the registry's redacted option.
     json.dumps(body, ensure_ascii=False, allow_nan=False).encode("utf-8")
     json.dumps(redact(body.get("option") or {}), allow_nan=False)
@@ -390,3 +398,48 @@ def test_valid_commands_are_accepted_and_round_trip(cmd: dict[str, Any], ascii_o
     assert parsed is not None, cmd
     once = command_to_dict(parsed)
     assert command_to_dict(parse_command(json.dumps(once))) == once
+
+
+# Each enumerated name, by the path of its field in a command.
+CHOICES = [
+    ({"command": "invite", "option": {"vad": {"type": None}}}, "option.vad.type", VAD_TYPES),
+    ({"command": "accept", "option": {"asr": {"provider": None}}}, "option.asr.provider", ASR_PROVIDERS),
+    ({"command": "invite", "option": {"tts": {"provider": None}}}, "option.tts.provider", TTS_PROVIDERS),
+    ({"command": "invite", "option": {"eou": {"type": None}}}, "option.eou.type", EOU_TYPES),
+    ({"command": "invite", "option": {"codec": None}}, "option.codec", CODECS),
+    ({"command": "tts", "text": "hi", "option": {"provider": None}}, "option.provider", TTS_PROVIDERS),
+    ({"command": "refer", "target": "b", "options": {"asr": {"provider": None}}}, "options.asr.provider",
+     ASR_PROVIDERS),
+]  # fmt: skip
+
+
+def _put(cmd: dict[str, Any], value: str) -> dict[str, Any]:
+    """`cmd` (a template) with its one None leaf set to `value`."""
+    out = json.loads(json.dumps(cmd))
+    node = out
+    while True:
+        key, child = next((k, v) for k, v in node.items() if v is None or isinstance(v, dict))
+        if child is None:
+            node[key] = value
+            return out
+        node = child
+
+
+@settings(max_examples=scale(300))
+@given(st.sampled_from(range(len(CHOICES))), st.one_of(TEXT, st.sampled_from(["WEBRTC", "whisper", "opus"])))
+def test_every_enumerated_name_is_checked_at_the_edge_naming_its_field(which: int, value: str) -> None:
+    template, path, names = CHOICES[which]
+    text = json.dumps(_put(template, value))
+    note(text)
+    parsed = check(text)
+    value = json.loads(json.dumps(value))  # as the server reads it (a surrogate pair is one character)
+    if value.lower() in names:
+        assert parsed is not None
+        return
+    assert parsed is None
+    with pytest.raises(BadCommand) as caught:
+        parse_command(text)
+    assert caught.value.message.startswith(f"{path}: "), caught.value.message
+    if "surrogate" in caught.value.message:  # refused before its name is read
+        return
+    assert repr(value) in caught.value.message and ", ".join(names) in caught.value.message

@@ -16,6 +16,7 @@ from aiohttp import WSMsgType
 
 from common import wire
 from common.config import Settings
+from common.protocol import History, command_body
 from frontend.connection import CallConnection
 from tests.unit.callfakes import FakeHost, fake_services
 from worker.call.session import CallSession
@@ -95,7 +96,8 @@ async def test_the_media_session_runs_a_burst_of_commands_in_slices(tmp_path: An
     session = CallSession(services, host, "c1", "websocket", "web-1", False, 0)
     session.start()
     for i in range(BURST):
-        session.deliver(wire.CMD, {"command": "history", "speaker": "u", "text": str(i), wire.SEQ: i})
+        body = command_body(History(speaker="u", text=str(i)))
+        session.deliver(wire.CMD, {**body, wire.SEQ: i})
 
     async def all_acked() -> None:
         while sum(1 for m in sent if m["k"] == wire.CTL) < BURST:
@@ -119,7 +121,7 @@ async def test_a_streams_pieces_are_not_timed_so_not_acknowledged() -> None:
     conn.owner = "media-1"
     await conn.serve()
     forwarded = [m["b"] for m in sent if m["k"] == wire.CMD]
-    assert [(b["command"], b.get("text"), wire.SEQ in b) for b in forwarded] == [
+    assert [(b["command"], b["args"].text, wire.SEQ in b) for b in forwarded] == [
         ("history", "0", True),
         ("tts", "Hi", True),  # it opens the stream: a command like the others
         ("tts", " there", False),

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import numpy as np
 
 from common import events
+from common.choices import ASR_PROVIDERS, VAD_TYPES
 from common.errors import ProviderError
 from common.protocol import CallOption, TranscriptionOption
 from worker import metrics
@@ -25,8 +26,6 @@ log = logging.getLogger("pbx.worker.call.listening")
 
 # Past this lag behind wall time (ms), the caller's audio clock is re-anchored: the client paused sending.
 MAX_AUDIO_CLOCK_LAG = 1000
-VAD_TYPES = ("webrtc", "silero", "ten")
-ASR_PROVIDERS = ("local", "tencent", "voiceapi")
 PCM = np.dtype("<i2")
 
 

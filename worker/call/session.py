@@ -36,7 +36,8 @@ from common.protocol import (
     Ringing,
     Tts,
     Unmute,
-    command_from_dict,
+    command_to_dict,
+    decode_command,
     redact,
 )
 from common.tasks import TaskSet, close_each
@@ -239,21 +240,25 @@ class CallSession:
         await self.commands.run(lambda: self.ending)
 
     def _parse(self, body: dict[str, Any]) -> Parsed | None:
-        """A queued command body as a command (None after telling the client what is wrong with it)."""
-        seq = body.pop(wire.SEQ, None)
-        if self.dump is not None:
-            self.dump.add("command", redact(body))
-        if body.get("command") in ("invite", "accept") and isinstance(body.get("option"), dict):
-            self.listed_option = json.dumps(redact(body["option"]))
+        """A queued command body as its command, decoded by type: the frontend validated it (common/wire.py).
+        A body that does not decode (none should) is logged and answered with an error event: None."""
+        seq = body.pop(wire.SEQ, None) if isinstance(body, dict) else None
         try:
-            return command_from_dict(body, self.call_type), seq
-        except BadCommand as exc:
-            self.error("command", exc.message, 400)
+            cmd = decode_command(body)
         except Exception as exc:
-            log.exception("command %s unreadable", body.get("command"))
-            self.error("command", f"{body.get('command')} failed: {exc}", 500)
-        self._ack(seq)
-        return None
+            log.error("undecodable command body: %s", exc)
+            if self.dump is not None:
+                self.dump.add("command", redact(body))
+            self.error("command", f"command could not be read: {exc}", 400)
+            self._ack(seq)
+            return None
+        if self.dump is not None or isinstance(cmd, Invite | Accept):
+            canonical = command_to_dict(cmd)
+            if self.dump is not None:
+                self.dump.add("command", redact(canonical))
+            if isinstance(cmd, Invite | Accept):
+                self.listed_option = json.dumps(redact(canonical.get("option") or {}))
+        return cmd, seq
 
     async def _execute(self, cmd: Command, seq: int | None) -> None:
         try:

@@ -31,6 +31,7 @@ import msgpack
 import numpy as np
 
 from common import events
+from common.choices import TTS_PROVIDERS
 from common.config import Settings
 from common.errors import ProviderError, ProviderRefused
 from common.protocol import SynthesisOption, Tts
@@ -53,8 +54,6 @@ if TYPE_CHECKING:
     from worker.speech.local_tts import PiperEngine  # loaded with the local voice, on its first use
 
 log = logging.getLogger("pbx.worker.call.speaking")
-
-TTS_PROVIDERS = ("local", "tencent", "voiceapi")
 
 
 @dataclass(slots=True, eq=False)

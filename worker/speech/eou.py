@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import aiohttp
 
+from common.choices import EOU_TYPES
 from common.errors import ProviderError, ProviderRefused
 from common.protocol import EouOption
 from common.redact import redact_url
@@ -31,7 +32,6 @@ from worker.urlguard import HTTP, UrlGuard, UrlRefused
 log = logging.getLogger("pbx.worker.eou")
 
 DEFAULT_TIMEOUT_MS = 600
-EOU_TYPES = ("local", "tencent")
 
 
 class EouDetector:
