@@ -2,7 +2,8 @@
 
 One stream entry holds field `m`: a msgpack list of messages `{"c": call_id, "k": kind, "b": body}`, so one
 XADD (and one XREAD) carries many calls' frames. Kinds: `cmd` (a command, below), `evt` (event dict), `pcm`
-(audio bytes), `ctl` (control dict with an `op`), `log` (an event recorded in the dump only).
+(audio bytes), `ctl` (control dict with an `op`, one of `Op`), `log` (an event recorded in the dump only),
+`sip` (a SIP message forwarded to the media process that owns its dialog, worker/sip/telephony.py).
 
 A command crosses typed: the frontend validated it (common/protocol.py) and sends `{"command": name,
 "args": <the command's dataclass>}`; msgspec packs the dataclass by its fields, and the owner turns `args`
@@ -21,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-CMD, EVT, PCM, CTL, LOG, SIP = "cmd", "evt", "pcm", "ctl", "log", "sip"  # sip: worker/sip/telephony.py
+CMD, EVT, PCM, CTL, LOG, SIP = "cmd", "evt", "pcm", "ctl", "log", "sip"
 FIELD = b"m"
 SEQ = "_seq"
 
