@@ -541,18 +541,13 @@ SECRET_KEYS = frozenset(
 
 
 def redact(value: Any) -> Any:
-    """A copy of a JSON value with every secret replaced by `***` (URLs keep all but their credentials)."""
+    """A copy of a JSON value with every secret replaced by `***`: the values of secret keys, and the
+    credentials in any string (a bot's `url`, an EOU `endpoint`, a `sip:user:password@` callee; the rest of
+    the string is kept)."""
     if isinstance(value, dict):
-        return {
-            k: (
-                "***"
-                if k in SECRET_KEYS and v
-                else redact_url(v)
-                if k == "url" and isinstance(v, str)
-                else redact(v)
-            )
-            for k, v in value.items()
-        }
+        return {k: "***" if k in SECRET_KEYS and v else redact(v) for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v) for v in value]
+    if isinstance(value, str):
+        return redact_url(value)
     return value

@@ -72,3 +72,22 @@ def test_option_urls_and_their_repr() -> None:
     assert shown == {"mediaPass": {"url": "ws://u:***@h/p?token=***&x=1"}}
     assert "hunter2" not in repr(MediaPassOption(url="ws://u:hunter2@h/p?apiKey=k1"))
     assert "k1" not in repr(MediaPassOption(url="ws://h/p?apiKey=k1"))
+
+
+def test_listed_options_hide_credentials_in_any_string() -> None:
+    option = {
+        "callee": "sip:bob:hunter2@pbx.example.com",
+        "eou": {"type": "tencent", "endpoint": "https://h/eou?token=t0k"},
+        "mediaPass": {"url": "wss://u:pw@h/p"},
+        "sip": {"username": "alice", "password": "pw"},
+        "headers": {"X-Note": "plain text stays"},
+        "list": ["https://h/a.wav?sig=abc", 3, None],
+    }
+    assert redact(option) == {
+        "callee": "sip:bob:***@pbx.example.com",
+        "eou": {"type": "tencent", "endpoint": "https://h/eou?token=***"},
+        "mediaPass": {"url": "wss://u:***@h/p"},
+        "sip": {"username": "alice", "password": "***"},
+        "headers": {"X-Note": "plain text stays"},
+        "list": ["https://h/a.wav?sig=***", 3, None],
+    }
