@@ -3,7 +3,8 @@
 import os
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8080')}"
-# One frontend per two cores unless set (common/config.py default_web_concurrency: measured, not guessed).
+# One frontend per two cores unless set: common/config.py default_web_concurrency's rule (measured, not
+# guessed), written out: gunicorn reads this file before it puts the working directory on sys.path.
 workers = int(os.environ.get("WEB_CONCURRENCY") or max(1, (os.cpu_count() or 1) // 2))
 worker_class = "aiohttp.GunicornUVLoopWebWorker"
 # Calls are long-lived WebSockets: never kill a worker for a slow request.

@@ -104,7 +104,7 @@ def load_impl(where: Path | None) -> tuple[Any, Any]:
         import worker.media.dtmf
 
         return worker.media.dtmf, worker.call.listening
-    mods = []
+    mods: list[Any] = []
     for name in ("dtmf", "listener"):
         spec = importlib.util.spec_from_file_location(f"bench_baseline_{name}", where / f"{name}.py")
         assert spec is not None and spec.loader is not None

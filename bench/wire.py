@@ -19,6 +19,7 @@ import argparse
 import json
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import msgpack
@@ -138,11 +139,9 @@ def main() -> None:
     }
     for name, (old, new) in blobs.items():
         if name in ("tts", "invite (full option)"):
-            rows.append(
-                (name, "decode", lambda b=old: _cmd_decode_today(b), lambda b=new: _cmd_decode_msgspec(b))
-            )
+            rows.append((name, "decode", partial(_cmd_decode_today, old), partial(_cmd_decode_msgspec, new)))
         else:
-            rows.append((name, "decode", lambda b=old: _unpack_today(b), lambda b=new: _DEC.decode(b)))
+            rows.append((name, "decode", partial(_unpack_today, old), partial(_DEC.decode, new)))
 
     print(f"{'message':<22} {'step':<7} {'today ns':>9} {'msgspec ns':>11} {'ratio':>6}  bytes today/msgspec")
     for name, step, old_fn, new_fn in rows:

@@ -74,7 +74,6 @@ class Outbox:
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self.sent_batches = 0
-        self.dropped_audio = 0
 
     def send(self, proc: str, message: dict[str, Any]) -> None:
         self._pending[proc].append(message)
@@ -174,7 +173,6 @@ class Outbox:
             audio = sum(1 for m in merged if m["k"] == wire.PCM)
             if audio > MAX_PENDING_AUDIO:
                 kept = [m for m in merged if m["k"] != wire.PCM]
-                self.dropped_audio += audio
                 AUDIO_DROPPED.labels("redis_backlog").inc(audio)
                 merged = kept
             self._pending[proc] = merged

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from common.redact import redact_url
+
 _SECRET_FIELDS = frozenset(
     {
         "sip_register",
@@ -171,7 +173,6 @@ class Settings:
     """Everything a process needs to know about its deployment; see docs/configuration.md."""
 
     port: int = 8080
-    web_concurrency: int = field(default_factory=lambda: default_web_concurrency(os.cpu_count() or 1))
     worker_processes: int = field(default_factory=lambda: os.cpu_count() or 1)
     max_calls: int = 200
     # Calls a media process takes before new calls go to the next one (packing, worker/packing.py); the
@@ -285,7 +286,6 @@ class Settings:
         cores = os.cpu_count() or 1
         return cls(
             port=_int(env, "PORT", 8080),
-            web_concurrency=_int(env, "WEB_CONCURRENCY", default_web_concurrency(cores)),
             worker_processes=_int(env, "WORKER_PROCESSES", cores),
             max_calls=_int(env, "MAX_CALLS", 200),
             pack_calls=_int(env, "PACK_CALLS", 50),
@@ -358,13 +358,3 @@ class Settings:
         return f"Settings({', '.join(parts)})"
 
     __str__ = __repr__
-
-
-def redact_url(url: str) -> str:
-    """Hide the password of a `scheme://user:password@host` URL."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
-        return url
-    creds, _, host = rest.rpartition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else url

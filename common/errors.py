@@ -51,21 +51,10 @@ class RateLimited(PbxError):
     retryable = True
 
 
-class NoCapacity(PbxError):
-    status = 503
-    code = "NO_CAPACITY"
-    retryable = True
-
-
 class Unavailable(PbxError):
     status = 503
     code = "SERVICE_UNAVAILABLE"
     retryable = True
-
-
-class NotImplementedYet(PbxError):
-    status = 501
-    code = "NOT_IMPLEMENTED"
 
 
 class ProviderError(PbxError):

@@ -6,6 +6,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from common.schema import camel
+
 SERVER_SIDE_TRACK = "server-side-track"
 
 
@@ -24,13 +26,8 @@ def event(name: str, **fields: Any) -> dict[str, Any]:
         out["timestamp"] = now_ms()
     for key, value in fields.items():
         if value is not None:
-            out[_camel(key)] = value
+            out[camel(key)] = value
     return out
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(p[:1].upper() + p[1:] for p in rest)
 
 
 def error(track_id: str | None, sender: str, message: str, code: int | None = None) -> dict[str, Any]:

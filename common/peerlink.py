@@ -258,7 +258,6 @@ class Links:
         self.token = secrets.token_urlsafe(18)
         self.address: tuple[str, int] | None = None
         self._links: dict[str, Link] = {}
-        self._accepted: set[Link] = set()
         self._holding: set[Link] = set()
         self._dialing: set[str] = set()
         self._next_dial: dict[str, float] = {}

@@ -16,6 +16,7 @@ import msgspec
 
 from common.choices import ASR_PROVIDERS, CODECS, EOU_TYPES, MEDIA_PASS_DIALECTS, TTS_PROVIDERS, VAD_TYPES
 from common.errors import BadCommand
+from common.redact import redact_url
 from common.schema import parse_object, to_wire
 
 MAX_TEXT_FRAME = 1 << 20
@@ -539,31 +540,14 @@ SECRET_KEYS = frozenset(
 )
 
 
-# URL query parameters whose values are credentials (a bot's `?token=`, a signed media URL's signature).
-_SECRET_QUERY = re.compile(
-    r"([?&][^=&#]*(?:token|key|secret|password|passwd|auth|sig|credential)[^=&#]*=)[^&#]*", re.I
-)
-_URL_PASSWORD = re.compile(r"^([a-z][a-z0-9+.-]*://[^/@:]*:)[^/@]*@", re.I)
-
-
-def redact_url(url: str) -> str:
-    """A URL with its password and credential-like query values replaced by `***`."""
-    return _SECRET_QUERY.sub(r"\1***", _URL_PASSWORD.sub(r"\1***@", url))
-
-
 def redact(value: Any) -> Any:
-    """A copy of a JSON value with every secret replaced by `***` (URLs keep all but their credentials)."""
+    """A copy of a JSON value with every secret replaced by `***`: the values of secret keys, and the
+    credentials in any string (a bot's `url`, an EOU `endpoint`, a `sip:user:password@` callee; the rest of
+    the string is kept)."""
     if isinstance(value, dict):
-        return {
-            k: (
-                "***"
-                if k in SECRET_KEYS and v
-                else redact_url(v)
-                if k == "url" and isinstance(v, str)
-                else redact(v)
-            )
-            for k, v in value.items()
-        }
+        return {k: "***" if k in SECRET_KEYS and v else redact(v) for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v) for v in value]
+    if isinstance(value, str):
+        return redact_url(value)
     return value

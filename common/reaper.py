@@ -18,7 +18,10 @@ def worker_lost_messages(call_id: str, started_ms: int) -> list[dict[str, object
     ended = events.ended_by_system(
         call_id, "the media worker handling this call died", 500, "worker_lost", started_ms
     )
-    return [*(wire.msg(call_id, wire.EVT, ev) for ev in ended), wire.msg(call_id, wire.CTL, {"op": "close"})]
+    return [
+        *(wire.msg(call_id, wire.EVT, ev) for ev in ended),
+        wire.msg(call_id, wire.CTL, {"op": wire.Op.CLOSE}),
+    ]
 
 
 async def reap_once(

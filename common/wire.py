@@ -2,7 +2,8 @@
 
 One stream entry holds field `m`: a msgpack list of messages `{"c": call_id, "k": kind, "b": body}`, so one
 XADD (and one XREAD) carries many calls' frames. Kinds: `cmd` (a command, below), `evt` (event dict), `pcm`
-(audio bytes), `ctl` (control dict with an `op`), `log` (an event recorded in the dump only).
+(audio bytes), `ctl` (control dict with an `op`, one of `Op`), `log` (an event recorded in the dump only),
+`sip` (a SIP message forwarded to the media process that owns its dialog, worker/sip/telephony.py).
 
 A command crosses typed: the frontend validated it (common/protocol.py) and sends `{"command": name,
 "args": <the command's dataclass>}`; msgspec packs the dataclass by its fields, and the owner turns `args`
@@ -21,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-CMD, EVT, PCM, CTL, LOG = "cmd", "evt", "pcm", "ctl", "log"
+CMD, EVT, PCM, CTL, LOG, SIP = "cmd", "evt", "pcm", "ctl", "log", "sip"
 FIELD = b"m"
 SEQ = "_seq"
 
@@ -42,3 +43,24 @@ def unpack(blob: bytes) -> list[dict[str, Any]]:
 
 def msg(call_id: str, kind: str, body: Any) -> dict[str, Any]:
     return {"c": call_id, "k": kind, "b": body}
+
+
+class Op:
+    """The `op` of a `ctl` message: who sends it, and the body's other fields."""
+
+    # Owner -> frontend: the media process took the call (`owner`); the frontend sends it what it held.
+    CLAIMED = "claimed"
+    # Owner -> frontend: the command numbered `seq` is handled (the round trip is timed).
+    ACK = "ack"
+    # Owner (or the reaper, for a dead owner) -> frontend: the call is over; close the socket once its
+    # queued events are out.
+    CLOSE = "close"
+    # Frontend -> the media process holding an inbound SIP call: this frontend (`frontend`) has its client
+    # socket now (`dump`: whether to record the call's dump); the process answers `claimed`.
+    ATTACH = "attach"
+    # `/call/kill` -> the owner, or the frontend holding the socket, which passes it on: hang up now.
+    KILL = "kill"
+    # Frontend -> owner: the client socket closed.
+    GONE = "gone"
+    # Frontend -> owner: the frontend is stopping and its drain time is over.
+    SHUTDOWN = "shutdown"

@@ -46,6 +46,10 @@ async def _proc_header(request: web.Request, response: web.StreamResponse) -> No
     response.headers["X-Pbx-Proc"] = request.app[HUB].proc_id
 
 
+async def _metrics(request: web.Request) -> web.Response:
+    return await metrics.scrape(request.app[HUB])
+
+
 async def _playground(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html")
 
@@ -85,7 +89,7 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     calls.setup_routes(app)
     calltoken.setup(app, call_tokens)
     app.router.add_get("/health", health.health)
-    app.router.add_get("/metrics", metrics.handler)
+    app.router.add_get("/metrics", _metrics)
     iceservers.setup(app)
     app.cleanup_ctx.append(llm.session_ctx)
     llm.setup_routes(app)

@@ -10,7 +10,6 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 import msgpack
 from aiohttp import web
@@ -23,10 +22,8 @@ from common.protocol import MAX_CALL_ID, MAX_TEXT_FRAME, valid_call_id
 from frontend import auth, clientaddr
 from frontend.callsocket import CallSocket
 from frontend.connection import CallConnection
+from frontend.hub import Hub
 from frontend.keys import HUB
-
-if TYPE_CHECKING:
-    from frontend.hub import Hub
 
 log = logging.getLogger("pbx.frontend.calls")
 
@@ -191,7 +188,7 @@ async def _serve_call(
             hub.connections.pop(call_id, None)
             raise
         conn.created_ms = events.now_ms()
-        body = {"op": "attach", "frontend": hub.proc_id, "dump": dump}
+        body = {"op": wire.Op.ATTACH, "frontend": hub.proc_id, "dump": dump}
         hub.send(owner, wire.msg(call_id, wire.CTL, body))
         conn.owner = owner  # the inbox keeps order: commands arrive after the attach
     except BaseException:
@@ -223,7 +220,7 @@ async def kill_call(request: web.Request) -> web.Response:
     if entry is None:
         raise CallNotFound(f"call {call_id!r} not found", "no active call has this id")
     target = entry.owner or entry.frontend
-    hub.send(target, wire.msg(call_id, wire.CTL, {"op": "kill"}))
+    hub.send(target, wire.msg(call_id, wire.CTL, {"op": wire.Op.KILL}))
     return web.json_response(True)
 
 

@@ -8,11 +8,13 @@ import json
 import logging
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
 
 from common import events, wire
+from common.config import Settings
 from common.errors import BadCommand, PbxError, RateLimited
 from common.metrics import call_failed
 from common.protocol import (
@@ -26,12 +28,10 @@ from common.protocol import (
     parse_command,
     redact,
 )
+from common.registry import Registry
 from frontend.callsocket import CallSocket
 from frontend.limits import CommandLimit, TokenBucket, describe
 from frontend.metrics import COMMANDS_REFUSED, RATE_LIMIT_DROPS, SLOW_CLIENT_DROPS, CommandTimer
-
-if TYPE_CHECKING:
-    from frontend.hub import Hub
 
 log = logging.getLogger("pbx.frontend.call")
 
@@ -51,10 +51,26 @@ _NO_SOCKET_AUDIO = {
 READ_SLICE = 0.005
 
 
+class Relay(Protocol):
+    """What a connection needs of its frontend process (frontend.hub.Hub, which holds the connections)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def registry(self) -> Registry: ...
+
+    def send(self, proc: str, message: dict[str, Any]) -> None:
+        """Queue `message` for process `proc` (the call's owner)."""
+
+    def background(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Run short-lived work as a named task whose failure is logged."""
+
+
 class CallConnection:
     """The frontend half of a call: the client socket and the route to the media process that owns it."""
 
-    def __init__(self, hub: Hub, call_id: str, call_type: str, ws: web.WebSocketResponse) -> None:
+    def __init__(self, hub: Relay, call_id: str, call_type: str, ws: web.WebSocketResponse) -> None:
         self.hub = hub
         self.call_id = call_id
         self.call_type = call_type
@@ -68,7 +84,6 @@ class CallConnection:
         self._wake = asyncio.Event()
         self._closing = False
         self.closed_by_server = False
-        self.dropped_audio = 0
         self._option_registered = False
         # Binary messages ignored on a call whose audio is not on the socket (told about once).
         self.ignored_audio = 0
@@ -234,7 +249,7 @@ class CallConnection:
 
     def client_gone(self) -> None:
         if self.owner is not None:
-            self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": "gone"}))
+            self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": wire.Op.GONE}))
         else:
             self.hub.background(self.hub.registry.remove(self.call_id), f"call:{self.call_id}:gone")
 
@@ -250,25 +265,25 @@ class CallConnection:
         call_failed(self.call_type, reason)
         for ev in events.ended_by_system(self.call_id, message, code, reason, self.created_ms):
             self.push_event(ev)
-        self.control({"op": "close"})
+        self.control({"op": wire.Op.CLOSE})
 
     # --- owner → client ---------------------------------------------------------------------------------
 
     def control(self, body: dict[str, Any]) -> None:
         op = body.get("op")
-        if op == "claimed":
+        if op == wire.Op.CLAIMED:
             self.owner = str(body["owner"])
             pending, self._unclaimed = self._unclaimed, []
             for m in pending:
                 self.hub.send(self.owner, m)
-        elif op == "ack":
+        elif op == wire.Op.ACK:
             self.command_timer.acked(body.get("seq"))
-        elif op == "close":
+        elif op == wire.Op.CLOSE:
             self._closing = True
             self._wake.set()
-        elif op == "kill":
+        elif op == wire.Op.KILL:
             if self.owner is not None:
-                self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": "kill"}))
+                self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": wire.Op.KILL}))
             else:
                 self.end_locally("killed", "the call was killed before a media worker took it", 410)
                 self.hub.background(self.hub.registry.remove(self.call_id), f"call:{self.call_id}:kill")
@@ -284,7 +299,7 @@ class CallConnection:
             log.warning("client too slow for events; disconnecting")
             self._closing = True
             if self.owner is not None:
-                self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": "gone"}))
+                self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": wire.Op.GONE}))
             self._out.clear()
             self._queued_audio = 0
 
@@ -294,7 +309,6 @@ class CallConnection:
         if direct is not None and not self._out and not self._closing and direct.send_now(frame):
             return
         if self._queued_audio >= MAX_QUEUED_AUDIO:
-            self.dropped_audio += 1
             SLOW_CLIENT_DROPS.value += 1
             return
         self._queued_audio += 1
@@ -326,14 +340,14 @@ class CallConnection:
     def shutdown(self) -> None:
         """The frontend stops: the owner hangs the call up (the client gets `hangup`), then closes it."""
         if self.owner is not None:
-            self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": "shutdown"}))
+            self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": wire.Op.SHUTDOWN}))
         else:
             self.end_locally("shutdown", "the server is shutting down", 503)
 
     async def server_close(self) -> None:
         """Shutdown of this frontend: the owner hangs the call up, the socket closes."""
         if self.owner is not None:
-            self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": "gone"}))
+            self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": wire.Op.GONE}))
         self.closed_by_server = True
         with contextlib.suppress(Exception):
             await self.ws.close()

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -25,10 +25,8 @@ from common.tasks import TaskSet
 from frontend import metrics
 from frontend.admission import CallAdmission, FrontendLoad
 from frontend.callrate import CallRate
+from frontend.connection import CallConnection
 from frontend.limits import MediaCapacity
-
-if TYPE_CHECKING:
-    from frontend.connection import CallConnection
 
 log = logging.getLogger("pbx.frontend.hub")
 
@@ -177,9 +175,9 @@ class Hub:
         call_id, kind, body = m["c"], m["k"], m["b"]
         conn = self.connections.get(call_id)
         if conn is None:
-            if kind == wire.CTL and body.get("op") == "claimed":
+            if kind == wire.CTL and body.get("op") == wire.Op.CLAIMED:
                 # The client left before its call was claimed: tell the new owner to end it.
-                self.send(body["owner"], wire.msg(call_id, wire.CTL, {"op": "gone"}))
+                self.send(body["owner"], wire.msg(call_id, wire.CTL, {"op": wire.Op.GONE}))
             return
         if kind == wire.PCM:
             conn.push_audio(body)

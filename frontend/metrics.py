@@ -8,16 +8,40 @@ whole cluster, so a scraper may hit the load-balanced port. docs/metrics.md list
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
+import redis.asyncio as aioredis
 from aiohttp import web
 from redis.exceptions import RedisError
 
 from common import metrics, wire
+from common.keys import Keys
 from common.metrics import AUDIO_DROPPED, CALL_TYPES, REGISTRY
 
-if TYPE_CHECKING:
-    from frontend.hub import Hub
+
+class Held(Protocol):
+    """A client connection, as the connection gauge counts it."""
+
+    @property
+    def call_type(self) -> str: ...
+
+
+class Frontend(Protocol):
+    """What the metrics read of their frontend process (frontend.hub.Hub, which imports this module)."""
+
+    @property
+    def redis(self) -> aioredis.Redis: ...
+
+    @property
+    def keys(self) -> Keys: ...
+
+    @property
+    def proc_id(self) -> str: ...
+
+    @property
+    def connections(self) -> Mapping[str, Held]: ...
+
 
 # Commands forwarded and not acknowledged yet, per connection. The owner never acknowledges a command that
 # arrives while the call ends, so the oldest stamp gives way once this many wait.
@@ -67,7 +91,7 @@ class CommandTimer:
         return len(self._sent)
 
 
-async def publish(hub: Hub) -> None:
+async def publish(hub: Frontend) -> None:
     """This frontend's snapshot to Redis every second, for as long as the hub runs."""
 
     def collect() -> None:
@@ -84,11 +108,8 @@ async def publish(hub: Hub) -> None:
         REGISTRY.remove_collector(collect)
 
 
-async def handler(request: web.Request) -> web.Response:
-    # Imported here: frontend.keys imports frontend.hub, which imports this module.
-    from frontend.keys import HUB
-
-    hub = request.app[HUB]
+async def scrape(hub: Frontend) -> web.Response:
+    """The answer to `GET /metrics` (frontend/app.py routes it here with its hub)."""
     try:
         snapshots = [
             s for s in await metrics.read_snapshots(hub.redis, hub.keys) if s.get("proc") != hub.proc_id

@@ -136,7 +136,7 @@ class MediaLoad:
             call_failed(call_type, "no_capacity")
             for ev in events.ended_by_system(call_id, TURNED_AWAY, 503, "no_capacity", now):
                 proc.send(frontend, wire.msg(call_id, wire.EVT, ev))
-            proc.send(frontend, wire.msg(call_id, wire.CTL, {"op": "close"}))
+            proc.send(frontend, wire.msg(call_id, wire.CTL, {"op": wire.Op.CLOSE}))
         if refused:
             log.warning(
                 "far over its load limits, with no other process to take them: %d calls refused", refused

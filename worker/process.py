@@ -633,7 +633,7 @@ class MediaProcess:
                 self.services, self, call_id, call_type, frontend, dump, created or events.now_ms()
             )
             self._add(session)
-            self.send(frontend, wire.msg(call_id, wire.CTL, {"op": "claimed", "owner": self.proc_id}))
+            self.send(frontend, wire.msg(call_id, wire.CTL, {"op": wire.Op.CLAIMED, "owner": self.proc_id}))
             log.info("claimed %s call from %s", call_type, frontend)
         finally:
             call_id_var.reset(token)
@@ -662,7 +662,7 @@ class MediaProcess:
         try:
             if m["k"] == SIP and self.telephony is not None:
                 self.telephony.forwarded(m["b"])
-            elif m["k"] == wire.CTL and m["b"].get("op") == "attach":
+            elif m["k"] == wire.CTL and m["b"].get("op") == wire.Op.ATTACH:
                 self._attach(str(m["c"]), m["b"])
         except Exception:
             log.exception("call %s: could not handle %s message", m.get("c"), m.get("k"))
@@ -674,14 +674,14 @@ class MediaProcess:
             if frontend:
                 self.send(frontend, wire.msg(call_id, wire.EVT, events.error(
                     call_id, "accept", "the inbound call is no longer waiting", 404)))  # fmt: skip
-                self.send(frontend, wire.msg(call_id, wire.CTL, {"op": "close"}))
+                self.send(frontend, wire.msg(call_id, wire.CTL, {"op": wire.Op.CLOSE}))
             return
         token = call_id_var.set(call_id)
         try:
             dump = bool(body.get("dump", True))
             session = CallSession(self.services, self, call_id, "sip", frontend, dump, pending.created_ms)
             self._add(session)
-            self.send(frontend, wire.msg(call_id, wire.CTL, {"op": "claimed", "owner": self.proc_id}))
+            self.send(frontend, wire.msg(call_id, wire.CTL, {"op": wire.Op.CLAIMED, "owner": self.proc_id}))
             session.attach_incoming(pending)
             log.info("inbound SIP call attached to %s", frontend)
         finally:

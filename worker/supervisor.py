@@ -123,7 +123,6 @@ class Supervisor:
         )
         self.children: dict[int, Child] = {}
         self.stop_signal: int | None = None
-        self.restarts = 0
         self.watch = ChildWatch(settings.reap_grace, settings.heartbeat_ttl, settings.loop_stall_limit)
 
     def _spawn(self, slot: int) -> Child:
@@ -173,7 +172,6 @@ class Supervisor:
         if time.monotonic() - child.started < MIN_UPTIME:
             time.sleep(1.0)
         if self.stop_signal is None:
-            self.restarts += 1
             self.children[slot] = self._spawn(slot)
 
     def _watch(self) -> None:

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from common.protocol import MediaPassOption, redact, redact_url
+from common.protocol import MediaPassOption, redact
+from common.redact import redact_url
 from tests.audio_util import peak_freq, tone
 from worker.bot.dialect import BadBotMessage, BotAudio, BotClear, BotMark, RawDialect, TwilioDialect
 from worker.bot.player import FRAME, IDLE_END_FRAMES, BotPlayer

@@ -11,15 +11,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("common", "frontend", "worker")
 
-# Cycles other helpers of issue 19 remove at the same time; the lead removes this list when they merge.
-ALLOWED_EDGES = {
-    # The `tidy` helper: the frontend's metrics and connection stop taking the whole hub (metrics also reaches
-    # it through the deferred import of frontend.keys, which imports the hub).
-    ("frontend.metrics", "frontend.hub"),
-    ("frontend.metrics", "frontend.keys"),
-    ("frontend.connection", "frontend.hub"),
-}
-
 
 def test_frontend_does_not_import_worker_or_media() -> None:
     code = (
@@ -130,11 +121,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_no_import_cycles() -> None:
-    graph = import_graph()
-    for src, dst in ALLOWED_EDGES:
-        assert dst in graph[src], f"{src} no longer imports {dst}: take the edge off ALLOWED_EDGES"
-        graph[src].discard(dst)
-    found = cycles(graph)
+    found = cycles(import_graph())
     assert not found, "import cycles:\n" + "\n".join(" → ".join(cycle) for cycle in found)
 
 

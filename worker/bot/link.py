@@ -18,7 +18,9 @@ import aiohttp
 import numpy as np
 
 from common import events
-from common.protocol import MediaPassOption, redact_url
+from common.protocol import MediaPassOption
+from common.redact import redact_url
+from common.tasks import TaskSet
 from worker import metrics
 from worker.bot.dialect import BadBotMessage, BotAudio, BotClear, BotMark, Message, make_dialect
 from worker.bot.player import BotPlayer
@@ -59,12 +61,12 @@ class BotLink:
         self.hangup_on_close = option.hangup_on_close is not False
         self.live = False  # the call is answered: caller audio flows to the bot
         self.gone = False  # the bot's socket is closed (or the call ended)
-        self.dropped_messages = 0
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._out: deque[Message | None] = deque()  # None: the last one
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._tasks = TaskSet(log, f"call:{hooks.call_id}:")
         self._complained = False
 
     @property
@@ -101,8 +103,8 @@ class BotLink:
         metrics.BOT_CONNECTS.labels(self.dialect.name, "ok").inc()
         self._ws = ws
         self._queue(self.dialect.opened())
-        self._writer = asyncio.create_task(self._write(ws), name=f"call:{self.hooks.call_id}:bot-write")
-        self._reader = asyncio.create_task(self._read(ws), name=f"call:{self.hooks.call_id}:bot-read")
+        self._writer = self._tasks.spawn(self._write(ws), "bot-write")
+        self._reader = self._tasks.spawn(self._read(ws), "bot-read")
         return None
 
     def _refused(self, message: str) -> str:
@@ -139,7 +141,6 @@ class BotLink:
         for _ in range(excess):
             self._out.popleft()
         if excess > 0:
-            self.dropped_messages += excess
             metrics.BOT_DROPPED.inc(excess)
         self._wake.set()
 

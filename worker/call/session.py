@@ -157,11 +157,11 @@ class CallSession:
                 self.dump.add("event", body)
         elif kind == wire.CTL:
             op = body.get("op")
-            if op == "kill":
+            if op == wire.Op.KILL:
                 self.spawn(self.hangup("killed", "system"), "kill")
-            elif op == "shutdown":  # the frontend is stopping and its drain time is over
+            elif op == wire.Op.SHUTDOWN:  # the frontend is stopping and its drain time is over
                 self.host.end_soon(self, "shutdown", "system")
-            elif op == "gone":
+            elif op == wire.Op.GONE:
                 self.host.end_soon(self, "connection_closed", "caller")
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
@@ -273,7 +273,7 @@ class CallSession:
 
     def _ack(self, seq: int | None) -> None:
         if seq is not None:  # handled: the frontend times the round trip
-            self.host.send(self.frontend, wire.msg(self.call_id, wire.CTL, {"op": "ack", "seq": seq}))
+            self.host.send(self.frontend, wire.msg(self.call_id, wire.CTL, {"op": wire.Op.ACK, "seq": seq}))
 
     def _is_setup(self, cmd: Command) -> bool:
         """An `invite` that waits for its peer (the SIP callee's answer, ICE gathering) runs beside the
@@ -651,7 +651,7 @@ class CallSession:
                 ("registry entry", lambda: self.services.registry.remove(self.call_id)),
             ),
         )
-        self.host.send(self.frontend, wire.msg(self.call_id, wire.CTL, {"op": "close"}))
+        self.host.send(self.frontend, wire.msg(self.call_id, wire.CTL, {"op": wire.Op.CLOSE}))
         self.host.session_ended(self)
         self._tasks.cancel()  # not the task running this hangup
         self.done.set()

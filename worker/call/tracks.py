@@ -31,7 +31,7 @@ import numpy as np
 
 from common import events
 from common.events import SERVER_SIDE_TRACK
-from common.protocol import redact_url
+from common.redact import redact_url
 from worker.bot.player import BotPlayer
 from worker.media.audiofile import AudioFileError
 from worker.media.cache import FetchError
@@ -167,13 +167,13 @@ class ServerSide:
         except UrlRefused as exc:
             if self.track is track:
                 message = exc.for_field(track.source_field, redact_url(source))
-                self._emit(events.error(SERVER_SIDE_TRACK, f"filetrack: {source}", message, 403))
+                self._emit(events.error(SERVER_SIDE_TRACK, f"filetrack: {redact_url(source)}", message, 403))
                 self.finish(natural=True)
             return
         except (MediaNotFound, FetchError, AudioFileError, OSError) as exc:
             if self.track is track:
                 problem = f"{track.source_field}: {exc}"
-                self._emit(events.error(SERVER_SIDE_TRACK, f"filetrack: {source}", problem, 404))
+                self._emit(events.error(SERVER_SIDE_TRACK, f"filetrack: {redact_url(source)}", problem, 404))
                 self.finish(natural=True)
             return
         if self.track is track:
@@ -202,10 +202,6 @@ class ServerSide:
     def input_detected(self) -> None:
         """The caller spoke or keyed: a pending waitInputTimeout no longer applies."""
         self._silence_at = None
-
-    @property
-    def waiting_for_input(self) -> bool:
-        return self._silence_at is not None
 
     # --- the media clock -----------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -25,6 +26,7 @@ from urllib.parse import urlparse
 
 import aiohttp
 
+from common.redact import redact_url
 from worker.urlguard import HTTP, UrlGuard
 
 log = logging.getLogger("pbx.worker.cache")
@@ -134,7 +136,7 @@ class MediaCache:
         self._io = io
         self._scan = scan or io
         self._guard = guard
-        self._inflight: dict[str, asyncio.Future[Path]] = {}
+        self._inflight: dict[str, asyncio.Task[Path]] = {}
         self._session: aiohttp.ClientSession | None = None
         # What the directory held at the last walk (None: not walked yet), and what this process stored since.
         self._measured: int | None = None
@@ -154,16 +156,24 @@ class MediaCache:
         f = await loop.run_in_executor(self._io, open_cached, path)
         if f is not None:
             return f
-        fut = self._inflight.get(url)
-        if fut is None:
-            fut = asyncio.ensure_future(self._download(url, path))
-            self._inflight[url] = fut
-            fut.add_done_callback(lambda _f: self._inflight.pop(url, None))
-        await asyncio.shield(fut)
+        task = self._inflight.get(url)
+        if task is None:
+            task = asyncio.create_task(self._download(url, path), name="media-cache:download")
+            self._inflight[url] = task
+            task.add_done_callback(functools.partial(self._downloaded, url))
+        await asyncio.shield(task)
         f = await loop.run_in_executor(self._io, open_cached, path)
         if f is None:  # evicted between its rename and this open: only when the bound is tiny
-            raise FetchError(f"{url} did not stay in the media cache (MEDIA_CACHE_MAX_MB is too small)")
+            raise FetchError(
+                f"{redact_url(url)} did not stay in the media cache (MEDIA_CACHE_MAX_MB is too small)"
+            )
         return f
+
+    def _downloaded(self, url: str, task: asyncio.Task[Path]) -> None:
+        self._inflight.pop(url, None)
+        if not task.cancelled() and task.exception() is not None:
+            # Each call still waiting reports it too; this line covers a download all its calls left.
+            log.info("download failed: %s", task.exception())
 
     async def _download(self, url: str, path: Path) -> Path:
         if self._session is None:
@@ -172,7 +182,7 @@ class MediaCache:
         try:
             async with self._session.get(url) as resp:
                 if resp.status != 200:
-                    raise FetchError(f"GET {url} answered HTTP {resp.status}")
+                    raise FetchError(f"GET {redact_url(url)} answered HTTP {resp.status}")
                 if resp.content_length is not None and resp.content_length > limit:
                     raise FetchError(self._too_large(url, limit))
                 data = bytearray()
@@ -181,15 +191,15 @@ class MediaCache:
                     if len(data) > limit:
                         raise FetchError(self._too_large(url, limit))
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise FetchError(f"cannot download {url}: {exc or type(exc).__name__}") from None
+            raise FetchError(redact_url(f"cannot download {url}: {exc or type(exc).__name__}")) from None
         await asyncio.get_running_loop().run_in_executor(self._io, _store, path, bytes(data))
         self.stored(len(data))
         return path
 
     def _too_large(self, url: str, limit: int) -> str:
         if limit < MAX_DOWNLOAD:
-            return f"{url} is larger than the media cache ({limit} bytes, MEDIA_CACHE_MAX_MB)"
-        return f"{url} is larger than {MAX_DOWNLOAD} bytes"
+            return f"{redact_url(url)} is larger than the media cache ({limit} bytes, MEDIA_CACHE_MAX_MB)"
+        return f"{redact_url(url)} is larger than {MAX_DOWNLOAD} bytes"
 
     def stored(self, nbytes: int) -> None:
         """`nbytes` more were written to the cache directory: evict when the bound is passed (or this
@@ -221,6 +231,8 @@ class MediaCache:
             self._evicting = None
 
     async def close(self) -> None:
+        for task in list(self._inflight.values()):
+            task.cancel()
         if self._evicting is not None:
             self._evicting.cancel()
             with contextlib.suppress(asyncio.CancelledError):

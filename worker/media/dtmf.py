@@ -147,10 +147,6 @@ class DtmfDetector:
                 out.append(confirmed)
         return out
 
-    def classify(self, frames: np.ndarray) -> list[str | None]:
-        """The key whose tone pair each window holds, or None (windows of any number of calls at once)."""
-        return self._classify(frames)
-
     def _classify(self, frames: np.ndarray) -> list[str | None]:
         """The key whose tone pair each window holds, or None."""
         # Quiet windows (silence, pauses) cannot hold two tones above the level threshold: a dot product

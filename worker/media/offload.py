@@ -41,7 +41,6 @@ class FrameBatcher:
         self._run_off_loop = run_off_loop
         self._queue: list[_Job] = []
         self._wake = asyncio.Event()
-        self.batches = 0
         self.dropped = 0
 
     def submit(
@@ -80,6 +79,5 @@ class FrameBatcher:
                 except Exception:
                     log.exception("%s batch of %d failed", self.name, len(jobs))
                     continue
-                self.batches += 1
                 for job, result in zip(jobs, results, strict=True):
                     job.done(result, job.ts_ms)

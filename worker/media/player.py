@@ -20,16 +20,8 @@ class FilePlayer:
         self.loop = loop and len(samples) > 0  # music on hold: starts over until replaced
 
     @property
-    def frames_total(self) -> int:
-        return -(-len(self._samples) // FRAME)
-
-    @property
     def finished(self) -> bool:
         return not self.loop and self._pos >= len(self._samples)
-
-    @property
-    def position_ms(self) -> int:
-        return self._pos * 1000 // 16000
 
     def next_frame(self) -> np.ndarray | None:
         """The next 20 ms frame, or None once the buffer is played out."""

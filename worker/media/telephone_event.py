@@ -20,7 +20,7 @@ def parse(payload: bytes) -> tuple[int, bool, int] | None:
 
 
 def payload(event: int, end: bool, duration: int, volume: int = 10) -> bytes:
-    """One telephone-event payload (for tests and, later, for sending DTMF)."""
+    """One telephone-event payload (the tests' callers send DTMF with it)."""
     return bytes([event, (0x80 if end else 0) | (volume & 0x3F)]) + (duration & 0xFFFF).to_bytes(2, "big")
 
 

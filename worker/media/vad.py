@@ -121,8 +121,6 @@ class VadStateMachine:
 class WebRtcVad:
     """Google's WebRTC VAD on 20 ms frames; cheap enough to run inline on the event loop (~10 µs a frame)."""
 
-    frame_samples = 320
-
     def __init__(self, aggressiveness: int = 3) -> None:
         import webrtcvad
 
@@ -228,7 +226,6 @@ class SileroBatcher:
         self._model: SileroModel | None = None
         self._queue: list[_Job] = []
         self._wake = asyncio.Event()
-        self.batches = 0
         self.dropped = 0
 
     def submit(
@@ -289,7 +286,6 @@ class SileroBatcher:
         except Exception:
             log.exception("silero inference failed for a batch of %d", len(batch))
             return
-        self.batches += 1
         fresh = windows[:, SileroModel.context :]
         powers = np.einsum("ij,ij->i", fresh, fresh) / SileroModel.window
         for i, job in enumerate(batch):

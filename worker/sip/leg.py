@@ -30,7 +30,6 @@ from worker.sip.transaction import ServerTransaction, Target
 
 log = logging.getLogger("pbx.worker.sip.leg")
 
-SUPPORTED_CODECS = ("PCMU", "PCMA", "G722")
 DTMF_RELAY = "application/dtmf-relay"
 
 
@@ -142,9 +141,6 @@ class SipLeg:
         if self.sending and self.rtp is not None and not self.on_hold:
             self.rtp.send(frame)
 
-    def send_digit_events(self, digit: str) -> None:
-        """Not exposed as a command; here for bridging DTMF between legs later."""
-
     # --- outbound ----------------------------------------------------------------------------------------
 
     async def dial(
@@ -183,7 +179,7 @@ class SipLeg:
         if self._abandoned():
             return
         self.local_sdp = sdp.offer(
-            self.agent.address, rtp.local_port, SUPPORTED_CODECS, session_id=self._session_id
+            self.agent.address, rtp.local_port, sdp.SUPPORTED, session_id=self._session_id
         )
         if credentials is not None:
             self._auth = DigestState(credentials[0], credentials[1])
@@ -255,8 +251,8 @@ class SipLeg:
             self._on_2xx(resp)
             return
         if status in (401, 407) and self._auth is not None and self.state != "ended":
-            _, challenge_header = header_names(status)
-            values = resp.headers.get_all("WWW-Authenticate" if status == 401 else "Proxy-Authenticate")
+            challenge_header, _ = header_names(status)
+            values = resp.headers.get_all(challenge_header)
             try:
                 retry = self._auth.on_challenge(status, values)
             except ValueError:
@@ -378,7 +374,7 @@ class SipLeg:
         rtp = await self._open_rtp()
         try:
             text, n = sdp.answer(
-                self.offer, self.agent.address, rtp.local_port, SUPPORTED_CODECS, session_id=self._session_id
+                self.offer, self.agent.address, rtp.local_port, sdp.SUPPORTED, session_id=self._session_id
             )
         except ValueError as exc:
             raise LegError(str(exc), 488) from None
@@ -545,7 +541,7 @@ class SipLeg:
         self._sdp_version += 1
         if not body.strip():
             # A re-INVITE without an offer: ours goes in the 200, the answer comes in the ACK (§14.2).
-            offer = sdp.offer(self.agent.address, self.rtp.local_port, SUPPORTED_CODECS,
+            offer = sdp.offer(self.agent.address, self.rtp.local_port, sdp.SUPPORTED,
                               session_id=self._session_id, version=self._sdp_version)  # fmt: skip
             self._reoffer = offer
             self.agent.reply(tx, 200, contact=True, body=offer.encode(), content_type="application/sdp")
@@ -553,8 +549,8 @@ class SipLeg:
         try:
             current = self.negotiated.codec if self.negotiated else None
             text, n = sdp.answer(
-                sdp.parse(body), self.agent.address, self.rtp.local_port, SUPPORTED_CODECS,
-                prefer=(current,) + SUPPORTED_CODECS if current else None,
+                sdp.parse(body), self.agent.address, self.rtp.local_port, sdp.SUPPORTED,
+                prefer=(current,) + sdp.SUPPORTED if current else None,
                 session_id=self._session_id, version=self._sdp_version,
             )  # fmt: skip
         except ValueError as exc:

@@ -24,13 +24,10 @@ import numpy as np
 
 from worker.media.codecs import Codec, make_codec
 from worker.media.telephone_event import TelephoneEventDecoder
-from worker.media.telephone_event import payload as event_payload
 
 log = logging.getLogger("pbx.worker.sip.rtp")
 
-# RFC 3551's static payload types of the codecs here; G.722's RTP clock is 8000 though it samples at 16 kHz.
-STATIC = {"pcmu": 0, "pcma": 8, "g722": 9}
-CLOCK = {"pcmu": 8000, "pcma": 8000, "g722": 8000}
+# G.722's RTP clock is 8000 though it samples at 16 kHz (RFC 3551 §4.5.2).
 SAMPLES_PER_FRAME = 160  # 20 ms at the RTP clock of all three
 RTCP_EVERY = 5.0
 _NTP_EPOCH = 2208988800
@@ -225,14 +222,6 @@ class RtpSession:
         self.sent += 1
         self.octets += len(payload)
 
-    def send_event(self, event: int, end: bool, duration: int, new: bool) -> None:
-        """One RFC 4733 packet at the current media timestamp (for sending DTMF)."""
-        if self._rtp is None or self.telephone_event_pt is None:
-            return
-        header = RtpHeader(new, self.telephone_event_pt, self._seq, self._ts, self.ssrc)
-        self._rtp.sendto(build_rtp(header, event_payload(event, end, duration)), self.remote)
-        self._seq = (self._seq + 1) & 0xFFFF
-
     # --- in ----------------------------------------------------------------------------------------------
 
     def _on_rtp(self, data: bytes, addr: tuple[str, int]) -> None:
@@ -281,21 +270,27 @@ class RtpSession:
         self.last_packet = time.monotonic()
 
     async def _report(self) -> None:
-        while True:
-            await asyncio.sleep(RTCP_EVERY)
-            if self._rtcp is None or not self.sent:
-                continue
-            now = time.time() + _NTP_EPOCH
-            ntp_hi, ntp_lo = int(now), int((now % 1) * (1 << 32))
-            # SR (RFC 3550 §6.4.1) with no report blocks, then an SDES CNAME chunk (§6.5), as a compound.
-            sr = struct.pack(
-                "!BBHIIIIII", 0x80, 200, 6, self.ssrc, ntp_hi, ntp_lo, self._ts, self.sent, self.octets
-            )
-            cname = b"pbx"
-            item = bytes([1, len(cname)]) + cname + b"\0"
-            item += b"\0" * (-(len(item)) % 4)
-            sdes = struct.pack("!BBHI", 0x81, 202, (4 + len(item)) // 4, self.ssrc) + item
-            self._rtcp.sendto(sr + sdes, self.remote_rtcp)
+        try:
+            while True:
+                await asyncio.sleep(RTCP_EVERY)
+                self._send_report()
+        except Exception:
+            log.exception("rtp port %d: RTCP reports stopped", self.local_port)
+
+    def _send_report(self) -> None:
+        if self._rtcp is None or not self.sent:
+            return
+        now = time.time() + _NTP_EPOCH
+        ntp_hi, ntp_lo = int(now), int((now % 1) * (1 << 32))
+        # SR (RFC 3550 §6.4.1) with no report blocks, then an SDES CNAME chunk (§6.5), as a compound.
+        sr = struct.pack(
+            "!BBHIIIIII", 0x80, 200, 6, self.ssrc, ntp_hi, ntp_lo, self._ts, self.sent, self.octets
+        )
+        cname = b"pbx"
+        item = bytes([1, len(cname)]) + cname + b"\0"
+        item += b"\0" * (-(len(item)) % 4)
+        sdes = struct.pack("!BBHI", 0x81, 202, (4 + len(item)) // 4, self.ssrc) + item
+        self._rtcp.sendto(sr + sdes, self.remote_rtcp)
 
     async def close(self) -> None:
         if self._rtp is not None:

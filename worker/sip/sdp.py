@@ -92,8 +92,10 @@ STATIC: dict[int, RtpMap] = {
         (18, "G729", 8000, 1),
     )
 }
-# The codecs `offer` can write: their static type and RTP clock.
+# The codecs `offer` can write (their static type and RTP clock), in our order of preference: the SIP
+# side's codec list, which worker/media/codecs.py must be able to make (`make_codec`, lower-cased).
 _OURS = {"PCMU": STATIC[0], "PCMA": STATIC[8], "G722": STATIC[9]}
+SUPPORTED = tuple(_OURS)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -377,7 +379,7 @@ def _header(address: str, session_id: str | None, version: int, t_line: str = "t
 def offer(
     address: str,
     port: int,
-    codecs: Sequence[str] = ("PCMU", "PCMA", "G722"),
+    codecs: Sequence[str] = SUPPORTED,
     telephone_event: bool = True,
     session_id: str | None = None,
     version: int = 1,
@@ -469,7 +471,7 @@ def answer(
     offer: SessionDescription,
     address: str,
     port: int,
-    supported: Sequence[str] = ("PCMU", "PCMA", "G722"),
+    supported: Sequence[str] = SUPPORTED,
     prefer: Sequence[str] | None = None,
     *,
     telephone_event: bool = True,

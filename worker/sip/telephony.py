@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from common import events, wire
 from common.errors import DuplicateCall
 from common.logs import call_id_var
-from common.protocol import redact_url
+from common.redact import redact_url
 from common.tasks import TaskSet
 from worker.sip.agent import Admit, SipAgent
 from worker.sip.leg import LegError, SipLeg
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pbx.worker.sip.telephony")
 
-SIP = "sip"  # inbox kind of a forwarded SIP message
+SIP = wire.SIP  # inbox kind of a forwarded SIP message
 DIALOG_TTL = 6 * 3600
 WEBHOOK_TIMEOUT = 5.0
 

@@ -24,7 +24,9 @@ import aiohttp
 
 from common.choices import EOU_TYPES
 from common.errors import ProviderError, ProviderRefused
-from common.protocol import EouOption, redact_url
+from common.protocol import EouOption
+from common.redact import redact_url
+from common.tasks import TaskSet
 from worker.urlguard import HTTP, UrlGuard, UrlRefused
 
 log = logging.getLogger("pbx.worker.eou")
@@ -61,6 +63,7 @@ class EouDetector:
         self._secret_key = option.secret_key or secret_key
         self._texts: list[str] = []
         self._pending: asyncio.Task[None] | None = None
+        self._tasks = TaskSet(log, f"call:{call_id}:")
         self._session: aiohttp.ClientSession | None = None
 
     def speech_started(self) -> None:
@@ -72,7 +75,7 @@ class EouDetector:
         if text:
             self._texts.append(text)
         self._cancel()
-        self._pending = asyncio.create_task(self._decide(), name=f"call:{self.call_id}:eou")
+        self._pending = self._tasks.spawn(self._decide(), "eou")
 
     def _cancel(self) -> None:
         if self._pending is not None and not self._pending.done():
@@ -118,7 +121,7 @@ class EouDetector:
             message = exc.for_field("option.eou.endpoint", redact_url(self.option.endpoint))
             self._on_error(ProviderRefused(f"{message}; the local rule decides", 403))
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            self._on_error(ProviderError(f"eou service failed: {exc or type(exc).__name__}"))
+            self._on_error(ProviderError(redact_url(f"eou service failed: {exc or type(exc).__name__}")))
         except ProviderError as exc:
             self._on_error(exc)
         return None

@@ -97,10 +97,10 @@ class WhisperPool:
         self.workers = workers
         self._model: Any = None
         self._loading: asyncio.Future[Any] | None = None
+        self._tasks = TaskSet(log, "whisper:")
         self._queue: list[tuple[int, int, asyncio.Future[str], np.ndarray, str | None]] = []
         self._seq = itertools.count()
         self._wake = asyncio.Event()
-        self.transcriptions = 0
         self._active = 0
 
     @property
@@ -111,9 +111,12 @@ class WhisperPool:
     async def model(self) -> Any:
         if self._model is None:
             if self._loading is None:
-                self._loading = asyncio.ensure_future(self._run(_load_model, self.workers))
+                self._loading = self._tasks.spawn(self._load(), "load")
             self._model = await asyncio.shield(self._loading)
         return self._model
+
+    async def _load(self) -> Any:
+        return await self._run(_load_model, self.workers)
 
     async def warm_up(self) -> None:
         """Load the model and transcribe a second of noise on every worker thread at once (each runs its own
@@ -144,7 +147,6 @@ class WhisperPool:
             try:
                 model = await self.model()
                 text = await self._run(_transcribe, model, audio, language)
-                self.transcriptions += 1
                 if not fut.done():
                     fut.set_result(text)
             except Exception as exc:

@@ -26,6 +26,7 @@ import numpy as np
 
 from common.errors import ProviderError
 from common.protocol import SynthesisOption
+from common.tasks import TaskSet
 from worker.media.resample import RateConverter
 from worker.speech.tts import TtsAudio, TtsContext, TtsOutput, TtsProvider
 
@@ -99,17 +100,20 @@ class PiperEngine:
         self._run = run_in_thread
         self._voice: Any = None
         self._loading: asyncio.Future[Any] | None = None
+        self._tasks = TaskSet(log, "piper:")
         self._queue: list[tuple[float, int, _Job]] = []
         self._seq = itertools.count()
         self._wake = asyncio.Event()
-        self.pieces_done = 0
 
     async def voice(self) -> Any:
         if self._voice is None:
             if self._loading is None:
-                self._loading = asyncio.ensure_future(self._run(_load_voice))
+                self._loading = self._tasks.spawn(self._load(), "load")
             self._voice = await asyncio.shield(self._loading)
         return self._voice
+
+    async def _load(self) -> Any:
+        return await self._run(_load_voice)
 
     def submit(self, job: _Job) -> None:
         heapq.heappush(self._queue, (job.deadline(time.monotonic()), next(self._seq), job))
@@ -139,7 +143,6 @@ class PiperEngine:
             except Exception as exc:
                 job.audio.put_nowait(exc)
                 continue
-            self.pieces_done += 1
             if job.first_at is None:
                 job.first_at = time.monotonic()
             job.delivered_s += len(audio) / 16000

@@ -195,9 +195,13 @@ class StreamingAsr(AsrClient, abc.ABC):
                 while not self._closing and not reader.done():
                     await self._send_buffered(ws)
                     self._wake.clear()
-                    waker = asyncio.ensure_future(self._wake.wait())
-                    await asyncio.wait({waker, reader}, return_when=asyncio.FIRST_COMPLETED)
-                    waker.cancel()
+                    waker = asyncio.create_task(
+                        self._wake.wait(), name=f"call:{self.context.call_id}:asr-wake"
+                    )
+                    try:
+                        await asyncio.wait({waker, reader}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        waker.cancel()
                 if reader.done():
                     reader.result()  # a refusal or a broken connection surfaces here
                     return
