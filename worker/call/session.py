@@ -41,14 +41,14 @@ from common.protocol import (
 )
 from common.tasks import TaskSet, close_each
 from worker import metrics
-from worker.bot.link import BotLink
 from worker.call.commands import CommandQueue, Parsed
 from worker.call.leg import CallLeg, LegHooks, WebSocketLeg
 from worker.call.listening import CallerListener
+from worker.call.mediapass import MediaPass
 from worker.call.recording import Recording
 from worker.call.services import CallHooks, CallHost, MediaServices
 from worker.call.speaking import CallSpeaker
-from worker.call.tracks import ServerSide, ServerTrack
+from worker.call.tracks import ServerSide
 from worker.call.transfer import Transfer, TransferTrack
 from worker.media.audiofile import load_audio
 from worker.media.cache import is_url
@@ -91,7 +91,6 @@ class CallSession:
         self._setup_began: float | None = None
         self._caller_ssrc = random.getrandbits(32)
         self.transfer: Transfer | None = None
-        self.bot: BotLink | None = None  # option.mediaPass
         self.hooks = CallHooks(
             call_id=call_id,
             emit=self.emit,
@@ -124,6 +123,8 @@ class CallSession:
         self._tasks = TaskSet(log, f"call:{call_id}:")
         # The recorder and the event dump (worker/call/recording.py).
         self.recording = Recording(self.hooks, services, dump)
+        # The mediaPass bot, once the option names one (worker/call/mediapass.py).
+        self.media_pass = MediaPass(self.hooks, services, self.tracks, lambda: self.answer_ms is not None)
         self.done = asyncio.Event()
 
     def start(self) -> None:
@@ -168,8 +169,7 @@ class CallSession:
         self.recording.caller(pcm)
         heard = np.zeros_like(pcm) if self.caller_muted else pcm
         self.listener.feed(heard)
-        if self.bot is not None:
-            self.bot.caller_audio(heard)
+        self.media_pass.caller_audio(heard)
         if self.transfer is not None:
             self.transfer.caller_audio(pcm)
 
@@ -181,8 +181,10 @@ class CallSession:
         self.listener.digit(digit)
 
     def _bot_digit(self, digit: str) -> None:
-        if self.bot is not None:
-            self.bot.digit(digit)
+        self.media_pass.digit(digit)
+
+    def _bot_done(self) -> None:
+        self.media_pass.played_out()
 
     def _refer_notified(self, status: int, reason: str) -> None:
         if self.transfer is not None:
@@ -303,7 +305,7 @@ class CallSession:
         if not await self.leg.check_invite(option):
             return
         await self._prepare(option)
-        if not await self._connect_bot(option):
+        if not await self.media_pass.connect(option):
             await self.hangup("failed", "system")
             return
         await self.leg.invite(option)  # the answer comes as media_up (or the call ends)
@@ -320,25 +322,6 @@ class CallSession:
         if path is not None:
             await self.recording.start(path)
 
-    async def _connect_bot(self, option: Any) -> bool:
-        """Open the mediaPass bot's socket if the option names one; False (the client told why) if not."""
-        if option.media_pass is None or self.bot is not None:
-            return True
-        link = BotLink(
-            self.hooks, self.services.bot_http, option.media_pass, option.extra, self.bot_audio, self.bot_gone
-        )
-        refusal = await link.connect()
-        if refusal is None and self.ending:  # the call ended while the bot was being reached
-            await link.close()
-            return False
-        if refusal is None:
-            self.bot = link
-            return True
-        code, problem = refusal
-        self.error("mediaPass", problem, code)
-        self.emit(events.event("reject", track_id=self.call_id, reason=f"mediaPass: {problem}", code=code))
-        return False
-
     async def media_up(self, sdp: str) -> None:
         """The call is answered: media flows from now on."""
         if self.ending or self.answer_ms is not None:
@@ -348,10 +331,7 @@ class CallSession:
             metrics.SETUP_SECONDS.labels(self.call_type).observe(time.monotonic() - self._setup_began)
         self.emit(events.event("trackStart", track_id=self.call_id))
         self.emit(events.event("answer", track_id=self.call_id, sdp=sdp))
-        if self.bot is not None:
-            self.bot.start()
-            if self.bot.player.pending and self.server is None:
-                self._start_bot_track()  # what the bot said before the answer
+        self.media_pass.media_up()  # what the bot said before the answer plays now
         self.leg.answered()  # a WebSocket call's audio sent before the answer is heard now
         with contextlib.suppress(Exception):
             await self.services.registry.update(self.call_id, state="active", answered_at=self.answer_ms)
@@ -370,7 +350,7 @@ class CallSession:
             self.error("accept", "no pending call to accept", 400)
             return
         await self._prepare(cmd.option)
-        if not await self._connect_bot(cmd.option):
+        if not await self.media_pass.connect(cmd.option):
             self.leg.reject(503, "Service Unavailable")
             await self.hangup("failed", "system")
             return
@@ -422,47 +402,6 @@ class CallSession:
     def start_bridge_track(self, player: BridgePlayer, ssrc: int) -> None:
         self.tracks.start_bridge(player, ssrc)
 
-    # --- the mediaPass bot ---------------------------------------------------------------------------------
-
-    def bot_audio(self, pcm: np.ndarray) -> None:
-        """Audio from the bot: it plays as the server-side track, unless the app put something else there."""
-        bot = self.bot
-        if bot is None or self.ending:
-            return
-        track = self.server
-        if track is not None and track.player is not bot.player:
-            bot.player.dropped += len(pcm)  # the app's play, tts or transfer has the track
-            return
-        if bot.player.add(pcm) and track is None and self.answer_ms is not None:
-            self._start_bot_track()
-
-    def _start_bot_track(self) -> None:
-        assert self.bot is not None
-        self.tracks.start_bot(self.bot.player)
-
-    def _bot_done(self) -> None:
-        """The bot's audio played out: if the bot has gone and the option says so, the call ends."""
-        bot = self.bot
-        if bot is not None and bot.gone and bot.hangup_on_close:
-            self._end_soon("bot_closed", "system")
-
-    def bot_gone(self, problem: str | None) -> None:
-        """The bot's socket closed: a drop is an error; the call ends unless the option says otherwise."""
-        bot = self.bot
-        if bot is None or self.ending:
-            return
-        if problem is not None:
-            self.error(
-                "mediaPass", f"the bot's connection dropped: {problem}", 502, track_id=SERVER_SIDE_TRACK
-            )
-        if not bot.hangup_on_close:
-            return
-        if problem is not None:
-            self.spawn(self.hangup("bot_lost", "system"), "bot-lost")
-        elif self.server is None or self.server.player is not bot.player or not bot.player.pending:
-            self.spawn(self.hangup("bot_closed", "system"), "bot-closed")
-        # else the bot's last words play out first; the end of its track hangs up
-
     def end_bridge_track(self, player: BridgePlayer) -> None:
         self.tracks.end_bridge(player)
 
@@ -479,10 +418,6 @@ class CallSession:
             )
 
     # --- the server-side track (worker/call/tracks.py) -----------------------------------------------------
-
-    @property
-    def server(self) -> ServerTrack | None:
-        return self.tracks.track
 
     def _play(self, cmd: Play, source_field: str = "play.url") -> None:
         self.tracks.play(
@@ -571,7 +506,7 @@ class CallSession:
             log,
             (
                 ("transfer", lambda: self.transfer.close() if self.transfer is not None else None),
-                ("bot link", lambda: self.bot.close() if self.bot is not None else None),
+                ("bot link", lambda: self.media_pass.close()),
                 (self.leg.name, lambda: self.leg.close()),
                 ("listener", lambda: self.listener.close()),
                 ("recorder", lambda: self.recording.close_recorder()),
