@@ -88,10 +88,10 @@ async def test_a_failing_bot_link_does_not_skip_the_recorder_or_the_dump(
     host = FakeHost()
     session = CallSession(services, host, "c1", "webrtc", "web-1", False, 0)
     session.start()
-    session.bot = Resource("bot", closed, fails=True)  # type: ignore[assignment]
+    session.media_pass.link = Resource("bot", closed, fails=True)  # type: ignore[assignment]
     session.leg = Resource("peer connection", closed, fails=True)  # type: ignore[assignment]
-    session.recorder = Resource("recorder", closed)  # type: ignore[assignment]
-    session.dump = Resource("dump", closed)  # type: ignore[assignment]
+    session.recording.recorder = Resource("recorder", closed)  # type: ignore[assignment]
+    session.recording.dump = Resource("dump", closed)  # type: ignore[assignment]
     with caplog.at_level(logging.WARNING, logger="pbx.worker.call.session"):
         await session.hangup("test", "system")
     assert closed == ["bot", "peer connection", "recorder", "dump", "registry"]

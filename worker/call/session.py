@@ -8,7 +8,6 @@ import json
 import logging
 import random
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,20 +41,18 @@ from common.protocol import (
 )
 from common.tasks import TaskSet, close_each
 from worker import metrics
-from worker.bot.link import BotLink
 from worker.call.commands import CommandQueue, Parsed
-from worker.call.dump import EventDump
 from worker.call.leg import CallLeg, LegHooks, WebSocketLeg
 from worker.call.listening import CallerListener
+from worker.call.mediapass import MediaPass
+from worker.call.recording import Recording
 from worker.call.services import CallHooks, CallHost, MediaServices
 from worker.call.speaking import CallSpeaker
-from worker.call.tracks import ServerSide, ServerTrack
+from worker.call.tracks import ServerSide
 from worker.call.transfer import Transfer, TransferTrack
 from worker.media.audiofile import load_audio
 from worker.media.cache import is_url
 from worker.media.player import BridgePlayer
-from worker.media.recorder import CallRecorder
-from worker.paths import PathRefused, file_stem, inside, recorder_file
 from worker.rtc.call_leg import RtcLeg
 from worker.sip.call_leg import SipCall
 
@@ -85,7 +82,6 @@ class CallSession:
         self.answer_ms: int | None = None
         # The option as `/call/lists` shows it (secrets redacted), kept to rebuild a lost registry entry.
         self.listed_option: str | None = None
-        self.recorder: CallRecorder | None = None
         self.caller_muted = False
         self.ending = False
         self.frames_in = 0
@@ -95,7 +91,6 @@ class CallSession:
         self._setup_began: float | None = None
         self._caller_ssrc = random.getrandbits(32)
         self.transfer: Transfer | None = None
-        self.bot: BotLink | None = None  # option.mediaPass
         self.hooks = CallHooks(
             call_id=call_id,
             emit=self.emit,
@@ -126,17 +121,10 @@ class CallSession:
         # Commands run one at a time, except beside a pending setup (worker/call/commands.py).
         self.commands = CommandQueue(self._parse, self._execute, self._is_setup, self.spawn)
         self._tasks = TaskSet(log, f"call:{call_id}:")
-        settings = services.settings
-        self.dump = (
-            EventDump(
-                Path(settings.recorder_path) / f"{file_stem(call_id)}.events.jsonl",
-                services.io,
-                services.recorder_quota,
-                self._dump_stopped,
-            )
-            if dump
-            else None
-        )
+        # The recorder and the event dump (worker/call/recording.py).
+        self.recording = Recording(self.hooks, services, dump)
+        # The mediaPass bot, once the option names one (worker/call/mediapass.py).
+        self.media_pass = MediaPass(self.hooks, services, self.tracks, lambda: self.answer_ms is not None)
         self.done = asyncio.Event()
 
     def start(self) -> None:
@@ -153,8 +141,7 @@ class CallSession:
         elif kind == wire.CMD:
             self.commands.put(body)
         elif kind == wire.LOG:
-            if self.dump:
-                self.dump.add("event", body)
+            self.recording.note("event", body)
         elif kind == wire.CTL:
             op = body.get("op")
             if op == wire.Op.KILL:
@@ -179,12 +166,10 @@ class CallSession:
             return
         self.frames_in += 1
         self._frames_in.value += 1
-        if self.recorder is not None:
-            self.recorder.caller(pcm.tobytes())
+        self.recording.caller(pcm)
         heard = np.zeros_like(pcm) if self.caller_muted else pcm
         self.listener.feed(heard)
-        if self.bot is not None:
-            self.bot.caller_audio(heard)
+        self.media_pass.caller_audio(heard)
         if self.transfer is not None:
             self.transfer.caller_audio(pcm)
 
@@ -196,8 +181,10 @@ class CallSession:
         self.listener.digit(digit)
 
     def _bot_digit(self, digit: str) -> None:
-        if self.bot is not None:
-            self.bot.digit(digit)
+        self.media_pass.digit(digit)
+
+    def _bot_done(self) -> None:
+        self.media_pass.played_out()
 
     def _refer_notified(self, status: int, reason: str) -> None:
         if self.transfer is not None:
@@ -207,8 +194,7 @@ class CallSession:
 
     def emit(self, ev: dict[str, Any]) -> None:
         self.host.send(self.frontend, wire.msg(self.call_id, wire.EVT, ev))
-        if self.dump is not None:
-            self.dump.add("event", ev)
+        self.recording.note("event", ev)
 
     def error(self, sender: str, message: str, code: int, track_id: str | None = None) -> None:
         self.emit(events.error(track_id or self.call_id, sender, message, code))
@@ -218,20 +204,14 @@ class CallSession:
 
     def tick(self) -> None:
         """Advance one 20 ms frame of the media clock."""
-        out: bytes | None = None
         frame = self.tracks.tick()
         if frame is not None:
-            if self.recorder is not None:
-                out = frame.tobytes()
             self.frames_out += 1
             self._frames_out.value += 1
         self.leg.send(frame)  # None: nothing plays (an RTP stream still gets its silence)
         if self.transfer is not None:
             self.transfer.tick()
-        if self.recorder is not None:
-            self.recorder.tick(out)
-        if self.dump is not None and self.host.ticks % 10 == 0:
-            self.dump.flush()
+        self.recording.tick(frame, self.host.ticks)
 
     # --- commands ----------------------------------------------------------------------------------------
 
@@ -247,15 +227,13 @@ class CallSession:
             cmd = decode_command(body)
         except Exception as exc:
             log.error("undecodable command body: %s", exc)
-            if self.dump is not None:
-                self.dump.add("command", redact(body))
+            self.recording.note("command", redact(body))
             self.error("command", f"command could not be read: {exc}", 400)
             self._ack(seq)
             return None
-        if self.dump is not None or isinstance(cmd, Invite | Accept):
+        if self.recording.dumping or isinstance(cmd, Invite | Accept):
             canonical = command_to_dict(cmd)
-            if self.dump is not None:
-                self.dump.add("command", redact(canonical))
+            self.recording.note("command", redact(canonical))
             if isinstance(cmd, Invite | Accept):
                 self.listed_option = json.dumps(redact(canonical.get("option") or {}))
         return cmd, seq
@@ -327,7 +305,7 @@ class CallSession:
         if not await self.leg.check_invite(option):
             return
         await self._prepare(option)
-        if not await self._connect_bot(option):
+        if not await self.media_pass.connect(option):
             await self.hangup("failed", "system")
             return
         await self.leg.invite(option)  # the answer comes as media_up (or the call ends)
@@ -335,81 +313,14 @@ class CallSession:
     async def _prepare(self, option: Any) -> None:
         """What every call type sets up from its option before media flows. A recorder file the client may
         not write refuses the command (BadCommand) before anything is set up."""
-        recording = None
-        if option.recorder is not None and self.recorder is None:
-            recording = await self._recording_path(option.recorder, "option.recorder")
+        path = None
+        if option.recorder is not None and self.recording.recorder is None:
+            path = await self.recording.path(option.recorder, "option.recorder")
         self.leg.configure(option)
         self.listener.configure(option)
         self.speaker.call_option = option.tts
-        if recording is not None:
-            await self._start_recorder(recording)
-
-    async def _connect_bot(self, option: Any) -> bool:
-        """Open the mediaPass bot's socket if the option names one; False (the client told why) if not."""
-        if option.media_pass is None or self.bot is not None:
-            return True
-        link = BotLink(
-            self.hooks, self.services.bot_http, option.media_pass, option.extra, self.bot_audio, self.bot_gone
-        )
-        refusal = await link.connect()
-        if refusal is None and self.ending:  # the call ended while the bot was being reached
-            await link.close()
-            return False
-        if refusal is None:
-            self.bot = link
-            return True
-        code, problem = refusal
-        self.error("mediaPass", problem, code)
-        self.emit(events.event("reject", track_id=self.call_id, reason=f"mediaPass: {problem}", code=code))
-        return False
-
-    async def _recording_path(self, recorder_option: Any, where: str) -> Path:
-        """Where the option's recording goes; BadCommand naming `<where>.recorderFile` if the client may
-        not write there (docs/security.md)."""
-        settings = self.services.settings
-        root, trusted = settings.recorder_path, settings.trust_clients
-        try:
-            path = recorder_file(root, recorder_option.recorder_file, self.call_id, trusted)
-            if not trusted and not await asyncio.get_running_loop().run_in_executor(
-                self.services.io, inside, path, root
-            ):
-                raise PathRefused("leads outside RECORDER_PATH (through a symbolic link)")
-        except PathRefused as exc:
-            raise BadCommand(f"{where}.recorderFile: {exc}") from None
-        return path
-
-    async def _start_recorder(self, path: Path) -> None:
-        quota = self.services.recorder_quota
-        if not await quota.admit():
-            self.error(
-                "recorder",
-                "recording refused: the recordings' disk quota (RECORDER_QUOTA_MB) is used up; "
-                "the call goes on unrecorded",
-                507,
-            )
-            return
-        if self.ending or self.recorder is not None:
-            return
-        recorder = CallRecorder(str(path), self.services.io, quota.charge)
-        try:
-            await recorder.open()
-            self.recorder = recorder
-        except OSError as exc:
-            self.error("recorder", f"cannot record to {self._shown(path)}: {exc.strerror or exc}", 500)
-
-    def _shown(self, path: Path) -> str:
-        """A recording's path as the client may see it: relative to RECORDER_PATH when under it."""
-        try:
-            return str(path.relative_to(self.services.settings.recorder_path))
-        except ValueError:
-            return str(path)
-
-    def _dump_stopped(self) -> None:
-        self.error(
-            "dump",
-            "the event dump stopped: the recordings' disk quota (RECORDER_QUOTA_MB) is used up",
-            507,
-        )
+        if path is not None:
+            await self.recording.start(path)
 
     async def media_up(self, sdp: str) -> None:
         """The call is answered: media flows from now on."""
@@ -420,10 +331,7 @@ class CallSession:
             metrics.SETUP_SECONDS.labels(self.call_type).observe(time.monotonic() - self._setup_began)
         self.emit(events.event("trackStart", track_id=self.call_id))
         self.emit(events.event("answer", track_id=self.call_id, sdp=sdp))
-        if self.bot is not None:
-            self.bot.start()
-            if self.bot.player.pending and self.server is None:
-                self._start_bot_track()  # what the bot said before the answer
+        self.media_pass.media_up()  # what the bot said before the answer plays now
         self.leg.answered()  # a WebSocket call's audio sent before the answer is heard now
         with contextlib.suppress(Exception):
             await self.services.registry.update(self.call_id, state="active", answered_at=self.answer_ms)
@@ -442,7 +350,7 @@ class CallSession:
             self.error("accept", "no pending call to accept", 400)
             return
         await self._prepare(cmd.option)
-        if not await self._connect_bot(cmd.option):
+        if not await self.media_pass.connect(cmd.option):
             self.leg.reject(503, "Service Unavailable")
             await self.hangup("failed", "system")
             return
@@ -456,8 +364,8 @@ class CallSession:
         if not self.leg.bound or self.answer_ms is not None:
             self.error("ringing", "no pending call to ring (ringing answers an inbound SIP call)", 400)
             return
-        if cmd.recorder is not None and self.recorder is None:
-            await self._start_recorder(await self._recording_path(cmd.recorder, "recorder"))
+        if cmd.recorder is not None and self.recording.recorder is None:
+            await self.recording.start(await self.recording.path(cmd.recorder, "recorder"))
         if await self.leg.ringing(cmd) and cmd.ringtone:
             self._play(Play(url=cmd.ringtone), "ringing.ringtone")
 
@@ -494,47 +402,6 @@ class CallSession:
     def start_bridge_track(self, player: BridgePlayer, ssrc: int) -> None:
         self.tracks.start_bridge(player, ssrc)
 
-    # --- the mediaPass bot ---------------------------------------------------------------------------------
-
-    def bot_audio(self, pcm: np.ndarray) -> None:
-        """Audio from the bot: it plays as the server-side track, unless the app put something else there."""
-        bot = self.bot
-        if bot is None or self.ending:
-            return
-        track = self.server
-        if track is not None and track.player is not bot.player:
-            bot.player.dropped += len(pcm)  # the app's play, tts or transfer has the track
-            return
-        if bot.player.add(pcm) and track is None and self.answer_ms is not None:
-            self._start_bot_track()
-
-    def _start_bot_track(self) -> None:
-        assert self.bot is not None
-        self.tracks.start_bot(self.bot.player)
-
-    def _bot_done(self) -> None:
-        """The bot's audio played out: if the bot has gone and the option says so, the call ends."""
-        bot = self.bot
-        if bot is not None and bot.gone and bot.hangup_on_close:
-            self._end_soon("bot_closed", "system")
-
-    def bot_gone(self, problem: str | None) -> None:
-        """The bot's socket closed: a drop is an error; the call ends unless the option says otherwise."""
-        bot = self.bot
-        if bot is None or self.ending:
-            return
-        if problem is not None:
-            self.error(
-                "mediaPass", f"the bot's connection dropped: {problem}", 502, track_id=SERVER_SIDE_TRACK
-            )
-        if not bot.hangup_on_close:
-            return
-        if problem is not None:
-            self.spawn(self.hangup("bot_lost", "system"), "bot-lost")
-        elif self.server is None or self.server.player is not bot.player or not bot.player.pending:
-            self.spawn(self.hangup("bot_closed", "system"), "bot-closed")
-        # else the bot's last words play out first; the end of its track hangs up
-
     def end_bridge_track(self, player: BridgePlayer) -> None:
         self.tracks.end_bridge(player)
 
@@ -551,10 +418,6 @@ class CallSession:
             )
 
     # --- the server-side track (worker/call/tracks.py) -----------------------------------------------------
-
-    @property
-    def server(self) -> ServerTrack | None:
-        return self.tracks.track
 
     def _play(self, cmd: Play, source_field: str = "play.url") -> None:
         self.tracks.play(
@@ -643,11 +506,11 @@ class CallSession:
             log,
             (
                 ("transfer", lambda: self.transfer.close() if self.transfer is not None else None),
-                ("bot link", lambda: self.bot.close() if self.bot is not None else None),
+                ("bot link", lambda: self.media_pass.close()),
                 (self.leg.name, lambda: self.leg.close()),
                 ("listener", lambda: self.listener.close()),
-                ("recorder", lambda: self.recorder.close() if self.recorder is not None else None),
-                ("event dump", lambda: self.dump.close() if self.dump is not None else None),
+                ("recorder", lambda: self.recording.close_recorder()),
+                ("event dump", lambda: self.recording.close_dump()),
                 ("registry entry", lambda: self.services.registry.remove(self.call_id)),
             ),
         )
