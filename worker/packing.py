@@ -42,8 +42,8 @@ MIN_POLL = 0.005
 # Seconds a target that became full for packing goes on blocking: the others read its heartbeat at most a
 # heartbeat later, and until one of them blocks, new calls would wait for a poll.
 HANDOVER = 2 * HEARTBEAT_EVERY
-# Seconds between reads of the heartbeats while a process with a lower id warms up, or while calls arrive
-# and the target is close to full.
+# Seconds between reads of the heartbeats while a process with a lower id warms up, or while a poller sees
+# calls waiting.
 WARMING_RECHECK = 0.1
 
 
@@ -136,17 +136,20 @@ class Packing:
         """Whether this process's next read of the dispatch stream blocks (else it polls)."""
         if not self.on:
             return True
-        every = HEARTBEAT_EVERY
-        if self._first_seen is not None and self._near_full(self.target):
-            # Calls arrive and the target is about to fill up: read the heartbeats more often, so this
-            # process blocks (if it is next) soon after the target hands over.
-            every = WARMING_RECHECK
-        if self._clock() - self._read_at >= every:
-            self._beats = await self.registry.procs()
-            self._read_at = self._clock()
         own = self.own()
         calls = int(own.get("calls", 0))
         full = full_for_packing(own, self.pack_calls)
+        every = HEARTBEAT_EVERY
+        if self._first_seen is not None and self.target not in (None, self.proc_id):
+            # A request was waiting at this poller's last look: calls are arriving, and the target may have
+            # filled up with them. Read the heartbeats more often, so this process blocks (if it is next)
+            # soon after the target hands over, instead of up to a heartbeat later.
+            every = WARMING_RECHECK
+        if full != self._full or self._clock() - self._read_at >= every:
+            # (Read at once when this process fills up: who takes over is decided on a view that may be a
+            # blocking read (1 s) older than a heartbeat, from before the others were warm.)
+            self._beats = await self.registry.procs()
+            self._read_at = self._clock()
         if full != self._full:
             self._full = full
             self._full_at = calls
@@ -167,18 +170,6 @@ class Packing:
         # at most. (One that finds a lower-id target stops at once: that one blocks already.)
         slack = handover_calls(self.pack_calls)
         return full and self._clock() < self._lead_until and calls < self._full_at + slack
-
-    def _near_full(self, target: str | None) -> bool:
-        """Whether another process is the target and its last heartbeat read shows it close to full."""
-        if target in (None, self.proc_id):
-            return False
-        for beat in self._beats:
-            if isinstance(beat, dict) and beat.get("proc") == target:
-                try:
-                    return int(beat.get("calls", 0)) >= self.pack_calls - handover_calls(self.pack_calls)
-                except (TypeError, ValueError):
-                    return False
-        return False
 
     def block_ms(self) -> int:
         """How long a blocking read may wait: a second, but no longer than a handover has left."""

@@ -234,3 +234,30 @@ async def test_the_next_target_looks_again_soon_while_calls_arrive_at_a_nearly_f
     assert await on_b.overdue(KEYS.dispatch) is False  # seen waiting
     clock.now += 0.15
     assert await on_b.blocks() is True, "calls arrive at a nearly full target: read again, and take over"
+
+
+async def test_a_call_that_waited_a_poll_makes_a_poller_look_again_soon(registry: Registry) -> None:
+    b = beat("media-b", 0)
+    await write(registry, beat("media-a", 3), b)
+    on_b, clock = view(registry, "media-b", b)
+    assert await on_b.blocks() is False
+    await write(registry, beat("media-a", PACK))  # filled up in a burst, unseen so far
+    await registry.redis.xadd(KEYS.dispatch, {"call_id": "c1"})
+    assert await on_b.overdue(KEYS.dispatch) is False
+    clock.now += 0.05
+    assert await on_b.blocks() is False, "read a heartbeat ago: not yet"
+    assert await on_b.overdue(KEYS.dispatch) is True, "the target did not take it at once"
+    clock.now += 0.06
+    assert await on_b.blocks() is True, "read again at once: media-a is full, media-b takes over"
+
+
+async def test_a_target_that_fills_up_reads_the_heartbeats_at_once(registry: Registry) -> None:
+    own = beat("media-a", PACK - 1)
+    await write(registry, own, {**beat("media-b", 0), "warm": False})
+    on_a, clock = view(registry, "media-a", own)
+    assert await on_a.blocks() is True and on_a.target == "media-a"
+    await write(registry, beat("media-b", 0))  # warm now; media-a's view is from before
+    clock.now += 0.1
+    own["calls"] = PACK
+    assert await on_a.blocks() is True
+    assert on_a.target == "media-b", "who takes over is decided on a fresh view, not on one from its warm-up"
