@@ -43,7 +43,7 @@ MIN_POLL = 0.005
 # heartbeat later, and until one of them blocks, new calls would wait for a poll.
 HANDOVER = 2 * HEARTBEAT_EVERY
 # Seconds between reads of the heartbeats while a process with a lower id warms up, or while a poller sees
-# calls waiting.
+# calls wait longer than the target would let them.
 WARMING_RECHECK = 0.1
 
 
@@ -52,6 +52,15 @@ def handover_calls(pack_calls: int) -> int:
     full a target is when the others watch it closely): enough to bridge the others' reaction, not so many
     that a burst of calls all lands on one process."""
     return max(2, pack_calls // 5)
+
+
+def waited_ms(entry_id: bytes | str) -> float:
+    """How long a stream entry has waited, from the time in its id (the Redis server's clock, in ms)."""
+    raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    try:
+        return time.time() * 1000 - int(raw.split("-", 1)[0])
+    except ValueError:
+        return 0.0
 
 
 def full_for_packing(beat: dict[str, Any], pack_calls: int) -> bool:
@@ -126,6 +135,7 @@ class Packing:
         self._full_at = 0  # its calls when it became full for packing
         self._lead_until = float("-inf")
         self._first_seen: bytes | None = None
+        self._lagging = False  # the oldest request had waited two polls at the last look
         self.target: str | None = None
 
     @property
@@ -140,10 +150,10 @@ class Packing:
         calls = int(own.get("calls", 0))
         full = full_for_packing(own, self.pack_calls)
         every = HEARTBEAT_EVERY
-        if self._first_seen is not None and self.target not in (None, self.proc_id):
-            # A request was waiting at this poller's last look: calls are arriving, and the target may have
-            # filled up with them. Read the heartbeats more often, so this process blocks (if it is next)
-            # soon after the target hands over, instead of up to a heartbeat later.
+        if self._lagging and self.target not in (None, self.proc_id):
+            # At this poller's last look a request had waited two polls: the target is not taking calls at
+            # once (it may have filled up in a burst). Read the heartbeats more often, so this process blocks
+            # (if it is next) soon after the target hands over, instead of up to a heartbeat later.
             every = WARMING_RECHECK
         if full != self._full or self._clock() - self._read_at >= every:
             # (Read at once when this process fills up: who takes over is decided on a view that may be a
@@ -186,4 +196,5 @@ class Packing:
         first = entries[0][0] if entries else None
         waited = first is not None and first == self._first_seen
         self._first_seen = first
+        self._lagging = first is not None and waited_ms(first) >= 2000 * self.poll
         return waited
