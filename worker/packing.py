@@ -43,24 +43,8 @@ MIN_POLL = 0.005
 # heartbeat later, and until one of them blocks, new calls would wait for a poll.
 HANDOVER = 2 * HEARTBEAT_EVERY
 # Seconds between reads of the heartbeats while a process with a lower id warms up, or while a poller sees
-# calls wait longer than the target would let them.
+# calls waiting.
 WARMING_RECHECK = 0.1
-
-
-def handover_calls(pack_calls: int) -> int:
-    """How many calls a target that just became full may still take during its handover (and how close to
-    full a target is when the others watch it closely): enough to bridge the others' reaction, not so many
-    that a burst of calls all lands on one process."""
-    return max(2, pack_calls // 5)
-
-
-def waited_ms(entry_id: bytes | str) -> float:
-    """How long a stream entry has waited, from the time in its id (the Redis server's clock, in ms)."""
-    raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    try:
-        return time.time() * 1000 - int(raw.split("-", 1)[0])
-    except ValueError:
-        return 0.0
 
 
 def full_for_packing(beat: dict[str, Any], pack_calls: int) -> bool:
@@ -132,10 +116,8 @@ class Packing:
         self._beats: list[dict[str, Any]] = []
         self._read_at = float("-inf")
         self._full = False
-        self._full_at = 0  # its calls when it became full for packing
         self._lead_until = float("-inf")
         self._first_seen: bytes | None = None
-        self._lagging = False  # the oldest request had waited two polls at the last look
         self.target: str | None = None
 
     @property
@@ -147,13 +129,13 @@ class Packing:
         if not self.on:
             return True
         own = self.own()
-        calls = int(own.get("calls", 0))
         full = full_for_packing(own, self.pack_calls)
         every = HEARTBEAT_EVERY
-        if self._lagging and self.target not in (None, self.proc_id):
-            # At this poller's last look a request had waited two polls: the target is not taking calls at
-            # once (it may have filled up in a burst). Read the heartbeats more often, so this process blocks
-            # (if it is next) soon after the target hands over, instead of up to a heartbeat later.
+        if self._first_seen is not None and self.target not in (None, self.proc_id):
+            # A request was waiting at this poller's last look: calls are arriving faster than the target
+            # takes them at once, and it may be filling up with them. Read the heartbeats more often, so
+            # this process blocks (if it is next) soon after the target fills up, instead of up to a
+            # heartbeat later.
             every = WARMING_RECHECK
         if full != self._full or self._clock() - self._read_at >= every:
             # (Read at once when this process fills up: who takes over is decided on a view that may be a
@@ -162,7 +144,6 @@ class Packing:
             self._read_at = self._clock()
         if full != self._full:
             self._full = full
-            self._full_at = calls
             self.on_change()
         beats = [b for b in self._beats if isinstance(b, dict) and b.get("proc") != self.proc_id]
         target = packing_target([*beats, own], self.pack_calls, int(time.time() * 1000))
@@ -176,10 +157,9 @@ class Packing:
                 # first calls would spread over both.
                 self._read_at = min(self._read_at, self._clock() - HEARTBEAT_EVERY + WARMING_RECHECK)
             return True
-        # Just filled up as the target: on until the next target has read so and blocks, for a few calls
-        # at most. (One that finds a lower-id target stops at once: that one blocks already.)
-        slack = handover_calls(self.pack_calls)
-        return full and self._clock() < self._lead_until and calls < self._full_at + slack
+        # Just filled up as the target: on until the next target has read so and blocks. (One that finds a
+        # lower-id target stops at once: that one blocks already.)
+        return full and self._clock() < self._lead_until
 
     def block_ms(self) -> int:
         """How long a blocking read may wait: a second, but no longer than a handover has left."""
@@ -196,5 +176,4 @@ class Packing:
         first = entries[0][0] if entries else None
         waited = first is not None and first == self._first_seen
         self._first_seen = first
-        self._lagging = first is not None and waited_ms(first) >= 2000 * self.poll
         return waited

@@ -20,7 +20,6 @@ from worker.packing import (
     STALE_MS,
     Packing,
     full_for_packing,
-    handover_calls,
     packing_target,
 )
 
@@ -207,33 +206,16 @@ async def test_the_target_while_a_lower_one_warms_looks_again_soon(registry: Reg
     assert await on_b.blocks() is False, "read again a tenth of a second later, not a heartbeat later"
 
 
-async def test_a_full_target_hands_over_a_few_calls_at_most(registry: Registry) -> None:
-    own = beat("media-a", PACK - 1)
-    await write(registry, own, beat("media-b", 0))
-    on_a, _ = view(registry, "media-a", own)
-    assert await on_a.blocks() is True
-    own["calls"] = PACK  # full: still blocking while media-b learns of it ...
-    assert await on_a.blocks() is True
-    own["calls"] = PACK + handover_calls(PACK) - 1
-    assert await on_a.blocks() is True
-    own["calls"] = PACK + handover_calls(PACK)  # ... but a burst does not all land here
-    assert await on_a.blocks() is False, "the handover ends after a few calls, before its time"
-
-
-async def test_a_poller_that_sees_calls_wait_looks_again_soon(registry: Registry) -> None:
+async def test_a_poller_that_sees_calls_waiting_looks_again_soon(registry: Registry) -> None:
     b = beat("media-b", 0)
     await write(registry, beat("media-a", 3), b)
     on_b, clock = view(registry, "media-b", b)
     assert await on_b.blocks() is False
     await write(registry, beat("media-a", PACK))  # filled up in a burst, unseen so far
-    await registry.redis.xadd(KEYS.dispatch, {"call_id": "c1"})  # just now: the target may take it yet
-    assert await on_b.overdue(KEYS.dispatch) is False
     clock.now += 0.15
-    assert await on_b.blocks() is False, "calls are taken at once: the heartbeats are read once a heartbeat"
-    waited = int(time.time() * 1000) - 150  # a request the target left waiting for three polls
-    stream = KEYS.dispatch + ":later"  # (a stream's ids only grow: this one starts with an old one)
-    await registry.redis.xadd(stream, {"call_id": "c0"}, id=f"{waited}-0")
-    assert await on_b.overdue(stream) is False
+    assert await on_b.blocks() is False, "no call seen waiting: the heartbeats are read once a heartbeat"
+    await registry.redis.xadd(KEYS.dispatch, {"call_id": "c1"})
+    assert await on_b.overdue(KEYS.dispatch) is False  # seen waiting
     clock.now += 0.05
     assert await on_b.blocks() is True, (
         "read again soon, not a heartbeat later: media-a is full, media-b is next"
