@@ -14,13 +14,10 @@ from common.keys import DISPATCH_GROUP
 from common.liveness import room
 from common.metrics import call_failed
 from worker import metrics
+from worker.host import ProcessHost
 
 if TYPE_CHECKING:
-    import redis.asyncio as aioredis
-
-    from common.config import Settings
-    from common.keys import Keys
-    from common.registry import Registry
+    pass
 
 log = logging.getLogger("pbx.worker.load")
 
@@ -33,27 +30,8 @@ TURNED_AWAY = (
 )
 
 
-class LoadHost(Protocol):
+class LoadHost(ProcessHost, Protocol):
     """What the load side needs from its media process."""
-
-    @property
-    def settings(self) -> Settings: ...
-
-    @property
-    def proc_id(self) -> str: ...
-
-    @property
-    def redis(self) -> aioredis.Redis: ...
-
-    @property
-    def keys(self) -> Keys: ...
-
-    @property
-    def registry(self) -> Registry: ...
-
-    def send(self, proc: str, message: dict[str, Any]) -> None: ...
-
-    def call_count(self) -> int: ...
 
     def capacity(self) -> int: ...
 

@@ -23,6 +23,7 @@ from common.errors import DuplicateCall
 from common.logs import call_id_var
 from common.redact import redact_url
 from common.tasks import TaskSet
+from worker.host import ProcessHost
 from worker.sip.agent import Admit, SipAgent
 from worker.sip.leg import LegError, SipLeg
 from worker.sip.message import Request
@@ -33,11 +34,6 @@ from worker.sip.transport import Source
 from worker.urlguard import HTTP, SIP_HINT, UrlRefused
 
 if TYPE_CHECKING:
-    import redis.asyncio as aioredis
-
-    from common.config import Settings
-    from common.keys import Keys
-    from common.registry import Registry
     from worker.urlguard import UrlGuard
 
 log = logging.getLogger("pbx.worker.sip.telephony")
@@ -78,32 +74,11 @@ class PendingCall:
     def leg_notify(self, leg: SipLeg, status: int, reason: str) -> None: ...
 
 
-class TelephonyHost(Protocol):
+class TelephonyHost(ProcessHost, Protocol):
     """What the SIP side needs from its media process."""
 
     @property
-    def settings(self) -> Settings: ...
-
-    @property
-    def proc_id(self) -> str: ...
-
-    @property
     def url_guard(self) -> UrlGuard: ...
-
-    @property
-    def redis(self) -> aioredis.Redis: ...
-
-    @property
-    def keys(self) -> Keys: ...
-
-    @property
-    def registry(self) -> Registry: ...
-
-    def send(self, proc: str, message: dict[str, Any]) -> None: ...
-
-    def call_count(self) -> int:
-        """The calls the process carries now (inbound calls still pending not counted)."""
-        ...
 
     def has_call(self, call_id: str) -> bool: ...
 
