@@ -36,7 +36,8 @@ class StackInfo:
 
     def health(self) -> dict[str, object]:
         with urllib.request.urlopen(f"{self.base}/health", timeout=5) as resp:
-            return json.loads(resp.read())  # type: ignore[no-any-return]
+            health: dict[str, object] = json.loads(resp.read())
+            return health
 
 
 def wait_healthy(

@@ -106,11 +106,13 @@ class CallLoad:
                 raise AssertionError(f"{len(silent)} calls never got audio: {silent[:5]}")
             await asyncio.sleep(0.1)
         for c in opened:
-            c.owner = (self.redis.hget(f"{self.prefix}call:{c.call_id}", "owner") or b"").decode()
+            owner: Any = self.redis.hget(f"{self.prefix}call:{c.call_id}", "owner")
+            c.owner = (owner or b"").decode()
         return opened
 
     def listed(self) -> set[str]:
-        return {raw.decode() for raw in self.redis.zrange(f"{self.prefix}calls", 0, -1)}
+        ids: Any = self.redis.zrange(f"{self.prefix}calls", 0, -1)
+        return {raw.decode() for raw in ids}
 
     async def close(self) -> None:
         for c in self.calls:
