@@ -2,7 +2,8 @@
 
 import os
 
-bind = f"0.0.0.0:{os.environ.get('PORT', '8080')}"
+# HOST: the address to listen on (every interface unless set; the tests and benchmarks use 127.0.0.1).
+bind = f"{os.environ.get('HOST') or '0.0.0.0'}:{os.environ.get('PORT', '8080')}"
 # One frontend per two cores unless set: common/config.py default_web_concurrency's rule (measured, not
 # guessed), written out: gunicorn reads this file before it puts the working directory on sys.path.
 workers = int(os.environ.get("WEB_CONCURRENCY") or max(1, (os.cpu_count() or 1) // 2))

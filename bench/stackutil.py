@@ -20,6 +20,7 @@ async def start_stack(
     port = free_port()
     env = dict(
         os.environ,
+        HOST="127.0.0.1",
         PORT=str(port),
         WEB_CONCURRENCY=str(web),
         WORKER_PROCESSES=str(media),

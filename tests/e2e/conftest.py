@@ -69,6 +69,7 @@ def stack_env(root: Path, port: int, redis_url: str | None, **settings: str) -> 
     env = dict(
         os.environ,
         ALLOW_PRIVATE_URLS="1",
+        HOST="127.0.0.1",
         PORT=str(port),
         RECORDER_PATH=str(root / "rec"),
         MEDIA_CACHE_PATH=str(root / "cache"),

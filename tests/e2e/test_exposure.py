@@ -36,8 +36,9 @@ class Exposed:
 
 @pytest.fixture(scope="module")
 def closed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposed]:
-    """The defaults a first deployment has (bound to every interface, no API_TOKEN, CORS `*`) with an
-    OPENAI_API_KEY, and a per-address call limit small enough to reach."""
+    """The defaults a first deployment has (no API_TOKEN, CORS `*`) with an OPENAI_API_KEY, and a per-address
+    call limit small enough to reach; bound to loopback, as every test stack is (the report of the default
+    bind, every interface, is tests/unit/test_exposure.py's)."""
     root = tmp_path_factory.mktemp("closed")
     log, llm_port = root / "stack.log", free_port()
     with running_stack(
@@ -58,18 +59,16 @@ def closed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposed]:
 def opened(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposed]:
     """The LLM proxy opened (LLM_PROXY_OPEN=1), private URLs allowed, on loopback only."""
     root = tmp_path_factory.mktemp("opened")
-    log, llm_port, port = root / "stack.log", free_port(), free_port()
+    log, llm_port = root / "stack.log", free_port()
     with running_stack(
         root,
         1,
         1,
         log=log,
-        port=port,
         OPENAI_BASE_URL=f"http://127.0.0.1:{llm_port}/v1",
         OPENAI_API_KEY=SERVER_KEY,
         LLM_PROXY_OPEN="1",
         ALLOW_PRIVATE_URLS="1",
-        GUNICORN_CMD_ARGS=f"--bind 127.0.0.1:{port}",
     ) as info:
         yield Exposed(info, log, llm_port)
 
@@ -134,13 +133,13 @@ async def test_an_opened_proxy_lends_it(opened: Exposed, opened_upstream: FakeOp
     assert opened_upstream.last.headers.getall("Authorization") == [f"Bearer {SERVER_KEY}"]
 
 
-def test_the_report_of_a_first_deployment(closed: Exposed) -> None:
+def test_the_report_of_the_defaults_on_loopback(closed: Exposed) -> None:
     block = report(closed.log)
     assert re.search(
-        r"WARNING web\[\d+\] pbx\.frontend\.exposure .*start-up report for 0\.0\.0\.0:\d+: 2 open", block[0]
+        r"WARNING web\[\d+\] pbx\.frontend\.exposure .*start-up report for 127\.0\.0\.1:\d+: 1 open", block[0]
     )
-    assert block[1].startswith("  OPEN  no API_TOKEN, and 0.0.0.0:")
-    assert block[2].startswith("  OPEN  CORS_ORIGINS=*")
+    assert block[1].startswith("  OPEN  CORS_ORIGINS=*")
+    assert any("no API_TOKEN, but bound to loopback only" in line for line in block)
     assert any(line.startswith("  ok    LLM proxy: OPENAI_API_KEY is lent to nobody") for line in block)
     assert any(
         line.startswith("  ok    new calls: 1 a minute per client address, 4 at once") for line in block
