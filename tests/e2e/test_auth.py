@@ -225,7 +225,7 @@ async def test_the_token_is_never_logged(auth: AuthStack, call_id: str) -> None:
 
 def test_the_start_up_report_sees_the_token(auth: AuthStack) -> None:
     text = auth.log.read_text(errors="replace")
-    assert text.count("start-up report for 0.0.0.0:") == 1
+    assert text.count("start-up report for 127.0.0.1:") == 1
     block = text[text.index("start-up report for") :].split("\n2")[0]
     assert "1 open to whoever reaches it" in block and "OPEN  CORS_ORIGINS=*" in block
     assert "no API_TOKEN" not in block
