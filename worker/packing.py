@@ -118,6 +118,7 @@ class Packing:
         self._full = False
         self._lead_until = float("-inf")
         self._first_seen: bytes | None = None
+        self._provisional = False
         self.target: str | None = None
 
     @property
@@ -150,11 +151,14 @@ class Packing:
         if target != self.target:
             log.debug("packing target: %s", target or "none (every media process reads)")
             self.target = target
+        self._provisional = False
         if target is None or target == self.proc_id:
             self._lead_until = self._clock() + HANDOVER
             if target is not None and any(warming(b) and str(b.get("proc")) < target for b in beats):
-                # The target only while a lower one warms up (all start together): look again soon, or the
-                # first calls would spread over both.
+                # The target only while a lower one warms up (all start together): look again soon, and
+                # block no longer than that, or the first calls would spread over both (read round-robin
+                # for up to a second by a process whose view says the lower one is still cold).
+                self._provisional = True
                 self._read_at = min(self._read_at, self._clock() - HEARTBEAT_EVERY + WARMING_RECHECK)
             return True
         # Just filled up as the target: on until the next target has read so and blocks. (One that finds a
@@ -162,7 +166,10 @@ class Packing:
         return full and self._clock() < self._lead_until
 
     def block_ms(self) -> int:
-        """How long a blocking read may wait: a second, but no longer than a handover has left."""
+        """How long a blocking read may wait: a second, but no longer than a handover has left, nor than the
+        next look at the heartbeats of a target only while a lower one warms up."""
+        if self._provisional:
+            return int(WARMING_RECHECK * 1000)
         left = self._lead_until - self._clock()
         if self.target in (None, self.proc_id) or left >= 1.0:
             return 1000

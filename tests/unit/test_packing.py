@@ -201,9 +201,12 @@ async def test_the_target_while_a_lower_one_warms_looks_again_soon(registry: Reg
     await write(registry, cold, b)
     on_b, clock = view(registry, "media-b", b)
     assert await on_b.blocks() is True, "media-a takes no call yet"
+    assert on_b.block_ms() == 100, "its blocking read lasts no longer than its next look"
     await write(registry, beat("media-a", 0))  # warm now
     clock.now += 0.15
     assert await on_b.blocks() is False, "read again a tenth of a second later, not a heartbeat later"
+    on_a, _ = view(registry, "media-a", beat("media-a", 0))
+    assert await on_a.blocks() is True and on_a.block_ms() == 1000, "the real target blocks for a second"
 
 
 async def test_a_poller_that_sees_calls_waiting_looks_again_soon(registry: Registry) -> None:
