@@ -24,7 +24,7 @@ from tests.e2e.sip_peer import sip_peer
 from tests.e2e.test_redis_outage import UPGRADE
 from tests.e2e.test_sip_calls import dial
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.alone]
 
 # PBX_CHAOS_CALLS=200 for the figures in docs/operations.md. More than twice PACK_CALLS (50, the default the
 # stack runs with): packing fills one media process, then the other, so both carry calls when one is killed.

@@ -19,7 +19,7 @@ from tests.e2e.conftest import StackInfo, running_stack, wait_healthy
 from tests.e2e.load import media_pids
 from tests.e2e.test_playback import write_wav
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.alone]
 
 DRAIN = 3.0
 

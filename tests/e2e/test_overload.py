@@ -30,7 +30,7 @@ from tests.e2e.conftest import StackInfo, running_stack
 from tests.e2e.load import CallLoad, LoadCall, media_pids
 from tests.e2e.test_playback import write_wav
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.alone]
 
 # Microseconds of media-loop CPU per call per 20 ms tick (`PBX_TEST_TICK_BURN_US`), and the loop's CPU share
 # at which a process takes no more calls (`PBX_LOAD_LOOP_BUSY`, lowered from 0.75 so that the two media

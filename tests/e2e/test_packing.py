@@ -14,7 +14,7 @@ from tests.e2e.client import CallClient
 from tests.e2e.conftest import StackInfo, running_stack
 from tests.e2e.load import media_pids
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.alone]
 
 PACK = 3
 # Seconds for a change to reach every media process's view: its heartbeat is written (at once when it fills

@@ -24,7 +24,7 @@ from tests.e2e.client import CallClient
 from tests.e2e.conftest import stack_env
 from tests.e2e.test_playback import write_wav
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.alone]
 
 
 def wait_for(url: str, key: str, value: object, timeout: float = 30.0) -> None:

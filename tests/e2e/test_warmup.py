@@ -15,7 +15,7 @@ from tests.e2e.test_listening import words
 from tests.e2e.test_recorder import stream
 from tests.speech import speech, with_silence
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.alone]
 
 # Greetings of about the same length, not in the synthesis cache (a cached text is not synthesized again).
 GREETINGS = (
