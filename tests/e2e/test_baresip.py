@@ -5,6 +5,7 @@ the server's recording what it got."""
 from __future__ import annotations
 
 import asyncio
+import queue
 import wave
 from pathlib import Path
 
@@ -50,14 +51,18 @@ class Baresip:
         )
         (root / "accounts").write_text("<sip:baresip@127.0.0.1>;regint=0;answermode=auto\n")
         self.proc: asyncio.subprocess.Process | None = None
+        self.log = root / "baresip.log"
+
+    def output(self) -> str:
+        """What baresip has printed so far (for a failure's message)."""
+        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else "(nothing)"
 
     async def start(self, seconds: int, *commands: str) -> None:
         args = ["-f", str(self.root), "-n", "127.0.0.1", "-t", str(seconds)]
         for command in commands:
             args += ["-e", command]
-        self.proc = await asyncio.create_subprocess_exec(
-            "baresip", *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
-        )
+        with self.log.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec("baresip", *args, stdout=log, stderr=log)
         await asyncio.sleep(0.5)
 
     async def stop(self) -> None:
@@ -113,7 +118,11 @@ async def test_baresip_calls_the_server(inbound: StackInfo, webhook: Webhook, tm
     wav = tmp_path / "khz.wav"
     write_wav(wav, tone(1000, 1.5))
     await phone.start(15, f"/dial sip:bot@127.0.0.1:{inbound.sip_port}")
-    hook = await webhook.next(timeout=10)
+    try:
+        hook = await webhook.next(timeout=10)
+    except queue.Empty:
+        said = phone.output()
+        raise AssertionError(f"no INVITE from baresip reached the server; it said:\n{said}") from None
     assert hook["caller"].startswith("sip:baresip@")
     call_id = hook["dialogId"]
     c = await CallClient.open(inbound.ws, "/call/sip", call_id=call_id)
