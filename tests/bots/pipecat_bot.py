@@ -90,12 +90,17 @@ class CallReport:
     def hear(self, pcm: bytes) -> None:
         self._heard.extend(pcm)
 
-    def close(self) -> None:
-        with wave.open(str(self.wav_path), "wb") as wav:
+    def close(self, **closed: Any) -> None:
+        """Write the audio heard, then the `closed` line with `closed`'s fields: a reader that sees that line
+        finds the WAV whole (it was written before, under another name, and renamed)."""
+        part = self.wav_path.with_suffix(".part")
+        with wave.open(str(part), "wb") as wav:
             wav.setnchannels(1)
             wav.setsampwidth(2)
             wav.setframerate(RATE)
             wav.writeframes(bytes(self._heard))
+        part.replace(self.wav_path)
+        self.write("closed", **closed)
         self._file.close()
 
 
@@ -313,15 +318,13 @@ class TwilioEndpoint:
                     await websocket.close(1011)
                 except RuntimeError:
                     pass
-            report.write(
-                "closed",
+            report.close(
                 t=websocket.closed_at,
                 code=websocket.close_code,
                 by=websocket.closed_by,
                 media_in=websocket.media_in,
                 media_out=websocket.media_out,
             )
-            report.close()
 
 
 async def serve(report_dir: Path, host: str) -> None:
