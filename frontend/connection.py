@@ -102,6 +102,8 @@ class CallConnection:
         self._direct: CallSocket | None = ws if isinstance(ws, CallSocket) else None
         if isinstance(ws, CallSocket):
             ws.too_big_event = self._too_big
+            # Audio frames come from the socket's parser, without a task wake-up each (CallSocket).
+            ws.on_binary = self._on_binary
 
     # --- client → owner ---------------------------------------------------------------------------------
 

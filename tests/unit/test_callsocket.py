@@ -1,0 +1,101 @@
+"""CallSocket's fast receive: audio frames straight from the parser, in order with the text messages."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+from aiohttp import web
+
+from frontend import callsocket
+from frontend.callsocket import CallSocket
+from tests.unit.test_limits import ws_server
+
+
+def test_the_installed_aiohttp_takes_the_fast_receive() -> None:
+    # If an aiohttp upgrade moves the parts CallSocket swaps, calls still work (every frame through
+    # receive()), but the frontend's CPU per call goes up: this says so.
+    assert callsocket.FAST_RECEIVE
+
+
+async def serve(on_binary: object, script: list[str | bytes]) -> tuple[list[object], bool]:
+    """A CallSocket server fed `script` by a client; what it saw, in order: text from `receive()`, bytes
+    from `receive()` marked ("queued", b), and bytes from `on_binary` as they are."""
+    seen: list[object] = []
+    fast: list[bool] = []
+    done = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        ws = CallSocket(max_msg_size=1000)
+        ws.on_binary = on_binary if on_binary is not None else seen.append  # type: ignore[assignment]
+        await ws.prepare(request)
+        fast.append(ws.fast_receive)
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                seen.append(msg.data)
+                if msg.data == "end":
+                    done.set()
+            elif msg.type == aiohttp.WSMsgType.BINARY:
+                seen.append(("queued", msg.data))
+        return ws
+
+    server = await ws_server(handle)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(server.make_url("/ws")) as ws:
+                for item in script:
+                    if isinstance(item, str):
+                        await ws.send_str(item)
+                    else:
+                        await ws.send_bytes(item)
+                    await asyncio.sleep(0.01)
+                await ws.send_str("end")
+                await asyncio.wait_for(done.wait(), 5)
+    finally:
+        await server.close()
+    return seen, fast[0]
+
+
+async def test_frames_come_from_the_parser_and_keep_their_order() -> None:
+    seen, fast = await serve(None, [b"a", "invite", b"b", b"c", "play", b"d"])
+    assert fast
+    assert seen == [b"a", "invite", b"b", b"c", "play", b"d", "end"]
+
+
+async def test_a_frame_behind_a_waiting_text_message_waits_too() -> None:
+    seen: list[object] = []
+    done = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        ws = CallSocket(max_msg_size=1000)
+        ws.on_binary = seen.append
+        await ws.prepare(request)
+        await asyncio.sleep(0.2)  # the client's text and frame arrive while nothing reads
+        async for msg in ws:
+            seen.append(msg.data if msg.type == aiohttp.WSMsgType.TEXT else ("queued", msg.data))
+            if msg.data == "end":
+                done.set()
+        return ws
+
+    server = await ws_server(handle)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(server.make_url("/ws")) as ws:
+                await ws.send_str("invite")
+                await ws.send_bytes(b"a")
+                await asyncio.sleep(0.4)
+                await ws.send_bytes(b"b")
+                await asyncio.sleep(0.05)
+                await ws.send_str("end")
+                await asyncio.wait_for(done.wait(), 5)
+    finally:
+        await server.close()
+    assert seen == ["invite", ("queued", b"a"), b"b", "end"]
+
+
+async def test_a_failing_frame_handler_does_not_stop_the_socket() -> None:
+    def boom(_frame: bytes) -> None:
+        raise RuntimeError("handler failed")
+
+    seen, _ = await serve(boom, [b"a", "still here"])
+    assert seen == ["still here", "end"]
