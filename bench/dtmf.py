@@ -63,7 +63,10 @@ def _frames(audio: np.ndarray) -> np.ndarray:
     """`audio` as int16 frames (count × 320), padded with silence to whole frames."""
     audio = np.clip(np.round(audio), -32768, 32767).astype(np.int16)
     audio = np.concatenate([audio, np.zeros(-len(audio) % FRAME, dtype=np.int16)])
-    return audio.reshape(-1, FRAME)
+    frames = audio.reshape(-1, FRAME)
+    # Read-only, as a PCM call's decoder hands frames over (a view of the message's bytes).
+    frames.flags.writeable = False
+    return frames
 
 
 def audio_kinds() -> dict[str, tuple[np.ndarray, np.ndarray | None]]:

@@ -151,8 +151,12 @@ class CallerListener:
         if self._t0 is None or now - (self._t0 + self._samples // 16) > MAX_AUDIO_CLOCK_LAG:
             self._t0 = now - self._samples // 16 - len(self._frames) // 32
         if not self._frames and pcm.size == 320:
-            # The usual case, one whole frame and nothing held over: no re-framing (still a read-only copy).
-            self._frame(np.frombuffer(pcm.astype(PCM, copy=False).tobytes(), PCM))
+            # The usual case, one whole frame and nothing held over: no re-framing. The DTMF bank keeps the
+            # frame until its next flush, so it gets a read-only one: the frame itself when it is (a PCM
+            # call's, straight over the message's bytes), else a copy.
+            if pcm.flags.writeable or pcm.dtype != PCM:
+                pcm = np.frombuffer(pcm.astype(PCM, copy=False).tobytes(), PCM)
+            self._frame(pcm)
             return
         self._frames += pcm.astype(PCM, copy=False).tobytes()
         while len(self._frames) >= 640:

@@ -10,6 +10,9 @@ import numpy as np
 from worker.media import g711
 from worker.media.resample import Downsampler2x, Upsampler2x
 
+# 16-bit little-endian samples, the PCM codec's bytes (int16 itself on every machine this runs on).
+_INT16 = np.dtype("<i2")
+
 
 class Codec:
     """One call's encoder and decoder; they keep separate state (filters, ADPCM predictors)."""
@@ -19,7 +22,9 @@ class Codec:
 
     def decode(self, payload: bytes) -> np.ndarray:
         """Client bytes to int16 at 16 kHz; PCM takes any even length (a trailing odd byte is dropped)."""
-        return np.frombuffer(payload, dtype="<i2", count=len(payload) // 2).astype(np.int16)
+        # Read-only over the message's bytes, no copy: nothing downstream writes into caller audio (the
+        # listener and the DTMF bank keep such frames as they are).
+        return np.frombuffer(payload, dtype=_INT16, count=len(payload) // 2)
 
     def encode(self, frame: np.ndarray) -> bytes:
         """One 20 ms frame (320 samples at 16 kHz) to the bytes of one WebSocket message."""
