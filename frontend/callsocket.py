@@ -77,6 +77,7 @@ class CallSocket(web.WebSocketResponse):
         self.too_big_event: Callable[[], dict[str, Any]] | None = None
         self.on_binary: Callable[[bytes], None] | None = None
         self.fast_receive = False
+        self._data_at = float("-inf")  # loop time of the client's last data (see _on_data_received)
         self._transport: asyncio.Transport | None = None
 
     async def prepare(self, request: web.BaseRequest) -> Any:
@@ -136,6 +137,29 @@ class CallSocket(web.WebSocketResponse):
         # transport and parser, and the CallConnection for 1.5 × `heartbeat` (30 s at ping=20).
         if not self.closed:
             super()._reset_heartbeat()
+
+    def _on_data_received(self) -> None:
+        # Data from the client: the next ping may wait, and a pong awaited is no longer needed. Only noted
+        # here; the ping timer, when it fires, moves itself to a heartbeat after the last data. (aiohttp
+        # re-arms the timer from a callback scheduled per received chunk: with a caller's audio, a callback,
+        # a timer computation and four calls every 20 ms per call.)
+        loop = self._loop
+        if loop is None or self._heartbeat is None:
+            return
+        self._data_at = loop.time()
+        if self._pong_response_cb is not None:
+            self._cancel_pong_response_cb()
+        if self._heartbeat_cb is None and not self.closed:  # a ping went out: the next one's timer
+            self._heartbeat_cb = loop.call_at(self._data_at + self._heartbeat, self._send_heartbeat)
+
+    def _send_heartbeat(self) -> None:
+        loop, heartbeat = self._loop, self._heartbeat
+        if loop is not None and heartbeat is not None and not self.closed:
+            due = self._data_at + heartbeat
+            if loop.time() < due:
+                self._heartbeat_cb = loop.call_at(due, self._send_heartbeat)
+                return
+        super()._send_heartbeat()
 
 
 def _fast_receive_fits() -> bool:

@@ -99,3 +99,44 @@ async def test_a_failing_frame_handler_does_not_stop_the_socket() -> None:
 
     seen, _ = await serve(boom, [b"a", "still here"])
     assert seen == ["still here", "end"]
+
+
+async def test_pings_wait_while_data_flows_and_resume_when_it_stops() -> None:
+    """heartbeat 0.3 s: no ping while the client sends every 50 ms; once it stops, a ping a heartbeat later,
+    and each answered pong arms the next (as aiohttp's own heartbeat does)."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        ws = CallSocket(max_msg_size=1000, heartbeat=0.3)
+        ws.on_binary = lambda _frame: None
+        await ws.prepare(request)
+        async for _msg in ws:
+            pass
+        return ws
+
+    server = await ws_server(handle)
+    pings: list[float] = []
+    loop = asyncio.get_running_loop()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(server.make_url("/ws"), autoping=False) as ws:
+
+                async def read() -> None:
+                    async for msg in ws:
+                        if msg.type == aiohttp.WSMsgType.PING:
+                            pings.append(loop.time())
+                            await ws.pong(msg.data)
+
+                reader = asyncio.create_task(read())
+                began = loop.time()
+                while loop.time() - began < 1.0:
+                    await ws.send_bytes(bytes(640))
+                    await asyncio.sleep(0.05)
+                assert pings == [], "no ping while audio flows"
+                quiet = loop.time()
+                await asyncio.sleep(1.1)
+                reader.cancel()
+    finally:
+        await server.close()
+    assert len(pings) >= 2, [p - quiet for p in pings]
+    assert 0.2 <= pings[0] - quiet <= 0.7, pings[0] - quiet
+    assert all(0.2 <= b - a <= 0.7 for a, b in zip(pings, pings[1:], strict=False)), pings
