@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -10,6 +12,20 @@ from aiohttp import web
 from frontend import callsocket
 from frontend.callsocket import CallSocket
 from tests.unit.test_limits import ws_server
+
+
+@contextlib.asynccontextmanager
+async def client_of(
+    handle: Callable[[web.Request], Awaitable[web.StreamResponse]], autoping: bool = True
+) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+    """A client socket connected to a server that runs `handle`; both closed on exit."""
+    server = await ws_server(handle)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(server.make_url("/ws"), autoping=autoping) as ws:
+                yield ws
+    finally:
+        await server.close()
 
 
 def test_the_installed_aiohttp_takes_the_fast_receive() -> None:
@@ -39,20 +55,15 @@ async def serve(on_binary: object, script: list[str | bytes]) -> tuple[list[obje
                 seen.append(("queued", msg.data))
         return ws
 
-    server = await ws_server(handle)
-    try:
-        async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(server.make_url("/ws")) as ws:
-                for item in script:
-                    if isinstance(item, str):
-                        await ws.send_str(item)
-                    else:
-                        await ws.send_bytes(item)
-                    await asyncio.sleep(0.01)
-                await ws.send_str("end")
-                await asyncio.wait_for(done.wait(), 5)
-    finally:
-        await server.close()
+    async with client_of(handle) as ws:
+        for item in script:
+            if isinstance(item, str):
+                await ws.send_str(item)
+            else:
+                await ws.send_bytes(item)
+            await asyncio.sleep(0.01)
+        await ws.send_str("end")
+        await asyncio.wait_for(done.wait(), 5)
     return seen, fast[0]
 
 
@@ -77,19 +88,14 @@ async def test_a_frame_behind_a_waiting_text_message_waits_too() -> None:
                 done.set()
         return ws
 
-    server = await ws_server(handle)
-    try:
-        async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(server.make_url("/ws")) as ws:
-                await ws.send_str("invite")
-                await ws.send_bytes(b"a")
-                await asyncio.sleep(0.4)
-                await ws.send_bytes(b"b")
-                await asyncio.sleep(0.05)
-                await ws.send_str("end")
-                await asyncio.wait_for(done.wait(), 5)
-    finally:
-        await server.close()
+    async with client_of(handle) as ws:
+        await ws.send_str("invite")
+        await ws.send_bytes(b"a")
+        await asyncio.sleep(0.4)
+        await ws.send_bytes(b"b")
+        await asyncio.sleep(0.05)
+        await ws.send_str("end")
+        await asyncio.wait_for(done.wait(), 5)
     assert seen == ["invite", ("queued", b"a"), b"b", "end"]
 
 
@@ -113,30 +119,25 @@ async def test_pings_wait_while_data_flows_and_resume_when_it_stops() -> None:
             pass
         return ws
 
-    server = await ws_server(handle)
     pings: list[float] = []
     loop = asyncio.get_running_loop()
-    try:
-        async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(server.make_url("/ws"), autoping=False) as ws:
+    async with client_of(handle, autoping=False) as ws:
 
-                async def read() -> None:
-                    async for msg in ws:
-                        if msg.type == aiohttp.WSMsgType.PING:
-                            pings.append(loop.time())
-                            await ws.pong(msg.data)
+        async def read() -> None:
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.PING:
+                    pings.append(loop.time())
+                    await ws.pong(msg.data)
 
-                reader = asyncio.create_task(read())
-                began = loop.time()
-                while loop.time() - began < 1.0:
-                    await ws.send_bytes(bytes(640))
-                    await asyncio.sleep(0.05)
-                assert pings == [], "no ping while audio flows"
-                quiet = loop.time()
-                await asyncio.sleep(1.1)
-                reader.cancel()
-    finally:
-        await server.close()
+        reader = asyncio.create_task(read())
+        began = loop.time()
+        while loop.time() - began < 1.0:
+            await ws.send_bytes(bytes(640))
+            await asyncio.sleep(0.05)
+        assert pings == [], "no ping while audio flows"
+        quiet = loop.time()
+        await asyncio.sleep(1.1)
+        reader.cancel()
     assert len(pings) >= 2, [p - quiet for p in pings]
     assert 0.2 <= pings[0] - quiet <= 0.7, pings[0] - quiet
     assert all(0.2 <= b - a <= 0.7 for a, b in zip(pings, pings[1:], strict=False)), pings
