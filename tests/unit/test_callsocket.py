@@ -141,3 +141,31 @@ async def test_pings_wait_while_data_flows_and_resume_when_it_stops() -> None:
     assert len(pings) >= 2, [p - quiet for p in pings]
     assert 0.2 <= pings[0] - quiet <= 0.7, pings[0] - quiet
     assert all(0.2 <= b - a <= 0.7 for a, b in zip(pings, pings[1:], strict=False)), pings
+
+
+async def test_a_client_that_stops_answering_pings_is_dropped() -> None:
+    """heartbeat 0.3 s, no pong: the socket is closed about half a heartbeat after the ping, and the handler
+    ends (aiohttp cancels it: its `finally` runs, where a call's connection tells the owner it is gone)."""
+    ended = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        ws = CallSocket(max_msg_size=1000, heartbeat=0.3)
+        ws.on_binary = lambda _frame: None
+        await ws.prepare(request)
+        try:
+            async for _msg in ws:
+                pass
+        finally:
+            ended.set()
+        return ws
+
+    loop = asyncio.get_running_loop()
+    async with client_of(handle, autoping=False) as ws:
+        began = loop.time()
+        while loop.time() - began < 0.6:
+            await ws.send_bytes(bytes(640))
+            await asyncio.sleep(0.05)
+        quiet = loop.time()
+        await asyncio.wait_for(ended.wait(), 3.0)
+        took = loop.time() - quiet
+    assert 0.3 <= took <= 1.5, took
