@@ -54,7 +54,7 @@ class _FrameQueue(WebSocketDataQueue):
 class CallSocket(web.WebSocketResponse):
     """The WebSocket of a call.
 
-    Three things differ from aiohttp's:
+    Four things differ from aiohttp's:
     - A message over `max_msg_size` closes the socket with a reason, after an `error` event. aiohttp answers
       such a message by closing with a bare 1009 from inside `receive()`: the framing of the stream is lost,
       so the socket cannot go on. The call then ends as if the client had closed it.
@@ -69,6 +69,8 @@ class CallSocket(web.WebSocketResponse):
       frontend's CPU at 50 calls); text messages, pings and the close still go that way. It uses aiohttp's
       private queue and parser classes; `FAST_RECEIVE` says whether they were found as expected (else every
       message goes through `receive()`, as before), and a unit test checks it for the installed aiohttp.
+    - The ping timer is moved when it fires, from the time of the client's last data, instead of being
+      re-armed per received chunk (`LAZY_PING`, checked alike).
     """
 
     def __init__(self, *, max_msg_size: int, **kwargs: Any) -> None:
@@ -143,6 +145,9 @@ class CallSocket(web.WebSocketResponse):
         # here; the ping timer, when it fires, moves itself to a heartbeat after the last data. (aiohttp
         # re-arms the timer from a callback scheduled per received chunk: with a caller's audio, a callback,
         # a timer computation and four calls every 20 ms per call.)
+        if not LAZY_PING:
+            super()._on_data_received()
+            return
         loop = self._loop
         if loop is None or self._heartbeat is None:
             return
@@ -154,7 +159,7 @@ class CallSocket(web.WebSocketResponse):
 
     def _send_heartbeat(self) -> None:
         loop, heartbeat = self._loop, self._heartbeat
-        if loop is not None and heartbeat is not None and not self.closed:
+        if LAZY_PING and loop is not None and heartbeat is not None and not self.closed:
             due = self._data_at + heartbeat
             if loop.time() < due:
                 self._heartbeat_cb = loop.call_at(due, self._send_heartbeat)
@@ -174,3 +179,16 @@ def _fast_receive_fits() -> bool:
 
 
 FAST_RECEIVE = _fast_receive_fits()
+
+
+def _lazy_ping_fits() -> bool:
+    """Whether this aiohttp's heartbeat has the parts `CallSocket`'s lazy ping timer overrides and uses (else
+    aiohttp's own timer runs, re-armed per received chunk)."""
+    probe = web.WebSocketResponse()
+    return all(
+        callable(getattr(web.WebSocketResponse, name, None))
+        for name in ("_on_data_received", "_send_heartbeat", "_cancel_pong_response_cb")
+    ) and all(hasattr(probe, name) for name in ("_pong_response_cb", "_heartbeat_cb", "_heartbeat", "_loop"))
+
+
+LAZY_PING = _lazy_ping_fits()

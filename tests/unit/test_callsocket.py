@@ -28,10 +28,11 @@ async def client_of(
         await server.close()
 
 
-def test_the_installed_aiohttp_takes_the_fast_receive() -> None:
+def test_the_installed_aiohttp_takes_the_fast_receive_and_the_lazy_ping() -> None:
     # If an aiohttp upgrade moves the parts CallSocket swaps, calls still work (every frame through
     # receive()), but the frontend's CPU per call goes up: this says so.
     assert callsocket.FAST_RECEIVE
+    assert callsocket.LAZY_PING
 
 
 async def serve(on_binary: object, script: list[str | bytes]) -> tuple[list[object], bool]:
