@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pytest
 
 from common.protocol import Tts
 from tests.sip import test_transaction
@@ -304,6 +305,24 @@ def test_a_missing_file_is_an_error_and_an_ended_track() -> None:
         assert error["error"].startswith("ringing.ringtone: ")
 
     run(scenario)
+
+
+def test_a_file_that_fails_to_load_for_a_bug_still_ends_its_track(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        call = Call()
+
+        async def broken(source: str) -> np.ndarray:
+            raise RuntimeError("a decoder bug")
+
+        call.side._open_media = broken
+        call.side.play("a.wav")
+        await call.ticks(2)
+        assert call.names() == ["trackStart", "error", "trackEnd"]
+        assert (call.log[1]["code"], call.log[1]["sender"]) == (500, "filetrack: a.wav")
+        assert "a decoder bug" not in call.log[1]["error"], "the client is not told the internals"
+
+    run(scenario)
+    assert any(r.exc_info and "loading a.wav failed" in r.getMessage() for r in caplog.records)
 
 
 def test_music_on_hold_loops_until_it_is_ended() -> None:

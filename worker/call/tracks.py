@@ -22,6 +22,7 @@ call is reached only through the callbacks given: no session, no process.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,8 @@ from worker.media.player import SILENT_FRAME, BridgePlayer, FilePlayer
 from worker.media.tts_player import TtsPlayer
 from worker.paths import MediaNotFound
 from worker.urlguard import UrlRefused
+
+log = logging.getLogger("pbx.worker.call.tracks")
 
 Player = FilePlayer | TtsPlayer | BridgePlayer | BotPlayer
 
@@ -174,6 +177,15 @@ class ServerSide:
             if self.track is track:
                 problem = f"{track.source_field}: {exc}"
                 self._emit(events.error(SERVER_SIDE_TRACK, f"filetrack: {redact_url(source)}", problem, 404))
+                self.finish(natural=True)
+            return
+        except Exception:
+            # A bug, not a bad file: logged with its traceback, and the track still ends (a player that never
+            # came would leave the track, and the client waiting for its trackEnd, there for good).
+            log.exception("loading %s failed", redact_url(source))
+            if self.track is track:
+                problem = f"{track.source_field}: the server failed to load it"
+                self._emit(events.error(SERVER_SIDE_TRACK, f"filetrack: {redact_url(source)}", problem, 500))
                 self.finish(natural=True)
             return
         if self.track is track:
