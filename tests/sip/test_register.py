@@ -156,6 +156,24 @@ async def test_register_answers_the_challenge_and_refreshes_before_expiry(
     assert [s for _, _, s in registrar.requests] == [401, 200, 200], "no new challenge on the refresh"
 
 
+async def test_the_display_name_heads_from_and_to(registrar: Registrar, agent: SipAgent) -> None:
+    named = account(registrar)
+    named.display_name = 'Bot "Two" \\ Sales'
+    reg = Registration(agent, named)
+    response = await asyncio.wait_for(reg.register_once(), WAIT)
+    assert response.status == 200
+    sent = registrar.requests[-1][1]
+    assert sent.from_.display == sent.to.display == 'Bot "Two" \\ Sales'
+    assert str(sent.from_.uri) == str(sent.to.uri) == "sip:bot@127.0.0.1"
+    assert sent.headers.get("To") == '"Bot \\"Two\\" \\\\ Sales" <sip:bot@127.0.0.1>'
+
+
+def test_a_display_name_with_a_line_break_is_refused() -> None:
+    spec = json.dumps({"server": "pbx.example.com", "username": "bot", "display_name": "Bot\r\nX-Evil: 1"})
+    with pytest.raises(ValueError, match="display_name"):
+        load_accounts(spec)
+
+
 async def test_register_with_the_wrong_password_is_refused(
     registrar: Registrar, agent: SipAgent, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -22,6 +22,7 @@ from worker.sip.agent import SipAgent
 from worker.sip.dialog import new_call_id, new_tag, target_of, uri_of
 from worker.sip.digest import DigestState
 from worker.sip.message import Headers, Request, Response
+from worker.sip.uri import quote_string
 
 log = logging.getLogger("pbx.worker.sip.register")
 
@@ -47,13 +48,18 @@ class Account:
         if not server.startswith(("sip:", "sips:")):
             server = f"sip:{server}"
         credential = d.get("credential") or {}  # RustPBX's nested form
+        display_name = d.get("display_name")
+        if display_name is not None:
+            display_name = str(display_name)
+            if any(ord(ch) < 32 or ord(ch) == 127 for ch in display_name):
+                raise ValueError("SIP_REGISTER: display_name must not hold control characters")
         return cls(
             server=server,
             username=username,
             password=str(d.get("password") or credential.get("password") or ""),
             realm=d.get("realm") or credential.get("realm"),
             expires=int(d.get("expires") or 300),
-            display_name=d.get("display_name"),
+            display_name=display_name or None,
         )
 
 
@@ -89,7 +95,10 @@ class Registration:
             raise ValueError(f"SIP_REGISTER: {account.server!r} is not a sip: URI")
         target = await self.agent.resolve(target)
         host = getattr(server, "host", "")
+        # The account's address of record, under its display name when it has one (From and To alike).
         aor = f"<sip:{account.username}@{host}>"
+        if account.display_name:
+            aor = f"{quote_string(account.display_name)} {aor}"
         expires = account.expires if expires is None else expires
         port = self.agent.transport.shared_port or self.agent.port
         contact = f"<sip:{account.username}@{self.agent.address}:{port}>"
