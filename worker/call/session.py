@@ -438,12 +438,6 @@ class CallSession:
     def _end_soon(self, reason: str, initiator: str) -> None:
         self.spawn(self.hangup(reason, initiator), reason.replace("_", "-"))
 
-    def _finish_server_track(self, natural: bool) -> None:
-        self.tracks.finish(natural)
-
-    def _cancel_wait_input(self) -> None:
-        self.tracks.input_detected()
-
     def registry_fields(self) -> dict[str, str | int]:
         """This call's registry entry, written back when Redis restarted without it."""
         fields: dict[str, str | int] = {
@@ -472,8 +466,7 @@ class CallSession:
         log.info(
             "hangup reason=%s initiator=%s in=%d out=%d", reason, initiator, self.frames_in, self.frames_out
         )
-        self._finish_server_track(natural=False)
-        self._cancel_wait_input()
+        self.tracks.close()
         now = events.now_ms()
         if self.answer_ms is not None:
             self.emit(
