@@ -78,7 +78,6 @@ class CallSocket(web.WebSocketResponse):
         self.max_msg_size = max_msg_size
         self.too_big_event: Callable[[], dict[str, Any]] | None = None
         self.on_binary: Callable[[bytes], None] | None = None
-        self.fast_receive = False
         self._data_at = float("-inf")  # loop time of the client's last data (see _on_data_received)
         self._transport: asyncio.Transport | None = None
 
@@ -102,7 +101,11 @@ class CallSocket(web.WebSocketResponse):
         queue = self._reader
         if isinstance(queue, _FrameQueue):
             queue.sink, queue.socket = self.on_binary, self
-            self.fast_receive = True
+
+    @property
+    def fast_receive(self) -> bool:
+        """Whether binary messages go to `on_binary` from the parser (see the class's docstring)."""
+        return isinstance(self._reader, _FrameQueue)
 
     def send_now(self, data: bytes | str) -> bool:
         """Write one message now if the transport takes it without waiting; False (nothing written) when
