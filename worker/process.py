@@ -70,6 +70,9 @@ IDLE_FULL_GC = 60
 HEARTBEAT_EVERY = 0.8
 # Dispatch requests read at once.
 CLAIM_BATCH = 8
+# How long (ms) a media process that is not the packing target waits for the next request when none waited
+# at its last look (worker/packing.py, Packing.overdue), as long as the target's blocking read.
+QUIET_WAIT_MS = 1000
 # Calls hung up per media tick when many end at once (a frontend died or stops): ending a call costs about
 # a millisecond of loop time, and a hundred at once would hold up every other call's next frames.
 HANGUPS_PER_TICK = 8
@@ -566,7 +569,7 @@ class MediaProcess:
                     # Not the packing target: every PACK_POLL_MS, a read that does not wait takes what has
                     # waited a whole poll (the target did not take it at once).
                     blocks = await self.packing.blocks()
-                    if not blocks and not await self.packing.overdue(self.keys.dispatch):
+                    if not blocks and not await self.packing.overdue(self.keys.dispatch, QUIET_WAIT_MS):
                         await asyncio.sleep(self.packing.poll)
                         continue
                     resp: Any = await self.redis.xreadgroup(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -193,6 +194,29 @@ async def test_a_poller_takes_only_what_waited_a_whole_poll(registry: Registry) 
     await registry.redis.xdel(stream, first)
     await registry.redis.xadd(stream, {"call_id": "c2"})
     assert await on_b.overdue(stream) is False, "taken; the next one is new"
+
+
+async def test_a_quiet_poller_waits_for_the_next_request_instead_of_looking_every_poll(
+    registry: Registry,
+) -> None:
+    on_b, _ = view(registry, "media-b", beat("media-b", 0))
+    stream = KEYS.dispatch
+    began = time.monotonic()
+    assert await on_b.overdue(stream, wait_ms=300) is False, "nothing came"
+    assert time.monotonic() - began >= 0.25, "it waited, rather than returning at once"
+
+    async def arrive() -> None:
+        await asyncio.sleep(0.1)
+        await registry.redis.xadd(stream, {"call_id": "c1"})
+
+    began = time.monotonic()
+    task = asyncio.create_task(arrive())
+    assert await on_b.overdue(stream, wait_ms=5000) is False, "new: the target may take it yet"
+    assert time.monotonic() - began < 2.0, "woken by the request, not by the end of the wait"
+    await task
+    began = time.monotonic()
+    assert await on_b.overdue(stream, wait_ms=5000) is True, "still there a poll later: a plain look"
+    assert time.monotonic() - began < 1.0
 
 
 async def test_the_target_while_a_lower_one_warms_looks_again_soon(registry: Registry) -> None:
