@@ -46,6 +46,9 @@ class CallEntry:
     owner: str
     frontend: str
     option: dict[str, Any] | None
+    # Epoch ms of the first `ringing` and of the answer (None: not yet).
+    ringing_at: int | None = None
+    answered_at: int | None = None
 
     @classmethod
     def from_hash(cls, h: dict[bytes, bytes]) -> CallEntry:
@@ -65,6 +68,8 @@ class CallEntry:
             owner=s("owner"),
             frontend=s("frontend"),
             option=option,
+            ringing_at=int(s("ringing_at")) if s("ringing_at") else None,
+            answered_at=int(s("answered_at")) if s("answered_at") else None,
         )
 
     def listing(self) -> dict[str, Any]:

@@ -3,7 +3,9 @@
 One stream entry holds field `m`: a msgpack list of messages `{"c": call_id, "k": kind, "b": body}`, so one
 XADD (and one XREAD) carries many calls' frames. Kinds: `cmd` (a command, below), `evt` (event dict), `pcm`
 (audio bytes), `ctl` (control dict with an `op`, one of `Op`), `log` (an event recorded in the dump only),
-`sip` (a SIP message forwarded to the media process that owns its dialog, worker/sip/telephony.py).
+`sip` (a SIP message forwarded to the media process that owns its dialog, worker/sip/telephony.py), `obs`
+(owner -> a frontend serving `/events/{id}`: `{"w": watch id, "t": "event" | "command" | "end", "d": the
+event or command}`).
 
 A command crosses typed: the frontend validated it (common/protocol.py) and sends `{"command": name,
 "args": <the command's dataclass>}`; msgspec packs the dataclass by its fields, and the owner turns `args`
@@ -22,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-CMD, EVT, PCM, CTL, LOG, SIP = "cmd", "evt", "pcm", "ctl", "log", "sip"
+CMD, EVT, PCM, CTL, LOG, SIP, OBS = "cmd", "evt", "pcm", "ctl", "log", "sip", "obs"
 FIELD = b"m"
 SEQ = "_seq"
 
@@ -64,3 +66,10 @@ class Op:
     GONE = "gone"
     # Frontend -> owner: the frontend is stopping and its drain time is over.
     SHUTDOWN = "shutdown"
+    # A frontend serving `/events/{id}` -> owner: send this call's events and commands to `frontend` as `obs`
+    # messages tagged `w` from now on (`unwatch`: stop). An owner without the call answers `obs` end.
+    WATCH = "watch"
+    UNWATCH = "unwatch"
+    # Any frontend -> the frontend holding a call's socket, while no media process owns the call yet: pass
+    # `m` (a message for the owner) on, in order with the socket's own.
+    RELAY = "relay"

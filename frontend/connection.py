@@ -283,6 +283,10 @@ class CallConnection:
         elif op == wire.Op.CLOSE:
             self._closing = True
             self._wake.set()
+        elif op == wire.Op.RELAY:  # from another frontend's `/command` or `/events`, before the claim
+            relayed = body.get("m")
+            if isinstance(relayed, dict):
+                self._to_owner(relayed)
         elif op == wire.Op.KILL:
             if self.owner is not None:
                 self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": wire.Op.KILL}))

@@ -27,6 +27,7 @@ from frontend.admission import CallAdmission, FrontendLoad
 from frontend.callrate import CallRate
 from frontend.connection import CallConnection
 from frontend.limits import MediaCapacity
+from frontend.watch import Watches
 
 log = logging.getLogger("pbx.frontend.hub")
 
@@ -66,6 +67,8 @@ class Hub:
             redis, self.keys, settings.calls_per_ip_per_min, settings.calls_per_ip_burst
         )
         self.connections: dict[str, CallConnection] = {}
+        # The `/events/{id}` streams this frontend serves (frontend/watch.py).
+        self.watches = Watches()
         self._tasks = TaskSet(log, f"{self.proc_id}:")
         self.redis_ok = False
         # Short-lived work of the connections (a registry write); not cancelled on stop, so it gets done.
@@ -106,6 +109,7 @@ class Hub:
             await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
+        self.watches.end_all()
         for conn in list(self.connections.values()):
             await conn.server_close()
         await self.outbox.flush()
@@ -175,7 +179,9 @@ class Hub:
         call_id, kind, body = m["c"], m["k"], m["b"]
         conn = self.connections.get(call_id)
         if conn is None:
-            if kind == wire.CTL and body.get("op") == wire.Op.CLAIMED:
+            if kind == wire.OBS:
+                self.watches.deliver(body)
+            elif kind == wire.CTL and body.get("op") == wire.Op.CLAIMED:
                 # The client left before its call was claimed: tell the new owner to end it.
                 self.send(body["owner"], wire.msg(call_id, wire.CTL, {"op": wire.Op.GONE}))
             return
@@ -185,3 +191,5 @@ class Hub:
             conn.push_event(body)
         elif kind == wire.CTL:
             conn.control(body)
+        elif kind == wire.OBS:
+            self.watches.deliver(body)

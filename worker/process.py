@@ -33,6 +33,7 @@ from common.peerlink import InboxCursor, Links
 from common.registry import Registry
 from common.tasks import TaskSet
 from worker import metrics
+from worker.call.observers import not_watched
 from worker.call.services import MediaServices
 from worker.call.session import CallSession
 from worker.load import MediaLoad
@@ -510,8 +511,11 @@ class MediaProcess:
             log.warning("heartbeat was gone from Redis: restored %d call entries", len(entries))
 
     async def _check_frontends(self) -> None:
-        """Hang up calls whose frontend process died (design §5)."""
+        """Hang up calls whose frontend process died (design §5); drop the `/events` watchers it served."""
         frontends = {s.frontend for s in self.sessions.values()}
+        for s in self.sessions.values():
+            if s.observers:
+                frontends |= s.observers.frontends()
         if not frontends:
             return
         alive = await self.registry.live_procs(frontends)
@@ -519,6 +523,8 @@ class MediaProcess:
         missing = frontends - alive
         gone = self._frontend_watch.confirm(missing, await self.registry.dead_procs(missing))
         for s in list(self.sessions.values()):
+            if gone and s.observers:
+                s.observers.forget(gone)
             if s.frontend in gone and not s.ending:
                 log.warning("frontend %s of call %s is gone", s.frontend, s.call_id)
                 self.end_soon(s, "frontend_lost", "system")
@@ -667,6 +673,10 @@ class MediaProcess:
                 self.telephony.forwarded(m["b"])
             elif m["k"] == wire.CTL and m["b"].get("op") == wire.Op.ATTACH:
                 self._attach(str(m["c"]), m["b"])
+            elif m["k"] == wire.CTL and m["b"].get("op") == wire.Op.WATCH:
+                ended = not_watched(str(m["c"]), m["b"])
+                if ended is not None:
+                    self.send(*ended)
         except Exception:
             log.exception("call %s: could not handle %s message", m.get("c"), m.get("k"))
 

@@ -106,3 +106,72 @@ class CallClient:
         await self.ws.close()
         self._reader.cancel()
         await self.session.close()
+
+
+async def session_on_other_frontend(base: str, frontend: str) -> aiohttp.ClientSession:
+    """An HTTP session whose kept-alive connection is served by a frontend process other than `frontend`."""
+    for _ in range(200):
+        s = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
+        async with s.get(f"{base}/health") as resp:
+            if resp.headers["X-Pbx-Proc"] != frontend:
+                return s
+        await s.close()
+    raise AssertionError("every connection landed on the same frontend process")
+
+
+class SseReader:
+    """Reads a Server-Sent Events response into (event name, parsed data) frames as they come."""
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self.resp = resp
+        self.frames: list[tuple[str, Any]] = []
+        self.comments = 0
+        self.ended = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        name, data = "message", ""
+        try:
+            async for raw in self.resp.content:
+                line = raw.decode().rstrip("\r\n")
+                if line.startswith(":"):
+                    self.comments += 1
+                elif line.startswith("event:"):
+                    name = line[6:].strip()
+                elif line.startswith("data:"):
+                    data += line[5:].strip()
+                elif not line and data:
+                    async with self._changed:
+                        self.frames.append((name, json.loads(data)))
+                        self._changed.notify_all()
+                    name, data = "message", ""
+        finally:
+            self.ended.set()
+            async with self._changed:
+                self._changed.notify_all()
+
+    async def frame(self, kind: str, name: str, timeout: float = 5.0) -> tuple[int, Any]:
+        """The index and data of the first frame of `kind` (`event`, `command`) whose event or command is
+        `name`."""
+        key = "event" if kind == "event" else "command"
+
+        def find() -> tuple[int, Any] | None:
+            for i, (k, d) in enumerate(self.frames):
+                if k == kind and isinstance(d, dict) and d.get(key) == name:
+                    return i, d
+            return None
+
+        async def wait() -> tuple[int, Any]:
+            async with self._changed:
+                while (found := find()) is None:
+                    if self.ended.is_set():
+                        raise AssertionError(f"stream ended without {kind} {name}: {self.frames}")
+                    await self._changed.wait()
+                return found
+
+        return await asyncio.wait_for(wait(), timeout)
+
+    async def close(self) -> None:
+        self._reader.cancel()
+        self.resp.close()

@@ -8,7 +8,7 @@ import json
 import aiohttp
 import pytest
 
-from tests.e2e.client import CallClient
+from tests.e2e.client import CallClient, session_on_other_frontend
 from tests.e2e.conftest import StackInfo
 
 pytestmark = pytest.mark.e2e
@@ -95,17 +95,6 @@ async def test_duplicate_live_id_is_refused(stack: StackInfo, call_id: str) -> N
         await c.close()
 
 
-async def _session_on_other_frontend(base: str, frontend: str) -> aiohttp.ClientSession:
-    """An HTTP session whose kept-alive connection is served by a frontend process other than `frontend`."""
-    for _ in range(200):
-        s = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
-        async with s.get(f"{base}/health") as resp:
-            if resp.headers["X-Pbx-Proc"] != frontend:
-                return s
-        await s.close()
-    raise AssertionError("every connection landed on the same frontend process")
-
-
 async def test_listed_before_invite_with_an_empty_option(stack: StackInfo, call_id: str) -> None:
     async def listed() -> dict[str, object]:
         async with aiohttp.ClientSession() as s, s.get(f"{stack.base}/call/lists") as resp:
@@ -132,7 +121,7 @@ async def test_list_and_kill_from_another_frontend(stack: StackInfo, call_id: st
             tts={"provider": "tencent", "secretKey": "sk-secret", "secretId": "id-secret"},
         )
         assert c.frontend
-        other = await _session_on_other_frontend(stack.base, c.frontend)
+        other = await session_on_other_frontend(stack.base, c.frontend)
         async with other:
             async with other.get(f"{stack.base}/call/lists") as resp:
                 assert resp.headers["X-Pbx-Proc"] != c.frontend

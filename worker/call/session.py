@@ -45,6 +45,7 @@ from worker.call.commands import CommandQueue, Parsed
 from worker.call.leg import CallLeg, LegHooks, WebSocketLeg
 from worker.call.listening import CallerListener
 from worker.call.mediapass import MediaPass
+from worker.call.observers import Observers
 from worker.call.recording import Recording
 from worker.call.services import CallHooks, CallHost, MediaServices
 from worker.call.speaking import CallSpeaker
@@ -80,6 +81,7 @@ class CallSession:
         self.frontend = frontend
         self.created_ms = created_ms
         self.answer_ms: int | None = None
+        self.ring_ms: int | None = None  # the first `ringing` of the call's own leg
         # The option as `/call/lists` shows it (secrets redacted), kept to rebuild a lost registry entry.
         self.listed_option: str | None = None
         self.caller_muted = False
@@ -125,6 +127,8 @@ class CallSession:
         self.recording = Recording(self.hooks, services, dump)
         # The mediaPass bot, once the option names one (worker/call/mediapass.py).
         self.media_pass = MediaPass(self.hooks, services, self.tracks, lambda: self.answer_ms is not None)
+        # Who watches the call through `/events/{id}` (worker/call/observers.py).
+        self.observers = Observers(call_id, host.send)
         self.done = asyncio.Event()
 
     def start(self) -> None:
@@ -150,6 +154,10 @@ class CallSession:
                 self.host.end_soon(self, "shutdown", "system")
             elif op == wire.Op.GONE:
                 self.host.end_soon(self, "connection_closed", "caller")
+            elif op == wire.Op.WATCH:
+                self.observers.watch(str(body.get("w") or ""), str(body.get("frontend") or ""))
+            elif op == wire.Op.UNWATCH:
+                self.observers.unwatch(str(body.get("w") or ""))
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         """Run `coro` as the call's task `call:{id}:{name}`: cancelled on hangup, its failure logged."""
@@ -195,6 +203,11 @@ class CallSession:
     def emit(self, ev: dict[str, Any]) -> None:
         self.host.send(self.frontend, wire.msg(self.call_id, wire.EVT, ev))
         self.recording.note("event", ev)
+        if self.observers:
+            self.observers.event(ev)
+        if self.ring_ms is None and ev["event"] == "ringing" and not ev.get("refer"):
+            self.ring_ms = events.now_ms()
+            self.spawn(self.services.registry.update(self.call_id, ringing_at=self.ring_ms), "ringing")
 
     def error(self, sender: str, message: str, code: int, track_id: str | None = None) -> None:
         self.emit(events.error(track_id or self.call_id, sender, message, code))
@@ -231,9 +244,12 @@ class CallSession:
             self.error("command", f"command could not be read: {exc}", 400)
             self._ack(seq)
             return None
-        if self.recording.dumping or isinstance(cmd, Invite | Accept):
+        if self.recording.dumping or self.observers or isinstance(cmd, Invite | Accept):
             canonical = command_to_dict(cmd)
-            self.recording.note("command", redact(canonical))
+            shown = redact(canonical)
+            self.recording.note("command", shown)
+            if self.observers:
+                self.observers.command(shown)
             if isinstance(cmd, Invite | Accept):
                 self.listed_option = json.dumps(redact(canonical.get("option") or {}))
         return cmd, seq
@@ -450,6 +466,8 @@ class CallSession:
         }
         if self.answer_ms is not None:
             fields["answered_at"] = self.answer_ms
+        if self.ring_ms is not None:
+            fields["ringing_at"] = self.ring_ms
         if self.listed_option is not None:
             fields["option"] = self.listed_option
         return fields
@@ -508,6 +526,7 @@ class CallSession:
             ),
         )
         self.host.send(self.frontend, wire.msg(self.call_id, wire.CTL, {"op": wire.Op.CLOSE}))
+        self.observers.end()
         self.host.session_ended(self)
         self._tasks.cancel()  # not the task running this hangup
         self.done.set()
