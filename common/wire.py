@@ -73,3 +73,7 @@ class Op:
     # Any frontend -> the frontend holding a call's socket, while no media process owns the call yet: pass
     # `m` (a message for the owner) on, in order with the socket's own.
     RELAY = "relay"
+    # A frontend's `POST /precache` -> a media process: synthesize `cmd` (a `tts` command body) into the
+    # cache and answer `precached` to `frontend` with the request's `req` and the result's fields.
+    PRECACHE = "precache"
+    PRECACHED = "precached"

@@ -13,7 +13,7 @@ from common import logs
 from common.bus import connect
 from common.config import Settings
 from common.embedded import DEFAULT_LOCAL_URL
-from frontend import auth, callapi, calls, calltoken, cors, health, iceservers, llm, metrics
+from frontend import auth, callapi, calls, calltoken, cors, health, iceservers, llm, metrics, precache
 from frontend.calltoken import CallTokens
 from frontend.errors import errors_middleware
 from frontend.hub import Hub
@@ -88,6 +88,7 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     app.on_shutdown.append(_drain)
     calls.setup_routes(app)
     callapi.setup_routes(app)
+    precache.setup_routes(app)
     calltoken.setup(app, call_tokens)
     app.router.add_get("/health", health.health)
     app.router.add_get("/metrics", _metrics)

@@ -27,6 +27,7 @@ from frontend.admission import CallAdmission, FrontendLoad
 from frontend.callrate import CallRate
 from frontend.connection import CallConnection
 from frontend.limits import MediaCapacity
+from frontend.replies import Replies
 from frontend.watch import Watches
 
 log = logging.getLogger("pbx.frontend.hub")
@@ -69,6 +70,8 @@ class Hub:
         self.connections: dict[str, CallConnection] = {}
         # The `/events/{id}` streams this frontend serves (frontend/watch.py).
         self.watches = Watches()
+        # `POST /precache` requests waiting for a media process's answer (frontend/precache.py).
+        self.replies = Replies()
         self._tasks = TaskSet(log, f"{self.proc_id}:")
         self.redis_ok = False
         # Short-lived work of the connections (a registry write); not cancelled on stop, so it gets done.
@@ -181,6 +184,8 @@ class Hub:
         if conn is None:
             if kind == wire.OBS:
                 self.watches.deliver(body)
+            elif kind == wire.CTL and body.get("op") == wire.Op.PRECACHED:
+                self.replies.deliver(body)
             elif kind == wire.CTL and body.get("op") == wire.Op.CLAIMED:
                 # The client left before its call was claimed: tell the new owner to end it.
                 self.send(body["owner"], wire.msg(call_id, wire.CTL, {"op": wire.Op.GONE}))

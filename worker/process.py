@@ -9,6 +9,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping
@@ -33,6 +34,7 @@ from common.peerlink import InboxCursor, Links
 from common.registry import Registry
 from common.tasks import TaskSet
 from worker import metrics
+from worker.call import precache
 from worker.call.observers import not_watched
 from worker.call.services import MediaServices
 from worker.call.session import CallSession
@@ -441,6 +443,8 @@ class MediaProcess:
             "role": "media",
             "proc": self.proc_id,
             "pid": os.getpid(),
+            # Which host: `/precache` asks one media process of each (the media cache is a host's directory).
+            "host": socket.gethostname(),
             "warm": self.warm,
             "calls": len(self.sessions),
             "capacity": self.capacity(),
@@ -673,6 +677,8 @@ class MediaProcess:
                 self.telephony.forwarded(m["b"])
             elif m["k"] == wire.CTL and m["b"].get("op") == wire.Op.ATTACH:
                 self._attach(str(m["c"]), m["b"])
+            elif m["k"] == wire.CTL and m["b"].get("op") == wire.Op.PRECACHE:
+                self._start("precache", precache.answer(self.services, m["b"], self.send, str(m["c"])))
             elif m["k"] == wire.CTL and m["b"].get("op") == wire.Op.WATCH:
                 ended = not_watched(str(m["c"]), m["b"])
                 if ended is not None:

@@ -127,3 +127,34 @@ async def test_several_watchers_each_get_every_event(stack: StackInfo, call_id: 
         await c.close()
         for s in sessions:
             await s.close()
+
+
+async def test_precache_then_a_call_plays_it_from_the_cache(stack: StackInfo, call_id: str) -> None:
+    key = f"greeting-{call_id}"
+    tts = {"command": "tts", "text": "Thanks for calling, one moment please.", "cacheKey": key}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{stack.base}/precache", json=tts) as resp:
+            assert resp.status == 200, await resp.text()
+            first = await resp.json()
+        assert first["status"] == "cached" and first["cacheKey"] == key
+        assert first["bytes"] > 16000 * 2 * 1.0, "over a second of 16 kHz audio"
+        async with s.post(f"{stack.base}/precache", json=tts) as resp:
+            assert await resp.json() == {"status": "exists", "cacheKey": key, "bytes": 0}
+        async with s.post(f"{stack.base}/precache", json={"command": "play", "url": "x.wav"}) as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"] == "precache only accepts tts commands"
+        async with s.post(f"{stack.base}/precache", json={"command": "tts"}) as resp:
+            assert resp.status == 400 and "text" in (await resp.json())["error"]
+
+    c = await CallClient.open(stack.ws, call_id=call_id)
+    try:
+        await c.invite()
+        await c.send({**tts, "playId": "p"})
+        await c.event("trackEnd", playId="p", timeout=15)
+        (metric,) = [e for e in c.events if e["event"] == "metrics" and e["key"].startswith("completed.tts")]
+        assert metric["data"]["cached"] is True and metric["duration"] == 0
+        assert metric["data"]["length"] == first["bytes"], "the audio precached is the audio played"
+        played = sum(len(f) for _, f in c.frames)
+        assert abs(played - first["bytes"]) < 640, "every sample once (the last frame padded)"
+    finally:
+        await c.close()

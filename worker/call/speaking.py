@@ -109,7 +109,7 @@ def cache_file(cache_dir: str, provider: str, text: str, option: SynthesisOption
     return Path(cache_dir) / f"tts-{hashlib.sha256(ident.encode()).hexdigest()}.msgpack"
 
 
-def _read_cache(path: Path) -> tuple[bytes, list[Subtitle]] | None:
+def read_cache(path: Path) -> tuple[bytes, list[Subtitle]] | None:
     try:
         f = open_cached(path)  # its use is recorded: the cache evicts the least recently used first
         if f is None:
@@ -121,7 +121,7 @@ def _read_cache(path: Path) -> tuple[bytes, list[Subtitle]] | None:
         return None
 
 
-def _write_cache(path: Path, audio: bytes, subtitles: list[Subtitle], largest: int) -> int:
+def write_cache(path: Path, audio: bytes, subtitles: list[Subtitle], largest: int) -> int:
     """Keep a synthesis (unless it is larger than the cache may hold); the bytes written."""
     subs = [[s.text, s.begin_ms, s.end_ms, s.begin_index, s.end_index] for s in subtitles]
     data = msgpack.packb({"audio": audio, "subtitles": subs})
@@ -147,6 +147,34 @@ class SpeechServices(Protocol):
     def io(self) -> Executor: ...  # the disk thread
     @property
     def cache(self) -> MediaCache: ...
+
+
+def tts_provider(option: SynthesisOption, services: SpeechServices, call_id: str) -> TtsProvider:
+    """The provider `option` names, checked (ProviderError when it cannot start); `call_id` names the call
+    its requests are for."""
+    name = (option.provider or "local").lower()
+    context = SpeechContext.for_call(call_id, services.settings, services.url_guard)
+    provider: TtsProvider
+    if name == "local":
+        from worker.speech.local_tts import LocalTts
+
+        provider = LocalTts(option, context, services.piper)
+    elif name == "tencent":
+        from worker.speech.tencent_tts import TencentTts
+
+        provider = TencentTts(option, context)
+    elif name == "voiceapi":
+        from worker.speech.voiceapi_tts import VoiceApiTts
+
+        provider = VoiceApiTts(option, context)
+    else:
+        raise ProviderRefused(
+            f"option.tts.provider: unknown provider {option.provider!r} "
+            f"(expected {', '.join(TTS_PROVIDERS)})",
+            400,
+        )
+    provider.check()
+    return provider
 
 
 class CallSpeaker:
@@ -189,30 +217,7 @@ class CallSpeaker:
             self._queue(run, cmd, option, cmd.text)
 
     def _provider(self, option: SynthesisOption) -> TtsProvider:
-        services = self.services
-        name = (option.provider or "local").lower()
-        context = SpeechContext.for_call(self.call_id, services.settings, services.url_guard)
-        provider: TtsProvider
-        if name == "local":
-            from worker.speech.local_tts import LocalTts
-
-            provider = LocalTts(option, context, services.piper)
-        elif name == "tencent":
-            from worker.speech.tencent_tts import TencentTts
-
-            provider = TencentTts(option, context)
-        elif name == "voiceapi":
-            from worker.speech.voiceapi_tts import VoiceApiTts
-
-            provider = VoiceApiTts(option, context)
-        else:
-            raise ProviderRefused(
-                f"option.tts.provider: unknown provider {option.provider!r} "
-                f"(expected {', '.join(TTS_PROVIDERS)})",
-                400,
-            )
-        provider.check()
-        return provider
+        return tts_provider(option, self.services, self.call_id)
 
     def _queue(self, run: TtsRun, cmd: Tts, option: SynthesisOption, text: str) -> None:
         """One text (a command, or a streamed sentence) as a segment of the track."""
@@ -310,7 +315,7 @@ class CallSpeaker:
         seg = job.segment
         loop = asyncio.get_running_loop()
         if job.cache_path is not None:
-            hit = await loop.run_in_executor(services.io, _read_cache, job.cache_path)
+            hit = await loop.run_in_executor(services.io, read_cache, job.cache_path)
             if hit is not None:
                 seg.audio += hit[0]
                 seg.subtitles = hit[1]
@@ -346,7 +351,7 @@ class CallSpeaker:
             cache = services.cache
             audio, subtitles = bytes(seg.audio), list(seg.subtitles)
             stored = loop.run_in_executor(
-                services.io, _write_cache, job.cache_path, audio, subtitles, cache.largest
+                services.io, write_cache, job.cache_path, audio, subtitles, cache.largest
             )
             stored.add_done_callback(partial(_cache_written, cache))
 
