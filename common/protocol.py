@@ -284,6 +284,18 @@ class History:
     text: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Bridge:
+    """active-call's media-only patch: each caller hears the other (worker/call/bridge.py)."""
+
+    target_session_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Unbridge:
+    target_session_id: str | None = None
+
+
 Command = (
     Invite
     | Accept
@@ -301,6 +313,8 @@ Command = (
     | Mute
     | Unmute
     | History
+    | Bridge
+    | Unbridge
 )
 
 COMMANDS: dict[str, type] = {
@@ -320,6 +334,8 @@ COMMANDS: dict[str, type] = {
     "mute": Mute,
     "unmute": Unmute,
     "history": History,
+    "bridge": Bridge,
+    "unbridge": Unbridge,
 }
 NAMES: dict[type, str] = {cls: name for name, cls in COMMANDS.items()}
 
@@ -431,6 +447,11 @@ def _check(cmd: Any, call_type: str) -> None:
         _choice(cmd.options.asr.provider, ASR_PROVIDERS, "options.asr.provider", "provider")
     elif isinstance(cmd, Play) and not cmd.url.strip():
         raise BadCommand("url: must not be empty")
+    elif isinstance(cmd, Bridge | Unbridge) and cmd.target_session_id is not None:
+        if not valid_call_id(cmd.target_session_id):
+            raise BadCommand(
+                f"targetSessionId: must be a call id (at most {MAX_CALL_ID} printable characters, no spaces)"
+            )
 
 
 MIN_RATE, MAX_RATE = 8000, 48000

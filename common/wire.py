@@ -5,7 +5,8 @@ XADD (and one XREAD) carries many calls' frames. Kinds: `cmd` (a command, below)
 (audio bytes), `ctl` (control dict with an `op`, one of `Op`), `log` (an event recorded in the dump only),
 `sip` (a SIP message forwarded to the media process that owns its dialog, worker/sip/telephony.py), `obs`
 (owner -> a frontend serving `/events/{id}`: `{"w": watch id, "t": "event" | "command" | "end", "d": the
-event or command}`).
+event or command}`), `brg` (a bridged call's caller audio, 16 kHz s16le, from its owner to the other call's:
+worker/call/bridge.py).
 
 A command crosses typed: the frontend validated it (common/protocol.py) and sends `{"command": name,
 "args": <the command's dataclass>}`; msgspec packs the dataclass by its fields, and the owner turns `args`
@@ -24,7 +25,7 @@ from typing import Any
 
 import msgspec
 
-CMD, EVT, PCM, CTL, LOG, SIP, OBS = "cmd", "evt", "pcm", "ctl", "log", "sip", "obs"
+CMD, EVT, PCM, CTL, LOG, SIP, OBS, BRG = "cmd", "evt", "pcm", "ctl", "log", "sip", "obs", "brg"
 FIELD = b"m"
 SEQ = "_seq"
 
@@ -77,3 +78,7 @@ class Op:
     # cache and answer `precached` to `frontend` with the request's `req` and the result's fields.
     PRECACHE = "precache"
     PRECACHED = "precached"
+    # The owner of a call that runs `bridge` -> the other call's owner: bridge with `peer` (owned by
+    # `owner`), or end that bridge (`unbridge`, `peer`).
+    BRIDGE = "bridge"
+    UNBRIDGE = "unbridge"

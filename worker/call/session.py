@@ -20,6 +20,7 @@ from common.protocol import (
     NAMES,
     Accept,
     AddIceCandidate,
+    Bridge,
     Candidate,
     Command,
     Hangup,
@@ -34,6 +35,7 @@ from common.protocol import (
     Resume,
     Ringing,
     Tts,
+    Unbridge,
     Unmute,
     command_to_dict,
     decode_command,
@@ -41,6 +43,7 @@ from common.protocol import (
 )
 from common.tasks import TaskSet, close_each
 from worker import metrics
+from worker.call.bridge import CallBridge
 from worker.call.commands import CommandQueue, Parsed
 from worker.call.leg import CallLeg, LegHooks, WebSocketLeg
 from worker.call.listening import CallerListener
@@ -129,6 +132,8 @@ class CallSession:
         self.media_pass = MediaPass(self.hooks, services, self.tracks, lambda: self.answer_ms is not None)
         # Who watches the call through `/events/{id}` (worker/call/observers.py).
         self.observers = Observers(call_id, host.send)
+        # A bridge with another live call, on any media process (worker/call/bridge.py).
+        self.bridge = CallBridge(call_id, services.proc_id, host.send)
         self.done = asyncio.Event()
 
     def start(self) -> None:
@@ -142,6 +147,8 @@ class CallSession:
             return
         if kind == wire.PCM:
             self.leg.audio(body)
+        elif kind == wire.BRG:
+            self.bridge.feed(body)
         elif kind == wire.CMD:
             self.commands.put(body)
         elif kind == wire.LOG:
@@ -158,6 +165,10 @@ class CallSession:
                 self.observers.watch(str(body.get("w") or ""), str(body.get("frontend") or ""))
             elif op == wire.Op.UNWATCH:
                 self.observers.unwatch(str(body.get("w") or ""))
+            elif op == wire.Op.BRIDGE:
+                self.bridge.joined(str(body.get("peer") or ""), str(body.get("owner") or ""))
+            elif op == wire.Op.UNBRIDGE:
+                self.bridge.left(str(body.get("peer") or ""))
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         """Run `coro` as the call's task `call:{id}:{name}`: cancelled on hangup, its failure logged."""
@@ -178,6 +189,8 @@ class CallSession:
         heard = np.zeros_like(pcm) if self.caller_muted else pcm
         self.listener.feed(heard)
         self.media_pass.caller_audio(heard)
+        if self.bridge.active:
+            self.bridge.caller_audio(heard)
         if self.transfer is not None:
             self.transfer.caller_audio(pcm)
 
@@ -218,6 +231,8 @@ class CallSession:
     def tick(self) -> None:
         """Advance one 20 ms frame of the media clock."""
         frame = self.tracks.tick()
+        if self.bridge.active:
+            frame = self.bridge.mix(frame)
         if frame is not None:
             self.frames_out += 1
             self._frames_out.value += 1
@@ -311,6 +326,12 @@ class CallSession:
                 await self._ringing(cmd)
             case Refer():
                 await self._refer(cmd)
+            case Bridge():
+                why = await self.bridge.connect(self.services.registry, cmd.target_session_id)
+                if why is not None:
+                    self.error("command", why, 404 if "not found" in why else 400)
+            case Unbridge():
+                self.bridge.disconnect(cmd.target_session_id)
 
     async def _invite(self, cmd: Invite) -> None:
         self._setup_began = time.monotonic()
@@ -485,6 +506,7 @@ class CallSession:
             "hangup reason=%s initiator=%s in=%d out=%d", reason, initiator, self.frames_in, self.frames_out
         )
         self.tracks.close()
+        self.bridge.disconnect()
         now = events.now_ms()
         if self.answer_ms is not None:
             self.emit(
