@@ -33,6 +33,8 @@ _SURROGATE = re.compile(r"[\ud800-\udfff]")
 SDP_CALL_TYPES = frozenset({"webrtc", "sip"})
 DEFAULT_HANDSHAKE_TIMEOUT = 15.0
 DEFAULT_RING_TIMEOUT = 60.0
+# The longest a call may wait for its app to reconnect (option.resume.timeout, s).
+MAX_RESUME_TIMEOUT = 3600.0
 
 
 def valid_call_id(value: str) -> bool:
@@ -136,6 +138,15 @@ class MediaPassOption:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ResumeOption:
+    """Ours: the call outlives its app socket for `timeout` s (worker/call/resume.py); `moh` plays to the
+    caller meanwhile, once nothing else does."""
+
+    timeout: float
+    moh: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CallOption:
     denoise: bool | None = None
     offer: str | None = None
@@ -153,6 +164,7 @@ class CallOption:
     codec: str | None = None
     eou: EouOption | None = None
     media_pass: MediaPassOption | None = None
+    resume: ResumeOption | None = None
 
     def handshake_seconds(self) -> float:
         return parse_duration(self.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT)
@@ -438,6 +450,9 @@ def _check(cmd: Any, call_type: str) -> None:
             raise BadCommand("option.ringTimeout: must be more than 0 s")
         if cmd.option.media_pass is not None:
             _check_media_pass(cmd.option.media_pass)
+        resume = cmd.option.resume
+        if resume is not None and not 0 < resume.timeout <= MAX_RESUME_TIMEOUT:
+            raise BadCommand(f"option.resume.timeout: must be more than 0 and at most {MAX_RESUME_TIMEOUT} s")
         _check_choices(cmd.option)
     elif isinstance(cmd, Tts) and cmd.option is not None:
         _choice(cmd.option.provider, TTS_PROVIDERS, "option.provider", "provider")

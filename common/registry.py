@@ -36,6 +36,15 @@ redis.call('HSET', KEYS[1], 'frontend', ARGV[1], 'state', 'attached')
 return redis.call('HGET', KEYS[1], 'owner')
 """
 
+# Hand a call with `option.resume` to the frontend of a new socket on the same path; its owner, or nothing
+# (no such call, not resumable, another call type, or not owned yet).
+_RESUME = """
+local f = redis.call('HMGET', KEYS[1], 'resume', 'call_type', 'owner')
+if not f[1] or f[1] == '' or f[2] ~= ARGV[2] or not f[3] or f[3] == '' then return false end
+redis.call('HSET', KEYS[1], 'frontend', ARGV[1])
+return f[3]
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class CallEntry:
@@ -90,6 +99,7 @@ class Registry:
         self._claim = redis.register_script(_CLAIM)
         self._update = redis.register_script(_UPDATE)
         self._attach = redis.register_script(_ATTACH)
+        self._resume = redis.register_script(_RESUME)
 
     async def _insert(self, call_id: str, fields: dict[str, str]) -> tuple[int, Any]:
         """Claim the id (refusing a live duplicate); a pipeline that writes the entry when executed."""
@@ -142,6 +152,17 @@ class Registry:
         if not owner:
             return None
         return owner.decode() if isinstance(owner, bytes) else str(owner)
+
+    async def resume(self, call_id: str, call_type: str, frontend: str) -> str | None:
+        """The owner of a live call of `call_type` with `option.resume`, now handed to `frontend`; None when
+        there is no such call."""
+        owner = await self._resume(keys=[self.keys.call(call_id)], args=[frontend, call_type])
+        if not owner:
+            return None
+        return owner.decode() if isinstance(owner, bytes) else str(owner)
+
+    async def resumable(self, call_id: str) -> bool:
+        return bool(await self.redis.hget(self.keys.call(call_id), "resume"))
 
     async def claim(self, call_id: str, owner: str) -> int:
         """1 = now ours, 0 = someone else owns it, -1 = the call is gone."""

@@ -63,7 +63,8 @@ class Op:
     ATTACH = "attach"
     # `/call/kill` -> the owner, or the frontend holding the socket, which passes it on: hang up now.
     KILL = "kill"
-    # Frontend -> owner: the client socket closed.
+    # Frontend -> owner: the client socket closed; `written`: how many of the owner's events the frontend
+    # wrote to it (the owner of a resumable call holds the rest for the next socket).
     GONE = "gone"
     # Frontend -> owner: the frontend is stopping and its drain time is over.
     SHUTDOWN = "shutdown"
@@ -82,3 +83,8 @@ class Op:
     # `owner`), or end that bridge (`unbridge`, `peer`).
     BRIDGE = "bridge"
     UNBRIDGE = "unbridge"
+    # A frontend whose new socket names a live call with `option.resume` -> its owner: this frontend
+    # (`frontend`) has the call's socket now. The owner answers `claimed`, then the events held meanwhile.
+    RESUME = "resume"
+    # Owner -> the frontend whose socket a new one replaces: close it and answer `gone` with `written`.
+    REPLACED = "replaced"

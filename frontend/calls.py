@@ -151,7 +151,7 @@ def call_handler(call_type: str) -> Callable[[web.Request], Awaitable[web.Stream
         ws.headers["X-Pbx-Proc"] = hub.proc_id
         if not ws.can_prepare(request).ok:
             raise BadCommand("this endpoint takes a WebSocket upgrade")
-        if call_id in hub.connections:
+        if call_id in hub.connections and not await hub.registry.resumable(call_id):
             raise DuplicateCall(f"call {call_id!r} already exists", "a live call already uses this id")
         over = await _over_rate(request, hub, call_type)
         if over is not None:
@@ -177,18 +177,26 @@ async def _serve_call(
     params = msgpack.packb({"dump": dump, "ping": ping})
     # In the table before it is dispatched: the owner's `claimed` may arrive before the handshake ends.
     conn = CallConnection(hub, call_id, call_type, ws)
+    old = hub.connections.get(call_id)
+    if old is not None:
+        # A new socket for a resumable call whose old socket is on this frontend: that one goes first.
+        await hub.replace(old)
     hub.connections[call_id] = conn
     try:
         # Dispatched while the handshake completes, so a media process is usually ready first.
         conn.created_ms = await hub.registry.register_pending(call_id, call_type, hub.proc_id, params)
     except DuplicateCall:
-        # `/call/sip?id=<dialogId>`: the app picks up an inbound call that a media process holds.
+        # `/call/sip?id=<dialogId>`: the app picks up an inbound call that a media process holds; or a call
+        # with `option.resume` gets a new socket (docs/protocol.md, "Resuming a call").
         owner = await hub.registry.attach(call_id, hub.proc_id) if call_type == "sip" else None
+        op = wire.Op.ATTACH
+        if owner is None:
+            owner, op = await hub.registry.resume(call_id, call_type, hub.proc_id), wire.Op.RESUME
         if owner is None:
             hub.connections.pop(call_id, None)
             raise
         conn.created_ms = events.now_ms()
-        body = {"op": wire.Op.ATTACH, "frontend": hub.proc_id, "dump": dump}
+        body = {"op": op, "frontend": hub.proc_id, "dump": dump}
         hub.send(owner, wire.msg(call_id, wire.CTL, body))
         conn.owner = owner  # the inbox keeps order: commands arrive after the attach
     except BaseException:
@@ -200,7 +208,8 @@ async def _serve_call(
         log.info("%s call opened", call_type)
         await conn.serve()
     finally:
-        hub.connections.pop(call_id, None)
+        if hub.connections.get(call_id) is conn:  # (a new socket of a resumed call may have replaced it)
+            del hub.connections[call_id]
         if not ws.prepared:
             conn.client_gone()
         log.info("call socket closed")

@@ -60,6 +60,9 @@ class Relay(Protocol):
     @property
     def registry(self) -> Registry: ...
 
+    @property
+    def proc_id(self) -> str: ...
+
     def send(self, proc: str, message: dict[str, Any]) -> None:
         """Queue `message` for process `proc` (the call's owner)."""
 
@@ -84,6 +87,10 @@ class CallConnection:
         self._wake = asyncio.Event()
         self._closing = False
         self.closed_by_server = False
+        # The owner's events written to the socket: what a resumable call's owner need not hold for the next
+        # socket (`gone {written}`, worker/call/resume.py).
+        self.owner_events_written = 0
+        self._replaced = False
         self._option_registered = False
         # Binary messages ignored on a call whose audio is not on the socket (told about once).
         self.ignored_audio = 0
@@ -251,9 +258,24 @@ class CallConnection:
 
     def client_gone(self) -> None:
         if self.owner is not None:
-            self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": wire.Op.GONE}))
+            self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, self._gone()))
         else:
             self.hub.background(self.hub.registry.remove(self.call_id), f"call:{self.call_id}:gone")
+
+    def _gone(self) -> dict[str, Any]:
+        return {
+            "op": wire.Op.GONE,
+            "frontend": self.hub.proc_id,
+            "written": self.owner_events_written,
+        }
+
+    def replace(self) -> None:
+        """A new socket takes the call over: what is queued goes out, then this socket closes and the owner
+        hears how many of its events were written (`gone`), to send the rest to the new one."""
+        if self._replaced:
+            return
+        self._replaced = self._closing = True
+        self._wake.set()
 
     async def _claim_watch(self) -> None:
         await asyncio.sleep(self.hub.settings.claim_timeout)
@@ -283,6 +305,8 @@ class CallConnection:
         elif op == wire.Op.CLOSE:
             self._closing = True
             self._wake.set()
+        elif op == wire.Op.REPLACED:  # a new socket resumes the call: this one closes, saying what it wrote
+            self.replace()
         elif op == wire.Op.RELAY:  # from another frontend's `/command` or `/events`, before the claim
             relayed = body.get("m")
             if isinstance(relayed, dict):
@@ -294,18 +318,26 @@ class CallConnection:
                 self.end_locally("killed", "the call was killed before a media worker took it", 410)
                 self.hub.background(self.hub.registry.remove(self.call_id), f"call:{self.call_id}:kill")
 
-    def push_event(self, ev: dict[str, Any]) -> None:
+    def owner_event(self, ev: dict[str, Any]) -> None:
+        """An event of the call's owner (counted once written: see `owner_events_written`)."""
+        self.push_event(ev, "o")
+
+    def push_event(self, ev: dict[str, Any], kind: str = "e") -> None:
+        if self._replaced:
+            return  # the owner holds it for the new socket
         direct = self._direct
         if direct is not None and not self._out and not self._closing:
             if direct.send_now(json.dumps(ev, separators=(",", ":"), ensure_ascii=False)):
+                if kind == "o":
+                    self.owner_events_written += 1
                 return
-        self._out.append(("e", ev))
+        self._out.append((kind, ev))
         self._wake.set()
         if len(self._out) - self._queued_audio > MAX_QUEUED_EVENTS and not self._closing:
             log.warning("client too slow for events; disconnecting")
             self._closing = True
             if self.owner is not None:
-                self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": wire.Op.GONE}))
+                self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, self._gone()))
             self._out.clear()
             self._queued_audio = 0
 
@@ -334,13 +366,20 @@ class CallConnection:
                         await ws.send_bytes(item)
                     else:
                         await ws.send_str(json.dumps(item, separators=(",", ":"), ensure_ascii=False))
+                        if kind == "o":
+                            self.owner_events_written += 1
                 except (ConnectionError, RuntimeError):
                     self._out.clear()
                     self._queued_audio = 0
                     return
             if self._closing:
                 self.closed_by_server = True
-                await ws.close()
+                if self._replaced:
+                    if self.owner is not None:
+                        self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, self._gone()))
+                    await ws.close(message=b"replaced by a new socket for this call")
+                else:
+                    await ws.close()
                 return
 
     def shutdown(self) -> None:
@@ -353,7 +392,7 @@ class CallConnection:
     async def server_close(self) -> None:
         """Shutdown of this frontend: the owner hangs the call up, the socket closes."""
         if self.owner is not None:
-            self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, {"op": wire.Op.GONE}))
+            self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, self._gone()))
         self.closed_by_server = True
         with contextlib.suppress(Exception):
             await self.ws.close()

@@ -131,6 +131,17 @@ class Hub:
     def send(self, proc: str, message: dict[str, Any]) -> None:
         self.outbox.send(proc, message)
 
+    async def replace(self, old: CallConnection, wait: float = 2.0) -> None:
+        """Close `old`, a resumable call's socket that a new one replaces (it tells the owner what it
+        wrote), and wait until it is out of the table."""
+        old.replace()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while self.connections.get(old.call_id) is old and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        if self.connections.get(old.call_id) is old:
+            del self.connections[old.call_id]
+
     def _beat_fields(self) -> dict[str, Any]:
         return {
             "role": "web",
@@ -193,7 +204,7 @@ class Hub:
         if kind == wire.PCM:
             conn.push_audio(body)
         elif kind == wire.EVT:
-            conn.push_event(body)
+            conn.owner_event(body)
         elif kind == wire.CTL:
             conn.control(body)
         elif kind == wire.OBS:

@@ -519,7 +519,7 @@ class MediaProcess:
 
     async def _check_frontends(self) -> None:
         """Hang up calls whose frontend process died (design §5); drop the `/events` watchers it served."""
-        frontends = {s.frontend for s in self.sessions.values()}
+        frontends = {s.frontend for s in self.sessions.values() if s.frontend}
         for s in self.sessions.values():
             if s.observers:
                 frontends |= s.observers.frontends()
@@ -534,7 +534,7 @@ class MediaProcess:
                 s.observers.forget(gone)
             if s.frontend in gone and not s.ending:
                 log.warning("frontend %s of call %s is gone", s.frontend, s.call_id)
-                self.end_soon(s, "frontend_lost", "system")
+                s.frontend_lost()
 
     async def _reaper(self) -> None:
         while True:
@@ -680,6 +680,8 @@ class MediaProcess:
                 self.telephony.forwarded(m["b"])
             elif m["k"] == wire.CTL and m["b"].get("op") == wire.Op.ATTACH:
                 self._attach(str(m["c"]), m["b"])
+            elif m["k"] == wire.CTL and m["b"].get("op") == wire.Op.RESUME:
+                self._not_resumed(str(m["c"]), str(m["b"].get("frontend") or ""))
             elif m["k"] == wire.CTL and m["b"].get("op") == wire.Op.PRECACHE:
                 self._start("precache", precache.answer(self.services, m["b"], self.send, str(m["c"])))
             elif m["k"] == wire.CTL and m["b"].get("op") == wire.Op.WATCH:
@@ -688,6 +690,13 @@ class MediaProcess:
                     self.send(*ended)
         except Exception:
             log.exception("call %s: could not handle %s message", m.get("c"), m.get("k"))
+
+    def _not_resumed(self, call_id: str, frontend: str) -> None:
+        """A new socket named a call that ended here meanwhile: it hears so, and closes."""
+        if frontend:
+            self.send(frontend, wire.msg(call_id, wire.EVT, events.error(
+                call_id, "resume", "the call has ended", 404)))  # fmt: skip
+            self.send(frontend, wire.msg(call_id, wire.CTL, {"op": wire.Op.CLOSE}))
 
     def _attach(self, call_id: str, body: dict[str, Any]) -> None:
         frontend = str(body.get("frontend") or "")

@@ -81,7 +81,9 @@ class BurstSocket:
 
 async def test_the_frontend_reads_a_burst_in_slices() -> None:
     sent: list[dict[str, Any]] = []
-    hub = SimpleNamespace(settings=Settings(ws_max_commands_per_sec=0), send=lambda proc, m: sent.append(m))
+    hub = SimpleNamespace(
+        settings=Settings(ws_max_commands_per_sec=0), proc_id="web-t", send=lambda proc, m: sent.append(m)
+    )
     conn = CallConnection(hub, "c1", "websocket", BurstSocket([history(i) for i in range(BURST)]))  # type: ignore[arg-type]
     conn.owner = "media-1"
     gap = await largest_gap(conn.serve())
@@ -112,7 +114,7 @@ async def test_the_media_session_runs_a_burst_of_commands_in_slices(tmp_path: An
 
 async def test_a_streams_pieces_are_not_timed_so_not_acknowledged() -> None:
     sent: list[dict[str, Any]] = []
-    hub = SimpleNamespace(settings=Settings(), send=lambda proc, m: sent.append(m))
+    hub = SimpleNamespace(settings=Settings(), proc_id="web-t", send=lambda proc, m: sent.append(m))
     frames = [
         json.dumps({"command": "tts", "text": t, "playId": "llm", "streaming": True, "endOfStream": t == ""})
         for t in ("Hi", " there", "!", "")

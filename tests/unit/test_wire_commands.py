@@ -38,6 +38,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
             "extra": {"big": 2**64 - 1, "small": -(2**63)},
             "eou": {"type": "tencent", "endpoint": "wss://eou", "apiKey": "k", "timeout": 900},
             "mediaPass": {"url": "wss://bot/x?token=t", "inputSampleRate": 16000, "dialect": "twilio"},
+            "resume": {"timeout": 30, "moh": "hold.wav"},
         }
     },
     "accept": {"option": {"codec": "g722", "asr": {"provider": "local"}}},
@@ -70,6 +71,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "mute": {"trackId": "t"},
     "unmute": {},
     "history": {"speaker": "u", "text": "hi"},
+    "bridge": {"targetSessionId": "other-call"},
+    "unbridge": {"targetSessionId": "other-call"},
 }
 
 

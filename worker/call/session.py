@@ -43,6 +43,7 @@ from common.protocol import (
 )
 from common.tasks import TaskSet, close_each
 from worker import metrics
+from worker.call.applink import AppLink
 from worker.call.bridge import CallBridge
 from worker.call.commands import CommandQueue, Parsed
 from worker.call.leg import CallLeg, LegHooks, WebSocketLeg
@@ -81,7 +82,6 @@ class CallSession:
         self.host = host
         self.call_id = call_id
         self.call_type = call_type
-        self.frontend = frontend
         self.created_ms = created_ms
         self.answer_ms: int | None = None
         self.ring_ms: int | None = None  # the first `ringing` of the call's own leg
@@ -132,6 +132,17 @@ class CallSession:
         self.media_pass = MediaPass(self.hooks, services, self.tracks, lambda: self.answer_ms is not None)
         # Who watches the call through `/events/{id}` (worker/call/observers.py).
         self.observers = Observers(call_id, host.send)
+        # Where the app's events and audio go, and how the call waits for a new socket (option.resume).
+        self.app = AppLink(
+            self.hooks,
+            host,
+            services.proc_id,
+            frontend,
+            lambda reason, initiator: host.end_soon(self, reason, initiator),
+            lambda: self.answer_ms is not None,
+            self.end_moh,
+            lambda call_id, **fields: services.registry.update(call_id, **fields),
+        )
         # A bridge with another live call, on any media process (worker/call/bridge.py).
         self.bridge = CallBridge(call_id, services.proc_id, host.send)
         self.done = asyncio.Event()
@@ -160,7 +171,9 @@ class CallSession:
             elif op == wire.Op.SHUTDOWN:  # the frontend is stopping and its drain time is over
                 self.host.end_soon(self, "shutdown", "system")
             elif op == wire.Op.GONE:
-                self.host.end_soon(self, "connection_closed", "caller")
+                self.app.gone(body)
+            elif op == wire.Op.RESUME:
+                self.app.resumed(str(body.get("frontend") or ""))
             elif op == wire.Op.WATCH:
                 self.observers.watch(str(body.get("w") or ""), str(body.get("frontend") or ""))
             elif op == wire.Op.UNWATCH:
@@ -213,8 +226,17 @@ class CallSession:
 
     # --- outbound ----------------------------------------------------------------------------------------
 
+    @property
+    def frontend(self) -> str:
+        """The frontend holding the app's socket ("" while the call waits for one)."""
+        return self.app.frontend
+
+    def frontend_lost(self) -> None:
+        """The frontend holding the socket died: the call ends, or waits for a new socket."""
+        self.app.lost(None, "frontend_lost", "system")
+
     def emit(self, ev: dict[str, Any]) -> None:
-        self.host.send(self.frontend, wire.msg(self.call_id, wire.EVT, ev))
+        self.app.event(ev)
         self.recording.note("event", ev)
         if self.observers:
             self.observers.event(ev)
@@ -226,10 +248,12 @@ class CallSession:
         self.emit(events.error(track_id or self.call_id, sender, message, code))
 
     def _send_audio(self, data: bytes) -> None:
-        self.host.send(self.frontend, wire.msg(self.call_id, wire.PCM, data))
+        self.app.audio(data)
 
     def tick(self) -> None:
         """Advance one 20 ms frame of the media clock."""
+        if self.app.moh_wanted is not None and self.tracks.track is None:
+            self.play_moh(self.app.moh_wanted)  # waiting for a new socket, with nothing else playing
         frame = self.tracks.tick()
         if self.bridge.active:
             frame = self.bridge.mix(frame)
@@ -282,7 +306,7 @@ class CallSession:
 
     def _ack(self, seq: int | None) -> None:
         if seq is not None:  # handled: the frontend times the round trip
-            self.host.send(self.frontend, wire.msg(self.call_id, wire.CTL, {"op": wire.Op.ACK, "seq": seq}))
+            self.app.control({"op": wire.Op.ACK, "seq": seq})
 
     def _is_setup(self, cmd: Command) -> bool:
         """An `invite` that waits for its peer (the SIP callee's answer, ICE gathering) runs beside the
@@ -354,6 +378,7 @@ class CallSession:
         if option.recorder is not None and self.recording.recorder is None:
             path = await self.recording.path(option.recorder, "option.recorder")
         self.leg.configure(option)
+        self.app.configure(option.resume)
         self.listener.configure(option)
         self.speaker.call_option = option.tts
         if path is not None:
@@ -547,7 +572,7 @@ class CallSession:
                 ("registry entry", lambda: self.services.registry.remove(self.call_id)),
             ),
         )
-        self.host.send(self.frontend, wire.msg(self.call_id, wire.CTL, {"op": wire.Op.CLOSE}))
+        self.app.close()
         self.observers.end()
         self.host.session_ended(self)
         self._tasks.cancel()  # not the task running this hangup

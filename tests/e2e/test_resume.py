@@ -1,0 +1,189 @@
+"""A call outlives its app socket (`option.resume`) over the real stack: drops mid-`tts`, during ringing and
+twice in a row, resumption on either frontend, a socket replaced while the old one is still open, `/events`
+watchers across it, and the call's end when nobody comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.e2e.client import CallClient, SseReader
+from tests.e2e.conftest import StackInfo
+from tests.e2e.sip_peer import sip_peer
+
+pytestmark = pytest.mark.e2e
+
+LONG = "This sentence is long enough to still be playing when the socket goes away, and then some more."
+
+
+def unique(*clients: CallClient) -> list[dict[str, Any]]:
+    """Every event the sockets got, in order; fails if any came twice."""
+    seen: list[dict[str, Any]] = [e for c in clients for e in c.events]
+    keys = [json.dumps(e, sort_keys=True) for e in seen]
+    twice = {k for k in keys if keys.count(k) > 1}
+    assert not twice, f"events delivered twice: {twice}"
+    return seen
+
+
+async def test_dropped_mid_tts_twice_and_resumed_on_another_frontend(stack: StackInfo, call_id: str) -> None:
+    first = await CallClient.open(stack.ws, call_id=call_id)
+    clients = [first]
+    try:
+        await first.invite(codec="pcm", resume={"timeout": 10})
+        await first.send({"command": "tts", "text": LONG, "playId": "long"})
+        await first.event("trackStart", playId="long", timeout=10)
+        await asyncio.sleep(0.3)
+        await first.ws.close()  # gone mid-sentence
+        await first.wait_closed()
+        await asyncio.sleep(0.2)
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{stack.base}/list") as resp:
+                assert call_id in [x["id"] for x in (await resp.json())["active_calls"]], (
+                    "up without a socket"
+                )
+            body = {"command": "history", "speaker": "bot", "text": "while away"}
+            async with s.post(f"{stack.base}/command/{call_id}", json=body) as resp:
+                assert resp.status == 200
+        await asyncio.sleep(0.2)
+
+        second = await CallClient.open(stack.ws, call_id=call_id)
+        clients.append(second)
+        await second.event("addHistory", text="while away")
+        ended = await second.event("trackEnd", playId="long", timeout=15)
+        assert ended["trackId"] == "server-side-track"
+        replayed = [e for e in second.events if e["event"] in ("answer", "trackStart")]
+        assert not replayed, "only what the first socket missed"
+
+        # Dropped again (and again, until a socket lands on the other frontend): each one resumes.
+        for i in range(12):
+            await clients[-1].send({"command": "history", "speaker": "user", "text": f"live {i}"})
+            await clients[-1].event("addHistory", text=f"live {i}")
+            await clients[-1].ws.close()
+            await clients[-1].wait_closed()
+            await asyncio.sleep(0.1)
+            clients.append(await CallClient.open(stack.ws, call_id=call_id))
+            if len({c.frontend for c in clients}) > 1 and i >= 1:
+                break
+        assert len({c.frontend for c in clients}) == 2, "resumed on both frontends"
+        last = clients[-1]
+        await last.send({"command": "hangup", "reason": "done"})
+        hangup = await last.event("hangup")
+        assert hangup["reason"] == "done"
+        await last.wait_closed()
+
+        got = unique(*clients)
+        names = [e["event"] for e in got]
+        assert names.count("trackEnd") == 2 and names.count("hangup") == 1  # the tts's, the caller's
+        texts = [e.get("text") for e in got if e["event"] == "addHistory"]
+        assert texts == ["while away", *(f"live {i}" for i in range(len(texts) - 1))]
+    finally:
+        for c in clients:
+            await c.close()
+
+
+async def test_a_new_socket_replaces_an_open_one_and_watchers_see_it_through(
+    stack: StackInfo, call_id: str
+) -> None:
+    old = await CallClient.open(stack.ws, call_id=call_id)
+    clients = [old]
+    watcher = aiohttp.ClientSession()
+    try:
+        await old.invite(codec="pcm", resume={"timeout": 10})
+        sse = SseReader(await watcher.get(f"{stack.base}/events/{call_id}"))
+        await asyncio.sleep(0.2)
+        # The app lost it, the server has not noticed: the new socket takes over at once.
+        new = await CallClient.open(stack.ws, call_id=call_id)
+        clients.append(new)
+        await old.wait_closed(timeout=5)
+        assert old.ws.close_code == 1000
+        await new.send({"command": "history", "speaker": "user", "text": "taken over"})
+        await new.event("addHistory", text="taken over")
+        assert not [e for e in old.events if e.get("text") == "taken over"]
+        await new.send({"command": "hangup"})
+        await new.event("hangup")
+        _, seen = await sse.frame("event", "addHistory")
+        assert seen["text"] == "taken over"
+        await sse.frame("event", "hangup")
+        await asyncio.wait_for(sse.ended.wait(), 5)
+        await sse.close()
+        unique(*clients)
+    finally:
+        for c in clients:
+            await c.close()
+        await watcher.close()
+
+
+async def test_nobody_back_ends_the_call_as_a_drop_does(stack: StackInfo, call_id: str) -> None:
+    c = await CallClient.open(stack.ws, call_id=call_id)
+    try:
+        await c.invite(codec="pcm", resume={"timeout": 1})
+        await c.ws.close()
+        await c.wait_closed()
+        async with aiohttp.ClientSession() as s:
+            await asyncio.sleep(0.6)
+            async with s.get(f"{stack.base}/list") as resp:
+                assert call_id in [x["id"] for x in (await resp.json())["active_calls"]], "still waiting"
+            await asyncio.sleep(1.5)
+            async with s.get(f"{stack.base}/list") as resp:
+                assert call_id not in [x["id"] for x in (await resp.json())["active_calls"]], "ended"
+        dump = (stack.recorder_path / f"{call_id}.events.jsonl").read_text().splitlines()
+        last = json.loads(json.loads(dump[-1])["content"])
+        assert last["event"] == "hangup" and last["reason"] == "connection_closed"
+        late = await CallClient.open(stack.ws, call_id=call_id)  # a new call with that id now
+        try:
+            await late.invite(codec="pcm")
+        finally:
+            await late.close()
+    finally:
+        await c.close()
+
+
+async def test_a_call_without_resume_ends_with_its_socket(stack: StackInfo, call_id: str) -> None:
+    c = await CallClient.open(stack.ws, call_id=call_id)
+    await c.invite(codec="pcm")
+    await c.ws.close()
+    await c.close()
+    async with aiohttp.ClientSession() as s:
+        for _ in range(100):
+            async with s.get(f"{stack.base}/list") as resp:
+                if call_id not in [x["id"] for x in (await resp.json())["active_calls"]]:
+                    return
+            await asyncio.sleep(0.02)
+    raise AssertionError("the call outlived its socket without option.resume")
+
+
+async def test_dropped_while_ringing_then_answered_meanwhile(stack: StackInfo, call_id: str) -> None:
+    async with sip_peer(ring_for=1.0) as peer:
+        c = await CallClient.open(stack.ws, "/call/sip", call_id=call_id)
+        clients = [c]
+        try:
+            await c.send(
+                {
+                    "command": "invite",
+                    "option": {
+                        "callee": peer.uri,
+                        "caller": "sip:bot@example.com",
+                        "resume": {"timeout": 10},
+                    },
+                }
+            )
+            await c.event("ringing", timeout=10)
+            await c.ws.close()
+            await c.wait_closed()
+            await asyncio.sleep(1.5)  # answered while no socket is there
+            back = await CallClient.open(stack.ws, "/call/sip", call_id=call_id)
+            clients.append(back)
+            answer = await back.event("answer", timeout=10)
+            assert "m=audio" in answer["sdp"]
+            await back.send({"command": "hangup"})
+            await back.event("hangup", timeout=5)
+            names = [e["event"] for e in unique(*clients)]
+            assert names.index("ringing") < names.index("answer") < names.index("hangup")
+            assert names.count("ringing") == 1
+        finally:
+            for x in clients:
+                await x.close()
