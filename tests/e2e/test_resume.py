@@ -6,14 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
 
+from tests.audio_util import peak_freq, tone
 from tests.e2e.client import CallClient, SseReader
 from tests.e2e.conftest import StackInfo
+from tests.e2e.rtc_client import RtcCaller
 from tests.e2e.sip_peer import sip_peer
+from tests.e2e.test_playback import write_wav
 
 pytestmark = pytest.mark.e2e
 
@@ -187,3 +193,42 @@ async def test_dropped_while_ringing_then_answered_meanwhile(stack: StackInfo, c
         finally:
             for x in clients:
                 await x.close()
+
+
+async def test_a_webrtc_call_goes_on_without_its_socket(
+    stack: StackInfo, call_id: str, tmp_path: Path
+) -> None:
+    beep = write_wav(tmp_path / "beep.wav", tone(1000, 1.0))
+    peer = RtcCaller(freq=440, seconds=4.0)
+    c = await CallClient.open(stack.ws, "/call/webrtc", call_id=call_id)
+    clients = [c]
+    try:
+        await c.send(
+            {"command": "invite", "option": {"offer": await peer.offer(), "resume": {"timeout": 10}}}
+        )
+        answer = await c.event("answer", timeout=10)
+        await peer.accept(str(answer["sdp"]))
+        await asyncio.sleep(0.5)
+        await c.ws.close()
+        await c.wait_closed()
+        await asyncio.sleep(0.2)
+        mark = time.monotonic()
+        async with aiohttp.ClientSession() as s:  # the app's backend plays a file meanwhile
+            body = {"command": "play", "url": str(beep), "playId": "beep"}
+            async with s.post(f"{stack.base}/command/{call_id}", json=body) as resp:
+                assert resp.status == 200
+        await asyncio.sleep(1.5)
+        heard = peer.audio(after=mark)
+        assert np.sum(np.abs(heard) > 1500) > 8000, "the peer heard the file while no socket was there"
+        assert abs(peak_freq(heard) - 1000) < 20, "the file's tone, over the caller's own 440 Hz"
+        back = await CallClient.open(stack.ws, "/call/webrtc", call_id=call_id)
+        clients.append(back)
+        await back.event("trackStart", playId="beep")
+        await back.event("trackEnd", playId="beep")
+        await back.send({"command": "hangup"})
+        await back.event("hangup")
+        unique(*clients)
+    finally:
+        await peer.close()
+        for x in clients:
+            await x.close()
