@@ -66,7 +66,10 @@ async def check_401(resp: aiohttp.ClientResponse) -> None:
 async def test_rest_needs_the_token(auth: AuthStack) -> None:
     base = auth.info.base
     async with aiohttp.ClientSession() as s:
-        for method, path in (("GET", "/call/lists"), ("POST", "/call/kill/x"), ("GET", "/iceservers")):
+        active_call = (("GET", "/list"), ("GET", "/kill/x"), ("GET", "/events/x"), ("POST", "/command/x"),
+                       ("POST", "/precache"))  # fmt: skip
+        for method, path in (("GET", "/call/lists"), ("POST", "/call/kill/x"), ("GET", "/iceservers"),
+                             *active_call):  # fmt: skip
             async with s.request(method, base + path) as resp:
                 await check_401(resp)
                 assert "required" in (await resp.json())["error"]
@@ -82,6 +85,10 @@ async def test_rest_needs_the_token(auth: AuthStack) -> None:
                 assert resp.status == 404 and (await resp.json())["code"] == "CALL_NOT_FOUND"
         async with s.get(base + "/iceservers", headers=BEARER) as resp:
             assert resp.status == 200 and isinstance(await resp.json(), list)
+        async with s.get(base + "/list", headers=BEARER) as resp:
+            assert resp.status == 200 and "active_calls" in await resp.json()
+        async with s.get(base + "/events/x", params={"token": TOKEN}) as resp:  # as an EventSource sends it
+            assert resp.status == 404 and (await resp.json())["status"] == "not_found"
 
 
 async def test_health_and_playground_stay_open(auth: AuthStack) -> None:
