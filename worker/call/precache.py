@@ -17,9 +17,9 @@ from typing import Any
 from common import wire
 from common.errors import PbxError
 from common.protocol import Tts, decode_command
-from worker.call.speaking import SpeechServices, cache_file, merge, tts_provider, write_cache
+from worker.call.speaking import SpeechServices, cache_file, fill, merge, tts_provider, write_cache
 from worker.media.tts_player import Segment
-from worker.speech.tts import TtsAudio, TtsSubtitles, strip_emoji
+from worker.speech.tts import strip_emoji
 
 log = logging.getLogger("pbx.worker.call.precache")
 
@@ -38,18 +38,7 @@ async def precache(services: SpeechServices, tts: Tts) -> dict[str, Any]:
     if await loop.run_in_executor(services.io, path.exists):
         return {"status": "exists", "cacheKey": key, "bytes": 0}
     segment = Segment(seq=None, text=spoken)
-    outputs = provider.synthesize(spoken)
-    try:
-        async for out in outputs:
-            if isinstance(out, TtsAudio):
-                segment.add(out.samples, out.rate)
-            elif isinstance(out, TtsSubtitles):
-                segment.subtitles.extend(out.items)
-    finally:
-        closer = getattr(outputs, "aclose", None)
-        if closer is not None:
-            await closer()
-    segment.finish()
+    await fill(segment, provider.synthesize(spoken))
     audio = bytes(segment.audio)
     cache = services.cache
     stored = await loop.run_in_executor(

@@ -109,6 +109,26 @@ def cache_file(cache_dir: str, provider: str, text: str, option: SynthesisOption
     return Path(cache_dir) / f"tts-{hashlib.sha256(ident.encode()).hexdigest()}.msgpack"
 
 
+async def fill(seg: Segment, outputs: AsyncIterator[Any]) -> float | None:
+    """Put what a provider's synthesis yields into `seg`, finished at the end; the time (monotonic) its
+    first audio came, None when none did. The provider's iterator is closed however it ends."""
+    first: float | None = None
+    try:
+        async for out in outputs:
+            if isinstance(out, TtsAudio):
+                if first is None:
+                    first = time.monotonic()
+                seg.add(out.samples, out.rate)
+            elif isinstance(out, TtsSubtitles):
+                seg.subtitles.extend(out.items)
+    finally:
+        closer = getattr(outputs, "aclose", None)
+        if closer is not None:
+            await closer()
+    seg.finish()
+    return first
+
+
 def read_cache(path: Path) -> tuple[bytes, list[Subtitle]] | None:
     try:
         f = open_cached(path)  # its use is recorded: the cache evicts the least recently used first
@@ -323,30 +343,20 @@ class CallSpeaker:
                 metrics.TTS_SYNTHESES.labels(job.provider.name, "cache").inc()
                 self._metrics(job, 0, 0, cached=True)
                 return
-        first: int | None = None
         asked = time.monotonic()
         outputs: AsyncIterator[Any]
         if job.texts is not None:
             outputs = job.provider.stream(_drain(job.texts))
         else:
             outputs = job.provider.synthesize(seg.text)
-        try:
-            async for out in outputs:
-                if isinstance(out, TtsAudio):
-                    if first is None:
-                        first = events.now_ms()
-                        metrics.TTS_FIRST_AUDIO.labels(job.provider.name).observe(time.monotonic() - asked)
-                    seg.add(out.samples, out.rate)
-                elif isinstance(out, TtsSubtitles):
-                    seg.subtitles.extend(out.items)
-        finally:
-            closer = getattr(outputs, "aclose", None)
-            if closer is not None:
-                await closer()
-        seg.finish()
+        first_at = await fill(seg, outputs)
         metrics.TTS_SYNTHESES.labels(job.provider.name, "provider").inc()
         now = events.now_ms()
-        self._metrics(job, now - job.received_ms, (first or now) - job.received_ms, cached=False)
+        first = now  # (epoch ms) of the first audio, or of the end when none came
+        if first_at is not None:
+            metrics.TTS_FIRST_AUDIO.labels(job.provider.name).observe(first_at - asked)
+            first -= round((time.monotonic() - first_at) * 1000)
+        self._metrics(job, now - job.received_ms, first - job.received_ms, cached=False)
         if job.cache_path is not None and seg.received:
             cache = services.cache
             audio, subtitles = bytes(seg.audio), list(seg.subtitles)
