@@ -284,6 +284,14 @@ class History:
     text: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Custom:
+    """active-call's `custom`: `data` (any JSON, null included, but present) is echoed as a `custom` event."""
+
+    data: Any
+    sender: str | None = None
+
+
 Command = (
     Invite
     | Accept
@@ -301,6 +309,7 @@ Command = (
     | Mute
     | Unmute
     | History
+    | Custom
 )
 
 COMMANDS: dict[str, type] = {
@@ -320,6 +329,7 @@ COMMANDS: dict[str, type] = {
     "mute": Mute,
     "unmute": Unmute,
     "history": History,
+    "custom": Custom,
 }
 NAMES: dict[type, str] = {cls: name for name, cls in COMMANDS.items()}
 

@@ -70,6 +70,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "mute": {"trackId": "t"},
     "unmute": {},
     "history": {"speaker": "u", "text": "hi"},
+    "custom": {"sender": "app", "data": {"n": [1, -2.5, None, True], "s": "x", "big": 2**64 - 1}},
 }
 
 

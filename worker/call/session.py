@@ -22,6 +22,7 @@ from common.protocol import (
     AddIceCandidate,
     Candidate,
     Command,
+    Custom,
     Hangup,
     History,
     Interrupt,
@@ -272,6 +273,9 @@ class CallSession:
                 self._mute(cmd.track_id, isinstance(cmd, Mute))
             case History():
                 self.emit(events.event("addHistory", sender=self.call_id, speaker=cmd.speaker, text=cmd.text))
+            case Custom():
+                # active-call's echo: no trackId, and `data` as sent, even null.
+                self.emit({**events.event("custom", sender=cmd.sender), "data": cmd.data})
             case Hangup():
                 await self.hangup(cmd.reason or "normal_clearing", cmd.initiator or "caller")
             case Candidate():

@@ -1,0 +1,56 @@
+"""active-call's additions to the call API (issue 20), through a media session built from fakes: no
+processes, no sockets. The timing rules have their own virtual-clock tests beside their parts."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from common import wire
+from common.protocol import CallOption, Custom, Invite, command_body
+from tests.unit.callfakes import FakeHost, fake_services
+from worker.call.session import CallSession
+
+
+def session_of(call_type: str = "websocket", host: FakeHost | None = None, **kw: Any) -> CallSession:
+    return CallSession(fake_services(), host or FakeHost(), "c1", call_type, "web-1", False, 0, **kw)
+
+
+def events_of(host: FakeHost) -> list[dict[str, Any]]:
+    return [m["b"] for m in host.sent if m["k"] == wire.EVT]
+
+
+async def test_custom_is_echoed_as_sent_without_a_track_id() -> None:
+    host = FakeHost()
+    session = session_of(host=host)
+    data = {"n": [1, None, {"deep": True}], "s": "x"}
+    await session._dispatch(Custom(sender="app", data=data))
+    await session._dispatch(Custom(data=None))
+    first, second = events_of(host)
+    assert list(first) == ["event", "timestamp", "sender", "data"]
+    assert first["event"] == "custom" and first["sender"] == "app" and first["data"] == data
+    assert isinstance(first["timestamp"], int)
+    assert second == {"event": "custom", "timestamp": second["timestamp"], "data": None}
+
+
+async def test_custom_runs_while_the_setup_waits_for_its_peer() -> None:
+    """A WebRTC invite waiting for ICE gathering does not hold a `custom` back (it needs no answer)."""
+    host = FakeHost()
+    session = session_of("webrtc", host)
+    gathering = asyncio.Event()
+
+    async def invite(option: CallOption) -> None:
+        await gathering.wait()
+
+    session.leg.invite = invite  # type: ignore[method-assign]
+    session.start()
+    session.deliver(wire.CMD, command_body(Invite(option=CallOption(offer="v=0"))))
+    session.deliver(wire.CMD, command_body(Custom(data="while ringing")))
+    for _ in range(100):
+        if events_of(host):
+            break
+        await asyncio.sleep(0.01)
+    assert [e["event"] for e in events_of(host)] == ["custom"]
+    assert events_of(host)[0]["data"] == "while ringing"
+    gathering.set()
+    session._tasks.cancel()
