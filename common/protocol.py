@@ -237,6 +237,7 @@ class Play:
     play_id: str | None = None
     auto_hangup: bool | None = None
     wait_input_timeout: int | None = None
+    offset_ms: int | None = None  # active-call's: start this far into the file
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -441,6 +442,8 @@ def _check(cmd: Any, call_type: str) -> None:
         _choice(cmd.options.asr.provider, ASR_PROVIDERS, "options.asr.provider", "provider")
     elif isinstance(cmd, Play) and not cmd.url.strip():
         raise BadCommand("url: must not be empty")
+    elif isinstance(cmd, Play) and cmd.offset_ms is not None and cmd.offset_ms < 0:
+        raise BadCommand("offsetMs: must not be negative (ms into the file)")
 
 
 MIN_RATE, MAX_RATE = 8000, 48000

@@ -83,6 +83,7 @@ _RULES: dict[str, st.SearchStrategy[Any]] = {
     "outputSampleRate": st.integers(8000, 48000),
     "packetSize": st.integers(80, 32768).map(lambda n: n * 2),
     "ptime": st.integers(10, 200),
+    "offsetMs": st.integers(0, 2**64 - 1),
     "dialect": st.sampled_from(["raw", "twilio", "TWILIO"]),
     # Names checked at the edge (common/choices.py), per option class where one wire name means two lists.
     "provider": st.sampled_from([*ASR_PROVIDERS, "Tencent"]),

@@ -141,6 +141,7 @@ def test_every_command_parses_with_defaults() -> None:
         wait_input_timeout=5000,
     )
     assert parse({"command": "play", "url": "a.wav"}) == Play(url="a.wav")
+    assert parse({"command": "play", "url": "a.wav", "offsetMs": 0}) == Play(url="a.wav", offset_ms=0)
     assert parse({"command": "interrupt"}) == Interrupt()
     assert parse({"command": "pause"}) == Pause() and parse({"command": "resume"}) == Resume()
     assert parse({"command": "hangup"}) == Hangup()
@@ -204,6 +205,8 @@ def test_durations(value: object, seconds: float) -> None:
         ('{"command": 1}', "command: expected a string"),
         ('{"command": "x"}', "unknown command"),
         ('{"command": "play", "url": ""}', "url: must not be empty"),
+        ('{"command": "play", "url": "a", "offsetMs": -1}', "offsetMs: must not be negative"),
+        ('{"command": "play", "url": "a", "offsetMs": "1"}', "offsetMs: expected an integer, got a string"),
         ('{"command": "reject", "reason": "x", "code": "486"}', "code: expected an integer"),
         ('{"command": "reject", "reason": "x", "code": true}', "code: expected an integer"),
         ('{"command": "invite", "option": []}', "option: expected an object"),

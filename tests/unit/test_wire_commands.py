@@ -57,7 +57,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "base64": False,
         "cacheKey": "k",
     },
-    "play": {"url": "x.wav", "playId": "p", "autoHangup": False, "waitInputTimeout": 10},
+    "play": {"url": "x.wav", "playId": "p", "autoHangup": False, "waitInputTimeout": 10, "offsetMs": 1500},
     "interrupt": {"graceful": True},
     "pause": {},
     "resume": {},

@@ -425,7 +425,12 @@ class CallSession:
 
     def _play(self, cmd: Play, source_field: str = "play.url") -> None:
         self.tracks.play(
-            cmd.url, cmd.play_id, bool(cmd.auto_hangup), cmd.wait_input_timeout or 0, source_field
+            cmd.url,
+            cmd.play_id,
+            bool(cmd.auto_hangup),
+            cmd.wait_input_timeout or 0,
+            source_field,
+            offset_ms=cmd.offset_ms or 0,
         )
 
     async def _open_media(self, source: str) -> np.ndarray:

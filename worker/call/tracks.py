@@ -62,6 +62,7 @@ class ServerTrack:
     tts: object = None  # the TtsRun filling a TTS track (worker/call/speaking.py)
     # The command field the file came from, named when it cannot be played.
     source_field: str = "play.url"
+    offset_ms: int = 0  # where in the file it starts (`play.offsetMs`)
 
 
 class ServerSide:
@@ -119,8 +120,10 @@ class ServerSide:
         wait_input_timeout: int = 0,
         source_field: str = "play.url",
         loop: bool = False,
+        offset_ms: int = 0,
     ) -> ServerTrack:
-        """Play a file or URL (its playId defaults to the URL); it loads beside the clock."""
+        """Play a file or URL (its playId defaults to the URL) from `offset_ms` into it; it loads beside the
+        clock. An offset past the end plays nothing: the track ends on the next tick, as an empty file's."""
         track = self.start(
             ServerTrack(
                 play_id=play_id or url,
@@ -129,6 +132,7 @@ class ServerSide:
                 auto_hangup=auto_hangup,
                 wait_input_timeout=wait_input_timeout,
                 source_field=source_field,
+                offset_ms=offset_ms,
             )
         )
         name = "moh" if loop else "load"
@@ -189,7 +193,7 @@ class ServerSide:
                 self.finish(natural=True)
             return
         if self.track is track:
-            track.player = FilePlayer(samples, loop=loop)
+            track.player = FilePlayer(samples, loop=loop, offset_ms=track.offset_ms)
             track.player.paused = track.paused
 
     # --- commands ------------------------------------------------------------------------------------------
