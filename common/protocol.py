@@ -16,6 +16,7 @@ import msgspec
 
 from common.choices import ASR_PROVIDERS, CODECS, EOU_TYPES, MEDIA_PASS_DIALECTS, TTS_PROVIDERS, VAD_TYPES
 from common.errors import BadCommand
+from common.events import SERVER_SIDE_TRACK
 from common.redact import redact_url
 from common.schema import parse_object, to_wire
 
@@ -38,6 +39,13 @@ DEFAULT_RING_TIMEOUT = 60.0
 def valid_call_id(value: str) -> bool:
     """Whether `value` can name a call: 1 to MAX_CALL_ID printable characters without spaces."""
     return 0 < len(value) <= MAX_CALL_ID and value.isprintable() and not any(c.isspace() for c in value)
+
+
+def server_track(params: dict[str, Any]) -> str:
+    """The trackId of a call's server-side track from its dispatch params (or an `attach`): the socket's
+    `serverSideTrack` as its frontend checked it, else `server-side-track`."""
+    value = params.get("serverSideTrack")
+    return value if isinstance(value, str) and valid_call_id(value) else SERVER_SIDE_TRACK
 
 
 def _secret() -> Any:

@@ -6,6 +6,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import aiohttp
 import numpy as np
 import pytest
 
@@ -82,3 +83,58 @@ async def test_play_offset_starts_that_far_into_the_file(
         assert "trackStart" not in c.names()[mark:]
     finally:
         await c.close()
+
+
+async def test_server_side_track_names_what_the_server_plays(
+    stack: StackInfo, call_id: str, tmp_path: Path
+) -> None:
+    wav = write_wav(tmp_path / "short.wav", tone(440, 0.2))
+    c = await CallClient.open(stack.ws, call_id=call_id, serverSideTrack="agent-1")
+    try:
+        await c.invite()
+        await c.send({"command": "play", "url": str(wav), "playId": "p", "waitInputTimeout": 100})
+        start = await c.event("trackStart", playId="p")
+        end = await c.event("trackEnd", playId="p")
+        silence = await c.event("silence")
+        assert start["trackId"] == end["trackId"] == silence["trackId"] == "agent-1"
+        await c.send({"command": "mute", "trackId": "agent-1"})
+        await c.send({"command": "unmute", "trackId": "server-side-track"})
+        error = await c.event("error")
+        assert error["code"] == 400
+        expected = f"trackId: no track 'server-side-track' in this call (use {call_id!r} or 'agent-1')"
+        assert error["error"] == expected
+        assert len([e for e in c.events if e["event"] == "error"]) == 1, "agent-1 was muted without a word"
+        await c.send({"command": "hangup"})
+        hangup = await c.event("hangup")
+        assert hangup["trackId"] == call_id
+    finally:
+        await c.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "problem"),
+    [
+        ({"serverSideTrack": "two words"}, "printable characters without spaces"),
+        ({"serverSideTrack": "x" * 129}, "at most 128 printable characters"),
+        ({"serverSideTrack": "same", "id": "same"}, "must differ from the call id"),
+    ],
+)
+async def test_a_bad_server_side_track_is_refused_before_the_upgrade(
+    stack: StackInfo, query: dict[str, str], problem: str
+) -> None:
+    async with aiohttp.ClientSession() as s:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await s.ws_connect(f"{stack.ws}/call", params=query)
+        assert refused.value.status == 400
+        async with s.get(f"{stack.base}/call", params=query, headers=UPGRADE) as resp:
+            body = await resp.json()
+        assert resp.status == 400 and body["error"].startswith("query parameter serverSideTrack: ")
+        assert problem in body["error"]
+
+
+UPGRADE = {
+    "Connection": "Upgrade",
+    "Upgrade": "websocket",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}

@@ -112,11 +112,13 @@ async def test_early_media_ringtone_then_cancel(inbound: StackInfo, webhook: Web
     try:
         await caller.call(inbound.sip_port)
         hook = await webhook.next()
-        c = await CallClient.open(inbound.ws, "/call/sip", call_id=hook["dialogId"])
+        # The socket that picks the call up names its server-side track (active-call's serverSideTrack).
+        c = await CallClient.open(inbound.ws, "/call/sip", call_id=hook["dialogId"], serverSideTrack="tone")
         try:
             await c.event("incoming")
             await c.send({"command": "ringing", "ringtone": str(ring)})
             assert await caller.phone.wait("ringing") is True  # 183 with SDP
+            await c.event("trackStart", trackId="tone")
             await asyncio.sleep(1.0)
             heard = caller.phone.heard()
             assert len(heard) > 8000 and abs(peak_freq(heard[-8000:]) - 600) < 30

@@ -7,7 +7,7 @@ import asyncio
 from typing import Any
 
 from common import wire
-from common.protocol import CallOption, Custom, Invite, command_body
+from common.protocol import CallOption, Custom, Invite, Mute, command_body, server_track
 from tests.unit.callfakes import FakeHost, fake_services
 from worker.call.session import CallSession
 
@@ -54,3 +54,22 @@ async def test_custom_runs_while_the_setup_waits_for_its_peer() -> None:
     assert events_of(host)[0]["data"] == "while ringing"
     gathering.set()
     session._tasks.cancel()
+
+
+def test_the_server_side_track_id_comes_from_the_dispatch_params_as_the_frontend_checked_it() -> None:
+    assert server_track({"dump": True, "serverSideTrack": "agent"}) == "agent"
+    for params in ({}, {"serverSideTrack": None}, {"serverSideTrack": 7}, {"serverSideTrack": "a b"}):
+        assert server_track(params) == "server-side-track"
+
+
+async def test_mute_names_the_server_side_track_by_its_id() -> None:
+    host = FakeHost()
+    session = session_of(host=host, server_track="agent")
+    await session._dispatch(Invite(option=CallOption()))
+    await session._execute(Mute(track_id="agent"), None)
+    assert session.tracks.muted and not session.caller_muted
+    await session._execute(Mute(track_id="server-side-track"), None)
+    (error,) = [e for e in events_of(host) if e["event"] == "error"]
+    assert error["code"] == 400
+    assert error["error"] == "trackId: no track 'server-side-track' in this call (use 'c1' or 'agent')"
+    assert session.hooks.server_track == "agent" and session.speaker.tracks.track_id == "agent"

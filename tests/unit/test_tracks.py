@@ -174,6 +174,24 @@ def test_an_offset_at_or_past_the_end_plays_nothing_and_ends_the_track_as_an_emp
     run(scenario)
 
 
+def test_every_event_of_the_track_carries_its_track_id() -> None:
+    """The socket's `serverSideTrack` names the track in its events, errors included."""
+
+    async def scenario() -> None:
+        call = Call()
+        call.side = ServerSide(
+            "c1", call.log.append, call.hang_up, lambda: False, call.open, now=call.now, track_id="agent"
+        )
+        call.side.play("b.wav", wait_input_timeout=100)
+        await call.ticks(20)
+        call.side.play("nowhere.wav")
+        await call.ticks(2)
+        assert call.names() == ["trackStart", "trackEnd", "silence", "trackStart", "error", "trackEnd"]
+        assert {e["trackId"] for e in call.log} == {"agent"}
+
+    run(scenario)
+
+
 def test_a_new_play_ends_the_old_track_before_it_starts() -> None:
     async def scenario() -> None:
         call = Call()

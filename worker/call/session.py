@@ -62,7 +62,8 @@ log = logging.getLogger("pbx.worker.call.session")
 
 class CallSession:
     """The owner's half of a call (design §2, §4). `services` are its media process's shared services, `host`
-    the little it asks of that process (worker/call/services.py); its peer is reached through its leg."""
+    the little it asks of that process (worker/call/services.py); its peer is reached through its leg.
+    `server_track` is the trackId of what the server plays (the socket's `serverSideTrack`)."""
 
     def __init__(
         self,
@@ -73,6 +74,7 @@ class CallSession:
         frontend: str,
         dump: bool,
         created_ms: int,
+        server_track: str = SERVER_SIDE_TRACK,
     ) -> None:
         self.services = services
         self.host = host
@@ -99,6 +101,7 @@ class CallSession:
             spawn=self.spawn,
             hangup=self.hangup,
             ending=lambda: self.ending,
+            server_track=server_track,
         )
         # The peer, by call type (worker/call/leg.py): chosen here, once.
         self.leg = make_leg(
@@ -116,7 +119,13 @@ class CallSession:
         self.listener = CallerListener(self.hooks, services, self.input_detected, self._bot_digit)
         # The server-side track and its timing rules (worker/call/tracks.py).
         self.tracks = ServerSide(
-            call_id, self.emit, self._end_soon, lambda: self.ending, self._open_media, self._bot_done
+            call_id,
+            self.emit,
+            self._end_soon,
+            lambda: self.ending,
+            self._open_media,
+            self._bot_done,
+            track_id=server_track,
         )
         self.speaker = CallSpeaker(self.tracks, services, call_id, self.emit, lambda: self.ending)
         # Commands run one at a time, except beside a pending setup (worker/call/commands.py).
@@ -414,11 +423,12 @@ class CallSession:
             self.caller_muted = self.tracks.muted = muted
         elif track_id == self.call_id:
             self.caller_muted = muted
-        elif track_id == SERVER_SIDE_TRACK:
+        elif track_id == self.tracks.track_id:
             self.tracks.muted = muted
         else:
             raise BadCommand(
-                f"trackId: no track {track_id!r} in this call (use {self.call_id!r} or {SERVER_SIDE_TRACK!r})"
+                f"trackId: no track {track_id!r} in this call "
+                f"(use {self.call_id!r} or {self.tracks.track_id!r})"
             )
 
     # --- the server-side track (worker/call/tracks.py) -----------------------------------------------------

@@ -4,9 +4,10 @@ One producer plays at a time: a file (`play`, a ringtone, music on hold), a TTS 
 fills it), the far leg of a transfer (a bridge), or the mediaPass bot's audio. Starting one replaces the
 one playing. The rules (RustPBX's `play`/`tts`, docs/protocol.md):
 
-- Each track opens with `trackStart` (trackId `server-side-track`, its playId) and closes with exactly one
-  `trackEnd` (timestamp, duration in ms since its start, ssrc, playId); a replaced track ends before the new
-  one starts. An interrupted TTS track reports what was heard (`interruption`) just before its `trackEnd`.
+- Each track opens with `trackStart` (trackId `server-side-track`, or the call's `serverSideTrack`; its
+  playId) and closes with exactly one `trackEnd` (timestamp, duration in ms since its start, ssrc, playId);
+  a replaced track ends before the new one starts. An interrupted TTS track reports what was heard
+  (`interruption`) just before its `trackEnd`.
 - `interrupt` ends the track at once; `graceful` lets a TTS track finish the sentence it is speaking.
 - `pause` holds the position (no frames while paused), `resume` goes on from it; `mute` plays silence in the
   track's place, the track going on underneath.
@@ -71,7 +72,8 @@ class ServerSide:
     `emit` sends an event to the client; `hang_up(reason, initiator)` ends the call (soon, not in the
     caller's stack); `ending` says whether the call is ending; `open_media(source)` reads a file or URL as
     16 kHz mono samples (raising UrlRefused, MediaNotFound, FetchError, AudioFileError or OSError);
-    `bot_done` is told when the bot's audio played out; `now` is the clock in ms.
+    `bot_done` is told when the bot's audio played out; `now` is the clock in ms; `track_id` is the trackId
+    of its events.
     """
 
     def __init__(
@@ -83,8 +85,10 @@ class ServerSide:
         open_media: Callable[[str], Awaitable[np.ndarray]],
         bot_done: Callable[[], None] = lambda: None,
         now: Callable[[], int] = events.now_ms,
+        track_id: str = SERVER_SIDE_TRACK,
     ) -> None:
         self.call_id = call_id
+        self.track_id = track_id
         self._emit = emit
         self._hang_up = hang_up
         self._ending = ending
@@ -107,7 +111,7 @@ class ServerSide:
         self.track = track
         self._emit(
             events.event(
-                "trackStart", track_id=SERVER_SIDE_TRACK, timestamp=track.started_ms, play_id=track.play_id
+                "trackStart", track_id=self.track_id, timestamp=track.started_ms, play_id=track.play_id
             )
         )
         return track
@@ -174,13 +178,13 @@ class ServerSide:
         except UrlRefused as exc:
             if self.track is track:
                 message = exc.for_field(track.source_field, redact_url(source))
-                self._emit(events.error(SERVER_SIDE_TRACK, f"filetrack: {redact_url(source)}", message, 403))
+                self._emit(events.error(self.track_id, f"filetrack: {redact_url(source)}", message, 403))
                 self.finish(natural=True)
             return
         except (MediaNotFound, FetchError, AudioFileError, OSError) as exc:
             if self.track is track:
                 problem = f"{track.source_field}: {exc}"
-                self._emit(events.error(SERVER_SIDE_TRACK, f"filetrack: {redact_url(source)}", problem, 404))
+                self._emit(events.error(self.track_id, f"filetrack: {redact_url(source)}", problem, 404))
                 self.finish(natural=True)
             return
         except Exception:
@@ -189,7 +193,7 @@ class ServerSide:
             log.exception("loading %s failed", redact_url(source))
             if self.track is track:
                 problem = f"{track.source_field}: the server failed to load it"
-                self._emit(events.error(SERVER_SIDE_TRACK, f"filetrack: {redact_url(source)}", problem, 500))
+                self._emit(events.error(self.track_id, f"filetrack: {redact_url(source)}", problem, 500))
                 self.finish(natural=True)
             return
         if self.track is track:
@@ -228,7 +232,7 @@ class ServerSide:
             self._emit(
                 events.event(
                     "silence",
-                    track_id=SERVER_SIDE_TRACK,
+                    track_id=self.track_id,
                     timestamp=self.now(),
                     start_time=self._silence_since,
                     duration=self._silence_ms,
@@ -263,7 +267,7 @@ class ServerSide:
                 self._emit(
                     events.event(
                         "interruption",
-                        track_id=SERVER_SIDE_TRACK,
+                        track_id=self.track_id,
                         timestamp=now,
                         play_id=track.play_id,
                         **cut,
@@ -272,7 +276,7 @@ class ServerSide:
         self._emit(
             events.event(
                 "trackEnd",
-                track_id=SERVER_SIDE_TRACK,
+                track_id=self.track_id,
                 timestamp=now,
                 duration=now - track.started_ms,
                 ssrc=track.ssrc,

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from common import events
-from common.events import SERVER_SIDE_TRACK
 from common.protocol import Refer, ReferOption
 from worker.call.services import CallHooks
 from worker.media.player import BridgePlayer
@@ -76,7 +75,7 @@ class Transfer:
         return self.options.auto_hangup is not False
 
     def _emit(self, name: str, **fields: object) -> None:
-        self.hooks.emit(events.event(name, track_id=SERVER_SIDE_TRACK, refer=True, **fields))
+        self.hooks.emit(events.event(name, track_id=self.hooks.server_track, refer=True, **fields))
 
     async def start(self) -> None:
         if self.options.bypass:
@@ -210,7 +209,7 @@ class Transfer:
             self.bridge.feed(pcm)
 
     def leg_digit(self, leg: SipLeg, digit: str) -> None:
-        self.hooks.emit(events.event("dtmf", track_id=SERVER_SIDE_TRACK, digit=digit, refer=True))
+        self.hooks.emit(events.event("dtmf", track_id=self.hooks.server_track, digit=digit, refer=True))
 
     def leg_refer(self, leg: SipLeg, target: str) -> None: ...
 
