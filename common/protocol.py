@@ -161,6 +161,8 @@ class CallOption:
     codec: str | None = None
     eou: EouOption | None = None
     media_pass: MediaPassOption | None = None
+    # active-call's: seconds without caller audio after which the call ends (0 or absent: never).
+    inactivity_timeout: int | float | None = None
 
     def handshake_seconds(self) -> float:
         return parse_duration(self.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT)
@@ -439,6 +441,9 @@ def _check(cmd: Any, call_type: str) -> None:
             raise BadCommand(f"option.ringTimeout: {exc}") from None
         if cmd.option.ring_timeout is not None and ring <= 0:
             raise BadCommand("option.ringTimeout: must be more than 0 s")
+        inactivity = cmd.option.inactivity_timeout
+        if inactivity is not None and inactivity < 0:
+            raise BadCommand("option.inactivityTimeout: must not be negative (seconds; 0 turns it off)")
         if cmd.option.media_pass is not None:
             _check_media_pass(cmd.option.media_pass)
         _check_choices(cmd.option)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import aiohttp
@@ -138,3 +139,27 @@ UPGRADE = {
     "Sec-WebSocket-Version": "13",
     "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
 }
+
+
+async def test_inactivity_ends_a_call_whose_caller_stops_sending(stack: StackInfo, call_id: str) -> None:
+    c = await CallClient.open(stack.ws, call_id=call_id)
+    try:
+        await c.invite(inactivityTimeout=1)
+        frame = tone(440, 0.02).astype("<i2").tobytes()
+        began = time.monotonic()
+        while time.monotonic() - began < 1.6:  # longer than the timeout: the frames keep the call up
+            await c.ws.send_bytes(frame)
+            await asyncio.sleep(0.02)
+        last_sent = time.time() * 1000
+        assert "inactivity" not in c.names() and "hangup" not in c.names()
+        inactivity = await c.event("inactivity", timeout=5)
+        assert inactivity == {"event": "inactivity", "trackId": call_id, "timestamp": inactivity["timestamp"]}
+        # 1 s after the last frame, on the next 20 ms tick; the margin is for a busy machine.
+        assert 900 <= inactivity["timestamp"] - last_sent <= 1800
+        hangup = await c.event("hangup")
+        assert (hangup["reason"], hangup["initiator"]) == ("inactivity_timeout", "system")
+        names = c.names()
+        assert names.index("inactivity") < names.index("trackEnd") < names.index("hangup")
+        await c.wait_closed()
+    finally:
+        await c.close()

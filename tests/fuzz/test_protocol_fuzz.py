@@ -84,6 +84,7 @@ _RULES: dict[str, st.SearchStrategy[Any]] = {
     "packetSize": st.integers(80, 32768).map(lambda n: n * 2),
     "ptime": st.integers(10, 200),
     "offsetMs": st.integers(0, 2**64 - 1),
+    "inactivityTimeout": st.one_of(st.integers(0, 2**64 - 1), st.floats(0, 1e300)),
     "dialect": st.sampled_from(["raw", "twilio", "TWILIO"]),
     # Names checked at the edge (common/choices.py), per option class where one wire name means two lists.
     "provider": st.sampled_from([*ASR_PROVIDERS, "Tencent"]),

@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import numpy as np
+import pytest
+
 from common import wire
 from common.protocol import CallOption, Custom, Invite, Mute, command_body, server_track
 from tests.unit.callfakes import FakeHost, fake_services
@@ -73,3 +76,22 @@ async def test_mute_names_the_server_side_track_by_its_id() -> None:
     assert error["code"] == 400
     assert error["error"] == "trackId: no track 'server-side-track' in this call (use 'c1' or 'agent')"
     assert session.hooks.server_track == "agent" and session.speaker.tracks.track_id == "agent"
+
+
+@pytest.mark.parametrize(("seconds", "armed_ms"), [(None, None), (0, None), (2, 2000), (0.25, 250)])
+async def test_the_inactivity_watch_starts_at_the_answer_and_hears_the_caller(
+    seconds: float | None, armed_ms: float | None
+) -> None:
+    session = session_of()
+    session.listener.feed = lambda pcm: None  # type: ignore[method-assign]
+    option = CallOption(inactivity_timeout=seconds)
+    await session._prepare(option)
+    assert session.inactivity is None, "not before the answer"
+    await session.media_up("")
+    watch = session.inactivity
+    assert (watch.timeout_ms if watch is not None else None) == armed_ms
+    if watch is not None:
+        session.caller_audio(np.zeros(320, dtype=np.int16))
+        assert watch.heard
+        session.tick()
+        assert not watch.heard and not watch.fired

@@ -206,6 +206,11 @@ def test_durations(value: object, seconds: float) -> None:
         ('{"command": "x"}', "unknown command"),
         ('{"command": "play", "url": ""}', "url: must not be empty"),
         ('{"command": "play", "url": "a", "offsetMs": -1}', "offsetMs: must not be negative"),
+        ('{"command": "accept", "option": {"inactivityTimeout": -1}}', "option.inactivityTimeout: must not"),
+        (
+            '{"command": "invite", "option": {"inactivityTimeout": "30s"}}',
+            "option.inactivityTimeout: expected an integer or a number, got a string",
+        ),
         ('{"command": "play", "url": "a", "offsetMs": "1"}', "offsetMs: expected an integer, got a string"),
         ('{"command": "reject", "reason": "x", "code": "486"}', "code: expected an integer"),
         ('{"command": "reject", "reason": "x", "code": true}', "code: expected an integer"),

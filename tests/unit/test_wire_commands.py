@@ -38,9 +38,10 @@ SAMPLES: dict[str, dict[str, Any]] = {
             "extra": {"big": 2**64 - 1, "small": -(2**63)},
             "eou": {"type": "tencent", "endpoint": "wss://eou", "apiKey": "k", "timeout": 900},
             "mediaPass": {"url": "wss://bot/x?token=t", "inputSampleRate": 16000, "dialect": "twilio"},
+            "inactivityTimeout": 2.5,
         }
     },
-    "accept": {"option": {"codec": "g722", "asr": {"provider": "local"}}},
+    "accept": {"option": {"codec": "g722", "asr": {"provider": "local"}, "inactivityTimeout": 30}},
     "reject": {"reason": "busy", "code": 486},
     "ringing": {"recorder": {"recorderFile": "r.wav"}, "earlyMedia": True, "ringtone": "ring.wav"},
     "candidate": {"candidates": ["candidate:1 1 udp 1 127.0.0.1 9 typ host"]},

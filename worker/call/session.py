@@ -43,6 +43,7 @@ from common.protocol import (
 from common.tasks import TaskSet, close_each
 from worker import metrics
 from worker.call.commands import CommandQueue, Parsed
+from worker.call.inactivity import InactivityWatch
 from worker.call.leg import CallLeg, LegHooks, WebSocketLeg
 from worker.call.listening import CallerListener
 from worker.call.mediapass import MediaPass
@@ -135,6 +136,9 @@ class CallSession:
         self.recording = Recording(self.hooks, services, dump)
         # The mediaPass bot, once the option names one (worker/call/mediapass.py).
         self.media_pass = MediaPass(self.hooks, services, self.tracks, lambda: self.answer_ms is not None)
+        # `option.inactivityTimeout` (in ms here), from the answer on (worker/call/inactivity.py).
+        self._inactivity_ms: float = 0
+        self.inactivity: InactivityWatch | None = None
         self.done = asyncio.Event()
 
     def start(self) -> None:
@@ -176,6 +180,8 @@ class CallSession:
             return
         self.frames_in += 1
         self._frames_in.value += 1
+        if self.inactivity is not None:
+            self.inactivity.heard = True
         self.recording.caller(pcm)
         heard = np.zeros_like(pcm) if self.caller_muted else pcm
         self.listener.feed(heard)
@@ -222,6 +228,8 @@ class CallSession:
         if self.transfer is not None:
             self.transfer.tick()
         self.recording.tick(frame, self.host.ticks)
+        if self.inactivity is not None:
+            self.inactivity.tick()
 
     # --- commands ----------------------------------------------------------------------------------------
 
@@ -332,6 +340,7 @@ class CallSession:
         self.leg.configure(option)
         self.listener.configure(option)
         self.speaker.call_option = option.tts
+        self._inactivity_ms = (option.inactivity_timeout or 0) * 1000
         if path is not None:
             await self.recording.start(path)
 
@@ -340,6 +349,8 @@ class CallSession:
         if self.ending or self.answer_ms is not None:
             return
         self.answer_ms = events.now_ms()
+        if self._inactivity_ms > 0:
+            self.inactivity = InactivityWatch(self.call_id, self._inactivity_ms, self.emit, self._end_soon)
         if self._setup_began is not None:
             metrics.SETUP_SECONDS.labels(self.call_type).observe(time.monotonic() - self._setup_began)
         self.emit(events.event("trackStart", track_id=self.call_id))
