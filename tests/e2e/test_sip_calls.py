@@ -53,7 +53,10 @@ async def test_outbound_call_audio_both_ways_and_hangup(
             assert str(invite.from_.uri) == "sip:bot@example.com"
             leg, phone = await peer.leg()
             await c.send({"command": "play", "url": str(wav)})
+            assert "mediaReady" not in c.names(), "the callee has sent no audio yet"
             await play_tone(leg, 440, 1.5)
+            ready = await c.event("mediaReady")
+            assert ready == {"event": "mediaReady", "trackId": call_id, "timestamp": ready["timestamp"]}
             await c.event("trackEnd", trackId="server-side-track", timeout=5)
             heard = phone.heard()
             loud = np.array([rms(heard[i : i + 320]) for i in range(0, len(heard) - 319, 320)]) > 1000
@@ -65,6 +68,7 @@ async def test_outbound_call_audio_both_ways_and_hangup(
             assert hangup["initiator"] == "caller"
             assert await phone.wait("ended") == "bye"
             await c.wait_closed()
+            assert c.names().count("mediaReady") == 1
         finally:
             await c.close()
     left = caller_channel(stack.recorder_path / f"{call_id}.wav")

@@ -75,6 +75,9 @@ async def test_webhook_incoming_accept_audio_and_bye(
             await caller.phone.wait("answered")
             await c.send({"command": "play", "url": str(wav)})
             await play_tone(leg, 440, 1.2)
+            ready = await c.event("mediaReady")
+            names = c.names()
+            assert ready["trackId"] == dialog_id and names.index("answer") < names.index("mediaReady")
             await c.event("trackEnd", trackId="server-side-track", timeout=5)
             heard = caller.phone.heard()
             assert abs(peak_freq(heard[len(heard) // 3 :][:8000]) - 1000) < 30

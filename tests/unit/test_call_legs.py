@@ -192,6 +192,32 @@ async def test_webrtc_sends_a_frame_every_tick_once_answered_and_closes_its_peer
     assert peer.closed
 
 
+@pytest.mark.parametrize("call_type", ["webrtc", "sip"])
+def test_the_peers_first_audio_is_media_ready_once(call_type: str) -> None:
+    call, peer = FakeCall(), Peer()
+    leg: Any = make_leg(call_type, peer.hooks(call), fake_services())
+    assert call.events == []
+    for value in (1, 2, 3):
+        if call_type == "webrtc":
+            leg._audio(tone(value=value))  # what the peer connection decoded
+        else:
+            leg.leg_audio(FakeDialog(), tone(value=value))  # what the RTP session decoded
+    assert call.events == [{"event": "mediaReady", "trackId": "c1", "timestamp": call.events[0]["timestamp"]}]
+    assert [int(a[0]) for a in peer.audio] == [1, 2, 3], "every frame goes on to the call"
+
+
+def test_no_media_ready_on_a_websocket_call_or_an_ending_one() -> None:
+    call, peer = FakeCall(), Peer()
+    leg = WebSocketLeg(peer.hooks(call))
+    leg.answered()
+    leg.audio(tone().tobytes())
+    assert len(peer.audio) == 1 and call.events == []
+    ending = FakeCall(is_ending=True)
+    rtc = RtcLeg(Peer().hooks(ending), Settings())
+    rtc._audio(tone())
+    assert ending.events == [] and rtc.first_media.seen
+
+
 async def test_webrtc_peer_ending_hangs_the_call_up() -> None:
     call = FakeCall()
     leg = RtcLeg(Peer().hooks(call), Settings())
@@ -267,9 +293,9 @@ async def test_sip_leg_events_become_the_calls_events() -> None:
     leg.leg_answered(dialog, "v=0 answer")
     leg.leg_failed(dialog, 408, "Request Timeout")
     await asyncio.gather(*call.tasks)
-    assert [e["event"] for e in call.events] == ["ringing", "transferRequest", "reject"]
-    assert call.events[0]["earlyMedia"] is True and call.events[1]["target"] == "sip:carol@example.com"
-    assert call.events[2]["code"] == 408
+    assert [e["event"] for e in call.events] == ["ringing", "mediaReady", "transferRequest", "reject"]
+    assert call.events[0]["earlyMedia"] is True and call.events[2]["target"] == "sip:carol@example.com"
+    assert call.events[3]["code"] == 408
     assert peer.digits == ["5"] and len(peer.audio) == 1 and peer.notified == [(200, "OK")]
     assert peer.answers == ["v=0 answer"] and call.hangups == [("no_answer", "callee")]
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from common import events
 from common.protocol import CallOption, Ringing
-from worker.call.leg import LegHooks
+from worker.call.leg import FirstMedia, LegHooks
 from worker.call.services import MediaServices
 from worker.media.player import SILENT_FRAME
 from worker.sip.agent import extra_headers
@@ -47,6 +47,7 @@ class SipCall:
         self.leg: SipLeg | None = None
         self.pending: PendingCall | None = None
         self._bound = False
+        self.first_media = FirstMedia(hooks.call)
 
     @property
     def bound(self) -> bool:
@@ -211,6 +212,8 @@ class SipCall:
         s.spawn(s.hangup(reason, initiator), "leg-ended")
 
     def leg_audio(self, leg: SipLeg, pcm: np.ndarray) -> None:
+        if not self.first_media.seen:
+            self.first_media()
         self.hooks.caller_audio(pcm)
 
     def leg_digit(self, leg: SipLeg, digit: str) -> None:
