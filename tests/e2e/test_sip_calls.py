@@ -11,6 +11,7 @@ import aiohttp
 import numpy as np
 import pytest
 
+from common.events import rfc3339
 from tests.audio_util import peak_freq, rms, tone
 from tests.e2e.client import CallClient
 from tests.e2e.conftest import StackInfo
@@ -66,6 +67,11 @@ async def test_outbound_call_audio_both_ways_and_hangup(
             await c.send({"command": "hangup"})
             hangup = await c.event("hangup", timeout=5)
             assert hangup["initiator"] == "caller"
+            # The callee's first 18x is when it rang (active-call's ringingTime).
+            times = [hangup[k] for k in ("startTime", "ringingTime", "answerTime", "hangupTime")]
+            assert times == sorted(times)
+            ringing = await c.event("ringing")
+            assert hangup["ringingTime"] == rfc3339(ringing["timestamp"])
             assert await phone.wait("ended") == "bye"
             await c.wait_closed()
             assert c.names().count("mediaReady") == 1

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from common import wire
+from common import events, wire
 from common.protocol import CallOption, Custom, Invite, Mute, command_body, server_track
 from tests.unit.callfakes import FakeHost, fake_services
 from worker.call.session import CallSession
@@ -95,3 +95,17 @@ async def test_the_inactivity_watch_starts_at_the_answer_and_hears_the_caller(
         assert watch.heard
         session.tick()
         assert not watch.heard and not watch.fired
+
+
+@pytest.mark.parametrize("call_type", ["sip", "websocket"])
+async def test_the_hangup_says_when_the_call_rang_if_it_did(call_type: str) -> None:
+    host = FakeHost()
+    session = session_of(call_type, host)
+    if call_type == "sip":
+        session.leg.ring_ms = 1_700_000_000_250  # type: ignore[misc]
+    await session.hangup("normal_clearing", "caller")
+    (hangup,) = [e for e in events_of(host) if e["event"] == "hangup"]
+    if call_type == "sip":
+        assert hangup["ringingTime"] == events.rfc3339(1_700_000_000_250) == "2023-11-14T22:13:20.250+00:00"
+    else:
+        assert "ringingTime" not in hangup

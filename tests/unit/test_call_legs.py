@@ -18,7 +18,8 @@ from worker.call.leg import MAX_EARLY_AUDIO, LegHooks, WebSocketLeg
 from worker.call.session import CallSession, make_leg
 from worker.media.player import SILENT_FRAME
 from worker.rtc.call_leg import RtcLeg
-from worker.sip.call_leg import SipCall
+from worker.sip.call_leg import SipCall, extension_headers
+from worker.sip.message import Headers
 
 
 class Peer:
@@ -238,6 +239,10 @@ class FakeDialog:
         self.pushed: list[np.ndarray] = []
         self.rejected: list[tuple[int, str]] = []
         self.hung_up = False
+        self.rang: list[bool] = []
+
+    async def ringing(self, early_media: bool) -> None:
+        self.rang.append(early_media)
 
     def push(self, frame: np.ndarray) -> None:
         self.pushed.append(frame)
@@ -317,6 +322,43 @@ async def test_sip_inbound_call_is_answered_rejected_and_closed_through_telephon
     assert dialog.hung_up and telephony.dropped == ["c1"]
 
 
+async def test_the_sip_leg_keeps_when_the_call_first_rang() -> None:
+    out = SipCall(Peer().hooks(FakeCall()), fake_services())
+    assert out.ring_ms is None
+    dialog: Any = FakeDialog(role="uac")
+    out.leg_ringing(dialog, False)
+    first = out.ring_ms
+    out.leg_ringing(dialog, True)  # a 183 after the 180
+    assert first is not None and out.ring_ms == first
+    inbound = SipCall(Peer().hooks(FakeCall()), fake_services())
+    inbound.leg = FakeDialog()  # type: ignore[assignment]
+    assert await inbound.ringing(Ringing(early_media=True))
+    assert inbound.ring_ms is not None and inbound.leg.rang == [True]  # type: ignore[attr-defined]
+    for call_type in ("websocket", "webrtc"):
+        assert make_leg(call_type, Peer().hooks(FakeCall()), fake_services()).ring_ms is None
+
+
+def test_incoming_headers_are_the_invites_beyond_the_base_protocol() -> None:
+    headers = Headers([
+        ("Via", "SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1"), ("From", "<sip:a@x>;tag=1"), ("To", "<sip:b@y>"),
+        ("Call-ID", "c"), ("CSeq", "1 INVITE"), ("Contact", "<sip:a@10.0.0.1>"), ("Max-Forwards", "70"),
+        ("Authorization", 'Digest username="a", response="secret1"'),
+        ("Proxy-Authorization", 'Digest username="a", response="secret2"'),
+        ("User-Agent", "phone"), ("Subject", "s"), ("Content-Type", "application/sdp"),
+        ("X-Tenant", "t1"), ("x-lower", "kept as written"),
+        ("P-Asserted-Identity", '"Alice" <sip:+1555@carrier>, <tel:+1555>'),
+        ("Diversion", "<sip:100@pbx>"), ("Diversion", "<sip:200@pbx>"), ("x", "1800"),
+    ])  # fmt: skip
+    assert extension_headers(headers) == {
+        "X-Tenant": "t1",
+        "x-lower": "kept as written",
+        "P-Asserted-Identity": '"Alice" <sip:+1555@carrier>, <tel:+1555>',
+        "Diversion": "<sip:100@pbx>, <sip:200@pbx>",
+        "Session-Expires": "1800",  # a compact form, by its full name
+    }
+    assert extension_headers(Headers([("Via", "SIP/2.0/UDP h"), ("Authorization", "Digest x")])) is None
+
+
 async def test_sip_ringing_needs_an_inbound_call() -> None:
     call = FakeCall()
     leg = SipCall(Peer().hooks(call), fake_services())
@@ -356,5 +398,5 @@ async def test_accept_on_a_call_that_is_not_inbound_sip_is_refused() -> None:
 async def test_every_leg_satisfies_the_protocol(call_type: str) -> None:
     leg = make_leg(call_type, Peer().hooks(FakeCall()), fake_services())
     members = "name answers_at_once bound check_invite configure invite accept ringing reject candidate audio"
-    for member in [*members.split(), "answered", "send", "sip_dialog", "close"]:
+    for member in [*members.split(), "ring_ms", "answered", "send", "sip_dialog", "close"]:
         assert hasattr(leg, member), member

@@ -52,6 +52,8 @@ class CallLeg(Protocol):
     name: str
     # An `invite` answered without waiting for the peer runs in line with the other commands.
     answers_at_once: bool
+    # When the call first rang (ms): a SIP callee's first 18x, or the app's `ringing` of an inbound call.
+    ring_ms: int | None
 
     @property
     def bound(self) -> bool:
@@ -128,6 +130,7 @@ class NoPeerSetup:
 
     hooks: LegHooks
     bound = False
+    ring_ms: int | None = None
 
     async def accept(self) -> str | None:
         self.hooks.call.error("accept", "no pending call to accept", 400)

@@ -517,6 +517,7 @@ class CallSession:
                 initiator=initiator,
                 start_time=events.rfc3339(self.created_ms),
                 answer_time=events.rfc3339(self.answer_ms) if self.answer_ms is not None else None,
+                ringing_time=events.rfc3339(self.leg.ring_ms) if self.leg.ring_ms is not None else None,
                 hangup_time=events.rfc3339(now),
             )
         )

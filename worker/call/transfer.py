@@ -68,6 +68,7 @@ class Transfer:
         self.bridge: BridgePlayer | None = None  # leg → caller
         self.uplink = BridgePlayer()  # caller → leg
         self.answered_ms: int | None = None
+        self.ring_ms: int | None = None  # the new leg's first 18x
         self.ended = False
 
     @property
@@ -170,7 +171,10 @@ class Transfer:
     # --- LegEvents of the new leg ------------------------------------------------------------------------
 
     def leg_ringing(self, leg: SipLeg, early_media: bool) -> None:
-        self._emit("ringing", early_media=early_media)
+        now = events.now_ms()
+        if self.ring_ms is None:
+            self.ring_ms = now
+        self._emit("ringing", timestamp=now, early_media=early_media)
 
     def leg_answered(self, leg: SipLeg, remote_sdp: str) -> None:
         if self.ended:
@@ -199,6 +203,7 @@ class Transfer:
             reason=reason,
             initiator=initiator,
             answer_time=events.rfc3339(self.answered_ms) if self.answered_ms else None,
+            ringing_time=events.rfc3339(self.ring_ms) if self.ring_ms is not None else None,
             hangup_time=events.rfc3339(now),
         )
         if self.auto_hangup:
