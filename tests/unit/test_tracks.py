@@ -155,7 +155,7 @@ def test_an_offset_starts_that_far_into_the_file() -> None:
     run(scenario)
 
 
-@pytest.mark.parametrize("offset_ms", [1000, 1001, 60_000])
+@pytest.mark.parametrize("offset_ms", [1000, 1001, 60_000, 2**64 - 1])
 def test_an_offset_at_or_past_the_end_plays_nothing_and_ends_the_track_as_an_empty_file(
     offset_ms: int,
 ) -> None:
