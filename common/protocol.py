@@ -16,6 +16,7 @@ import msgspec
 
 from common.choices import ASR_PROVIDERS, CODECS, EOU_TYPES, MEDIA_PASS_DIALECTS, TTS_PROVIDERS, VAD_TYPES
 from common.errors import BadCommand
+from common.events import SERVER_SIDE_TRACK
 from common.redact import redact_url
 from common.schema import parse_object, to_wire
 
@@ -40,6 +41,13 @@ MAX_RESUME_TIMEOUT = 3600.0
 def valid_call_id(value: str) -> bool:
     """Whether `value` can name a call: 1 to MAX_CALL_ID printable characters without spaces."""
     return 0 < len(value) <= MAX_CALL_ID and value.isprintable() and not any(c.isspace() for c in value)
+
+
+def server_track(params: dict[str, Any]) -> str:
+    """The trackId of a call's server-side track from its dispatch params (or an `attach`): the socket's
+    `serverSideTrack` as its frontend checked it, else `server-side-track`."""
+    value = params.get("serverSideTrack")
+    return value if isinstance(value, str) and valid_call_id(value) else SERVER_SIDE_TRACK
 
 
 def _secret() -> Any:
@@ -165,6 +173,8 @@ class CallOption:
     eou: EouOption | None = None
     media_pass: MediaPassOption | None = None
     resume: ResumeOption | None = None
+    # active-call's: seconds without caller audio after which the call ends (0 or absent: never).
+    inactivity_timeout: int | float | None = None
 
     def handshake_seconds(self) -> float:
         return parse_duration(self.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT)
@@ -249,6 +259,7 @@ class Play:
     play_id: str | None = None
     auto_hangup: bool | None = None
     wait_input_timeout: int | None = None
+    offset_ms: int | None = None  # active-call's: start this far into the file
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -308,6 +319,14 @@ class Unbridge:
     target_session_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Custom:
+    """active-call's `custom`: `data` (any JSON, null included, but present) is echoed as a `custom` event."""
+
+    data: Any
+    sender: str | None = None
+
+
 Command = (
     Invite
     | Accept
@@ -327,6 +346,7 @@ Command = (
     | History
     | Bridge
     | Unbridge
+    | Custom
 )
 
 COMMANDS: dict[str, type] = {
@@ -348,6 +368,7 @@ COMMANDS: dict[str, type] = {
     "history": History,
     "bridge": Bridge,
     "unbridge": Unbridge,
+    "custom": Custom,
 }
 NAMES: dict[type, str] = {cls: name for name, cls in COMMANDS.items()}
 
@@ -448,6 +469,9 @@ def _check(cmd: Any, call_type: str) -> None:
             raise BadCommand(f"option.ringTimeout: {exc}") from None
         if cmd.option.ring_timeout is not None and ring <= 0:
             raise BadCommand("option.ringTimeout: must be more than 0 s")
+        inactivity = cmd.option.inactivity_timeout
+        if inactivity is not None and inactivity < 0:
+            raise BadCommand("option.inactivityTimeout: must not be negative (seconds; 0 turns it off)")
         if cmd.option.media_pass is not None:
             _check_media_pass(cmd.option.media_pass)
         resume = cmd.option.resume
@@ -467,6 +491,8 @@ def _check(cmd: Any, call_type: str) -> None:
             raise BadCommand(
                 f"targetSessionId: must be a call id (at most {MAX_CALL_ID} printable characters, no spaces)"
             )
+    elif isinstance(cmd, Play) and cmd.offset_ms is not None and cmd.offset_ms < 0:
+        raise BadCommand("offsetMs: must not be negative (ms into the file)")
 
 
 MIN_RATE, MAX_RATE = 8000, 48000

@@ -152,12 +152,12 @@ def parse_object(cls: type[T], data: dict[str, Any], path: str = "") -> T:
 
 
 def to_wire(obj: Any) -> Any:
-    """The JSON form of a schema dataclass: wire names, None fields omitted."""
+    """The JSON form of a schema dataclass: wire names, None fields omitted unless required."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out: dict[str, Any] = {}
-        for attr, names, _tp, _req in _plan(type(obj)):
+        for attr, names, _tp, required in _plan(type(obj)):
             value = getattr(obj, attr)
-            if value is not None:
+            if value is not None or required:  # a required JSON value may be null (`custom.data`)
                 out[names[0]] = to_wire(value)
         return out
     if isinstance(obj, tuple | list):

@@ -59,7 +59,8 @@ class Op:
     # queued events are out.
     CLOSE = "close"
     # Frontend -> the media process holding an inbound SIP call: this frontend (`frontend`) has its client
-    # socket now (`dump`: whether to record the call's dump); the process answers `claimed`.
+    # socket now (`dump`: whether to record the call's dump; `serverSideTrack`: the trackId of what the server
+    # plays); the process answers `claimed`.
     ATTACH = "attach"
     # `/call/kill` -> the owner, or the frontend holding the socket, which passes it on: hang up now.
     KILL = "kill"

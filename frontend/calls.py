@@ -16,6 +16,7 @@ from aiohttp import web
 
 from common import events, wire
 from common.errors import BadCommand, CallNotFound, DuplicateCall, RateLimited
+from common.events import SERVER_SIDE_TRACK
 from common.logs import call_id_var
 from common.metrics import call_failed
 from common.protocol import MAX_CALL_ID, MAX_TEXT_FRAME, valid_call_id
@@ -65,6 +66,20 @@ def _call_id(request: web.Request) -> str:
             f"query parameter id: must be at most {MAX_CALL_ID} printable characters without spaces"
         )
     return call_id
+
+
+def _server_track(request: web.Request, call_id: str) -> str:
+    """active-call's `serverSideTrack`: the trackId of what the server plays, by the rule of call ids."""
+    track = request.query.get("serverSideTrack") or SERVER_SIDE_TRACK
+    if not valid_call_id(track):
+        raise BadCommand(
+            "query parameter serverSideTrack: must be at most "
+            f"{MAX_CALL_ID} printable characters without spaces"
+        )
+    if track == call_id:
+        # `mute{trackId}` and the events would no longer tell the caller's track from the server's.
+        raise BadCommand("query parameter serverSideTrack: must differ from the call id")
+    return track
 
 
 def _limit_send_buffers(request: web.Request) -> None:
@@ -140,6 +155,7 @@ def call_handler(call_type: str) -> Callable[[web.Request], Awaitable[web.Stream
         call_id = _call_id(request)
         dump = _flag(request, "dump", True)
         ping = _ping(request)
+        server_track = _server_track(request, call_id)
         call_id_var.set(call_id)
         ws = CallSocket(
             heartbeat=ping or None,
@@ -163,7 +179,7 @@ def call_handler(call_type: str) -> Callable[[web.Request], Awaitable[web.Stream
             # a media process already holds.
             return await _refuse_no_capacity(request, hub, call_id, call_type, ws)
         try:
-            return await _serve_call(request, hub, call_id, call_type, ws, dump, ping)
+            return await _serve_call(request, hub, call_id, call_type, ws, dump, ping, server_track)
         finally:
             hub.capacity.release(ticket)
 
@@ -171,10 +187,17 @@ def call_handler(call_type: str) -> Callable[[web.Request], Awaitable[web.Stream
 
 
 async def _serve_call(
-    request: web.Request, hub: Hub, call_id: str, call_type: str, ws: CallSocket, dump: bool, ping: int
+    request: web.Request,
+    hub: Hub,
+    call_id: str,
+    call_type: str,
+    ws: CallSocket,
+    dump: bool,
+    ping: int,
+    server_track: str,
 ) -> web.StreamResponse:
     """Register the call, dispatch it (or attach to the inbound call it names) and serve its socket."""
-    params = msgpack.packb({"dump": dump, "ping": ping})
+    params = msgpack.packb({"dump": dump, "ping": ping, "serverSideTrack": server_track})
     # In the table before it is dispatched: the owner's `claimed` may arrive before the handshake ends.
     conn = CallConnection(hub, call_id, call_type, ws)
     old = hub.connections.get(call_id)
@@ -196,7 +219,7 @@ async def _serve_call(
             hub.connections.pop(call_id, None)
             raise
         conn.created_ms = events.now_ms()
-        body = {"op": op, "frontend": hub.proc_id, "dump": dump}
+        body = {"op": op, "frontend": hub.proc_id, "dump": dump, "serverSideTrack": server_track}
         hub.send(owner, wire.msg(call_id, wire.CTL, body))
         conn.owner = owner  # the inbox keeps order: commands arrive after the attach
     except BaseException:

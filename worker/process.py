@@ -31,6 +31,7 @@ from common.liveness import DeathWatch, Heartbeat
 from common.logs import call_id_var
 from common.metrics import redis_error
 from common.peerlink import InboxCursor, Links
+from common.protocol import server_track
 from common.registry import Registry
 from common.tasks import TaskSet
 from worker import metrics
@@ -646,7 +647,14 @@ class MediaProcess:
         try:
             dump = bool(params.get("dump", True))
             session = CallSession(
-                self.services, self, call_id, call_type, frontend, dump, created or events.now_ms()
+                self.services,
+                self,
+                call_id,
+                call_type,
+                frontend,
+                dump,
+                created or events.now_ms(),
+                server_track(params),
             )
             self._add(session)
             self.send(frontend, wire.msg(call_id, wire.CTL, {"op": wire.Op.CLAIMED, "owner": self.proc_id}))
@@ -710,7 +718,9 @@ class MediaProcess:
         token = call_id_var.set(call_id)
         try:
             dump = bool(body.get("dump", True))
-            session = CallSession(self.services, self, call_id, "sip", frontend, dump, pending.created_ms)
+            session = CallSession(
+                self.services, self, call_id, "sip", frontend, dump, pending.created_ms, server_track(body)
+            )
             self._add(session)
             self.send(frontend, wire.msg(call_id, wire.CTL, {"op": wire.Op.CLAIMED, "owner": self.proc_id}))
             session.attach_incoming(pending)

@@ -11,6 +11,7 @@ import aiohttp
 import numpy as np
 import pytest
 
+from common.events import rfc3339
 from tests.audio_util import peak_freq, rms, tone
 from tests.e2e.client import CallClient
 from tests.e2e.conftest import StackInfo
@@ -53,7 +54,10 @@ async def test_outbound_call_audio_both_ways_and_hangup(
             assert str(invite.from_.uri) == "sip:bot@example.com"
             leg, phone = await peer.leg()
             await c.send({"command": "play", "url": str(wav)})
+            assert "mediaReady" not in c.names(), "the callee has sent no audio yet"
             await play_tone(leg, 440, 1.5)
+            ready = await c.event("mediaReady")
+            assert ready == {"event": "mediaReady", "trackId": call_id, "timestamp": ready["timestamp"]}
             await c.event("trackEnd", trackId="server-side-track", timeout=5)
             heard = phone.heard()
             loud = np.array([rms(heard[i : i + 320]) for i in range(0, len(heard) - 319, 320)]) > 1000
@@ -63,8 +67,14 @@ async def test_outbound_call_audio_both_ways_and_hangup(
             await c.send({"command": "hangup"})
             hangup = await c.event("hangup", timeout=5)
             assert hangup["initiator"] == "caller"
+            # The callee's first 18x is when it rang (active-call's ringingTime).
+            times = [hangup[k] for k in ("startTime", "ringingTime", "answerTime", "hangupTime")]
+            assert times == sorted(times)
+            ringing = await c.event("ringing")
+            assert hangup["ringingTime"] == rfc3339(ringing["timestamp"])
             assert await phone.wait("ended") == "bye"
             await c.wait_closed()
+            assert c.names().count("mediaReady") == 1
         finally:
             await c.close()
     left = caller_channel(stack.recorder_path / f"{call_id}.wav")

@@ -16,6 +16,7 @@ from tests.e2e.sip_peer import Phone, play_tone
 from tests.e2e.test_playback import write_wav
 from worker.sip.agent import SipAgent
 from worker.sip.leg import SipLeg
+from worker.sip.message import Headers
 from worker.sip.rtp import PortPool
 
 pytestmark = pytest.mark.e2e
@@ -30,11 +31,14 @@ class Caller:
         self.leg: SipLeg | None = None
         self.task: asyncio.Task[None] | None = None
 
-    async def call(self, port: int, user: str = "bot", timeout: float = 10.0) -> SipLeg:
+    async def call(
+        self, port: int, user: str = "bot", timeout: float = 10.0, headers: Headers | None = None
+    ) -> SipLeg:
         await self.agent.start()
         self.leg = SipLeg(self.agent, PortPool(44000, 45000), self.phone, "uac")
         target = f"sip:{user}@127.0.0.1:{port}"
-        self.task = asyncio.ensure_future(self.leg.dial("sip:alice@127.0.0.1", target, timeout=timeout))
+        dial = self.leg.dial("sip:alice@127.0.0.1", target, headers, timeout=timeout)
+        self.task = asyncio.ensure_future(dial)
         return self.leg
 
     async def close(self) -> None:
@@ -52,8 +56,18 @@ async def test_webhook_incoming_accept_audio_and_bye(
     wav = tmp_path / "khz.wav"
     write_wav(wav, tone(1000, 1.0))
     caller = Caller()
+    extra = Headers([
+        ("X-Customer-Id", "c-42"),
+        ("P-Asserted-Identity", "<sip:+15550100@carrier.example>"),
+        ("Diversion", "<sip:100@pbx.example>;reason=no-answer"),
+        ("Diversion", "<sip:200@pbx.example>;reason=busy"),
+        # Credentials never reach the app, nor does anything else of the base protocol.
+        ("Authorization", 'Digest username="alice", realm="x", nonce="n", uri="sip:bot", response="s3cr3t"'),
+        ("Proxy-Authorization", 'Digest username="alice", response="t0ps3cr3t"'),
+        ("Subject", "hello"),
+    ])  # fmt: skip
     try:
-        leg = await caller.call(inbound.sip_port)
+        leg = await caller.call(inbound.sip_port, headers=extra)
         hook = await webhook.next()
         assert hook["event"] == "invite" and hook["caller"] == "sip:alice@127.0.0.1"
         assert hook["callee"] == f"sip:bot@127.0.0.1:{inbound.sip_port}"
@@ -67,6 +81,13 @@ async def test_webhook_incoming_accept_audio_and_bye(
         try:
             incoming = await c.event("incoming")
             assert incoming["caller"] == "sip:alice@127.0.0.1" and "m=audio" in incoming["sdp"]
+            # active-call's `headers`: the INVITE's headers beyond the base protocol's.
+            assert incoming["headers"] == {
+                "X-Customer-Id": "c-42",
+                "P-Asserted-Identity": "<sip:+15550100@carrier.example>",
+                "Diversion": "<sip:100@pbx.example>;reason=no-answer, <sip:200@pbx.example>;reason=busy",
+            }
+            assert "s3cr3t" not in str(incoming) and "t0ps3cr3t" not in str(incoming)
             await c.send({"command": "ringing"})
             assert await caller.phone.wait("ringing") is False
             await c.send({"command": "accept", "option": {"recorder": {}}})
@@ -75,12 +96,18 @@ async def test_webhook_incoming_accept_audio_and_bye(
             await caller.phone.wait("answered")
             await c.send({"command": "play", "url": str(wav)})
             await play_tone(leg, 440, 1.2)
+            ready = await c.event("mediaReady")
+            names = c.names()
+            assert ready["trackId"] == dialog_id and names.index("answer") < names.index("mediaReady")
             await c.event("trackEnd", trackId="server-side-track", timeout=5)
             heard = caller.phone.heard()
             assert abs(peak_freq(heard[len(heard) // 3 :][:8000]) - 1000) < 30
             leg.hangup()
             hangup = await c.event("hangup")
             assert hangup["initiator"] == "caller" and hangup["reason"] == "bye"
+            # The app's `ringing` is when it rang (active-call's ringingTime).
+            times = [hangup[k] for k in ("startTime", "ringingTime", "answerTime", "hangupTime")]
+            assert times == sorted(times)
         finally:
             await c.close()
     finally:
@@ -112,11 +139,13 @@ async def test_early_media_ringtone_then_cancel(inbound: StackInfo, webhook: Web
     try:
         await caller.call(inbound.sip_port)
         hook = await webhook.next()
-        c = await CallClient.open(inbound.ws, "/call/sip", call_id=hook["dialogId"])
+        # The socket that picks the call up names its server-side track (active-call's serverSideTrack).
+        c = await CallClient.open(inbound.ws, "/call/sip", call_id=hook["dialogId"], serverSideTrack="tone")
         try:
             await c.event("incoming")
             await c.send({"command": "ringing", "ringtone": str(ring)})
             assert await caller.phone.wait("ringing") is True  # 183 with SDP
+            await c.event("trackStart", trackId="tone")
             await asyncio.sleep(1.0)
             heard = caller.phone.heard()
             assert len(heard) > 8000 and abs(peak_freq(heard[-8000:]) - 600) < 30

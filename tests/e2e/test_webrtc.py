@@ -58,6 +58,10 @@ async def test_audio_both_ways_in_each_codec(
         assert len(media.split()) == 5, f"one codec and telephone-event: {media}"
         names = [e["event"] for e in c.events]
         assert names[:2] == ["trackStart", "answer"]
+        # The peer's tone arrives once ICE and DTLS are up: active-call's mediaReady, after the answer.
+        ready = await c.event("mediaReady", timeout=5)
+        assert ready == {"event": "mediaReady", "trackId": call_id, "timestamp": ready["timestamp"]}
+        assert 0 <= ready["timestamp"] - answer["timestamp"] < 5000  # type: ignore[operator]
         await asyncio.sleep(1.0)
         mark = time.monotonic()
         await c.send({"command": "play", "url": str(beep), "playId": "beep"})
@@ -72,6 +76,7 @@ async def test_audio_both_ways_in_each_codec(
     finally:
         await peer.close()
         await c.close()
+    assert c.names().count("mediaReady") == 1
     left, _right = recording(stack.recorder_path / f"{call_id}.wav")
     start, end = loud_span(left)
     assert end - start > 16000, f"{codec}: the caller's tone is in the recording"

@@ -18,7 +18,8 @@ from worker.call.leg import MAX_EARLY_AUDIO, LegHooks, WebSocketLeg
 from worker.call.session import CallSession, make_leg
 from worker.media.player import SILENT_FRAME
 from worker.rtc.call_leg import RtcLeg
-from worker.sip.call_leg import SipCall
+from worker.sip.call_leg import SipCall, extension_headers
+from worker.sip.message import Headers
 
 
 class Peer:
@@ -192,6 +193,32 @@ async def test_webrtc_sends_a_frame_every_tick_once_answered_and_closes_its_peer
     assert peer.closed
 
 
+@pytest.mark.parametrize("call_type", ["webrtc", "sip"])
+def test_the_peers_first_audio_is_media_ready_once(call_type: str) -> None:
+    call, peer = FakeCall(), Peer()
+    leg: Any = make_leg(call_type, peer.hooks(call), fake_services())
+    assert call.events == []
+    for value in (1, 2, 3):
+        if call_type == "webrtc":
+            leg._audio(tone(value=value))  # what the peer connection decoded
+        else:
+            leg.leg_audio(FakeDialog(), tone(value=value))  # what the RTP session decoded
+    assert call.events == [{"event": "mediaReady", "trackId": "c1", "timestamp": call.events[0]["timestamp"]}]
+    assert [int(a[0]) for a in peer.audio] == [1, 2, 3], "every frame goes on to the call"
+
+
+def test_no_media_ready_on_a_websocket_call_or_an_ending_one() -> None:
+    call, peer = FakeCall(), Peer()
+    leg = WebSocketLeg(peer.hooks(call))
+    leg.answered()
+    leg.audio(tone().tobytes())
+    assert len(peer.audio) == 1 and call.events == []
+    ending = FakeCall(is_ending=True)
+    rtc = RtcLeg(Peer().hooks(ending), Settings())
+    rtc._audio(tone())
+    assert ending.events == [] and rtc.first_media.seen
+
+
 async def test_webrtc_peer_ending_hangs_the_call_up() -> None:
     call = FakeCall()
     leg = RtcLeg(Peer().hooks(call), Settings())
@@ -212,6 +239,10 @@ class FakeDialog:
         self.pushed: list[np.ndarray] = []
         self.rejected: list[tuple[int, str]] = []
         self.hung_up = False
+        self.rang: list[bool] = []
+
+    async def ringing(self, early_media: bool) -> None:
+        self.rang.append(early_media)
 
     def push(self, frame: np.ndarray) -> None:
         self.pushed.append(frame)
@@ -267,9 +298,9 @@ async def test_sip_leg_events_become_the_calls_events() -> None:
     leg.leg_answered(dialog, "v=0 answer")
     leg.leg_failed(dialog, 408, "Request Timeout")
     await asyncio.gather(*call.tasks)
-    assert [e["event"] for e in call.events] == ["ringing", "transferRequest", "reject"]
-    assert call.events[0]["earlyMedia"] is True and call.events[1]["target"] == "sip:carol@example.com"
-    assert call.events[2]["code"] == 408
+    assert [e["event"] for e in call.events] == ["ringing", "mediaReady", "transferRequest", "reject"]
+    assert call.events[0]["earlyMedia"] is True and call.events[2]["target"] == "sip:carol@example.com"
+    assert call.events[3]["code"] == 408
     assert peer.digits == ["5"] and len(peer.audio) == 1 and peer.notified == [(200, "OK")]
     assert peer.answers == ["v=0 answer"] and call.hangups == [("no_answer", "callee")]
 
@@ -289,6 +320,43 @@ async def test_sip_inbound_call_is_answered_rejected_and_closed_through_telephon
     assert leg.sip_dialog() is dialog
     leg.close()
     assert dialog.hung_up and telephony.dropped == ["c1"]
+
+
+async def test_the_sip_leg_keeps_when_the_call_first_rang() -> None:
+    out = SipCall(Peer().hooks(FakeCall()), fake_services())
+    assert out.ring_ms is None
+    dialog: Any = FakeDialog(role="uac")
+    out.leg_ringing(dialog, False)
+    first = out.ring_ms
+    out.leg_ringing(dialog, True)  # a 183 after the 180
+    assert first is not None and out.ring_ms == first
+    inbound = SipCall(Peer().hooks(FakeCall()), fake_services())
+    inbound.leg = FakeDialog()  # type: ignore[assignment]
+    assert await inbound.ringing(Ringing(early_media=True))
+    assert inbound.ring_ms is not None and inbound.leg.rang == [True]  # type: ignore[attr-defined]
+    for call_type in ("websocket", "webrtc"):
+        assert make_leg(call_type, Peer().hooks(FakeCall()), fake_services()).ring_ms is None
+
+
+def test_incoming_headers_are_the_invites_beyond_the_base_protocol() -> None:
+    headers = Headers([
+        ("Via", "SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1"), ("From", "<sip:a@x>;tag=1"), ("To", "<sip:b@y>"),
+        ("Call-ID", "c"), ("CSeq", "1 INVITE"), ("Contact", "<sip:a@10.0.0.1>"), ("Max-Forwards", "70"),
+        ("Authorization", 'Digest username="a", response="secret1"'),
+        ("Proxy-Authorization", 'Digest username="a", response="secret2"'),
+        ("User-Agent", "phone"), ("Subject", "s"), ("Content-Type", "application/sdp"),
+        ("X-Tenant", "t1"), ("x-lower", "kept as written"),
+        ("P-Asserted-Identity", '"Alice" <sip:+1555@carrier>, <tel:+1555>'),
+        ("Diversion", "<sip:100@pbx>"), ("Diversion", "<sip:200@pbx>"), ("x", "1800"),
+    ])  # fmt: skip
+    assert extension_headers(headers) == {
+        "X-Tenant": "t1",
+        "x-lower": "kept as written",
+        "P-Asserted-Identity": '"Alice" <sip:+1555@carrier>, <tel:+1555>',
+        "Diversion": "<sip:100@pbx>, <sip:200@pbx>",
+        "Session-Expires": "1800",  # a compact form, by its full name
+    }
+    assert extension_headers(Headers([("Via", "SIP/2.0/UDP h"), ("Authorization", "Digest x")])) is None
 
 
 async def test_sip_ringing_needs_an_inbound_call() -> None:
@@ -330,5 +398,5 @@ async def test_accept_on_a_call_that_is_not_inbound_sip_is_refused() -> None:
 async def test_every_leg_satisfies_the_protocol(call_type: str) -> None:
     leg = make_leg(call_type, Peer().hooks(FakeCall()), fake_services())
     members = "name answers_at_once bound check_invite configure invite accept ringing reject candidate audio"
-    for member in [*members.split(), "answered", "send", "sip_dialog", "close"]:
+    for member in [*members.split(), "ring_ms", "answered", "send", "sip_dialog", "close"]:
         assert hasattr(leg, member), member

@@ -17,6 +17,7 @@ from common.keys import Keys
 from common.protocol import CallOption, VadOption
 from tests.unit.callfakes import FakeCall, fake_services
 from worker import metrics
+from worker.call.inactivity import InactivityWatch
 from worker.call.listening import CallerListener
 from worker.load import MediaLoad
 from worker.sip.telephony import Telephony
@@ -86,6 +87,64 @@ def test_a_vad_uses_the_services_batchers() -> None:
     part, _, _ = listener(call, silero=silero, ten=ten)
     part.configure(CallOption(vad=VadOption(type="webrtc")))
     assert part.vad is not None and part.vad_events
+
+
+# --- inactivity --------------------------------------------------------------------------------------------
+
+
+class Watched:
+    """An InactivityWatch on a virtual clock (ms): the events and hangups it gives, in one list."""
+
+    def __init__(self, timeout_ms: float) -> None:
+        self.clock = 0
+        self.log: list[tuple[str, int]] = []
+        self.watch = InactivityWatch(
+            "c1", timeout_ms, self._emit, lambda r, i: self.log.append((f"HANGUP {r} {i}", self.clock)),
+            now=lambda: self.clock,
+        )  # fmt: skip
+        self.emitted: list[dict[str, Any]] = []
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        self.emitted.append(event)
+        self.log.append((event["event"], self.clock))
+
+    def run(self, ms: int, frame_every: int | None = None) -> None:
+        """`ms` of 20 ms ticks; a caller frame just before each tick whose time is a multiple of
+        `frame_every`."""
+        for _ in range(ms // 20):
+            self.clock += 20
+            if frame_every is not None and self.clock % frame_every == 0:
+                self.watch.heard = True
+            self.watch.tick()
+
+
+def test_no_caller_audio_for_the_timeout_is_inactivity_then_the_hangup() -> None:
+    w = Watched(1000)
+    w.run(980)
+    assert w.log == [], "not a tick early"
+    w.run(20)
+    assert w.log == [("inactivity", 1000), ("HANGUP inactivity_timeout system", 1000)]
+    assert w.emitted == [{"event": "inactivity", "trackId": "c1", "timestamp": 1000}]
+    w.run(5000)
+    assert len(w.log) == 2, "once"
+
+
+def test_each_caller_frame_restarts_the_wait() -> None:
+    w = Watched(1000)
+    w.run(3000, frame_every=20)
+    assert w.log == []
+    w.run(5000, frame_every=900)  # a frame each 900 ms: never 1000 ms without one
+    assert w.log == []
+    w.run(2000)  # the last of those frames came at 7200: 1000 ms later the call ends
+    assert w.log[0] == ("inactivity", 8200)
+
+
+def test_a_fractional_timeout_is_kept_to_the_tick() -> None:
+    w = Watched(1500.5)  # seconds on the wire: 1.5005
+    w.run(1500)
+    assert w.log == []
+    w.run(20)
+    assert w.log[0] == ("inactivity", 1520)
 
 
 # --- figures -----------------------------------------------------------------------------------------------

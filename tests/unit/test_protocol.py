@@ -9,6 +9,7 @@ import pytest
 from common.errors import BadCommand
 from common.protocol import (
     Candidate,
+    Custom,
     Hangup,
     History,
     Interrupt,
@@ -140,6 +141,7 @@ def test_every_command_parses_with_defaults() -> None:
         wait_input_timeout=5000,
     )
     assert parse({"command": "play", "url": "a.wav"}) == Play(url="a.wav")
+    assert parse({"command": "play", "url": "a.wav", "offsetMs": 0}) == Play(url="a.wav", offset_ms=0)
     assert parse({"command": "interrupt"}) == Interrupt()
     assert parse({"command": "pause"}) == Pause() and parse({"command": "resume"}) == Resume()
     assert parse({"command": "hangup"}) == Hangup()
@@ -154,6 +156,20 @@ def test_every_command_parses_with_defaults() -> None:
     assert parse({"command": "mute", "trackId": "t"}) == Mute(track_id="t")
     assert parse({"command": "unmute"}) == Unmute()
     assert parse({"command": "history", "speaker": "u", "text": "t"}) == History(speaker="u", text="t")
+
+
+def test_custom_takes_any_json_and_null_but_not_nothing() -> None:
+    data = {"a": [1, 2.5, None, {"b": True}], "s": "x"}
+    assert parse({"command": "custom", "sender": "app", "data": data}) == Custom(sender="app", data=data)
+    assert parse({"command": "custom", "data": 7}) == Custom(data=7)
+    # `null` is a value here (active-call's `data` is any JSON): kept, and written back out.
+    cmd = parse({"command": "custom", "data": None})
+    assert cmd == Custom(data=None)
+    assert isinstance(cmd, Custom) and command_to_dict(cmd) == {"command": "custom", "data": None}
+    with pytest.raises(BadCommand, match=r"^data: required field is missing$"):
+        parse({"command": "custom", "sender": "app"})
+    with pytest.raises(BadCommand, match=r"^sender: expected a string, got a number$"):
+        parse({"command": "custom", "sender": 1, "data": {}})
 
 
 def test_legacy_end_of_stream_spelling() -> None:
@@ -189,6 +205,13 @@ def test_durations(value: object, seconds: float) -> None:
         ('{"command": 1}', "command: expected a string"),
         ('{"command": "x"}', "unknown command"),
         ('{"command": "play", "url": ""}', "url: must not be empty"),
+        ('{"command": "play", "url": "a", "offsetMs": -1}', "offsetMs: must not be negative"),
+        ('{"command": "accept", "option": {"inactivityTimeout": -1}}', "option.inactivityTimeout: must not"),
+        (
+            '{"command": "invite", "option": {"inactivityTimeout": "30s"}}',
+            "option.inactivityTimeout: expected an integer or a number, got a string",
+        ),
+        ('{"command": "play", "url": "a", "offsetMs": "1"}', "offsetMs: expected an integer, got a string"),
         ('{"command": "reject", "reason": "x", "code": "486"}', "code: expected an integer"),
         ('{"command": "reject", "reason": "x", "code": true}', "code: expected an integer"),
         ('{"command": "invite", "option": []}', "option: expected an object"),

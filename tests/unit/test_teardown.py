@@ -22,6 +22,8 @@ log = logging.getLogger("pbx.test.teardown")
 class Resource:
     """A fake bot link / peer connection / recorder / dump: records its close, or fails it."""
 
+    ring_ms = None  # as a call leg: the call never rang
+
     def __init__(self, name: str, closed: list[str], fails: bool = False, sync: bool = False) -> None:
         self.name = name
         self.closed = closed

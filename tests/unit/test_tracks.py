@@ -140,6 +140,58 @@ def test_play_id_defaults_to_the_url_and_a_short_tail_is_padded() -> None:
     run(scenario)
 
 
+def test_an_offset_starts_that_far_into_the_file() -> None:
+    async def scenario() -> None:
+        call = Call()
+        call.side.play("a.wav", play_id="p", offset_ms=730)
+        frames = await call.ticks(15)
+        # 730 ms in is sample 11680: 270 ms are left, 13 whole frames and a 10 ms tail padded with silence.
+        assert starts(frames) == [11680 + 320 * i for i in range(14)] + [None]
+        tail = frames[13]
+        assert tail is not None and int(tail[159]) == 15999 and not tail[160:].any()
+        assert call.names() == ["trackStart", "trackEnd"]
+        assert call.log[1]["timestamp"] == 300 and call.log[1]["playId"] == "p"
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("offset_ms", [1000, 1001, 60_000, 2**64 - 1])
+def test_an_offset_at_or_past_the_end_plays_nothing_and_ends_the_track_as_an_empty_file(
+    offset_ms: int,
+) -> None:
+    async def scenario() -> None:
+        call = Call({"a.wav": ramp(1000), "empty.wav": ramp(0)})
+        call.side.play("a.wav", offset_ms=offset_ms, auto_hangup=True)
+        past = await call.ticks(3)
+        past_log, call.log[:] = list(call.log), []
+        call.side.play("empty.wav", auto_hangup=True)
+        empty = await call.ticks(3)
+        assert past == empty == [None, None, None]
+        for log in (past_log, call.log):
+            assert [e["event"] for e in log] == ["trackStart", "trackEnd", "HANGUP"]
+            assert log[1]["duration"] == 20, "ended on the first tick"
+
+    run(scenario)
+
+
+def test_every_event_of_the_track_carries_its_track_id() -> None:
+    """The socket's `serverSideTrack` names the track in its events, errors included."""
+
+    async def scenario() -> None:
+        call = Call()
+        call.side = ServerSide(
+            "c1", call.log.append, call.hang_up, lambda: False, call.open, now=call.now, track_id="agent"
+        )
+        call.side.play("b.wav", wait_input_timeout=100)
+        await call.ticks(20)
+        call.side.play("nowhere.wav")
+        await call.ticks(2)
+        assert call.names() == ["trackStart", "trackEnd", "silence", "trackStart", "error", "trackEnd"]
+        assert {e["trackId"] for e in call.log} == {"agent"}
+
+    run(scenario)
+
+
 def test_a_new_play_ends_the_old_track_before_it_starts() -> None:
     async def scenario() -> None:
         call = Call()

@@ -39,9 +39,10 @@ SAMPLES: dict[str, dict[str, Any]] = {
             "eou": {"type": "tencent", "endpoint": "wss://eou", "apiKey": "k", "timeout": 900},
             "mediaPass": {"url": "wss://bot/x?token=t", "inputSampleRate": 16000, "dialect": "twilio"},
             "resume": {"timeout": 30, "moh": "hold.wav"},
+            "inactivityTimeout": 2.5,
         }
     },
-    "accept": {"option": {"codec": "g722", "asr": {"provider": "local"}}},
+    "accept": {"option": {"codec": "g722", "asr": {"provider": "local"}, "inactivityTimeout": 30}},
     "reject": {"reason": "busy", "code": 486},
     "ringing": {"recorder": {"recorderFile": "r.wav"}, "earlyMedia": True, "ringtone": "ring.wav"},
     "candidate": {"candidates": ["candidate:1 1 udp 1 127.0.0.1 9 typ host"]},
@@ -58,7 +59,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "base64": False,
         "cacheKey": "k",
     },
-    "play": {"url": "x.wav", "playId": "p", "autoHangup": False, "waitInputTimeout": 10},
+    "play": {"url": "x.wav", "playId": "p", "autoHangup": False, "waitInputTimeout": 10, "offsetMs": 1500},
     "interrupt": {"graceful": True},
     "pause": {},
     "resume": {},
@@ -73,6 +74,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "history": {"speaker": "u", "text": "hi"},
     "bridge": {"targetSessionId": "other-call"},
     "unbridge": {"targetSessionId": "other-call"},
+    "custom": {"sender": "app", "data": {"n": [1, -2.5, None, True], "s": "x", "big": 2**64 - 1}},
 }
 
 

@@ -195,7 +195,7 @@ class BotLink:
         except BadBotMessage as exc:
             if not self._complained:  # once per call: a bot that sends junk sends a lot of it
                 self._complained = True
-                self.hooks.error("mediaPass", str(exc), 400, track_id=events.SERVER_SIDE_TRACK)
+                self.hooks.error("mediaPass", str(exc), 400, track_id=self.hooks.server_track)
             return
         for action in actions:
             if isinstance(action, BotAudio):

@@ -6,7 +6,7 @@ minute does not hold up every command behind it. While it runs:
 
 - `hangup` runs at once, ahead of anything held: it ends the call, and with it the setup (the session
   cancels the setup task and CANCELs a ringing INVITE).
-- Commands that do not need the answer (`SETUP_FREE`: history, mute/unmute, candidates, interrupt,
+- Commands that do not need the answer (`SETUP_FREE`: history, custom, mute/unmute, candidates, interrupt,
   pause/resume) run at once, as they come, unless something is held ahead of them.
 - Any other command (`tts`, `play`, `refer`, a second `invite`, ...) is held, and so is everything that
   comes after it (keeping the order), until the setup ends. Then the held commands run in order, exactly as
@@ -28,6 +28,7 @@ from common.protocol import (
     AddIceCandidate,
     Candidate,
     Command,
+    Custom,
     Hangup,
     History,
     Interrupt,
@@ -38,7 +39,7 @@ from common.protocol import (
 )
 
 # What may run while the setup waits for the answer: none of these needs media, a track or the answer.
-SETUP_FREE = (History, Mute, Unmute, Candidate, AddIceCandidate, Interrupt, Pause, Resume)
+SETUP_FREE = (History, Custom, Mute, Unmute, Candidate, AddIceCandidate, Interrupt, Pause, Resume)
 
 Parsed = tuple[Command, int | None]  # a command and its sequence number (for the frontend's ack)
 

@@ -8,6 +8,8 @@ does comes back through `LegHooks` callbacks: audio, key presses, the answer, th
 - `WebSocketLeg` (here): audio over the app's own socket, in the call's codec; answered at once.
 - `RtcLeg` (worker/rtc/call_leg.py): a peer connection (worker/rtc/peer.py) answering the browser's offer.
 - `SipCall` (worker/sip/call_leg.py): a SIP dialog, dialled out or attached to an inbound INVITE.
+
+A leg with a peer of its own (WebRTC, SIP) says when that peer's audio first arrives (`FirstMedia`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from common import events
 from worker.call.services import CallHooks
 from worker.media.codecs import Codec, make_codec
 
@@ -49,6 +52,8 @@ class CallLeg(Protocol):
     name: str
     # An `invite` answered without waiting for the peer runs in line with the other commands.
     answers_at_once: bool
+    # When the call first rang (ms): a SIP callee's first 18x, or the app's `ringing` of an inbound call.
+    ring_ms: int | None
 
     @property
     def bound(self) -> bool:
@@ -104,11 +109,28 @@ class CallLeg(Protocol):
         ...
 
 
+class FirstMedia:
+    """active-call's `mediaReady{trackId: <call id>}`, once, at the first audio decoded from the peer (early
+    media included). A `/call` socket's audio is the app's own: that leg has none."""
+
+    __slots__ = ("_call", "seen")
+
+    def __init__(self, call: CallHooks) -> None:
+        self._call = call
+        self.seen = False
+
+    def __call__(self) -> None:
+        self.seen = True
+        if not self._call.ending():
+            self._call.emit(events.event("mediaReady", track_id=self._call.call_id))
+
+
 class NoPeerSetup:
     """The answers of a leg that has no inbound call to ring, accept or refuse, and no ICE."""
 
     hooks: LegHooks
     bound = False
+    ring_ms: int | None = None
 
     async def accept(self) -> str | None:
         self.hooks.call.error("accept", "no pending call to accept", 400)

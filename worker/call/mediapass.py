@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from common import events
-from common.events import SERVER_SIDE_TRACK
 from worker.bot.link import BotLink
 from worker.call.services import CallHooks, MediaServices
 from worker.call.tracks import ServerSide
@@ -98,7 +97,7 @@ class MediaPass:
             return
         if problem is not None:
             self.hooks.error(
-                "mediaPass", f"the bot's connection dropped: {problem}", 502, track_id=SERVER_SIDE_TRACK
+                "mediaPass", f"the bot's connection dropped: {problem}", 502, track_id=self.hooks.server_track
             )
         if not link.hangup_on_close:
             return

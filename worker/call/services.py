@@ -15,6 +15,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from common.events import SERVER_SIDE_TRACK
+
 if TYPE_CHECKING:
     import aiohttp
 
@@ -81,3 +83,5 @@ class CallHooks:
     spawn: Callable[[Coroutine[Any, Any, Any], str], asyncio.Task[Any]]
     hangup: Callable[[str, str], Coroutine[Any, Any, None]]
     ending: Callable[[], bool]
+    # The trackId of what the server plays (`serverSideTrack` of the call's socket).
+    server_track: str = SERVER_SIDE_TRACK

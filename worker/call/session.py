@@ -23,6 +23,7 @@ from common.protocol import (
     Bridge,
     Candidate,
     Command,
+    Custom,
     Hangup,
     History,
     Interrupt,
@@ -46,6 +47,7 @@ from worker import metrics
 from worker.call.applink import AppLink
 from worker.call.bridge import CallBridge
 from worker.call.commands import CommandQueue, Parsed
+from worker.call.inactivity import InactivityWatch
 from worker.call.leg import CallLeg, LegHooks, WebSocketLeg
 from worker.call.listening import CallerListener
 from worker.call.mediapass import MediaPass
@@ -66,7 +68,8 @@ log = logging.getLogger("pbx.worker.call.session")
 
 class CallSession:
     """The owner's half of a call (design §2, §4). `services` are its media process's shared services, `host`
-    the little it asks of that process (worker/call/services.py); its peer is reached through its leg."""
+    the little it asks of that process (worker/call/services.py); its peer is reached through its leg.
+    `server_track` is the trackId of what the server plays (the socket's `serverSideTrack`)."""
 
     def __init__(
         self,
@@ -77,6 +80,7 @@ class CallSession:
         frontend: str,
         dump: bool,
         created_ms: int,
+        server_track: str = SERVER_SIDE_TRACK,
     ) -> None:
         self.services = services
         self.host = host
@@ -103,6 +107,7 @@ class CallSession:
             spawn=self.spawn,
             hangup=self.hangup,
             ending=lambda: self.ending,
+            server_track=server_track,
         )
         # The peer, by call type (worker/call/leg.py): chosen here, once.
         self.leg = make_leg(
@@ -120,7 +125,13 @@ class CallSession:
         self.listener = CallerListener(self.hooks, services, self.input_detected, self._bot_digit)
         # The server-side track and its timing rules (worker/call/tracks.py).
         self.tracks = ServerSide(
-            call_id, self.emit, self._end_soon, lambda: self.ending, self._open_media, self._bot_done
+            call_id,
+            self.emit,
+            self._end_soon,
+            lambda: self.ending,
+            self._open_media,
+            self._bot_done,
+            track_id=server_track,
         )
         self.speaker = CallSpeaker(self.tracks, services, call_id, self.emit, lambda: self.ending)
         # Commands run one at a time, except beside a pending setup (worker/call/commands.py).
@@ -145,6 +156,9 @@ class CallSession:
         )
         # A bridge with another live call, on any media process (worker/call/bridge.py).
         self.bridge = CallBridge(call_id, services.proc_id, host.send)
+        # `option.inactivityTimeout` (in ms here), from the answer on (worker/call/inactivity.py).
+        self._inactivity_ms: float = 0
+        self.inactivity: InactivityWatch | None = None
         self.done = asyncio.Event()
 
     def start(self) -> None:
@@ -198,6 +212,8 @@ class CallSession:
             return
         self.frames_in += 1
         self._frames_in.value += 1
+        if self.inactivity is not None:
+            self.inactivity.heard = True
         self.recording.caller(pcm)
         heard = np.zeros_like(pcm) if self.caller_muted else pcm
         self.listener.feed(heard)
@@ -264,6 +280,8 @@ class CallSession:
         if self.transfer is not None:
             self.transfer.tick()
         self.recording.tick(frame, self.host.ticks)
+        if self.inactivity is not None:
+            self.inactivity.tick()
 
     # --- commands ----------------------------------------------------------------------------------------
 
@@ -327,6 +345,9 @@ class CallSession:
                 self._mute(cmd.track_id, isinstance(cmd, Mute))
             case History():
                 self.emit(events.event("addHistory", sender=self.call_id, speaker=cmd.speaker, text=cmd.text))
+            case Custom():
+                # active-call's echo: no trackId, and `data` as sent, even null.
+                self.emit({**events.event("custom", sender=cmd.sender), "data": cmd.data})
             case Hangup():
                 await self.hangup(cmd.reason or "normal_clearing", cmd.initiator or "caller")
             case Candidate():
@@ -381,6 +402,7 @@ class CallSession:
         self.app.configure(option.resume)
         self.listener.configure(option)
         self.speaker.call_option = option.tts
+        self._inactivity_ms = (option.inactivity_timeout or 0) * 1000
         if path is not None:
             await self.recording.start(path)
 
@@ -389,6 +411,8 @@ class CallSession:
         if self.ending or self.answer_ms is not None:
             return
         self.answer_ms = events.now_ms()
+        if self._inactivity_ms > 0:
+            self.inactivity = InactivityWatch(self.call_id, self._inactivity_ms, self.emit, self._end_soon)
         if self._setup_began is not None:
             metrics.SETUP_SECONDS.labels(self.call_type).observe(time.monotonic() - self._setup_began)
         self.emit(events.event("trackStart", track_id=self.call_id))
@@ -472,18 +496,24 @@ class CallSession:
             self.caller_muted = self.tracks.muted = muted
         elif track_id == self.call_id:
             self.caller_muted = muted
-        elif track_id == SERVER_SIDE_TRACK:
+        elif track_id == self.tracks.track_id:
             self.tracks.muted = muted
         else:
             raise BadCommand(
-                f"trackId: no track {track_id!r} in this call (use {self.call_id!r} or {SERVER_SIDE_TRACK!r})"
+                f"trackId: no track {track_id!r} in this call "
+                f"(use {self.call_id!r} or {self.tracks.track_id!r})"
             )
 
     # --- the server-side track (worker/call/tracks.py) -----------------------------------------------------
 
     def _play(self, cmd: Play, source_field: str = "play.url") -> None:
         self.tracks.play(
-            cmd.url, cmd.play_id, bool(cmd.auto_hangup), cmd.wait_input_timeout or 0, source_field
+            cmd.url,
+            cmd.play_id,
+            bool(cmd.auto_hangup),
+            cmd.wait_input_timeout or 0,
+            source_field,
+            offset_ms=cmd.offset_ms or 0,
         )
 
     async def _open_media(self, source: str) -> np.ndarray:
@@ -552,6 +582,7 @@ class CallSession:
                 initiator=initiator,
                 start_time=events.rfc3339(self.created_ms),
                 answer_time=events.rfc3339(self.answer_ms) if self.answer_ms is not None else None,
+                ringing_time=events.rfc3339(self.leg.ring_ms) if self.leg.ring_ms is not None else None,
                 hangup_time=events.rfc3339(now),
             )
         )

@@ -388,7 +388,7 @@ class CallSpeaker:
         segment.failed = True
         segment.finish()
         if not self._ending():
-            self._emit(events.error(events.SERVER_SIDE_TRACK, sender, exc.message, exc.status))
+            self._emit(events.error(self.tracks.track_id, sender, exc.message, exc.status))
 
 
 async def _drain(texts: asyncio.Queue[str | None]) -> AsyncIterator[str]:

@@ -4,9 +4,10 @@ One producer plays at a time: a file (`play`, a ringtone, music on hold), a TTS 
 fills it), the far leg of a transfer (a bridge), or the mediaPass bot's audio. Starting one replaces the
 one playing. The rules (RustPBX's `play`/`tts`, docs/protocol.md):
 
-- Each track opens with `trackStart` (trackId `server-side-track`, its playId) and closes with exactly one
-  `trackEnd` (timestamp, duration in ms since its start, ssrc, playId); a replaced track ends before the new
-  one starts. An interrupted TTS track reports what was heard (`interruption`) just before its `trackEnd`.
+- Each track opens with `trackStart` (trackId `server-side-track`, or the call's `serverSideTrack`; its
+  playId) and closes with exactly one `trackEnd` (timestamp, duration in ms since its start, ssrc, playId);
+  a replaced track ends before the new one starts. An interrupted TTS track reports what was heard
+  (`interruption`) just before its `trackEnd`.
 - `interrupt` ends the track at once; `graceful` lets a TTS track finish the sentence it is speaking.
 - `pause` holds the position (no frames while paused), `resume` goes on from it; `mute` plays silence in the
   track's place, the track going on underneath.
@@ -62,6 +63,7 @@ class ServerTrack:
     tts: object = None  # the TtsRun filling a TTS track (worker/call/speaking.py)
     # The command field the file came from, named when it cannot be played.
     source_field: str = "play.url"
+    offset_ms: int = 0  # where in the file it starts (`play.offsetMs`)
 
 
 class ServerSide:
@@ -70,7 +72,8 @@ class ServerSide:
     `emit` sends an event to the client; `hang_up(reason, initiator)` ends the call (soon, not in the
     caller's stack); `ending` says whether the call is ending; `open_media(source)` reads a file or URL as
     16 kHz mono samples (raising UrlRefused, MediaNotFound, FetchError, AudioFileError or OSError);
-    `bot_done` is told when the bot's audio played out; `now` is the clock in ms.
+    `bot_done` is told when the bot's audio played out; `now` is the clock in ms; `track_id` is the trackId
+    of its events.
     """
 
     def __init__(
@@ -82,8 +85,10 @@ class ServerSide:
         open_media: Callable[[str], Awaitable[np.ndarray]],
         bot_done: Callable[[], None] = lambda: None,
         now: Callable[[], int] = events.now_ms,
+        track_id: str = SERVER_SIDE_TRACK,
     ) -> None:
         self.call_id = call_id
+        self.track_id = track_id
         self._emit = emit
         self._hang_up = hang_up
         self._ending = ending
@@ -106,7 +111,7 @@ class ServerSide:
         self.track = track
         self._emit(
             events.event(
-                "trackStart", track_id=SERVER_SIDE_TRACK, timestamp=track.started_ms, play_id=track.play_id
+                "trackStart", track_id=self.track_id, timestamp=track.started_ms, play_id=track.play_id
             )
         )
         return track
@@ -119,8 +124,10 @@ class ServerSide:
         wait_input_timeout: int = 0,
         source_field: str = "play.url",
         loop: bool = False,
+        offset_ms: int = 0,
     ) -> ServerTrack:
-        """Play a file or URL (its playId defaults to the URL); it loads beside the clock."""
+        """Play a file or URL (its playId defaults to the URL) from `offset_ms` into it; it loads beside the
+        clock. An offset past the end plays nothing: the track ends on the next tick, as an empty file's."""
         track = self.start(
             ServerTrack(
                 play_id=play_id or url,
@@ -129,6 +136,7 @@ class ServerSide:
                 auto_hangup=auto_hangup,
                 wait_input_timeout=wait_input_timeout,
                 source_field=source_field,
+                offset_ms=offset_ms,
             )
         )
         name = "moh" if loop else "load"
@@ -170,13 +178,13 @@ class ServerSide:
         except UrlRefused as exc:
             if self.track is track:
                 message = exc.for_field(track.source_field, redact_url(source))
-                self._emit(events.error(SERVER_SIDE_TRACK, f"filetrack: {redact_url(source)}", message, 403))
+                self._emit(events.error(self.track_id, f"filetrack: {redact_url(source)}", message, 403))
                 self.finish(natural=True)
             return
         except (MediaNotFound, FetchError, AudioFileError, OSError) as exc:
             if self.track is track:
                 problem = f"{track.source_field}: {exc}"
-                self._emit(events.error(SERVER_SIDE_TRACK, f"filetrack: {redact_url(source)}", problem, 404))
+                self._emit(events.error(self.track_id, f"filetrack: {redact_url(source)}", problem, 404))
                 self.finish(natural=True)
             return
         except Exception:
@@ -185,11 +193,11 @@ class ServerSide:
             log.exception("loading %s failed", redact_url(source))
             if self.track is track:
                 problem = f"{track.source_field}: the server failed to load it"
-                self._emit(events.error(SERVER_SIDE_TRACK, f"filetrack: {redact_url(source)}", problem, 500))
+                self._emit(events.error(self.track_id, f"filetrack: {redact_url(source)}", problem, 500))
                 self.finish(natural=True)
             return
         if self.track is track:
-            track.player = FilePlayer(samples, loop=loop)
+            track.player = FilePlayer(samples, loop=loop, offset_ms=track.offset_ms)
             track.player.paused = track.paused
 
     # --- commands ------------------------------------------------------------------------------------------
@@ -224,7 +232,7 @@ class ServerSide:
             self._emit(
                 events.event(
                     "silence",
-                    track_id=SERVER_SIDE_TRACK,
+                    track_id=self.track_id,
                     timestamp=self.now(),
                     start_time=self._silence_since,
                     duration=self._silence_ms,
@@ -259,7 +267,7 @@ class ServerSide:
                 self._emit(
                     events.event(
                         "interruption",
-                        track_id=SERVER_SIDE_TRACK,
+                        track_id=self.track_id,
                         timestamp=now,
                         play_id=track.play_id,
                         **cut,
@@ -268,7 +276,7 @@ class ServerSide:
         self._emit(
             events.event(
                 "trackEnd",
-                track_id=SERVER_SIDE_TRACK,
+                track_id=self.track_id,
                 timestamp=now,
                 duration=now - track.started_ms,
                 ssrc=track.ssrc,

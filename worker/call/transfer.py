@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from common import events
-from common.events import SERVER_SIDE_TRACK
 from common.protocol import Refer, ReferOption
 from worker.call.services import CallHooks
 from worker.media.player import BridgePlayer
@@ -69,6 +68,7 @@ class Transfer:
         self.bridge: BridgePlayer | None = None  # leg → caller
         self.uplink = BridgePlayer()  # caller → leg
         self.answered_ms: int | None = None
+        self.ring_ms: int | None = None  # the new leg's first 18x
         self.ended = False
 
     @property
@@ -76,7 +76,7 @@ class Transfer:
         return self.options.auto_hangup is not False
 
     def _emit(self, name: str, **fields: object) -> None:
-        self.hooks.emit(events.event(name, track_id=SERVER_SIDE_TRACK, refer=True, **fields))
+        self.hooks.emit(events.event(name, track_id=self.hooks.server_track, refer=True, **fields))
 
     async def start(self) -> None:
         if self.options.bypass:
@@ -171,7 +171,10 @@ class Transfer:
     # --- LegEvents of the new leg ------------------------------------------------------------------------
 
     def leg_ringing(self, leg: SipLeg, early_media: bool) -> None:
-        self._emit("ringing", early_media=early_media)
+        now = events.now_ms()
+        if self.ring_ms is None:
+            self.ring_ms = now
+        self._emit("ringing", timestamp=now, early_media=early_media)
 
     def leg_answered(self, leg: SipLeg, remote_sdp: str) -> None:
         if self.ended:
@@ -200,6 +203,7 @@ class Transfer:
             reason=reason,
             initiator=initiator,
             answer_time=events.rfc3339(self.answered_ms) if self.answered_ms else None,
+            ringing_time=events.rfc3339(self.ring_ms) if self.ring_ms is not None else None,
             hangup_time=events.rfc3339(now),
         )
         if self.auto_hangup:
@@ -210,7 +214,7 @@ class Transfer:
             self.bridge.feed(pcm)
 
     def leg_digit(self, leg: SipLeg, digit: str) -> None:
-        self.hooks.emit(events.event("dtmf", track_id=SERVER_SIDE_TRACK, digit=digit, refer=True))
+        self.hooks.emit(events.event("dtmf", track_id=self.hooks.server_track, digit=digit, refer=True))
 
     def leg_refer(self, leg: SipLeg, target: str) -> None: ...
 

@@ -7,13 +7,17 @@ from collections import deque
 import numpy as np
 
 FRAME = 320  # 20 ms at 16 kHz
+SAMPLES_PER_MS = FRAME // 20
 SILENT_FRAME = np.zeros(FRAME, dtype=np.int16)  # what a leg sends while nothing plays
 
 
 class FilePlayer:
-    """Plays a mono 16 kHz int16 buffer; `pause` holds the position, nothing is lost."""
+    """Plays a mono 16 kHz int16 buffer from `offset_ms` into it (past its end: nothing plays); `pause`
+    holds the position, nothing is lost."""
 
-    def __init__(self, samples: np.ndarray, loop: bool = False) -> None:
+    def __init__(self, samples: np.ndarray, loop: bool = False, offset_ms: int = 0) -> None:
+        if offset_ms:
+            samples = samples[offset_ms * SAMPLES_PER_MS :]  # a view: the decoded file is not copied
         self._samples = samples
         self._pos = 0
         self.paused = False

@@ -6,7 +6,7 @@ import numpy as np
 
 from common.config import Settings
 from common.protocol import CallOption
-from worker.call.leg import LegHooks, NoPeerSetup
+from worker.call.leg import FirstMedia, LegHooks, NoPeerSetup
 from worker.media.player import SILENT_FRAME
 from worker.rtc.peer import RtcError, RtcPeer
 
@@ -22,6 +22,7 @@ class RtcLeg(NoPeerSetup):
         self.settings = settings
         self.peer: RtcPeer | None = None
         self.live = False
+        self.first_media = FirstMedia(hooks.call)
         self._candidates: list[tuple[str, str | None, int | None]] = []  # trickled before the offer
 
     async def check_invite(self, option: CallOption) -> bool:
@@ -44,7 +45,7 @@ class RtcLeg(NoPeerSetup):
     async def _answer(self, option: CallOption) -> str | None:
         """The peer connection's answer, or None after telling the client why there is none."""
         call = self.hooks.call
-        peer = RtcPeer(call.call_id, self.settings, self.hooks.caller_audio, self.hooks.digit, self._ended)
+        peer = RtcPeer(call.call_id, self.settings, self._audio, self.hooks.digit, self._ended)
         self.peer = peer
         try:
             for line, mid, index in self._candidates:
@@ -58,6 +59,11 @@ class RtcLeg(NoPeerSetup):
             call.error("invite", str(exc), 400)
         await call.hangup("failed", "system")
         return None
+
+    def _audio(self, pcm: np.ndarray) -> None:
+        if not self.first_media.seen:
+            self.first_media()
+        self.hooks.caller_audio(pcm)
 
     async def candidate(self, line: str, sdp_mid: str | None, index: int | None) -> None:
         if self.peer is None:

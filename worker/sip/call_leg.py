@@ -10,7 +10,7 @@ import numpy as np
 
 from common import events
 from common.protocol import CallOption, Ringing
-from worker.call.leg import LegHooks
+from worker.call.leg import FirstMedia, LegHooks
 from worker.call.services import MediaServices
 from worker.media.player import SILENT_FRAME
 from worker.sip.agent import extra_headers
@@ -47,6 +47,8 @@ class SipCall:
         self.leg: SipLeg | None = None
         self.pending: PendingCall | None = None
         self._bound = False
+        self.first_media = FirstMedia(hooks.call)
+        self.ring_ms: int | None = None
 
     @property
     def bound(self) -> bool:
@@ -124,6 +126,7 @@ class SipCall:
                 caller=str(req.from_.uri) if req else None,
                 callee=str(req.to.uri) if req else None,
                 sdp=pending.leg.remote_sdp,
+                headers=extension_headers(req.headers) if req else None,
             )
         )
 
@@ -140,6 +143,8 @@ class SipCall:
         except LegError as exc:
             self.hooks.call.error("ringing", str(exc), exc.code)
             return False
+        if self.ring_ms is None:
+            self.ring_ms = events.now_ms()
         return True
 
     async def accept(self) -> str | None:
@@ -194,8 +199,11 @@ class SipCall:
     # --- LegEvents ---------------------------------------------------------------------------------------
 
     def leg_ringing(self, leg: SipLeg, early_media: bool) -> None:
+        now = events.now_ms()
+        if self.ring_ms is None:
+            self.ring_ms = now
         self.hooks.call.emit(
-            events.event("ringing", track_id=self.hooks.call.call_id, early_media=early_media)
+            events.event("ringing", track_id=self.hooks.call.call_id, timestamp=now, early_media=early_media)
         )
 
     def leg_answered(self, leg: SipLeg, remote_sdp: str) -> None:
@@ -211,6 +219,8 @@ class SipCall:
         s.spawn(s.hangup(reason, initiator), "leg-ended")
 
     def leg_audio(self, leg: SipLeg, pcm: np.ndarray) -> None:
+        if not self.first_media.seen:
+            self.first_media()
         self.hooks.caller_audio(pcm)
 
     def leg_digit(self, leg: SipLeg, digit: str) -> None:
@@ -221,6 +231,35 @@ class SipCall:
 
     def leg_notify(self, leg: SipLeg, status: int, reason: str) -> None:
         self.hooks.notified(status, reason)
+
+
+# The headers of RFC 3261 §20 (and RFC 6665's Event, Subscription-State): active-call's SIP stack gives
+# these structure of their own and hands the app only the others, with `incoming`.
+_BASE_HEADERS = frozenset(
+    name.lower()
+    for name in (
+        "Accept", "Accept-Encoding", "Accept-Language", "Alert-Info", "Allow", "Authentication-Info",
+        "Authorization", "Call-ID", "Call-Info", "Contact", "Content-Disposition", "Content-Encoding",
+        "Content-Language", "Content-Length", "Content-Type", "CSeq", "Date", "Error-Info", "Event",
+        "Expires", "From", "In-Reply-To", "Max-Forwards", "MIME-Version", "Min-Expires", "Organization",
+        "Priority", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Require", "Record-Route",
+        "Reply-To", "Require", "Retry-After", "Route", "Server", "Subject", "Subscription-State",
+        "Supported", "Timestamp", "To", "Unsupported", "User-Agent", "Via", "Warning", "WWW-Authenticate",
+    )
+)  # fmt: skip
+
+
+def extension_headers(headers: Headers) -> dict[str, str] | None:
+    """An INVITE's headers beyond the base protocol's (X-*, P-Asserted-Identity, Diversion, ...), as
+    active-call's `incoming.headers`: name -> value, a header on several lines (or a list split into its
+    elements) joined with ", "; None when there is none. Credentials (Authorization, Proxy-Authorization)
+    are base headers, so they are never among them."""
+    out: dict[str, str] = {}
+    for name, value in headers:
+        if name.lower() in _BASE_HEADERS:
+            continue
+        out[name] = f"{out[name]}, {value}" if name in out else value
+    return out or None
 
 
 def _headers(pairs: list[tuple[str, str]]) -> Headers:
