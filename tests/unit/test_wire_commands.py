@@ -38,6 +38,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
             "extra": {"big": 2**64 - 1, "small": -(2**63)},
             "eou": {"type": "tencent", "endpoint": "wss://eou", "apiKey": "k", "timeout": 900},
             "mediaPass": {"url": "wss://bot/x?token=t", "inputSampleRate": 16000, "dialect": "twilio"},
+            "subscribe": True,
         }
     },
     "accept": {"option": {"codec": "g722", "asr": {"provider": "local"}}},
@@ -61,7 +62,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "interrupt": {"graceful": True},
     "pause": {},
     "resume": {},
-    "hangup": {"reason": "bye", "initiator": "caller"},
+    "hangup": {"reason": "bye", "initiator": "caller", "headers": {"X-Reason": "done"}},
     "refer": {
         "target": "sip:c@x",
         "caller": "sip:a@x",
@@ -70,6 +71,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "mute": {"trackId": "t"},
     "unmute": {},
     "history": {"speaker": "u", "text": "hi"},
+    "message": {"body": "hi", "contentType": "text/plain", "headers": {"X-A": "1"}, "refer": False},
 }
 
 
