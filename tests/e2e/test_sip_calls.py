@@ -225,7 +225,8 @@ async def test_reinvite_hold_and_unhold(stack: StackInfo, call_id: str) -> None:
             await c.event("answer", timeout=10)
             leg, _ = await peer.leg()
             assert leg.rtp is not None
-            for direction, expect in (("sendonly", "recvonly"), ("sendrecv", "sendrecv")):
+            steps = (("sendonly", "recvonly"), ("sendonly", "recvonly"), ("sendrecv", "sendrecv"))
+            for direction, expect in steps:
                 offer = sdp.offer("127.0.0.1", leg.rtp.local_port, ("PCMU",), direction=direction)  # type: ignore[arg-type]
                 final = leg._send_in_dialog("INVITE", offer.encode(), "application/sdp")
                 assert final is not None
@@ -233,6 +234,24 @@ async def test_reinvite_hold_and_unhold(stack: StackInfo, call_id: str) -> None:
                 assert resp.status == 200
                 assert f"a={expect}" in resp.body.decode()
                 assert "PCMU" in resp.body.decode()
+            await c.event("hold", onHold=False, timeout=5)
+            holds = [e["onHold"] for e in c.events if e["event"] == "hold"]
+            assert holds == [True, False], "one event per change"
+        finally:
+            await c.close()
+
+
+async def test_the_callee_sends_a_message(stack: StackInfo, call_id: str) -> None:
+    async with sip_peer() as peer:
+        c = await dial(stack, peer.uri, call_id)
+        try:
+            await c.event("answer", timeout=10)
+            leg, _ = await peer.leg()
+            resp = await asyncio.wait_for(leg.message('{"ok": true}', "application/json"), 5)
+            assert resp.status == 200
+            message = await c.event("message", timeout=5)
+            assert message["body"] == '{"ok": true}' and message["contentType"] == "application/json"
+            assert message["trackId"] == call_id and "refer" not in message
         finally:
             await c.close()
 
@@ -262,6 +281,10 @@ async def test_bridged_transfer_of_a_websocket_call(stack: StackInfo, call_id: s
             assert abs(peak_freq(got[len(got) // 3 :][:8000]) - 440) < 30
             heard = phone.heard()
             assert abs(peak_freq(heard[len(heard) // 3 :][:8000]) - 1000) < 30
+            # The new leg's in-dialog requests are reported as the transfer's (refer: true).
+            assert (await asyncio.wait_for(leg.message("from the agent", "text/plain"), 5)).status == 200
+            message = await c.event("message", refer=True, timeout=5)
+            assert message["trackId"] == "server-side-track" and message["body"] == "from the agent"
             leg.hangup()
             leg_hangup = await c.event("hangup", timeout=5, refer=True)
             assert leg_hangup["trackId"] == "server-side-track"

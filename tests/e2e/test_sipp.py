@@ -290,11 +290,41 @@ async def test_sipp_refers_us(inbound: StackInfo, webhook: Webhook) -> None:
         try:
             await c.send({"command": "accept", "option": {}})
             request = await c.event("transferRequest", timeout=10)
-            assert "sip:transfer@127.0.0.1" in request["target"]
+            assert request["referTo"] == request["target"] == "<sip:transfer@127.0.0.1>"
             await c.event("hangup", timeout=10)
         finally:
             await c.close()
         result = await uac.wait(timeout=10)
     result.assert_ok()
+    refer = result.sent("REFER")[0]
+    assert (
+        request["referredBy"] == refer.header("Referred-By") and "sip:sipp@127.0.0.1" in request["referredBy"]
+    )
     notify = result.received("NOTIFY")[0]
     assert notify.header("Event") == "refer" and "SIP/2.0 100 Trying" in notify.body
+
+
+async def test_sipp_sends_a_message_and_holds_the_call(inbound: StackInfo, webhook: Webhook) -> None:
+    """sipp's MESSAGE is answered 200 and reported; its re-INVITEs (sendonly, inactive, sendrecv) are
+    answered as before, and `hold` comes once per change: on, then off."""
+    variables = {"text": "hello from sipp", "hold_ms": 300}
+    async with Sipp("uac_message_hold", remote=("127.0.0.1", inbound.sip_port), variables=variables) as uac:
+        c, _ = await answer_next(inbound, webhook)
+        try:
+            await c.send({"command": "accept", "option": {}})
+            message = await c.event("message", timeout=10)
+            assert message["trackId"] == c.call_id and isinstance(message["timestamp"], int)
+            assert message["body"] == "hello from sipp\r\n"  # SIPp ends the body's line
+            assert message["contentType"] == "text/plain;charset=utf-8"
+            await c.event("hangup", timeout=10)
+        finally:
+            await c.close()
+        result = await uac.wait(timeout=10)
+    result.assert_ok()
+    holds = [e for e in c.events if e["event"] == "hold"]
+    assert [(e["trackId"], e["onHold"]) for e in holds] == [(c.call_id, True), (c.call_id, False)]
+    names = c.names()
+    assert names.index("message") < names.index("hold") < names.index("hangup")
+    answers = [m.body for m in result.received(200) if m.cseq_method == "INVITE"][1:]
+    assert [a.split("a=")[-1].split()[0] for a in answers] == ["recvonly", "inactive", "sendrecv"]
+    assert [m.cseq_method for m in result.received(200)].count("MESSAGE") == 1

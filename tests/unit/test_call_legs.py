@@ -262,14 +262,33 @@ async def test_sip_leg_events_become_the_calls_events() -> None:
     leg.leg_ringing(dialog, True)
     leg.leg_digit(dialog, "5")
     leg.leg_audio(dialog, tone())
-    leg.leg_refer(dialog, "sip:carol@example.com")
+    leg.leg_refer(dialog, "<sip:carol@example.com>", '"Bob" <sip:bob@example.com>')
+    leg.leg_refer(dialog, "sip:dave@example.com", None)
+    leg.leg_message(dialog, "hello", "text/plain")
+    leg.leg_message(dialog, "", None)
+    leg.leg_hold(dialog, True)
     leg.leg_notify(dialog, 200, "OK")
     leg.leg_answered(dialog, "v=0 answer")
     leg.leg_failed(dialog, 408, "Request Timeout")
     await asyncio.gather(*call.tasks)
-    assert [e["event"] for e in call.events] == ["ringing", "transferRequest", "reject"]
-    assert call.events[0]["earlyMedia"] is True and call.events[1]["target"] == "sip:carol@example.com"
-    assert call.events[2]["code"] == 408
+    names = [e["event"] for e in call.events]
+    assert names == ["ringing", "transferRequest", "transferRequest", "message", "message", "hold", "reject"]
+    assert call.events[0]["earlyMedia"] is True
+    fields = [{k: v for k, v in e.items() if k not in ("event", "timestamp")} for e in call.events[1:6]]
+    assert fields == [
+        {
+            "trackId": "c1",
+            "target": "<sip:carol@example.com>",
+            "referTo": "<sip:carol@example.com>",
+            "referredBy": '"Bob" <sip:bob@example.com>',
+        },
+        {"trackId": "c1", "target": "sip:dave@example.com", "referTo": "sip:dave@example.com"},
+        {"trackId": "c1", "body": "hello", "contentType": "text/plain"},
+        {"trackId": "c1", "body": ""},
+        {"trackId": "c1", "onHold": True},
+    ]
+    assert all(isinstance(e["timestamp"], int) for e in call.events)
+    assert call.events[-1]["code"] == 408
     assert peer.digits == ["5"] and len(peer.audio) == 1 and peer.notified == [(200, "OK")]
     assert peer.answers == ["v=0 answer"] and call.hangups == [("no_answer", "callee")]
 

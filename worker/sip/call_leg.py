@@ -216,11 +216,28 @@ class SipCall:
     def leg_digit(self, leg: SipLeg, digit: str) -> None:
         self.hooks.digit(digit)
 
-    def leg_refer(self, leg: SipLeg, target: str) -> None:
-        self.hooks.call.emit(events.event("transferRequest", track_id=self.hooks.call.call_id, target=target))
+    def leg_refer(self, leg: SipLeg, target: str, referred_by: str | None) -> None:
+        # `referTo` is active-call's name for the Refer-To value; `target`, this server's first one, stays.
+        self.hooks.call.emit(
+            events.event(
+                "transferRequest",
+                track_id=self.hooks.call.call_id,
+                target=target,
+                refer_to=target,
+                referred_by=referred_by,
+            )
+        )
 
     def leg_notify(self, leg: SipLeg, status: int, reason: str) -> None:
         self.hooks.notified(status, reason)
+
+    def leg_message(self, leg: SipLeg, body: str, content_type: str | None) -> None:
+        s = self.hooks.call
+        s.emit(events.event("message", track_id=s.call_id, body=body, content_type=content_type))
+
+    def leg_hold(self, leg: SipLeg, on_hold: bool) -> None:
+        s = self.hooks.call
+        s.emit(events.event("hold", track_id=s.call_id, on_hold=on_hold))
 
 
 def _headers(pairs: list[tuple[str, str]]) -> Headers:
