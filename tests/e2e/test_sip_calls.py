@@ -320,3 +320,25 @@ async def test_bypass_refer_sends_refer_to_the_peer(stack: StackInfo, call_id: s
             await c.event("ringing", refer=True, timeout=5)
         finally:
             await c.close()
+
+
+async def test_message_and_hangup_headers_on_a_websocket_call(stack: StackInfo, call_id: str) -> None:
+    """active-call's answer to `message` off SIP; `hangup.headers` have no BYE to go on and are ignored."""
+    c = await CallClient.open(stack.ws, "/call", call_id=call_id)
+    try:
+        await c.invite()
+        await c.send({"command": "message", "body": "hi"})
+        err = await c.event("error", timeout=5)
+        assert err == {
+            "event": "error",
+            "timestamp": err["timestamp"],
+            "trackId": call_id,
+            "sender": "command",
+            "error": "message command is only supported for SIP calls",
+            "code": 400,
+        }
+        await c.send({"command": "hangup", "headers": {"X-Reason": "done"}})
+        hangup = await c.event("hangup", timeout=5)
+        assert hangup["reason"] == "normal_clearing"
+    finally:
+        await c.close()

@@ -22,7 +22,7 @@ from worker.call.services import CallHooks
 from worker.media.codecs import Codec, make_codec
 
 if TYPE_CHECKING:
-    from common.protocol import CallOption, Ringing
+    from common.protocol import CallOption, Message, Ringing
     from worker.sip.leg import SipLeg
 
 # Audio a client may send before `invite`; it is decoded once the call is set up.
@@ -99,6 +99,14 @@ class CallLeg(Protocol):
         """The SIP dialog a bypass REFER goes through, if this leg is one."""
         ...
 
+    def message(self, cmd: Message) -> None:
+        """active-call's `message`: a SIP MESSAGE to the peer (its outcome, if bad, comes as an error)."""
+        ...
+
+    def bye_headers(self, headers: dict[str, str]) -> None:
+        """Extra headers for the BYE that will end the call (`hangup.headers`); ignored but on SIP."""
+        ...
+
     def close(self) -> object:
         """The call ends (may return an awaitable)."""
         ...
@@ -130,6 +138,13 @@ class NoPeerSetup:
 
     def sip_dialog(self) -> SipLeg | None:
         return None
+
+    def message(self, cmd: Message) -> None:
+        # active-call's words, sender and all.
+        self.hooks.call.error("command", "message command is only supported for SIP calls", 400)
+
+    def bye_headers(self, headers: dict[str, str]) -> None:
+        return  # active-call ignores them too: there is no BYE
 
 
 class WebSocketLeg(NoPeerSetup):

@@ -26,6 +26,7 @@ from common.protocol import (
     History,
     Interrupt,
     Invite,
+    Message,
     Mute,
     Pause,
     Play,
@@ -273,6 +274,8 @@ class CallSession:
             case History():
                 self.emit(events.event("addHistory", sender=self.call_id, speaker=cmd.speaker, text=cmd.text))
             case Hangup():
+                if cmd.headers:
+                    self.leg.bye_headers(cmd.headers)
                 await self.hangup(cmd.reason or "normal_clearing", cmd.initiator or "caller")
             case Candidate():
                 for line in cmd.candidates:
@@ -295,6 +298,8 @@ class CallSession:
                 await self._ringing(cmd)
             case Refer():
                 await self._refer(cmd)
+            case Message():
+                self.leg.message(cmd)
 
     async def _invite(self, cmd: Invite) -> None:
         self._setup_began = time.monotonic()

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from common import events
-from common.protocol import CallOption, Ringing
+from common.protocol import DEFAULT_MESSAGE_TYPE, CallOption, Message, Ringing
 from worker.call.leg import LegHooks
 from worker.call.services import MediaServices
 from worker.media.player import SILENT_FRAME
@@ -47,6 +47,7 @@ class SipCall:
         self.leg: SipLeg | None = None
         self.pending: PendingCall | None = None
         self._bound = False
+        self._bye_headers: list[tuple[str, str]] = []
 
     @property
     def bound(self) -> bool:
@@ -185,9 +186,36 @@ class SipCall:
     def sip_dialog(self) -> SipLeg | None:
         return self.leg
 
+    # --- in the dialog -----------------------------------------------------------------------------------
+
+    def message(self, cmd: Message) -> None:
+        leg = self.leg
+        if leg is None or leg.state != "confirmed":
+            self.hooks.call.error("command", "message: the call is not connected (no SIP dialog yet)", 409)
+            return
+        # The MESSAGE leaves now, in command order; its answer (up to 32 s: Timer F) is awaited beside the
+        # queue, so a hangup sent after it is not held up.
+        self.hooks.call.spawn(self._message(leg, cmd), "message")
+
+    async def _message(self, leg: SipLeg, cmd: Message) -> None:
+        s = self.hooks.call
+        try:
+            resp = await leg.message(
+                cmd.body, cmd.content_type or DEFAULT_MESSAGE_TYPE, list((cmd.headers or {}).items())
+            )
+        except LegError as exc:
+            s.error("command", f"message: {exc}", exc.code)
+            return
+        if resp.status >= 300:
+            what = "no answer from the peer" if resp.status == 408 else "the peer refused it"
+            s.error("command", f"message: {what} ({resp.status} {resp.reason})", resp.status)
+
+    def bye_headers(self, headers: dict[str, str]) -> None:
+        self._bye_headers = list(headers.items())
+
     def close(self) -> None:
         if self.leg is not None:
-            self.leg.hangup()
+            self.leg.hangup(self._bye_headers)
         if self.pending is not None:
             self.telephony.drop(self.hooks.call.call_id)
 
