@@ -94,6 +94,49 @@ async def test_the_socket_carries_no_audio(stack: StackInfo, call_id: str) -> No
     assert [e["sender"] for e in c.events if e["event"] == "error"] == ["audio"], "told once"
 
 
+def subscribed(frames: list[tuple[float, bytes]]) -> dict[int, np.ndarray]:
+    """The audio of `option.subscribe`'s messages, by track byte; each message one 20 ms frame."""
+    by_track: dict[int, list[np.ndarray]] = {}
+    for _, m in frames:
+        assert len(m) == 641, f"a {len(m)}-byte message: one track byte and 320 samples expected"
+        by_track.setdefault(m[0], []).append(np.frombuffer(m, dtype="<i2", offset=1))
+    return {track: np.concatenate(chunks) for track, chunks in by_track.items()}
+
+
+async def test_subscribe_mirrors_both_tracks_to_the_socket(
+    stack: StackInfo, call_id: str, tmp_path: Path
+) -> None:
+    """Track 0 carries what the server plays to the callee (a 1 kHz file), track 1 what the callee sends
+    (440 Hz): both as 16 kHz PCM, in real time, one message per 20 ms frame."""
+    wav = tmp_path / "khz.wav"
+    write_wav(wav, tone(1000, 1.0))
+    async with sip_peer() as peer:
+        c = await dial(stack, peer.uri, call_id, subscribe=True)
+        try:
+            await c.event("answer", timeout=10)
+            leg, phone = await peer.leg()
+            await c.send({"command": "play", "url": str(wav)})
+            await play_tone(leg, 440, 1.5)
+            await c.event("trackEnd", trackId="server-side-track", timeout=5)
+            await asyncio.sleep(0.3)
+            tracks = subscribed(c.frames)
+            assert sorted(tracks) == [0, 1]
+            server, callee = tracks[0], tracks[1]
+            # Track 0 exists only while the file plays: its second, give or take a frame or two.
+            assert abs(len(server) / 16000 - 1.0) <= 0.06, (
+                f"{len(server) / 16000:.2f} s of the server's track"
+            )
+            assert abs(peak_freq(server[1600:-1600]) - 1000) < 15
+            loud = [i for i in range(0, len(callee) - 319, 320) if rms(callee[i : i + 320]) > 1000]
+            assert 1.3 <= len(loud) * 0.02 <= 1.6, "the callee's 1.5 s tone"
+            assert abs(peak_freq(callee[loud[5] : loud[-5]]) - 440) < 15
+            # The callee hears the server's track as mirrored.
+            heard = phone.heard()
+            assert abs(peak_freq(heard[len(heard) // 3 :][:8000]) - 1000) < 30
+        finally:
+            await c.close()
+
+
 async def test_play_sent_while_it_rings_waits_for_the_answer(
     stack: StackInfo, call_id: str, tmp_path: Path
 ) -> None:

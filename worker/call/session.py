@@ -18,6 +18,7 @@ from common.events import SERVER_SIDE_TRACK
 from common.logs import call_id_var
 from common.protocol import (
     NAMES,
+    SDP_CALL_TYPES,
     Accept,
     AddIceCandidate,
     Candidate,
@@ -49,6 +50,7 @@ from worker.call.mediapass import MediaPass
 from worker.call.recording import Recording
 from worker.call.services import CallHooks, CallHost, MediaServices
 from worker.call.speaking import CallSpeaker
+from worker.call.subscribe import AudioMirror
 from worker.call.tracks import ServerSide
 from worker.call.transfer import Transfer, TransferTrack
 from worker.media.audiofile import load_audio
@@ -92,6 +94,8 @@ class CallSession:
         self._setup_began: float | None = None
         self._caller_ssrc = random.getrandbits(32)
         self.transfer: Transfer | None = None
+        # option.subscribe (worker/call/subscribe.py): None, the default, costs the hot path nothing more.
+        self.mirror: AudioMirror | None = None
         self.hooks = CallHooks(
             call_id=call_id,
             emit=self.emit,
@@ -168,6 +172,8 @@ class CallSession:
         self.frames_in += 1
         self._frames_in.value += 1
         self.recording.caller(pcm)
+        if self.mirror is not None:
+            self.mirror.peer(pcm)
         heard = np.zeros_like(pcm) if self.caller_muted else pcm
         self.listener.feed(heard)
         self.media_pass.caller_audio(heard)
@@ -209,6 +215,8 @@ class CallSession:
         if frame is not None:
             self.frames_out += 1
             self._frames_out.value += 1
+            if self.mirror is not None:
+                self.mirror.server_side(frame)
         self.leg.send(frame)  # None: nothing plays (an RTP stream still gets its silence)
         if self.transfer is not None:
             self.transfer.tick()
@@ -323,6 +331,9 @@ class CallSession:
             path = await self.recording.path(option.recorder, "option.recorder")
         self.leg.configure(option)
         self.listener.configure(option)
+        # active-call mirrors SIP and WebRTC calls only: on /call the socket carries the audio already.
+        if option.subscribe and self.call_type in SDP_CALL_TYPES and self.mirror is None:
+            self.mirror = AudioMirror(self._send_audio)
         self.speaker.call_option = option.tts
         if path is not None:
             await self.recording.start(path)
