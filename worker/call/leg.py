@@ -2,8 +2,9 @@
 
 The session picks its leg once, when it is created (`make_leg` in worker/call/session.py), and from then on
 never asks which type of call it runs: set-up (`invite`, and for an inbound SIP call `accept` / `ringing` /
-`reject`), the 20 ms frame out (`send`), ICE candidates, and the end all go through the leg. What the peer
-does comes back through `LegHooks` callbacks: audio, key presses, the answer, the end.
+`reject`), the 20 ms frame out (`send`), ICE candidates, active-call's `message` and BYE headers, and the end
+all go through the leg. What the peer does comes back through `LegHooks` callbacks: audio, key presses, the
+answer, the end.
 
 - `WebSocketLeg` (here): audio over the app's own socket, in the call's codec; answered at once.
 - `RtcLeg` (worker/rtc/call_leg.py): a peer connection (worker/rtc/peer.py) answering the browser's offer.
