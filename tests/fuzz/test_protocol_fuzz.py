@@ -65,6 +65,11 @@ JSON = st.recursive(
 
 
 # Values a valid command must have beyond its field types (rules of common.protocol._check).
+SIP_HEADERS = st.dictionaries(
+    st.from_regex(r"X-[A-Za-z0-9\-.!%*_+`'~]{1,10}", fullmatch=True),
+    st.text(st.characters(min_codepoint=32, blacklist_characters="\x7f"), max_size=20),
+    max_size=3,
+)
 _RULES: dict[str, st.SearchStrategy[Any]] = {
     "codec": st.sampled_from(["pcm", "PCMU", "pcma", "G722"]),
     "handshakeTimeout": st.one_of(
@@ -88,6 +93,11 @@ _RULES: dict[str, st.SearchStrategy[Any]] = {
     "provider": st.sampled_from([*ASR_PROVIDERS, "Tencent"]),
     "VadOption.type": st.sampled_from([*VAD_TYPES, "Silero"]),
     "EouOption.type": st.sampled_from([*EOU_TYPES, "LOCAL"]),
+    # active-call's SIP commands: media types and extra headers that would not break the request.
+    "contentType": st.sampled_from(["text/plain", "application/json", 'text/plain; charset="utf-8"']),
+    "Message.headers": SIP_HEADERS,
+    "Hangup.headers": SIP_HEADERS,
+    "Message.refer": st.just(False),
 }
 # Required fields of nested options, filled in when a test reaches inside one.
 NESTED_REQUIRED: dict[str, dict[str, Any]] = {"mediaPass": {"url": "ws://bot"}}
@@ -285,6 +295,7 @@ REQUIRED = {
     "history": {"speaker": "u", "text": "t"},
     "addIceCandidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host"},
     "refer": {"target": "sip:a@b"},
+    "message": {"body": "hi"},
 }
 
 
