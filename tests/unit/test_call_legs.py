@@ -227,11 +227,15 @@ class FakeDialog:
         self.hung_up = True
         self.bye_headers = list(headers)
 
-    async def message(self, body: str, content_type: str, headers: list[tuple[str, str]]) -> Any:
+    def message(self, body: str, content_type: str, headers: list[tuple[str, str]]) -> asyncio.Future[Any]:
+        if self.state != "confirmed":
+            raise LegError("the call is not connected (no confirmed SIP dialog)", 409)
         self.messages.append((body, content_type, headers))
         if isinstance(self.answer, LegError):
             raise self.answer
-        return SimpleNamespace(status=self.answer[0], reason=self.answer[1])
+        final = asyncio.get_running_loop().create_future()
+        final.set_result(SimpleNamespace(status=self.answer[0], reason=self.answer[1]))
+        return final
 
 
 class FakeTelephony:
@@ -344,6 +348,7 @@ async def test_sip_message_goes_to_the_dialog_and_only_a_failure_is_reported(
     leg.leg = dialog  # type: ignore[assignment]
     leg.message(Message(body="hi", headers={"X-Order": "42"}))
     leg.message(Message(body="{}", content_type="application/json"))
+    assert len(dialog.messages) == 2, "sent at once, before the answers are awaited"
     await asyncio.gather(*call.tasks)
     assert dialog.messages == [
         ("hi", "text/plain;charset=utf-8", [("X-Order", "42")]),
@@ -359,8 +364,8 @@ async def test_sip_message_needs_a_connected_call(state: str) -> None:
     leg.message(Message(body="hi"))  # no dialog at all
     leg.leg = dialog = FakeDialog(state=state)  # type: ignore[assignment]
     leg.message(Message(body="hi"))
-    assert call.errors == [("command", "message: the call is not connected (no SIP dialog yet)", 409)] * 2
-    assert dialog.messages == [] and call.tasks == []
+    error = ("command", "message: the call is not connected (no confirmed SIP dialog)", 409)
+    assert call.errors == [error] * 2 and call.tasks == [] and dialog.messages == []
 
 
 def test_message_on_other_call_types_is_active_calls_error() -> None:
@@ -424,7 +429,8 @@ async def test_a_session_sends_message_and_hangup_headers_to_its_leg() -> None:
     dialog = FakeDialog(role="uac", state="confirmed")
     session.leg.leg = dialog  # type: ignore[attr-defined]
     await session._dispatch(Message(body="hi"))
-    await asyncio.sleep(0)  # the MESSAGE's answer is awaited beside the queue
+    # Sent by the time the command is done (its answer is awaited beside the queue): a hangup right
+    # after it cannot overtake it.
     assert dialog.messages == [("hi", "text/plain;charset=utf-8", [])]
     await session._dispatch(Hangup(headers={"X-Reason": "done"}))
     assert dialog.hung_up and dialog.bye_headers == [("X-Reason", "done")]

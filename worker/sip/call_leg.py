@@ -3,6 +3,7 @@ and events."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,7 @@ from worker.call.services import MediaServices
 from worker.media.player import SILENT_FRAME
 from worker.sip.agent import extra_headers
 from worker.sip.leg import LegError, SipLeg
-from worker.sip.message import Headers
+from worker.sip.message import Headers, Response
 
 if TYPE_CHECKING:
     from worker.sip.telephony import PendingCall, Telephony
@@ -190,25 +191,23 @@ class SipCall:
 
     def message(self, cmd: Message) -> None:
         leg = self.leg
-        if leg is None or leg.state != "confirmed":
-            self.hooks.call.error("command", "message: the call is not connected (no SIP dialog yet)", 409)
-            return
-        # The MESSAGE leaves now, in command order; its answer (up to 32 s: Timer F) is awaited beside the
-        # queue, so a hangup sent after it is not held up.
-        self.hooks.call.spawn(self._message(leg, cmd), "message")
-
-    async def _message(self, leg: SipLeg, cmd: Message) -> None:
-        s = self.hooks.call
+        content_type = cmd.content_type or DEFAULT_MESSAGE_TYPE
         try:
-            resp = await leg.message(
-                cmd.body, cmd.content_type or DEFAULT_MESSAGE_TYPE, list((cmd.headers or {}).items())
-            )
+            if leg is None:
+                raise LegError("the call is not connected (no confirmed SIP dialog)", 409)
+            final = leg.message(cmd.body, content_type, list((cmd.headers or {}).items()))
         except LegError as exc:
-            s.error("command", f"message: {exc}", exc.code)
+            self.hooks.call.error("command", f"message: {exc}", exc.code)
             return
+        # The MESSAGE left now, in command order (ahead of a BYE a hangup right after it sends); its answer
+        # (up to 32 s: Timer F) is awaited beside the queue, so that hangup is not held up.
+        self.hooks.call.spawn(self._message_answered(final), "message")
+
+    async def _message_answered(self, final: asyncio.Future[Response]) -> None:
+        resp = await final
         if resp.status >= 300:
             what = "no answer from the peer" if resp.status == 408 else "the peer refused it"
-            s.error("command", f"message: {what} ({resp.status} {resp.reason})", resp.status)
+            self.hooks.call.error("command", f"message: {what} ({resp.status} {resp.reason})", resp.status)
 
     def bye_headers(self, headers: dict[str, str]) -> None:
         self._bye_headers = list(headers.items())

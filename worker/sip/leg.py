@@ -606,17 +606,17 @@ class SipLeg:
             raise LegError("the call is not connected", 409)
         return await final
 
-    async def message(
+    def message(
         self, body: str, content_type: str, headers: Iterable[tuple[str, str]] = ()
-    ) -> Response:
-        """Send a MESSAGE (RFC 3428) in the confirmed dialog; its final response (a synthetic 408 when the
-        peer never answers, 503 when it cannot be reached)."""
-        if self.state != "confirmed":
-            raise LegError("the call is not connected", 409)
-        final = self._send_in_dialog("MESSAGE", body.encode("utf-8"), content_type, headers)
+    ) -> asyncio.Future[Response]:
+        """Send a MESSAGE (RFC 3428) in the confirmed dialog, now; the future of its final response (a
+        synthetic 408 when the peer never answers, 503 when it cannot be reached)."""
+        final = None
+        if self.state == "confirmed":
+            final = self._send_in_dialog("MESSAGE", body.encode("utf-8"), content_type, headers)
         if final is None:
-            raise LegError("the call is not connected", 409)
-        return await final
+            raise LegError("the call is not connected (no confirmed SIP dialog)", 409)
+        return final
 
     # --- the end -----------------------------------------------------------------------------------------
 
