@@ -175,6 +175,7 @@ class CallOption:
     resume: ResumeOption | None = None
     # active-call's: seconds without caller audio after which the call ends (0 or absent: never).
     inactivity_timeout: int | float | None = None
+    subscribe: bool | None = None  # active-call's: the call's audio mirrored to the socket (SIP, WebRTC)
 
     def handshake_seconds(self) -> float:
         return parse_duration(self.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT)
@@ -281,6 +282,17 @@ class Resume:
 class Hangup:
     reason: str | None = None
     initiator: str | None = None
+    headers: dict[str, str] | None = None  # active-call's: extra headers on a SIP call's BYE
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    """active-call's `message`: a SIP MESSAGE (RFC 3428) in the call's dialog."""
+
+    body: str
+    content_type: str | None = None
+    headers: dict[str, str] | None = None
+    refer: bool | None = None  # active-call's MESSAGE on the transfer leg: refused (not served here)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -347,6 +359,7 @@ Command = (
     | Bridge
     | Unbridge
     | Custom
+    | Message
 )
 
 COMMANDS: dict[str, type] = {
@@ -369,6 +382,7 @@ COMMANDS: dict[str, type] = {
     "bridge": Bridge,
     "unbridge": Unbridge,
     "custom": Custom,
+    "message": Message,
 }
 NAMES: dict[type, str] = {cls: name for name, cls in COMMANDS.items()}
 
@@ -493,6 +507,10 @@ def _check(cmd: Any, call_type: str) -> None:
             )
     elif isinstance(cmd, Play) and cmd.offset_ms is not None and cmd.offset_ms < 0:
         raise BadCommand("offsetMs: must not be negative (ms into the file)")
+    elif isinstance(cmd, Message):
+        _check_message(cmd)
+    elif isinstance(cmd, Hangup):
+        check_sip_headers(cmd.headers, "headers")
 
 
 MIN_RATE, MAX_RATE = 8000, 48000
@@ -537,6 +555,69 @@ def _check_media_pass(mp: MediaPassOption) -> None:
         )
     if mp.ptime is not None and not 10 <= mp.ptime <= 200:
         raise BadCommand(f"{where}.ptime: expected 10 to 200 ms")
+
+
+# Headers a client may not add to a SIP request the server sends in a dialog (`message.headers`,
+# `hangup.headers`): the dialog, the transaction and the transport write them (RFC 3261 §8.1.1, §12.2.1.1,
+# digest), and a second copy would make the request malformed or send it elsewhere. Compact forms count
+# (RFC 3261 §7.3.3).
+SIP_DIALOG_HEADERS = frozenset(
+    {
+        "via", "v", "from", "f", "to", "t", "call-id", "i", "cseq", "contact", "m", "max-forwards", "route",
+        "record-route", "content-length", "l", "content-type", "c", "authorization", "proxy-authorization",
+    }
+)  # fmt: skip
+_TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"  # RFC 3261 §25.1 `token`: a header name, a media type's parts
+_SIP_TOKEN = re.compile(_TOKEN)
+_MEDIA_TYPE = re.compile(
+    rf'{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|"[^"\\\x00-\x1f]*"))*[ \t]*'
+)
+MAX_SIP_HEADERS = 32
+MAX_SIP_HEADER = 1024  # characters of a name and its value
+# A MESSAGE's body, in UTF-8 bytes. RFC 3428 §7 wants at most 1300 bytes over UDP (the stack does not move
+# a large request to TCP); this only keeps a request well inside what one datagram and the stack's own
+# TCP framing (64 KiB) carry.
+MAX_MESSAGE_BODY = 16 * 1024
+DEFAULT_MESSAGE_TYPE = "text/plain;charset=utf-8"
+
+
+def _control(text: str) -> bool:
+    """Whether `text` holds a control character other than a tab (CR and LF would start a new header)."""
+    return any(c < " " and c != "\t" or c == "\x7f" for c in text)
+
+
+def check_sip_headers(headers: dict[str, str] | None, where: str) -> None:
+    """Refuse extra SIP headers a client gave that would break or redirect the request they go on:
+    a name that is not a token, a header the dialog sets itself, a value with a line break or another
+    control character (header injection), or too many or too long."""
+    if not headers:
+        return
+    if len(headers) > MAX_SIP_HEADERS:
+        raise BadCommand(f"{where}: at most {MAX_SIP_HEADERS} headers")
+    for name, value in headers.items():
+        if not _SIP_TOKEN.fullmatch(name):
+            raise BadCommand(
+                f"{where}: {name[:60]!r} is not a SIP header name (a token: letters, digits, -.!%*_+`'~)"
+            )
+        field = f"{where}.{name}"
+        if name.lower() in SIP_DIALOG_HEADERS:
+            raise BadCommand(f"{field}: the SIP dialog sets this header itself; it cannot be given")
+        if _control(value):
+            raise BadCommand(f"{field}: the value holds a line break or another control character")
+        if len(name) + len(value) > MAX_SIP_HEADER:
+            raise BadCommand(f"{field}: longer than {MAX_SIP_HEADER} characters")
+
+
+def _check_message(cmd: Message) -> None:
+    if cmd.refer:
+        raise BadCommand("refer: a MESSAGE on the transfer leg is not supported (only the call's own dialog)")
+    if len(cmd.body.encode("utf-8")) > MAX_MESSAGE_BODY:
+        raise BadCommand(f"body: longer than {MAX_MESSAGE_BODY} bytes")
+    if cmd.content_type is not None and not _MEDIA_TYPE.fullmatch(cmd.content_type):
+        raise BadCommand(
+            f"contentType: {cmd.content_type[:60]!r} is not a media type (type/subtype;param=value)"
+        )
+    check_sip_headers(cmd.headers, "headers")
 
 
 def command_to_dict(cmd: Command) -> dict[str, Any]:

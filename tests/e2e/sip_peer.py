@@ -49,11 +49,17 @@ class Phone:
     def leg_digit(self, leg: SipLeg, digit: str) -> None:
         self._note("digit", digit)
 
-    def leg_refer(self, leg: SipLeg, target: str) -> None:
+    def leg_refer(self, leg: SipLeg, target: str, referred_by: str | None) -> None:
         self._note("refer", target)
 
     def leg_notify(self, leg: SipLeg, status: int, reason: str) -> None:
         self._note("notify", status)
+
+    def leg_message(self, leg: SipLeg, body: str, content_type: str | None) -> None:
+        self._note("message", (body, content_type))
+
+    def leg_hold(self, leg: SipLeg, on_hold: bool) -> None:
+        self._note("hold", on_hold)
 
     async def wait(self, name: str, timeout: float = 10.0) -> object:
         async def find() -> object:

@@ -104,6 +104,49 @@ async def test_the_socket_carries_no_audio(stack: StackInfo, call_id: str) -> No
     assert [e["sender"] for e in c.events if e["event"] == "error"] == ["audio"], "told once"
 
 
+def subscribed(frames: list[tuple[float, bytes]]) -> dict[int, np.ndarray]:
+    """The audio of `option.subscribe`'s messages, by track byte; each message one 20 ms frame."""
+    by_track: dict[int, list[np.ndarray]] = {}
+    for _, m in frames:
+        assert len(m) == 641, f"a {len(m)}-byte message: one track byte and 320 samples expected"
+        by_track.setdefault(m[0], []).append(np.frombuffer(m, dtype="<i2", offset=1))
+    return {track: np.concatenate(chunks) for track, chunks in by_track.items()}
+
+
+async def test_subscribe_mirrors_both_tracks_to_the_socket(
+    stack: StackInfo, call_id: str, tmp_path: Path
+) -> None:
+    """Track 0 carries what the server plays to the callee (a 1 kHz file), track 1 what the callee sends
+    (440 Hz): both as 16 kHz PCM, in real time, one message per 20 ms frame."""
+    wav = tmp_path / "khz.wav"
+    write_wav(wav, tone(1000, 1.0))
+    async with sip_peer() as peer:
+        c = await dial(stack, peer.uri, call_id, subscribe=True)
+        try:
+            await c.event("answer", timeout=10)
+            leg, phone = await peer.leg()
+            await c.send({"command": "play", "url": str(wav)})
+            await play_tone(leg, 440, 1.5)
+            await c.event("trackEnd", trackId="server-side-track", timeout=5)
+            await asyncio.sleep(0.3)
+            tracks = subscribed(c.frames)
+            assert sorted(tracks) == [0, 1]
+            server, callee = tracks[0], tracks[1]
+            # Track 0 exists only while the file plays: its second, give or take a frame or two.
+            assert abs(len(server) / 16000 - 1.0) <= 0.06, (
+                f"{len(server) / 16000:.2f} s of the server's track"
+            )
+            assert abs(peak_freq(server[1600:-1600]) - 1000) < 15
+            loud = [i for i in range(0, len(callee) - 319, 320) if rms(callee[i : i + 320]) > 1000]
+            assert 1.3 <= len(loud) * 0.02 <= 1.6, "the callee's 1.5 s tone"
+            assert abs(peak_freq(callee[loud[5] : loud[-5]]) - 440) < 15
+            # The callee hears the server's track as mirrored.
+            heard = phone.heard()
+            assert abs(peak_freq(heard[len(heard) // 3 :][:8000]) - 1000) < 30
+        finally:
+            await c.close()
+
+
 async def test_play_sent_while_it_rings_waits_for_the_answer(
     stack: StackInfo, call_id: str, tmp_path: Path
 ) -> None:
@@ -235,7 +278,8 @@ async def test_reinvite_hold_and_unhold(stack: StackInfo, call_id: str) -> None:
             await c.event("answer", timeout=10)
             leg, _ = await peer.leg()
             assert leg.rtp is not None
-            for direction, expect in (("sendonly", "recvonly"), ("sendrecv", "sendrecv")):
+            steps = (("sendonly", "recvonly"), ("sendonly", "recvonly"), ("sendrecv", "sendrecv"))
+            for direction, expect in steps:
                 offer = sdp.offer("127.0.0.1", leg.rtp.local_port, ("PCMU",), direction=direction)  # type: ignore[arg-type]
                 final = leg._send_in_dialog("INVITE", offer.encode(), "application/sdp")
                 assert final is not None
@@ -243,6 +287,24 @@ async def test_reinvite_hold_and_unhold(stack: StackInfo, call_id: str) -> None:
                 assert resp.status == 200
                 assert f"a={expect}" in resp.body.decode()
                 assert "PCMU" in resp.body.decode()
+            await c.event("hold", onHold=False, timeout=5)
+            holds = [e["onHold"] for e in c.events if e["event"] == "hold"]
+            assert holds == [True, False], "one event per change"
+        finally:
+            await c.close()
+
+
+async def test_the_callee_sends_a_message(stack: StackInfo, call_id: str) -> None:
+    async with sip_peer() as peer:
+        c = await dial(stack, peer.uri, call_id)
+        try:
+            await c.event("answer", timeout=10)
+            leg, _ = await peer.leg()
+            resp = await asyncio.wait_for(leg.message('{"ok": true}', "application/json"), 5)
+            assert resp.status == 200
+            message = await c.event("message", timeout=5)
+            assert message["body"] == '{"ok": true}' and message["contentType"] == "application/json"
+            assert message["trackId"] == call_id and "refer" not in message
         finally:
             await c.close()
 
@@ -272,6 +334,10 @@ async def test_bridged_transfer_of_a_websocket_call(stack: StackInfo, call_id: s
             assert abs(peak_freq(got[len(got) // 3 :][:8000]) - 440) < 30
             heard = phone.heard()
             assert abs(peak_freq(heard[len(heard) // 3 :][:8000]) - 1000) < 30
+            # The new leg's in-dialog requests are reported as the transfer's (refer: true).
+            assert (await asyncio.wait_for(leg.message("from the agent", "text/plain"), 5)).status == 200
+            message = await c.event("message", refer=True, timeout=5)
+            assert message["trackId"] == "server-side-track" and message["body"] == "from the agent"
             leg.hangup()
             leg_hangup = await c.event("hangup", timeout=5, refer=True)
             assert leg_hangup["trackId"] == "server-side-track"
@@ -307,3 +373,25 @@ async def test_bypass_refer_sends_refer_to_the_peer(stack: StackInfo, call_id: s
             await c.event("ringing", refer=True, timeout=5)
         finally:
             await c.close()
+
+
+async def test_message_and_hangup_headers_on_a_websocket_call(stack: StackInfo, call_id: str) -> None:
+    """active-call's answer to `message` off SIP; `hangup.headers` have no BYE to go on and are ignored."""
+    c = await CallClient.open(stack.ws, "/call", call_id=call_id)
+    try:
+        await c.invite()
+        await c.send({"command": "message", "body": "hi"})
+        err = await c.event("error", timeout=5)
+        assert err == {
+            "event": "error",
+            "timestamp": err["timestamp"],
+            "trackId": call_id,
+            "sender": "command",
+            "error": "message command is only supported for SIP calls",
+            "code": 400,
+        }
+        await c.send({"command": "hangup", "headers": {"X-Reason": "done"}})
+        hangup = await c.event("hangup", timeout=5)
+        assert hangup["reason"] == "normal_clearing"
+    finally:
+        await c.close()

@@ -90,10 +90,15 @@ async def test_webhook_incoming_accept_audio_and_bye(
             assert "s3cr3t" not in str(incoming) and "t0ps3cr3t" not in str(incoming)
             await c.send({"command": "ringing"})
             assert await caller.phone.wait("ringing") is False
+            await c.send({"command": "message", "body": "too early"})
+            err = await c.event("error", sender="command")
+            assert err["code"] == 409 and err["error"].startswith("message: the call is not connected")
             await c.send({"command": "accept", "option": {"recorder": {}}})
             answer = await c.event("answer")
             assert "m=audio" in answer["sdp"]
             await caller.phone.wait("answered")
+            await c.send({"command": "message", "body": "welcome"})
+            assert await caller.phone.wait("message") == ("welcome", "text/plain;charset=utf-8")
             await c.send({"command": "play", "url": str(wav)})
             await play_tone(leg, 440, 1.2)
             ready = await c.event("mediaReady")

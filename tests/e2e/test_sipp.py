@@ -148,6 +148,60 @@ async def test_commands_go_on_while_the_callee_rings_and_hangup_cancels(
     assert cancel.at is not None and cancel.at - sent_at <= 1.0, "the CANCEL left at once"
 
 
+async def test_message_command_and_hangup_headers_reach_sipp(stack: StackInfo, call_id: str) -> None:
+    async with Sipp("uas_answer") as uas:
+        c = await dial(stack, uas, call_id)
+        try:
+            await c.event("answer", timeout=10)
+            await c.send({"command": "message", "body": "héllo", "headers": {"X-Order": "42"}})
+            await asyncio.sleep(
+                0.3
+            )  # a SIPp scenario takes one request at a time: the next one after the 200
+            await c.send({"command": "message", "body": '{"a": 1}', "contentType": "application/json"})
+            # Refused at the edge, naming the header: nothing goes out.
+            await c.send({"command": "message", "body": "x", "headers": {"Call-ID": "mine"}})
+            err = await c.event("error", timeout=5)
+            assert (err["sender"], err["code"]) == ("command", 400)
+            assert (
+                err["error"] == "headers.Call-ID: the SIP dialog sets this header itself; it cannot be given"
+            )
+            await c.send({"command": "hangup", "headers": {"X-Hangup-Reason": "done", "Subject": "bye now"}})
+            await c.event("hangup", timeout=5)
+            await c.wait_closed()
+        finally:
+            await c.close()
+        result = await uas.wait(timeout=10)
+    result.assert_ok()
+    first, second = result.received("MESSAGE")
+    assert first.header("Content-Type") == "text/plain;charset=utf-8" and first.body == "héllo"
+    assert first.header("X-Order") == "42" and first.header("Call-ID") == result.received("INVITE")[0].header(
+        "Call-ID"
+    )
+    assert second.header("Content-Type") == "application/json" and second.body == '{"a": 1}'
+    assert len(result.sent(200)) >= 3, "both MESSAGEs answered 200"
+    bye = result.received("BYE")[0]
+    assert bye.header("X-Hangup-Reason") == "done" and bye.header("Subject") == "bye now"
+    assert [e for e in c.events if e["event"] == "error"] == [err], "the 200s raise nothing"
+
+
+async def test_a_refused_message_is_an_error_and_the_call_goes_on(stack: StackInfo, call_id: str) -> None:
+    async with Sipp("uas_answer", variables={"refuse_message": 1}) as uas:
+        c = await dial(stack, uas, call_id)
+        try:
+            await c.event("answer", timeout=10)
+            await c.send({"command": "message", "body": "anyone?"})
+            err = await c.event("error", timeout=5)
+            assert (err["sender"], err["code"]) == ("command", 488)
+            assert err["error"] == "message: the peer refused it (488 Not Acceptable Here)"
+            await c.send({"command": "history", "speaker": "user", "text": "still here"})
+            await c.event("addHistory", timeout=5)
+            await c.send({"command": "hangup"})
+            await c.event("hangup", timeout=5)
+        finally:
+            await c.close()
+        (await uas.wait(timeout=10)).assert_ok()
+
+
 async def test_callee_hangs_up(stack: StackInfo, call_id: str) -> None:
     async with Sipp("uas_bye", variables={"hold_ms": 1000}) as uas:
         c = await dial(stack, uas, call_id)
@@ -290,11 +344,41 @@ async def test_sipp_refers_us(inbound: StackInfo, webhook: Webhook) -> None:
         try:
             await c.send({"command": "accept", "option": {}})
             request = await c.event("transferRequest", timeout=10)
-            assert "sip:transfer@127.0.0.1" in request["target"]
+            assert request["referTo"] == request["target"] == "<sip:transfer@127.0.0.1>"
             await c.event("hangup", timeout=10)
         finally:
             await c.close()
         result = await uac.wait(timeout=10)
     result.assert_ok()
+    refer = result.sent("REFER")[0]
+    assert (
+        request["referredBy"] == refer.header("Referred-By") and "sip:sipp@127.0.0.1" in request["referredBy"]
+    )
     notify = result.received("NOTIFY")[0]
     assert notify.header("Event") == "refer" and "SIP/2.0 100 Trying" in notify.body
+
+
+async def test_sipp_sends_a_message_and_holds_the_call(inbound: StackInfo, webhook: Webhook) -> None:
+    """sipp's MESSAGE is answered 200 and reported; its re-INVITEs (sendonly, inactive, sendrecv) are
+    answered as before, and `hold` comes once per change: on, then off."""
+    variables = {"text": "hello from sipp", "hold_ms": 300}
+    async with Sipp("uac_message_hold", remote=("127.0.0.1", inbound.sip_port), variables=variables) as uac:
+        c, _ = await answer_next(inbound, webhook)
+        try:
+            await c.send({"command": "accept", "option": {}})
+            message = await c.event("message", timeout=10)
+            assert message["trackId"] == c.call_id and isinstance(message["timestamp"], int)
+            assert message["body"] == "hello from sipp\r\n"  # SIPp ends the body's line
+            assert message["contentType"] == "text/plain;charset=utf-8"
+            await c.event("hangup", timeout=10)
+        finally:
+            await c.close()
+        result = await uac.wait(timeout=10)
+    result.assert_ok()
+    holds = [e for e in c.events if e["event"] == "hold"]
+    assert [(e["trackId"], e["onHold"]) for e in holds] == [(c.call_id, True), (c.call_id, False)]
+    names = c.names()
+    assert names.index("message") < names.index("hold") < names.index("hangup")
+    answers = [m.body for m in result.received(200) if m.cseq_method == "INVITE"][1:]
+    assert [a.split("a=")[-1].split()[0] for a in answers] == ["recvonly", "inactive", "sendrecv"]
+    assert [m.cseq_method for m in result.received(200)].count("MESSAGE") == 1

@@ -83,6 +83,35 @@ async def test_audio_both_ways_in_each_codec(
     assert abs(peak_freq(left[start + 1600 : end - 1600]) - 440) < 15
 
 
+async def test_subscribe_mirrors_both_tracks_to_the_socket(
+    stack: StackInfo, call_id: str, tmp_path: Path
+) -> None:
+    """`option.subscribe` on a WebRTC call: track 0 the server's 1 kHz file, track 1 the browser's 440 Hz
+    microphone, as [track byte][16 kHz s16le] messages of one 20 ms frame."""
+    beep = write_wav(tmp_path / "beep.wav", tone(1000, 1.0))
+    peer = RtcCaller(freq=440, seconds=1.5)
+    c = await CallClient.open(stack.ws, "/call/webrtc", call_id=call_id)
+    try:
+        await call(c, peer, subscribe=True)
+        await c.send({"command": "play", "url": str(beep), "playId": "beep"})
+        await c.event("trackEnd", playId="beep", timeout=5)
+        await asyncio.sleep(1.0)
+        by_track: dict[int, list[np.ndarray]] = {}
+        for _, m in c.frames:
+            assert len(m) == 641
+            by_track.setdefault(m[0], []).append(np.frombuffer(m, dtype="<i2", offset=1))
+        assert sorted(by_track) == [0, 1]
+        server, browser = np.concatenate(by_track[0]), np.concatenate(by_track[1])
+        assert abs(len(server) / 16000 - 1.0) <= 0.06
+        assert abs(peak_freq(server[1600:-1600]) - 1000) < 15
+        start, end = loud_span(browser)
+        assert end - start > 16000, "the browser's tone"
+        assert abs(peak_freq(browser[start + 1600 : end - 1600]) - 440) < 15
+    finally:
+        await peer.close()
+        await c.close()
+
+
 async def test_best_codec_of_the_offer_and_dtmf(stack: StackInfo, call_id: str) -> None:
     peer = RtcCaller()
     c = await CallClient.open(stack.ws, "/call/webrtc", call_id=call_id)

@@ -65,6 +65,11 @@ JSON = st.recursive(
 
 
 # Values a valid command must have beyond its field types (rules of common.protocol._check).
+SIP_HEADERS = st.dictionaries(
+    st.from_regex(r"X-[A-Za-z0-9\-.!%*_+`'~]{1,10}", fullmatch=True),
+    st.text(st.characters(min_codepoint=32, blacklist_characters="\x7f"), max_size=20),
+    max_size=3,
+)
 _RULES: dict[str, st.SearchStrategy[Any]] = {
     "codec": st.sampled_from(["pcm", "PCMU", "pcma", "G722"]),
     "handshakeTimeout": st.one_of(
@@ -92,6 +97,11 @@ _RULES: dict[str, st.SearchStrategy[Any]] = {
     "EouOption.type": st.sampled_from([*EOU_TYPES, "LOCAL"]),
     "ResumeOption.timeout": st.one_of(st.integers(1, 3600), st.floats(0.001, 3600)),
     "targetSessionId": st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=20),
+    # active-call's SIP commands: media types and extra headers that would not break the request.
+    "contentType": st.sampled_from(["text/plain", "application/json", 'text/plain; charset="utf-8"']),
+    "Message.headers": SIP_HEADERS,
+    "Hangup.headers": SIP_HEADERS,
+    "Message.refer": st.just(False),
 }
 # Required fields of nested options, filled in when a test reaches inside one.
 NESTED_REQUIRED: dict[str, dict[str, Any]] = {"mediaPass": {"url": "ws://bot"}, "resume": {"timeout": 10}}
@@ -291,6 +301,7 @@ REQUIRED = {
     "refer": {"target": "sip:a@b"},
     "custom": {"data": None},
     "bridge": {"targetSessionId": "other-call"},
+    "message": {"body": "hi"},
 }
 
 

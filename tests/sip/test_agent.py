@@ -148,7 +148,7 @@ async def test_options_out_of_dialog_gets_200_with_allow(pair: tuple[SipAgent, S
     req = out_of_dialog("OPTIONS", b)
     resp = await ask(a, req, b)
     assert resp.status == 200
-    assert ", ".join(resp.headers.get_all("Allow")) == ALLOW and "INVITE" in ALLOW and "BYE" in ALLOW
+    assert ", ".join(resp.headers.get_all("Allow")) == ALLOW and "INVITE" in ALLOW and "MESSAGE" in ALLOW
     assert resp.headers.get("Accept") == "application/sdp"
     assert resp.headers.get("Server") == "pbx-voice"
     # what the agent added to the request on its way out
@@ -162,7 +162,7 @@ async def test_unknown_method_gets_405_with_allow(pair: tuple[SipAgent, SipAgent
     assert resp.status == 405 and ", ".join(resp.headers.get_all("Allow")) == ALLOW
 
 
-@pytest.mark.parametrize("method", ["BYE", "INFO", "REFER", "NOTIFY", "UPDATE"])
+@pytest.mark.parametrize("method", ["BYE", "INFO", "REFER", "NOTIFY", "UPDATE", "MESSAGE"])
 async def test_in_dialog_request_for_an_unknown_dialog_gets_481(
     pair: tuple[SipAgent, SipAgent], method: str
 ) -> None:

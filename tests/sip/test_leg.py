@@ -20,7 +20,7 @@ from worker.sip import sdp
 from worker.sip.agent import SipAgent
 from worker.sip.dialog import new_tag
 from worker.sip.digest import make_challenge, parse_credentials, verify
-from worker.sip.leg import SipLeg
+from worker.sip.leg import LegError, SipLeg
 from worker.sip.message import Request, Response, parse, response_to
 from worker.sip.rtp import PortPool
 from worker.sip.transaction import ServerTransaction, Timers
@@ -88,11 +88,17 @@ class Recorder:
     def leg_digit(self, leg: SipLeg, digit: str) -> None:
         self._note("digit", digit)
 
-    def leg_refer(self, leg: SipLeg, target: str) -> None:
-        self._note("refer", target)
+    def leg_refer(self, leg: SipLeg, target: str, referred_by: str | None) -> None:
+        self._note("refer", target, referred_by)
 
     def leg_notify(self, leg: SipLeg, status: int, reason: str) -> None:
         self._note("notify", status, reason)
+
+    def leg_message(self, leg: SipLeg, body: str, content_type: str | None) -> None:
+        self._note("message", body, content_type)
+
+    def leg_hold(self, leg: SipLeg, on_hold: bool) -> None:
+        self._note("hold", on_hold)
 
     @property
     def names(self) -> list[str]:
@@ -527,12 +533,76 @@ async def test_reinvite_without_sdp_offers_in_the_200_and_takes_the_answer_from_
     assert uas.negotiated is not None and uas.negotiated.codec == "PCMA" and uas.on_hold
 
 
+async def test_hold_is_reported_when_it_changes(bench: Bench) -> None:
+    """A re-offer that is sendonly, inactive or sends to 0.0.0.0 holds the call (RFC 3264 §8.4); sendrecv
+    and recvonly take it off hold. `leg_hold` comes once per change, after the 200."""
+    uac, uac_rec, uas, uas_rec = await bench.connected()
+    assert uac.rtp is not None
+    legacy = sdp.offer("0.0.0.0", uac.rtp.local_port, ("PCMU",), session_id="42", version=9).encode()
+    steps: list[tuple[bytes, bool]] = [
+        (reoffer(uac, "sendrecv", 2), False),
+        (reoffer(uac, "sendonly", 3), True),
+        (reoffer(uac, "inactive", 4), True),
+        (reoffer(uac, "recvonly", 5), False),
+        (legacy, True),
+        (reoffer(uac, "sendrecv", 10), False),
+    ]
+    for body, held in steps:
+        final = uac._send_in_dialog("INVITE", body, "application/sdp")
+        assert final is not None and (await asyncio.wait_for(final, WAIT)).status == 200
+        ack_2xx(uac)
+        assert uas.held is held
+    assert [e for e in uas_rec.events if e[0] == "hold"] == [
+        ("hold", True),
+        ("hold", False),
+        ("hold", True),
+        ("hold", False),
+    ]
+    final = uac._send_in_dialog("UPDATE", reoffer(uac, "sendonly", 11), "application/sdp")
+    assert final is not None and (await asyncio.wait_for(final, WAIT)).status == 200
+    assert uas_rec.events[-1] == ("hold", True), "an UPDATE holds as a re-INVITE does"
+
+
+async def test_a_refused_reoffer_changes_no_hold(bench: Bench) -> None:
+    uac, uac_rec, uas, uas_rec = await bench.connected()
+    assert uac.rtp is not None
+    g729 = reoffer(uac, "sendonly", 2).replace(b"RTP/AVP 0 8 101", b"RTP/AVP 18").replace(b"PCMU", b"G729")
+    assert b"m=audio" in g729 and b"RTP/AVP 18" in g729
+    final = uac._send_in_dialog("INVITE", g729, "application/sdp")
+    assert final is not None and (await asyncio.wait_for(final, WAIT)).status == 488
+    assert not uas.held and "hold" not in uas_rec.names
+
+
 async def test_refer_is_accepted_notified_and_reported(bench: Bench) -> None:
     uac, uac_rec, uas, uas_rec = await bench.connected()
     resp = await asyncio.wait_for(uac.refer("sip:carol@127.0.0.1"), WAIT)
     assert resp.status == 202
-    assert await uas_rec.wait("refer") == ("refer", "<sip:carol@127.0.0.1>")
+    assert await uas_rec.wait("refer") == ("refer", "<sip:carol@127.0.0.1>", "<sip:alice@127.0.0.1>")
     assert await uac_rec.wait("notify") == ("notify", 100, "Trying")
+
+
+async def test_message_in_the_dialog_is_answered_200_and_reported(bench: Bench) -> None:
+    uac, uac_rec, uas, uas_rec = await bench.connected()
+    resp = await asyncio.wait_for(uac.message("héllo", "text/plain;charset=utf-8", [("X-Order", "42")]), WAIT)
+    assert resp.status == 200 and resp.cseq.method == "MESSAGE"
+    assert await uas_rec.wait("message") == ("message", "héllo", "text/plain;charset=utf-8")
+    # And the other way, from the leg that answered the call.
+    resp = await asyncio.wait_for(uas.message("{}", "application/json"), WAIT)
+    assert resp.status == 200
+    assert await uac_rec.wait("message") == ("message", "{}", "application/json")
+
+
+async def test_message_needs_a_connected_call(bench: Bench) -> None:
+    bench.behave = None  # the callee never answers
+    uac, uac_rec, task = bench.dial()
+    uas, _ = await bench.uas()
+    with pytest.raises(LegError) as info:
+        await uac.message("early", "text/plain")
+    assert info.value.code == 409
+    with pytest.raises(LegError):
+        await uas.message("early", "text/plain")
+    uac.hangup()
+    await asyncio.wait_for(task, WAIT)
 
 
 # --- a bare UDP peer --------------------------------------------------------------------------------------
@@ -701,3 +771,46 @@ async def test_hangup_before_any_provisional_cancels_when_one_comes(raw_peer: Ra
     ack = await peer.next_request("ACK")
     assert ack.top_via.branch == invite.top_via.branch, "the 487 is ACKed by the INVITE's transaction"
     assert uac_rec.events == [], "no ringing and no failure for a call the app hung up"
+
+
+async def connected_to(peer: RawPeer) -> tuple[SipLeg, Recorder, Request]:
+    """A call from the bench's caller to the raw peer, answered and ACKed; the INVITE."""
+    uac, uac_rec, task = peer.bench.dial(f"sip:bob@127.0.0.1:{peer.port}")
+    invite = await peer.next_request("INVITE")
+    text, _ = sdp.answer(sdp.parse(invite.body.decode()), "127.0.0.1", 30000, ("PCMU",))
+    peer.answer(invite, 200, text.encode())
+    await peer.next_request("ACK")
+    await asyncio.wait_for(task, WAIT)
+    return uac, uac_rec, invite
+
+
+async def test_message_goes_in_the_dialog_with_its_headers_and_a_refusal_is_returned(
+    raw_peer: RawPeer,
+) -> None:
+    uac, _, invite = await connected_to(raw_peer)
+    sent = asyncio.ensure_future(uac.message("hi there", "text/plain;charset=utf-8", [("X-Order", "42")]))
+    message = await raw_peer.next_request("MESSAGE")
+    assert message.call_id == invite.call_id and message.to.tag == "uastag"
+    assert message.from_.tag == uac.local_tag and message.cseq.number > invite.cseq.number
+    assert str(message.uri) == f"sip:bob@127.0.0.1:{raw_peer.port}", "to the peer's Contact"
+    assert message.headers.get("Content-Type") == "text/plain;charset=utf-8"
+    assert message.headers.get("X-Order") == "42" and message.body == b"hi there"
+    raw_peer.answer(message, 415)
+    resp = await asyncio.wait_for(sent, WAIT)
+    assert resp.status == 415
+
+
+async def test_message_nobody_answers_ends_in_a_408(raw_peer: RawPeer) -> None:
+    uac, _, _ = await connected_to(raw_peer)
+    resp = await asyncio.wait_for(uac.message("anyone?", "text/plain"), 64 * T1 + WAIT)
+    assert resp.status == 408
+    assert len([r for r in raw_peer.requests if r.method == "MESSAGE"]) > 1, "retransmitted meanwhile"
+
+
+async def test_bye_carries_the_headers_of_the_hangup(raw_peer: RawPeer) -> None:
+    uac, _, _ = await connected_to(raw_peer)
+    uac.hangup([("X-Hangup-Reason", "done"), ("Reason", 'Q.850;cause=16;text="Normal call clearing"')])
+    bye = await raw_peer.next_request("BYE")
+    assert bye.headers.get("X-Hangup-Reason") == "done"
+    assert bye.headers.get("Reason") == 'Q.850;cause=16;text="Normal call clearing"'
+    assert bye.headers.count("Via") == 1 and bye.headers.count("Call-ID") == 1

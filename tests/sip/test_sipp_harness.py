@@ -111,3 +111,25 @@ async def test_info_dtmf_and_refer_in_dialog() -> None:
     assert request.body == "Signal=7\r\nDuration=160\r\n"
     assert server.received("REFER")[0].header("Refer-To") == "<sip:transfer@127.0.0.1>"
     assert refer.received(202)
+
+
+async def test_message_and_hold_in_dialog() -> None:
+    async with Sipp("uas_answer") as uas:
+        uac = await run_uac("uac_message_hold", uas.address, variables={"hold_ms": 100, "text": "hi"})
+        server = await uas.wait(timeout=10)
+    uac.assert_ok()
+    server.assert_ok()
+    message = server.received("MESSAGE")[0]
+    assert message.header("Content-Type") == "text/plain;charset=utf-8" and message.body.strip() == "hi"
+    offers = [m.body for m in server.received("INVITE")[1:]]
+    answers = [m.body for m in uac.received(200) if m.cseq_method == "INVITE"][1:]
+    assert ["a=sendonly" in o for o in offers] == [True, False, False]
+    assert ["a=inactive" in o for o in offers] == [False, True, False]
+    assert [a.split("a=")[-1].split()[0] for a in answers] == ["recvonly", "inactive", "sendrecv"]
+
+
+async def test_a_refused_message() -> None:
+    async with Sipp("uas_answer", variables={"refuse_message": 1}) as uas:
+        uac = await run_uac("uac_message_hold", uas.address, variables={"hold_ms": 100})
+        await uas.stop()
+    assert uac.received(488) and not uac.ok, "the caller waits for a 200"

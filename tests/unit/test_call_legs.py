@@ -12,13 +12,14 @@ import pytest
 
 from common import wire
 from common.config import Settings
-from common.protocol import CallOption, Invite, Ringing
+from common.protocol import CallOption, Invite, Message, Ringing
 from tests.unit.callfakes import FakeCall, FakeHost, fake_services
 from worker.call.leg import MAX_EARLY_AUDIO, LegHooks, WebSocketLeg
 from worker.call.session import CallSession, make_leg
 from worker.media.player import SILENT_FRAME
 from worker.rtc.call_leg import RtcLeg
 from worker.sip.call_leg import SipCall, extension_headers
+from worker.sip.leg import LegError
 from worker.sip.message import Headers
 
 
@@ -240,6 +241,9 @@ class FakeDialog:
         self.rejected: list[tuple[int, str]] = []
         self.hung_up = False
         self.rang: list[bool] = []
+        self.bye_headers: list[tuple[str, str]] = []
+        self.messages: list[tuple[str, str, list[tuple[str, str]]]] = []
+        self.answer: tuple[int, str] | LegError = (200, "OK")
 
     async def ringing(self, early_media: bool) -> None:
         self.rang.append(early_media)
@@ -250,8 +254,19 @@ class FakeDialog:
     def reject(self, code: int, reason: str) -> None:
         self.rejected.append((code, reason))
 
-    def hangup(self) -> None:
+    def hangup(self, headers: list[tuple[str, str]] | tuple[()] = ()) -> None:
         self.hung_up = True
+        self.bye_headers = list(headers)
+
+    def message(self, body: str, content_type: str, headers: list[tuple[str, str]]) -> asyncio.Future[Any]:
+        if self.state != "confirmed":
+            raise LegError("the call is not connected (no confirmed SIP dialog)", 409)
+        self.messages.append((body, content_type, headers))
+        if isinstance(self.answer, LegError):
+            raise self.answer
+        final = asyncio.get_running_loop().create_future()
+        final.set_result(SimpleNamespace(status=self.answer[0], reason=self.answer[1]))
+        return final
 
 
 class FakeTelephony:
@@ -293,14 +308,42 @@ async def test_sip_leg_events_become_the_calls_events() -> None:
     leg.leg_ringing(dialog, True)
     leg.leg_digit(dialog, "5")
     leg.leg_audio(dialog, tone())
-    leg.leg_refer(dialog, "sip:carol@example.com")
+    leg.leg_refer(dialog, "<sip:carol@example.com>", '"Bob" <sip:bob@example.com>')
+    leg.leg_refer(dialog, "sip:dave@example.com", None)
+    leg.leg_message(dialog, "hello", "text/plain")
+    leg.leg_message(dialog, "", None)
+    leg.leg_hold(dialog, True)
     leg.leg_notify(dialog, 200, "OK")
     leg.leg_answered(dialog, "v=0 answer")
     leg.leg_failed(dialog, 408, "Request Timeout")
     await asyncio.gather(*call.tasks)
-    assert [e["event"] for e in call.events] == ["ringing", "mediaReady", "transferRequest", "reject"]
-    assert call.events[0]["earlyMedia"] is True and call.events[2]["target"] == "sip:carol@example.com"
-    assert call.events[3]["code"] == 408
+    names = [e["event"] for e in call.events]
+    assert names == [
+        "ringing",
+        "mediaReady",
+        "transferRequest",
+        "transferRequest",
+        "message",
+        "message",
+        "hold",
+        "reject",
+    ]
+    assert call.events[0]["earlyMedia"] is True
+    fields = [{k: v for k, v in e.items() if k not in ("event", "timestamp")} for e in call.events[2:7]]
+    assert fields == [
+        {
+            "trackId": "c1",
+            "target": "<sip:carol@example.com>",
+            "referTo": "<sip:carol@example.com>",
+            "referredBy": '"Bob" <sip:bob@example.com>',
+        },
+        {"trackId": "c1", "target": "sip:dave@example.com", "referTo": "sip:dave@example.com"},
+        {"trackId": "c1", "body": "hello", "contentType": "text/plain"},
+        {"trackId": "c1", "body": ""},
+        {"trackId": "c1", "onHold": True},
+    ]
+    assert all(isinstance(e["timestamp"], int) for e in call.events)
+    assert call.events[-1]["code"] == 408
     assert peer.digits == ["5"] and len(peer.audio) == 1 and peer.notified == [(200, "OK")]
     assert peer.answers == ["v=0 answer"] and call.hangups == [("no_answer", "callee")]
 
@@ -359,6 +402,67 @@ def test_incoming_headers_are_the_invites_beyond_the_base_protocol() -> None:
     assert extension_headers(Headers([("Via", "SIP/2.0/UDP h"), ("Authorization", "Digest x")])) is None
 
 
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        ((200, "OK"), None),
+        ((202, "Accepted"), None),
+        ((404, "Not Found"), ("command", "message: the peer refused it (404 Not Found)", 404)),
+        (
+            (408, "Request Timeout"),
+            ("command", "message: no answer from the peer (408 Request Timeout)", 408),
+        ),
+        (LegError("the call is not connected", 409), ("command", "message: the call is not connected", 409)),
+    ],
+)
+async def test_sip_message_goes_to_the_dialog_and_only_a_failure_is_reported(
+    answer: tuple[int, str] | LegError, error: tuple[str, str, int] | None
+) -> None:
+    call = FakeCall()
+    leg = SipCall(Peer().hooks(call), fake_services())
+    dialog = FakeDialog(role="uac", state="confirmed")
+    dialog.answer = answer
+    leg.leg = dialog  # type: ignore[assignment]
+    leg.message(Message(body="hi", headers={"X-Order": "42"}))
+    leg.message(Message(body="{}", content_type="application/json"))
+    assert len(dialog.messages) == 2, "sent at once, before the answers are awaited"
+    await asyncio.gather(*call.tasks)
+    assert dialog.messages == [
+        ("hi", "text/plain;charset=utf-8", [("X-Order", "42")]),
+        ("{}", "application/json", []),
+    ]
+    assert call.errors == ([] if error is None else [error, error]) and call.events == []
+
+
+@pytest.mark.parametrize("state", ["calling", "early", "ended"])
+async def test_sip_message_needs_a_connected_call(state: str) -> None:
+    call = FakeCall()
+    leg = SipCall(Peer().hooks(call), fake_services())
+    leg.message(Message(body="hi"))  # no dialog at all
+    leg.leg = dialog = FakeDialog(state=state)  # type: ignore[assignment]
+    leg.message(Message(body="hi"))
+    error = ("command", "message: the call is not connected (no confirmed SIP dialog)", 409)
+    assert call.errors == [error] * 2 and call.tasks == [] and dialog.messages == []
+
+
+def test_message_on_other_call_types_is_active_calls_error() -> None:
+    for call_type in ("websocket", "webrtc"):
+        call = FakeCall()
+        leg = make_leg(call_type, Peer().hooks(call), fake_services())
+        leg.message(Message(body="hi"))
+        leg.bye_headers({"X-Reason": "done"})  # nothing to put them on: ignored
+        assert call.errors == [("command", "message command is only supported for SIP calls", 400)]
+
+
+async def test_sip_hangup_headers_go_on_the_bye() -> None:
+    call = FakeCall()
+    leg = SipCall(Peer().hooks(call), fake_services())
+    leg.leg = dialog = FakeDialog(role="uac", state="confirmed")  # type: ignore[assignment]
+    leg.bye_headers({"X-Reason": "done", "Reason": "Q.850;cause=16"})
+    leg.close()
+    assert dialog.hung_up and dialog.bye_headers == [("X-Reason", "done"), ("Reason", "Q.850;cause=16")]
+
+
 async def test_sip_ringing_needs_an_inbound_call() -> None:
     call = FakeCall()
     leg = SipCall(Peer().hooks(call), fake_services())
@@ -394,9 +498,52 @@ async def test_accept_on_a_call_that_is_not_inbound_sip_is_refused() -> None:
     assert [e["error"] for e in errors] == ["no pending call to accept"]
 
 
+async def test_a_session_sends_message_and_hangup_headers_to_its_leg() -> None:
+    from common.protocol import Hangup
+
+    host = FakeHost()
+    session = CallSession(fake_services(), host, "c1", "sip", "web-1", False, 0)
+    dialog = FakeDialog(role="uac", state="confirmed")
+    session.leg.leg = dialog  # type: ignore[attr-defined]
+    await session._dispatch(Message(body="hi"))
+    # Sent by the time the command is done (its answer is awaited beside the queue): a hangup right
+    # after it cannot overtake it.
+    assert dialog.messages == [("hi", "text/plain;charset=utf-8", [])]
+    await session._dispatch(Hangup(headers={"X-Reason": "done"}))
+    assert dialog.hung_up and dialog.bye_headers == [("X-Reason", "done")]
+    events = [m["b"]["event"] for m in host.sent if m["k"] == wire.EVT]
+    assert events == ["hangup"]
+
+
+async def test_message_on_a_websocket_session_is_an_error_and_hangup_headers_are_ignored() -> None:
+    from common.protocol import Hangup
+
+    host = FakeHost()
+    session = CallSession(fake_services(), host, "c1", "websocket", "web-1", False, 0)
+    await session._dispatch(Invite(option=CallOption()))
+    await session._dispatch(Message(body="hi"))
+    await session._dispatch(Hangup(headers={"X-Reason": "done"}))
+    sent = [m["b"] for m in host.sent if m["k"] == wire.EVT]
+    assert [e["event"] for e in sent] == ["trackStart", "answer", "error", "trackEnd", "hangup"]
+    assert (sent[2]["sender"], sent[2]["error"], sent[2]["code"]) == (
+        "command",
+        "message command is only supported for SIP calls",
+        400,
+    )
+
+
 @pytest.mark.parametrize("call_type", ["websocket", "webrtc", "sip"])
 async def test_every_leg_satisfies_the_protocol(call_type: str) -> None:
     leg = make_leg(call_type, Peer().hooks(FakeCall()), fake_services())
     members = "name answers_at_once bound check_invite configure invite accept ringing reject candidate audio"
-    for member in [*members.split(), "ring_ms", "answered", "send", "sip_dialog", "close"]:
+    for member in [
+        *members.split(),
+        "ring_ms",
+        "answered",
+        "send",
+        "sip_dialog",
+        "message",
+        "bye_headers",
+        "close",
+    ]:
         assert hasattr(leg, member), member

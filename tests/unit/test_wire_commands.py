@@ -40,6 +40,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
             "mediaPass": {"url": "wss://bot/x?token=t", "inputSampleRate": 16000, "dialect": "twilio"},
             "resume": {"timeout": 30, "moh": "hold.wav"},
             "inactivityTimeout": 2.5,
+            "subscribe": True,
         }
     },
     "accept": {"option": {"codec": "g722", "asr": {"provider": "local"}, "inactivityTimeout": 30}},
@@ -63,7 +64,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "interrupt": {"graceful": True},
     "pause": {},
     "resume": {},
-    "hangup": {"reason": "bye", "initiator": "caller"},
+    "hangup": {"reason": "bye", "initiator": "caller", "headers": {"X-Reason": "done"}},
     "refer": {
         "target": "sip:c@x",
         "caller": "sip:a@x",
@@ -75,6 +76,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "bridge": {"targetSessionId": "other-call"},
     "unbridge": {"targetSessionId": "other-call"},
     "custom": {"sender": "app", "data": {"n": [1, -2.5, None, True], "s": "x", "big": 2**64 - 1}},
+    "message": {"body": "hi", "contentType": "text/plain", "headers": {"X-A": "1"}, "refer": False},
 }
 
 

@@ -2,8 +2,9 @@
 
 The session picks its leg once, when it is created (`make_leg` in worker/call/session.py), and from then on
 never asks which type of call it runs: set-up (`invite`, and for an inbound SIP call `accept` / `ringing` /
-`reject`), the 20 ms frame out (`send`), ICE candidates, and the end all go through the leg. What the peer
-does comes back through `LegHooks` callbacks: audio, key presses, the answer, the end.
+`reject`), the 20 ms frame out (`send`), ICE candidates, active-call's `message` and BYE headers, and the end
+all go through the leg. What the peer does comes back through `LegHooks` callbacks: audio, key presses, the
+answer, the end.
 
 - `WebSocketLeg` (here): audio over the app's own socket, in the call's codec; answered at once.
 - `RtcLeg` (worker/rtc/call_leg.py): a peer connection (worker/rtc/peer.py) answering the browser's offer.
@@ -25,7 +26,7 @@ from worker.call.services import CallHooks
 from worker.media.codecs import Codec, make_codec
 
 if TYPE_CHECKING:
-    from common.protocol import CallOption, Ringing
+    from common.protocol import CallOption, Message, Ringing
     from worker.sip.leg import SipLeg
 
 # Audio a client may send before `invite`; it is decoded once the call is set up.
@@ -104,6 +105,14 @@ class CallLeg(Protocol):
         """The SIP dialog a bypass REFER goes through, if this leg is one."""
         ...
 
+    def message(self, cmd: Message) -> None:
+        """active-call's `message`: a SIP MESSAGE to the peer (its outcome, if bad, comes as an error)."""
+        ...
+
+    def bye_headers(self, headers: dict[str, str]) -> None:
+        """Extra headers for the BYE that will end the call (`hangup.headers`); ignored but on SIP."""
+        ...
+
     def close(self) -> object:
         """The call ends (may return an awaitable)."""
         ...
@@ -152,6 +161,13 @@ class NoPeerSetup:
 
     def sip_dialog(self) -> SipLeg | None:
         return None
+
+    def message(self, cmd: Message) -> None:
+        # active-call's words, sender and all.
+        self.hooks.call.error("command", "message command is only supported for SIP calls", 400)
+
+    def bye_headers(self, headers: dict[str, str]) -> None:
+        return  # active-call ignores them too: there is no BYE
 
 
 class WebSocketLeg(NoPeerSetup):

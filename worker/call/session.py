@@ -18,6 +18,7 @@ from common.events import SERVER_SIDE_TRACK
 from common.logs import call_id_var
 from common.protocol import (
     NAMES,
+    SDP_CALL_TYPES,
     Accept,
     AddIceCandidate,
     Bridge,
@@ -28,6 +29,7 @@ from common.protocol import (
     History,
     Interrupt,
     Invite,
+    Message,
     Mute,
     Pause,
     Play,
@@ -55,6 +57,7 @@ from worker.call.observers import Observers
 from worker.call.recording import Recording
 from worker.call.services import CallHooks, CallHost, MediaServices
 from worker.call.speaking import CallSpeaker
+from worker.call.subscribe import AudioMirror
 from worker.call.tracks import ServerSide
 from worker.call.transfer import Transfer, TransferTrack
 from worker.media.audiofile import load_audio
@@ -100,6 +103,8 @@ class CallSession:
         self._setup_began: float | None = None
         self._caller_ssrc = random.getrandbits(32)
         self.transfer: Transfer | None = None
+        # option.subscribe (worker/call/subscribe.py): None, the default, costs the hot path nothing more.
+        self.mirror: AudioMirror | None = None
         self.hooks = CallHooks(
             call_id=call_id,
             emit=self.emit,
@@ -215,6 +220,8 @@ class CallSession:
         if self.inactivity is not None:
             self.inactivity.heard = True
         self.recording.caller(pcm)
+        if self.mirror is not None:
+            self.mirror.peer(pcm)
         heard = np.zeros_like(pcm) if self.caller_muted else pcm
         self.listener.feed(heard)
         self.media_pass.caller_audio(heard)
@@ -276,6 +283,8 @@ class CallSession:
         if frame is not None:
             self.frames_out += 1
             self._frames_out.value += 1
+            if self.mirror is not None:
+                self.mirror.server_side(frame)
         self.leg.send(frame)  # None: nothing plays (an RTP stream still gets its silence)
         if self.transfer is not None:
             self.transfer.tick()
@@ -349,6 +358,8 @@ class CallSession:
                 # active-call's echo: no trackId, and `data` as sent, even null.
                 self.emit({**events.event("custom", sender=cmd.sender), "data": cmd.data})
             case Hangup():
+                if cmd.headers:
+                    self.leg.bye_headers(cmd.headers)
                 await self.hangup(cmd.reason or "normal_clearing", cmd.initiator or "caller")
             case Candidate():
                 for line in cmd.candidates:
@@ -377,6 +388,8 @@ class CallSession:
                     self.error("command", why, 404 if "not found" in why else 400)
             case Unbridge():
                 self.bridge.disconnect(cmd.target_session_id)
+            case Message():
+                self.leg.message(cmd)
 
     async def _invite(self, cmd: Invite) -> None:
         self._setup_began = time.monotonic()
@@ -401,6 +414,9 @@ class CallSession:
         self.leg.configure(option)
         self.app.configure(option.resume)
         self.listener.configure(option)
+        # active-call mirrors SIP and WebRTC calls only: on /call the socket carries the audio already.
+        if option.subscribe and self.call_type in SDP_CALL_TYPES and self.mirror is None:
+            self.mirror = AudioMirror(self._send_audio)
         self.speaker.call_option = option.tts
         self._inactivity_ms = (option.inactivity_timeout or 0) * 1000
         if path is not None:

@@ -216,6 +216,12 @@ class Transfer:
     def leg_digit(self, leg: SipLeg, digit: str) -> None:
         self.hooks.emit(events.event("dtmf", track_id=self.hooks.server_track, digit=digit, refer=True))
 
-    def leg_refer(self, leg: SipLeg, target: str) -> None: ...
+    def leg_refer(self, leg: SipLeg, target: str, referred_by: str | None) -> None: ...
 
     def leg_notify(self, leg: SipLeg, status: int, reason: str) -> None: ...
+
+    def leg_message(self, leg: SipLeg, body: str, content_type: str | None) -> None:
+        self._emit("message", body=body, content_type=content_type)
+
+    def leg_hold(self, leg: SipLeg, on_hold: bool) -> None:
+        self._emit("hold", on_hold=on_hold)

@@ -31,7 +31,7 @@ from worker.sip.uri import SipParseError
 
 log = logging.getLogger("pbx.worker.sip.agent")
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REFER, NOTIFY, UPDATE"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REFER, NOTIFY, UPDATE, MESSAGE"
 USER_AGENT = "pbx-voice"
 
 
@@ -326,7 +326,8 @@ class SipAgent:
             self.on_invite(request, tx)
         elif request.method == "OPTIONS":
             self.reply(tx, 200, headers=[("Accept", "application/sdp")])
-        elif request.method in ("BYE", "INFO", "REFER", "NOTIFY", "UPDATE", "PRACK"):
+        elif request.method in ("BYE", "INFO", "REFER", "NOTIFY", "UPDATE", "PRACK", "MESSAGE"):
+            # Only in a call: a MESSAGE outside one (RFC 3428 pager mode) has no call to reach either.
             self.reply(tx, 481)
         else:
             self.reply(tx, 405)

@@ -3,19 +3,20 @@ and events."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from common import events
-from common.protocol import CallOption, Ringing
+from common.protocol import DEFAULT_MESSAGE_TYPE, CallOption, Message, Ringing
 from worker.call.leg import FirstMedia, LegHooks
 from worker.call.services import MediaServices
 from worker.media.player import SILENT_FRAME
 from worker.sip.agent import extra_headers
 from worker.sip.leg import LegError, SipLeg
-from worker.sip.message import Headers
+from worker.sip.message import Headers, Response
 
 if TYPE_CHECKING:
     from worker.sip.telephony import PendingCall, Telephony
@@ -49,6 +50,7 @@ class SipCall:
         self._bound = False
         self.first_media = FirstMedia(hooks.call)
         self.ring_ms: int | None = None
+        self._bye_headers: list[tuple[str, str]] = []
 
     @property
     def bound(self) -> bool:
@@ -190,9 +192,34 @@ class SipCall:
     def sip_dialog(self) -> SipLeg | None:
         return self.leg
 
+    # --- in the dialog -----------------------------------------------------------------------------------
+
+    def message(self, cmd: Message) -> None:
+        leg = self.leg
+        content_type = cmd.content_type or DEFAULT_MESSAGE_TYPE
+        try:
+            if leg is None:
+                raise LegError("the call is not connected (no confirmed SIP dialog)", 409)
+            final = leg.message(cmd.body, content_type, list((cmd.headers or {}).items()))
+        except LegError as exc:
+            self.hooks.call.error("command", f"message: {exc}", exc.code)
+            return
+        # The MESSAGE left now, in command order (ahead of a BYE a hangup right after it sends); its answer
+        # (up to 32 s: Timer F) is awaited beside the queue, so that hangup is not held up.
+        self.hooks.call.spawn(self._message_answered(final), "message")
+
+    async def _message_answered(self, final: asyncio.Future[Response]) -> None:
+        resp = await final
+        if resp.status >= 300:
+            what = "no answer from the peer" if resp.status == 408 else "the peer refused it"
+            self.hooks.call.error("command", f"message: {what} ({resp.status} {resp.reason})", resp.status)
+
+    def bye_headers(self, headers: dict[str, str]) -> None:
+        self._bye_headers = list(headers.items())
+
     def close(self) -> None:
         if self.leg is not None:
-            self.leg.hangup()
+            self.leg.hangup(self._bye_headers)
         if self.pending is not None:
             self.telephony.drop(self.hooks.call.call_id)
 
@@ -226,11 +253,28 @@ class SipCall:
     def leg_digit(self, leg: SipLeg, digit: str) -> None:
         self.hooks.digit(digit)
 
-    def leg_refer(self, leg: SipLeg, target: str) -> None:
-        self.hooks.call.emit(events.event("transferRequest", track_id=self.hooks.call.call_id, target=target))
+    def leg_refer(self, leg: SipLeg, target: str, referred_by: str | None) -> None:
+        # `referTo` is active-call's name for the Refer-To value; `target`, this server's first one, stays.
+        self.hooks.call.emit(
+            events.event(
+                "transferRequest",
+                track_id=self.hooks.call.call_id,
+                target=target,
+                refer_to=target,
+                referred_by=referred_by,
+            )
+        )
 
     def leg_notify(self, leg: SipLeg, status: int, reason: str) -> None:
         self.hooks.notified(status, reason)
+
+    def leg_message(self, leg: SipLeg, body: str, content_type: str | None) -> None:
+        s = self.hooks.call
+        s.emit(events.event("message", track_id=s.call_id, body=body, content_type=content_type))
+
+    def leg_hold(self, leg: SipLeg, on_hold: bool) -> None:
+        s = self.hooks.call
+        s.emit(events.event("hold", track_id=s.call_id, on_hold=on_hold))
 
 
 # The headers of RFC 3261 §20 (and RFC 6665's Event, Subscription-State): active-call's SIP stack gives

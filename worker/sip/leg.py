@@ -5,7 +5,8 @@ Outbound (`dial`): INVITE with our offer, digest challenges answered, 18x → ri
 Inbound (`SipLeg.incoming`): 100 Trying at once; `ringing` sends 180 (or 183 with the answer SDP), `accept`
 200 OK with the answer, `reject` the given final; a CANCEL from the peer ends it (487).
 In both, in-dialog BYE, INFO (DTMF relay), re-INVITE / UPDATE (hold, codec change, moved address), OPTIONS,
-REFER (202 and a final NOTIFY) and NOTIFY (the progress of our REFER) are answered here.
+REFER (202 and a final NOTIFY), NOTIFY (the progress of our REFER) and MESSAGE (RFC 3428) are answered here;
+`message` and `refer` send the last two.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 
 from common.tasks import TaskSet
 from worker.sip import sdp
-from worker.sip.agent import Admit, SipAgent
+from worker.sip.agent import ALLOW, Admit, SipAgent
 from worker.sip.dialog import Dialog, new_call_id, new_tag, target_of, uri_of
 from worker.sip.digest import DigestState, header_names
 from worker.sip.message import Headers, Request, Response
@@ -48,9 +49,13 @@ class LegEvents(Protocol):
 
     def leg_digit(self, leg: SipLeg, digit: str) -> None: ...
 
-    def leg_refer(self, leg: SipLeg, target: str) -> None: ...
+    def leg_refer(self, leg: SipLeg, target: str, referred_by: str | None) -> None: ...
 
     def leg_notify(self, leg: SipLeg, status: int, reason: str) -> None: ...
+
+    def leg_message(self, leg: SipLeg, body: str, content_type: str | None) -> None: ...
+
+    def leg_hold(self, leg: SipLeg, on_hold: bool) -> None: ...
 
 
 class LegError(Exception):
@@ -72,7 +77,8 @@ class SipLeg:
         self.remote_sdp = ""
         self.local_sdp = ""
         self.negotiated: sdp.Negotiated | None = None
-        self.on_hold = False
+        self.on_hold = False  # we send nothing: our side of the agreed direction is recvonly or inactive
+        self.held = False  # the peer's last re-offer put the call on hold (RFC 3264 §8.4)
         self.contact = agent.contact()
         self._session_id = str(secrets.randbelow(10**9))
         self._sdp_version = 1
@@ -192,7 +198,7 @@ class SipLeg:
         h.add("Call-ID", new_call_id(self.agent.address))
         h.add("CSeq", "1 INVITE")
         h.add("Contact", self.contact)
-        h.add("Allow", "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, REFER, NOTIFY, UPDATE")
+        h.add("Allow", ALLOW)
         for name, value in headers or ():
             h.add(name, value)
         h.add("Content-Type", "application/sdp")
@@ -518,6 +524,11 @@ class SipLeg:
             self._on_reoffer(request, tx)
         elif method == "OPTIONS":
             agent.reply(tx, 200, headers=[("Accept", "application/sdp")])
+        elif method == "MESSAGE":
+            agent.reply(tx, 200)
+            if self.state != "ended":
+                ctype = request.headers.get("Content-Type")
+                self.events.leg_message(self, request.body.decode("utf-8", "replace"), ctype)
         elif method == "REFER":
             self._on_refer(request, tx)
         elif method == "NOTIFY":
@@ -541,15 +552,16 @@ class SipLeg:
         self._sdp_version += 1
         if not body.strip():
             # A re-INVITE without an offer: ours goes in the 200, the answer comes in the ACK (§14.2).
-            offer = sdp.offer(self.agent.address, self.rtp.local_port, sdp.SUPPORTED,
-                              session_id=self._session_id, version=self._sdp_version)  # fmt: skip
-            self._reoffer = offer
-            self.agent.reply(tx, 200, contact=True, body=offer.encode(), content_type="application/sdp")
+            ours = sdp.offer(self.agent.address, self.rtp.local_port, sdp.SUPPORTED,
+                             session_id=self._session_id, version=self._sdp_version)  # fmt: skip
+            self._reoffer = ours
+            self.agent.reply(tx, 200, contact=True, body=ours.encode(), content_type="application/sdp")
             return
         try:
+            offer = sdp.parse(body)
             current = self.negotiated.codec if self.negotiated else None
             text, n = sdp.answer(
-                sdp.parse(body), self.agent.address, self.rtp.local_port, sdp.SUPPORTED,
+                offer, self.agent.address, self.rtp.local_port, sdp.SUPPORTED,
                 prefer=(current,) + sdp.SUPPORTED if current else None,
                 session_id=self._session_id, version=self._sdp_version,
             )  # fmt: skip
@@ -560,6 +572,10 @@ class SipLeg:
         self.local_sdp = text
         self._apply(n)
         self.agent.reply(tx, 200, contact=True, body=text.encode(), content_type="application/sdp")
+        held = sdp.is_hold(offer)
+        if held != self.held:
+            self.held = held
+            self.events.leg_hold(self, held)
 
     def _on_refer(self, request: Request, tx: ServerTransaction) -> None:
         target = request.headers.get("Refer-To")
@@ -575,7 +591,7 @@ class SipLeg:
             "message/sipfrag;version=2.0",
             [("Event", "refer"), ("Subscription-State", "terminated;reason=noresource")],
         )
-        self.events.leg_refer(self, target)
+        self.events.leg_refer(self, target, request.headers.get("Referred-By"))
 
     async def refer(self, target: str) -> Response:
         """Send REFER (RFC 3515) to the peer; the final response to it (202 when accepted)."""
@@ -589,6 +605,18 @@ class SipLeg:
         if final is None:
             raise LegError("the call is not connected", 409)
         return await final
+
+    def message(
+        self, body: str, content_type: str, headers: Iterable[tuple[str, str]] = ()
+    ) -> asyncio.Future[Response]:
+        """Send a MESSAGE (RFC 3428) in the confirmed dialog, now; the future of its final response (a
+        synthetic 408 when the peer never answers, 503 when it cannot be reached)."""
+        final = None
+        if self.state == "confirmed":
+            final = self._send_in_dialog("MESSAGE", body.encode("utf-8"), content_type, headers)
+        if final is None:
+            raise LegError("the call is not connected (no confirmed SIP dialog)", 409)
+        return final
 
     # --- the end -----------------------------------------------------------------------------------------
 
