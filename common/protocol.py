@@ -283,6 +283,7 @@ class Hangup:
     reason: str | None = None
     initiator: str | None = None
     headers: dict[str, str] | None = None  # active-call's: extra headers on a SIP call's BYE
+    refer: bool | None = None  # active-call's: hang up only the transfer leg (`refer`); the call goes on
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

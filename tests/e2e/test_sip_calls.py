@@ -347,6 +347,28 @@ async def test_bridged_transfer_of_a_websocket_call(stack: StackInfo, call_id: s
             await c.close()
 
 
+async def test_the_app_hangs_up_the_transfer_leg_alone(stack: StackInfo, call_id: str) -> None:
+    async with sip_peer() as agent:
+        c = await CallClient.open(stack.ws, "/call", call_id=call_id)
+        try:
+            await c.invite()
+            await c.send({"command": "hangup", "refer": True})
+            refused = await c.event("error", timeout=5)
+            assert refused["sender"] == "hangup" and refused["code"] == 409, "no transfer yet"
+            await c.send({"command": "refer", "target": agent.uri, "options": {"timeout": 5}})
+            await c.event("answer", timeout=5, refer=True)
+            _, phone = await agent.leg()
+            await c.send({"command": "hangup", "refer": True, "reason": "agent_done"})
+            leg_hangup = await c.event("hangup", timeout=5, refer=True)
+            assert leg_hangup["reason"] == "agent_done" and leg_hangup["trackId"] == "server-side-track"
+            assert await phone.wait("ended", timeout=5) is not None, "the agent got its BYE"
+            await c.send({"command": "history", "speaker": "user", "text": "still here"})
+            await c.event("addHistory", timeout=3)
+            assert [e for e in c.events if e["event"] == "hangup"] == [leg_hangup], "the call goes on"
+        finally:
+            await c.close()
+
+
 async def test_transfer_to_nobody_times_out_and_the_call_goes_on(stack: StackInfo, call_id: str) -> None:
     async with sip_peer(answer=False) as agent:
         c = await CallClient.open(stack.ws, "/call", call_id=call_id)

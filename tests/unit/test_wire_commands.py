@@ -64,7 +64,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "interrupt": {"graceful": True},
     "pause": {},
     "resume": {},
-    "hangup": {"reason": "bye", "initiator": "caller", "headers": {"X-Reason": "done"}},
+    "hangup": {"reason": "bye", "initiator": "caller", "headers": {"X-Reason": "done"}, "refer": False},
     "refer": {
         "target": "sip:c@x",
         "caller": "sip:a@x",

@@ -357,6 +357,12 @@ class CallSession:
             case Custom():
                 # active-call's echo: no trackId, and `data` as sent, even null.
                 self.emit({**events.event("custom", sender=cmd.sender), "data": cmd.data})
+            case Hangup() if cmd.refer:
+                transfer = self.transfer
+                if transfer is None or not transfer.hang_up(
+                    cmd.reason or "normal_clearing", cmd.initiator or "caller"
+                ):
+                    self.error("hangup", "hangup.refer: no transfer leg to hang up", 409)
             case Hangup():
                 if cmd.headers:
                     self.leg.bye_headers(cmd.headers)

@@ -70,6 +70,7 @@ class Transfer:
         self.answered_ms: int | None = None
         self.ring_ms: int | None = None  # the new leg's first 18x
         self.ended = False
+        self._keep_call = False  # the app hung this leg up (`hangup {refer: true}`): the call goes on
 
     @property
     def auto_hangup(self) -> bool:
@@ -168,6 +169,19 @@ class Transfer:
         if self.leg is not None:
             self.leg.hangup()
 
+    def hang_up(self, reason: str, initiator: str) -> bool:
+        """`hangup {refer: true}`: end this leg alone, dialling or connected, as its `hangup{refer:true}`
+        says; the call goes on (its `autoHangup` is for a leg that ends by itself). False: no leg to end."""
+        if self.ended:
+            return False
+        self._keep_call = True
+        leg = self.leg
+        self.leg_ended(leg, initiator, reason)  # type: ignore[arg-type]
+        self.track.end_moh()
+        if leg is not None:
+            leg.hangup()
+        return True
+
     # --- LegEvents of the new leg ------------------------------------------------------------------------
 
     def leg_ringing(self, leg: SipLeg, early_media: bool) -> None:
@@ -206,7 +220,7 @@ class Transfer:
             ringing_time=events.rfc3339(self.ring_ms) if self.ring_ms is not None else None,
             hangup_time=events.rfc3339(now),
         )
-        if self.auto_hangup:
+        if self.auto_hangup and not self._keep_call:
             s.spawn(s.hangup("refer", "system"), "refer-ended")
 
     def leg_audio(self, leg: SipLeg, pcm: np.ndarray) -> None:
