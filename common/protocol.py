@@ -489,6 +489,8 @@ def _check(cmd: Any, call_type: str) -> None:
             raise BadCommand("option.inactivityTimeout: must not be negative (seconds; 0 turns it off)")
         if cmd.option.media_pass is not None:
             _check_media_pass(cmd.option.media_pass)
+        if cmd.option.sip is not None:
+            check_sip_headers(cmd.option.sip.hangup_headers, "option.sip.hangup_headers")
         resume = cmd.option.resume
         if resume is not None and not 0 < resume.timeout <= MAX_RESUME_TIMEOUT:
             raise BadCommand(f"option.resume.timeout: must be more than 0 and at most {MAX_RESUME_TIMEOUT} s")

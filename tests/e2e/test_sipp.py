@@ -187,6 +187,21 @@ async def test_message_command_and_hangup_headers_reach_sipp(stack: StackInfo, c
     assert [e for e in c.events if e["event"] == "error"] == [err], "the 200s raise nothing"
 
 
+async def test_the_invites_hangup_headers_go_on_the_bye(stack: StackInfo, call_id: str) -> None:
+    async with Sipp("uas_answer") as uas:
+        c = await dial(stack, uas, call_id, sip={"hangup_headers": {"X-Call-Outcome": "sold"}})
+        try:
+            await c.event("answer", timeout=10)
+            await c.send({"command": "hangup"})
+            await c.event("hangup", timeout=5)
+            await c.wait_closed()
+        finally:
+            await c.close()
+        result = await uas.wait(timeout=10)
+    result.assert_ok()
+    assert result.received("BYE")[0].header("X-Call-Outcome") == "sold"
+
+
 async def test_a_refused_message_is_an_error_and_the_call_goes_on(stack: StackInfo, call_id: str) -> None:
     async with Sipp("uas_answer", variables={"refuse_message": 1}) as uas:
         c = await dial(stack, uas, call_id)

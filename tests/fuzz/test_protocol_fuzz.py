@@ -101,6 +101,7 @@ _RULES: dict[str, st.SearchStrategy[Any]] = {
     "contentType": st.sampled_from(["text/plain", "application/json", 'text/plain; charset="utf-8"']),
     "Message.headers": SIP_HEADERS,
     "Hangup.headers": SIP_HEADERS,
+    "SipOption.hangup_headers": SIP_HEADERS,
     "Message.refer": st.just(False),
 }
 # Required fields of nested options, filled in when a test reaches inside one.

@@ -63,7 +63,10 @@ class SipCall:
         return telephony
 
     def configure(self, option: CallOption) -> None:
-        return  # the codec is the one the SDP offer and answer agree on
+        # (The codec is the one the SDP offer and answer agree on.) active-call's `sip.hangup_headers` go on
+        # the BYE, unless the `hangup` command gives its own.
+        if option.sip is not None and option.sip.hangup_headers:
+            self._bye_headers = list(option.sip.hangup_headers.items())
 
     # --- outbound ----------------------------------------------------------------------------------------
 
