@@ -98,6 +98,17 @@ async def test_a_page_elsewhere_uses_the_api_by_default(stack: StackInfo, elsewh
             elsewhere, "POST", f"{stack.base}/call/kill/nope", {"Content-Type": "application/json"}, "{}"
         )
         assert kill["status"] == 404 and json.loads(kill["body"])["code"] == "CALL_NOT_FOUND", kill
+        # active-call's routes alike.
+        active = await call(elsewhere, "GET", f"{stack.base}/list")
+        assert active["status"] == 200 and "active_calls" in json.loads(active["body"]), active
+        sent = await call(
+            elsewhere,
+            "POST",
+            f"{stack.base}/command/nope",
+            {"Content-Type": "application/json"},
+            '{"command": "hangup"}',
+        )
+        assert sent["status"] == 404 and json.loads(sent["body"])["status"] == "not_found", sent
     finally:
         await server.close()
 
