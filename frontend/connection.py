@@ -91,6 +91,7 @@ class CallConnection:
         # socket (`gone {written}`, worker/call/resume.py).
         self.owner_events_written = 0
         self._replaced = False
+        self._replaced_why = ""
         self._option_registered = False
         # Binary messages ignored on a call whose audio is not on the socket (told about once).
         self.ignored_audio = 0
@@ -269,11 +270,13 @@ class CallConnection:
             "written": self.owner_events_written,
         }
 
-    def replace(self) -> None:
-        """A new socket takes the call over: what is queued goes out, then this socket closes and the owner
-        hears how many of its events were written (`gone`), to send the rest to the new one."""
+    def replace(self, why: str = "replaced by a new socket for this call") -> None:
+        """A new socket takes the call over (or this frontend stops, and the call waits for one): what is
+        queued goes out, then this socket closes with `why` and the owner hears how many of its events were
+        written (`gone`), to send the rest to the next one."""
         if self._replaced:
             return
+        self._replaced_why = why
         self._replaced = self._closing = True
         self._wake.set()
 
@@ -306,7 +309,7 @@ class CallConnection:
             self._closing = True
             self._wake.set()
         elif op == wire.Op.REPLACED:  # a new socket resumes the call: this one closes, saying what it wrote
-            self.replace()
+            self.replace(str(body.get("why") or "replaced by a new socket for this call"))
         elif op == wire.Op.RELAY:  # from another frontend's `/command` or `/events`, before the claim
             relayed = body.get("m")
             if isinstance(relayed, dict):
@@ -377,7 +380,7 @@ class CallConnection:
                 if self._replaced:
                     if self.owner is not None:
                         self.hub.send(self.owner, wire.msg(self.call_id, wire.CTL, self._gone()))
-                    await ws.close(message=b"replaced by a new socket for this call")
+                    await ws.close(message=self._replaced_why.encode()[:123])
                 else:
                     await ws.close()
                 return

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import pytest
 
 from tests.audio_util import peak_freq, tone
 from tests.e2e.client import CallClient, SseReader
-from tests.e2e.conftest import StackInfo
+from tests.e2e.conftest import StackInfo, wait_healthy
 from tests.e2e.rtc_client import RtcCaller
 from tests.e2e.sip_peer import sip_peer
 from tests.e2e.test_playback import write_wav
@@ -232,3 +234,54 @@ async def test_a_webrtc_call_goes_on_without_its_socket(
         await peer.close()
         for x in clients:
             await x.close()
+
+
+async def test_the_frontend_holding_the_socket_dies_and_the_call_waits(
+    stack: StackInfo, call_id: str
+) -> None:
+    c = await CallClient.open(stack.ws, call_id=call_id)
+    clients = [c]
+    try:
+        await c.invite(codec="pcm", resume={"timeout": 20})
+        os.kill(int(c.frontend.split("-")[-2]), signal.SIGKILL)
+        await c.wait_closed()
+        # The owner confirms the frontend dead (~1 s) and waits for the app, where it would have hung up.
+        for _ in range(60):
+            if stack.redis.hget(f"pbx:call:{call_id}", "state") == b"detached":
+                break
+            await asyncio.sleep(0.1)
+        assert stack.redis.hget(f"pbx:call:{call_id}", "state") == b"detached"
+        back = await CallClient.open(stack.ws, call_id=call_id)
+        clients.append(back)
+        await back.send({"command": "history", "speaker": "user", "text": "after the crash"})
+        await back.event("addHistory", text="after the crash")
+        await back.send({"command": "hangup"})
+        await back.event("hangup")
+        assert not [e for e in back.events if e["event"] == "hangup" and e["reason"] == "frontend_lost"]
+    finally:
+        for x in clients:
+            await x.close()
+    await asyncio.to_thread(wait_healthy, stack, 2, 2, 15.0)
+
+
+async def test_a_frontend_that_stops_hands_the_call_over(stack: StackInfo, call_id: str) -> None:
+    c = await CallClient.open(stack.ws, call_id=call_id)
+    clients = [c]
+    try:
+        await c.invite(codec="pcm", resume={"timeout": 20})
+        os.kill(int(c.frontend.split("-")[-2]), signal.SIGTERM)  # a rolling restart of the frontends
+        await c.wait_closed(timeout=15)  # after its drain time (DRAIN_TIMEOUT=5 here)
+        assert c.ws.close_code == 1000
+        back = await CallClient.open(stack.ws, call_id=call_id)
+        clients.append(back)
+        assert back.frontend != c.frontend
+        await back.send({"command": "history", "speaker": "user", "text": "after the restart"})
+        await back.event("addHistory", text="after the restart")
+        await back.send({"command": "hangup"})
+        hangup = await back.event("hangup")
+        assert hangup["reason"] == "normal_clearing"
+        unique(*clients)
+    finally:
+        for x in clients:
+            await x.close()
+    await asyncio.to_thread(wait_healthy, stack, 2, 2, 15.0)

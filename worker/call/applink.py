@@ -119,6 +119,18 @@ class AppLink:
         self._timer = self.hooks.spawn(self._wait(option.timeout, why, initiator), "resume-wait")
         self.moh_wanted = option.moh
 
+    def frontend_stops(self) -> None:
+        """`shutdown`: the frontend holding the socket stops. The call ends, or its socket is closed now
+        (its frontend answers `gone {written}`) and the call waits for the app on another frontend."""
+        if not self.resume.on or self.hooks.ending():
+            self._end_soon("shutdown", "system")
+            return
+        if self.holding:
+            return
+        self.holding = True  # until the `gone`: what comes meanwhile waits for the next socket
+        why = "the server is restarting: connect again with the same id to resume the call"
+        self.host.send(self.frontend, wire.msg(self.call_id, wire.CTL, {"op": wire.Op.REPLACED, "why": why}))
+
     def resumed(self, frontend: str) -> None:
         """`resume`: a new socket on `frontend` names this call."""
         if not frontend:

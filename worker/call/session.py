@@ -188,7 +188,7 @@ class CallSession:
             if op == wire.Op.KILL:
                 self.spawn(self.hangup("killed", "system"), "kill")
             elif op == wire.Op.SHUTDOWN:  # the frontend is stopping and its drain time is over
-                self.host.end_soon(self, "shutdown", "system")
+                self.app.frontend_stops()
             elif op == wire.Op.GONE:
                 self.app.gone(body)
             elif op == wire.Op.RESUME:
