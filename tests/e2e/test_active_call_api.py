@@ -158,3 +158,16 @@ async def test_precache_then_a_call_plays_it_from_the_cache(stack: StackInfo, ca
         assert abs(played - first["bytes"]) < 640, "every sample once (the last frame padded)"
     finally:
         await c.close()
+
+
+async def test_the_ping_query_parameter_sends_websocket_pings(stack: StackInfo, call_id: str) -> None:
+    async with aiohttp.ClientSession() as s:
+        ws = await s.ws_connect(f"{stack.ws}/call", params={"id": call_id, "ping": "1"}, autoping=False)
+        try:
+            began = time.monotonic()
+            msg = await ws.receive(timeout=5)
+            assert msg.type == aiohttp.WSMsgType.PING, msg
+            assert 0.5 < time.monotonic() - began < 3.0, "a ping frame about a second after the last data"
+            await ws.pong(msg.data)
+        finally:
+            await ws.close()
