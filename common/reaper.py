@@ -33,7 +33,7 @@ async def reap_once(
     (missing on two passes at least its grace apart): a heartbeat written late reaps nothing. Without it, a
     missing heartbeat is a dead process at once.
     """
-    entries = await registry.entries()
+    entries = await registry.owners()
     if not entries:
         if watch is not None:
             watch.confirm(set())

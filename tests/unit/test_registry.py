@@ -113,3 +113,15 @@ async def test_outbox_drops_a_message_it_cannot_pack_and_goes_on(registry: Regis
     await outbox.flush()
     batch = await anext(read_inbox(registry.redis, registry.keys, "web-1", block_ms=50))
     assert [m["b"]["text"] for m in batch] == ["fine"]
+
+
+async def test_the_reapers_light_view_and_a_stale_index_entry(registry: Registry) -> None:
+    await registry.register_pending("c1", "webrtc", "web-1")
+    await registry.claim("c1", "media-1")
+    await registry.update("c1", option='{"codec": "opus"}')
+    await registry.register_pending("c2", "sip", "web-2")
+    await registry.redis.zadd(registry.keys.calls, {"ghost": 1})  # its hash is gone (a lost write)
+    (c1, c2) = sorted(await registry.owners(), key=lambda o: o.id)
+    assert (c1.id, c1.owner, c1.frontend, c1.call_type) == ("c1", "media-1", "web-1", "webrtc")
+    assert (c2.owner, c2.frontend, c2.call_type) == ("", "web-2", "sip") and c2.created_at > 0
+    assert await registry.redis.zscore(registry.keys.calls, "ghost") is None, "the index is tidied"
