@@ -97,23 +97,30 @@ function windowHistogram(now, old, name) {
 function rates(now, get) {
   const out = {};
   for (const p of now.data.procs) {
-    const current = get(p);
-    if (!current) continue;
-    let then = null;
-    for (let i = samples.length - 1; i >= 0; i--) {
-      const q = samples[i].procs.get(p.proc);
-      if (!q) break;
-      if (q.at < p.at) {
-        then = q;
-        break;
-      }
+    for (const [key, r] of Object.entries(procRates(p, get))) out[key] = (out[key] || 0) + r;
+  }
+  return out;
+}
+
+/** Per second: how much `get(p)` grew since process `p`'s previous snapshot in `samples` ({} if none). */
+function procRates(p, get) {
+  const current = get(p);
+  if (!current) return {};
+  let then = null;
+  for (let i = samples.length - 1; i >= 0; i--) {
+    const q = samples[i].procs.get(p.proc);
+    if (!q) break;
+    if (q.at < p.at) {
+      then = q;
+      break;
     }
-    if (!then) continue;
-    const previous = get(then) || {};
-    for (const key of Object.keys(current)) {
-      const grew = current[key] - (previous[key] || 0);
-      out[key] = (out[key] || 0) + (grew >= 0 ? grew / (p.at - then.at) : 0);
-    }
+  }
+  if (!then) return {};
+  const previous = get(then) || {};
+  const out = {};
+  for (const key of Object.keys(current)) {
+    const grew = current[key] - (previous[key] || 0);
+    out[key] = grew >= 0 ? grew / (p.at - then.at) : 0;
   }
   return out;
 }
@@ -354,7 +361,7 @@ function record(data) {
   const rss = {};
   for (const p of data.procs) {
     const label = procLabel(p, manyHosts);
-    cpu[label] = rates(now, (q) => (q.proc === p.proc ? one("cpu")(q) : null))[""] ?? null;
+    cpu[label] = procRates(p, one("cpu"))[""] ?? null;
     if ("rss" in p) rss[label] = p.rss;
   }
   charts.cpu.push(t, cpu);
