@@ -6,7 +6,8 @@
 
 const $ = (id) => document.getElementById(id);
 
-const POLL_MS = 1000;
+// Polls as often as the processes publish (the answer's `every`, seconds), at most twice a second.
+let pollMs = 1000;
 const HIDDEN_POLL_MS = 10000; // a tab nobody looks at costs the server little
 const RETRY_MS = 3000;
 const params = new URLSearchParams(location.search);
@@ -391,7 +392,7 @@ function setState(text, kind, title = "") {
 }
 
 async function poll() {
-  let wait = document.hidden ? HIDDEN_POLL_MS : POLL_MS;
+  let wait = document.hidden ? HIDDEN_POLL_MS : pollMs;
   try {
     const headers = token ? { Authorization: `Bearer ${token}` } : {};
     const resp = await fetch("/dashboard/data", { headers, cache: "no-store" });
@@ -410,6 +411,7 @@ async function poll() {
     }
     if (!resp.ok) throw new Error(`HTTP ${resp.status}${body && body.error ? `: ${body.error}` : ""}`);
     record(body);
+    pollMs = Math.max(500, (body.every || 1) * 1000);
     dash.data = body;
     dash.polls += 1;
     drawAll();
