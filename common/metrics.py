@@ -27,6 +27,7 @@ import math
 import os
 import platform
 import re
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
@@ -396,6 +397,7 @@ async def publish(
     registry = registry or REGISTRY
     key = keys.metrics(proc)
     BUILD_INFO.labels(_version(), platform.python_version()).set(1)
+    PROCESS_INFO.labels(socket.gethostname()).set(1)
     try:
         while True:
             try:
@@ -443,6 +445,9 @@ def _version() -> str:
 REGISTRY = Metrics()
 
 BUILD_INFO = REGISTRY.gauge("pbx_build_info", "Always 1; the labels say what runs.", ("version", "python"))
+# The host a process runs on, joined to its other figures by `proc` (`... * on (proc) group_left (host)
+# pbx_process_info`): its own label on every series would change every series's identity.
+PROCESS_INFO = REGISTRY.gauge("pbx_process_info", "Always 1; the host the process runs on.", ("host",))
 REDIS_ERRORS = REGISTRY.counter(
     "pbx_redis_errors_total", "Redis operations that failed (and were retried or skipped).", ("op",)
 )

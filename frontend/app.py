@@ -13,7 +13,19 @@ from common import logs
 from common.bus import connect
 from common.config import Settings
 from common.embedded import DEFAULT_LOCAL_URL
-from frontend import auth, callapi, calls, calltoken, cors, health, iceservers, llm, metrics, precache
+from frontend import (
+    auth,
+    callapi,
+    calls,
+    calltoken,
+    cors,
+    dashboard,
+    health,
+    iceservers,
+    llm,
+    metrics,
+    precache,
+)
 from frontend.calltoken import CallTokens
 from frontend.errors import errors_middleware
 from frontend.hub import Hub
@@ -92,6 +104,8 @@ async def create_app(settings: Settings | None = None) -> web.Application:
     calltoken.setup(app, call_tokens)
     app.router.add_get("/health", health.health)
     app.router.add_get("/metrics", _metrics)
+    # The live operations page and its figures (the API token's, like /metrics).
+    dashboard.setup(app)
     iceservers.setup(app)
     app.cleanup_ctx.append(llm.session_ctx)
     llm.setup_routes(app)

@@ -39,6 +39,8 @@ async def test_new_calls_get_503_while_redis_is_down(tmp_path: Path) -> None:
                 assert body["code"] == "SERVICE_UNAVAILABLE" and set(body) == {"error", "code", "details"}
             async with s.get(f"http://127.0.0.1:{port}/call/lists") as resp:
                 assert resp.status == 503
+            async with s.get(f"http://127.0.0.1:{port}/dashboard/data") as resp:
+                assert resp.status == 503 and (await resp.json())["code"] == "SERVICE_UNAVAILABLE"
             async with s.get(f"http://127.0.0.1:{port}/health") as resp:
                 assert resp.status == 503 and (await resp.json())["status"] == "degraded"
         server = EmbeddedRedis(server.port).start()  # back, and empty
@@ -50,6 +52,8 @@ async def test_new_calls_get_503_while_redis_is_down(tmp_path: Path) -> None:
             await c.event("addHistory")
         finally:
             await c.close()
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/dashboard/data") as resp:
+            assert resp.status == 200 and (await resp.json())["procs"]
         assert stack.alive(), "no process exited"
     finally:
         stack.stop()

@@ -40,6 +40,7 @@ SEGMENT = st.one_of(
         [
             "", ".", "..", "%2e", "%2E%2e", ".%2e", "%", "%zz", "%ff", "%00", "%2f", "a%2Fb", "~", "x" * 300,
             "lists", "kill", "v1", "chat", "completions", "models", "app.js", "index.html", "..%2f..%2fetc",
+            "dashboard.js", "data",
         ]
     ),
 )  # fmt: skip
@@ -48,7 +49,8 @@ PATH = st.one_of(
         [
             "/call/lists", "/health", "/iceservers", "/call", "/call/webrtc", "/call/sip", "/", "/call/kill",
             "/call/kill/", "/llm/v1", "/llm/v1/", "/llm/v1/chat/completions", "/static/", "/metrics", "//",
-            "/call//lists", "/health/", "/call/token", "/call/token/",
+            "/call//lists", "/health/", "/call/token", "/call/token/", "/dashboard", "/dashboard/data",
+            "/dashboard/",
         ]
     ),
     st.builds(lambda s: "/call/kill/" + s, SEGMENT),
@@ -115,7 +117,7 @@ HEADERS = st.fixed_dictionaries(
     },
 )
 # What answers with something else than JSON when it succeeds.
-NOT_JSON = ("/", "/static/", "/metrics")
+NOT_JSON = ("/", "/static/", "/metrics", "/dashboard")
 
 
 def _check(method: str, path: str, status: int, headers: Any, body: bytes) -> None:

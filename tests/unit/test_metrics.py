@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import socket
 from typing import Any
 
 import fakeredis
@@ -340,6 +341,7 @@ async def test_publish_writes_a_snapshot_with_a_ttl_and_removes_it_when_stopped(
         assert [s["proc"] for s in snaps] == ["media-1"], "the corrupt key is left out"
         got = samples(render(snaps))
         assert got[key("pbx_t_calls_total", proc="media-1", role="media")] == 4
+        assert metrics.PROCESS_INFO.labels(socket.gethostname()).value == 1, "set by publish"
         m.counter("pbx_t_calls_total", "x").labels().inc()
         await asyncio.sleep(0.1)
         got = samples(render(await metrics.read_snapshots(redis, keys)))
