@@ -27,7 +27,7 @@ import numpy as np
 
 from pbxclient import commands as cmds
 from pbxclient.audio import CODEC_RATES, AudioFrame, Decoder, Encoder, as_samples, resample
-from pbxclient.errors import CallClosed, CallEnded, CallRejected
+from pbxclient.errors import ApiError, CallClosed, CallEnded, CallRejected
 from pbxclient.events import Answer, Event, Hangup, Reject, parse_event
 from pbxclient.options import CallOption, RecorderOption, ReferOption, SynthesisOption
 from pbxclient.wire import camel
@@ -324,13 +324,29 @@ class Call:
         self._audio.append(frame)
         self._audio_signal.notify()
 
-    async def reconnect(self) -> None:
+    async def reconnect(self, conflict_wait: float = 1.0) -> None:
         """Open the socket again with the same id, path and query (this server's `option.resume`): the
         events the server held come first, then everything live, on the same iterators. If the old socket
-        still looks open, the new one takes over and the old one's last events are read first."""
+        still looks open, the new one takes over and the old one's last events are read first.
+
+        A 409 (the call is not resumable) is retried for `conflict_wait` seconds: the server records that
+        a call is resumable a few milliseconds after its `answer`, so a reconnect right after the answer
+        can meet a 409 that a moment later would not be one. Raises `ApiError` (409) after that."""
         if self.ended:
             raise CallEnded(self.id, "the call is over; nothing to reconnect", self.hangup_event)
-        ws = await self.client._connect(self.path, self._params)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + conflict_wait
+        delay = 0.02
+        while True:
+            try:
+                ws = await self.client._connect(self.path, self._params)
+                break
+            except ApiError as exc:
+                remaining = deadline - loop.time()
+                if exc.status != 409 or remaining <= 0:
+                    raise
+                await asyncio.sleep(min(delay, remaining))
+                delay = min(delay * 2, 0.2)
         self._next_frame_at = None
         self._start(ws)
 
@@ -538,7 +554,7 @@ class Call:
             try:
                 await ws.send_bytes(payload)
             except (ConnectionError, aiohttp.ClientError) as exc:
-                raise CallClosed(self.id, ws.close_code or 1006, str(exc)) from None
+                raise await self._send_failed(ws, exc) from None
 
     # --- commands ---------------------------------------------------------------------------------------
 
@@ -549,6 +565,17 @@ class Call:
             raise CallEnded(self.id, "the call is over", self.hangup_event)
         return self._ws
 
+    async def _send_failed(self, ws: aiohttp.ClientWebSocketResponse, exc: Exception) -> CallClosed:
+        """The error for a write that failed: the server's close as the reader gets it (a server that closes
+        while a message is being written, over its size limit say, has usually sent its close frame), else
+        the write's own error."""
+        reader = self._reader
+        if reader is not None and ws is self._ws:
+            await asyncio.wait({reader}, timeout=0.5)
+            if self._state == DROPPED and self._closed is not None:
+                return self._closed
+        return CallClosed(self.id, ws.close_code or 1006, str(exc))
+
     async def send(self, command: cmds.Command | Mapping[str, Any]) -> None:
         """Send a command: a `pbxclient.commands` object, or a JSON object as is (for fields this library
         does not know)."""
@@ -557,7 +584,7 @@ class Call:
         try:
             await ws.send_str(json.dumps(body, separators=(",", ":")))
         except (ConnectionError, aiohttp.ClientError) as exc:
-            raise CallClosed(self.id, ws.close_code or 1006, str(exc)) from None
+            raise await self._send_failed(ws, exc) from None
 
     async def invite(self, option: CallOption | None = None) -> None:
         """Place the call (see `Client.call`, `webrtc_call`, `sip_call`, which also wait for the answer)."""

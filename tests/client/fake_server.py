@@ -36,15 +36,22 @@ class FakeServer:
         self.requests: list[tuple[str, str, dict[str, str], Any]] = []
         self.replies: dict[tuple[str, str], tuple[int, Any]] = {}
         self.sse: list[str] = []
+        # Upgrades answer this status instead, `refusals` times (None: every time).
         self.refuse: int | None = None
+        self.refusals: int | None = None
         self.url = ""
 
     async def _socket(self, request: web.Request) -> web.StreamResponse:
-        if self.refuse is not None:
+        if self.refuse is not None and self.refusals != 0:
+            if self.refusals is not None:
+                self.refusals -= 1
             raise _STATUS[self.refuse]()
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         sock = Socket(ws, request)
+        for old in self.sockets:  # as the real server does when a resumable call gets a new socket
+            if old.query.get("id") == sock.query.get("id") and not old.ws.closed:
+                await old.ws.close(message=b"replaced by a new socket for this call")
         self.sockets.append(sock)
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:

@@ -168,6 +168,24 @@ async def test_reconnect_continues_the_same_iterator() -> None:
         assert call.ended
 
 
+async def test_reconnect_retries_a_conflict_briefly() -> None:
+    """The server records that a call is resumable just after its answer: an early 409 is retried."""
+    async with FakeServer(server_like).running() as server, Client(server.url) as client:
+        call = await client.call()
+        server.refuse, server.refusals = 409, 2
+        await call.reconnect()
+        assert len(server.sockets) == 2 and server.refusals == 0
+        server.refusals = None
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        with pytest.raises(ApiError) as caught:
+            await call.reconnect(conflict_wait=0.3)
+        assert caught.value.status == 409 and 0.3 <= loop.time() - began < 1.0
+        server.refuse = None
+        await call.history("user", "still here")  # the socket in use was never given up
+        await call.wait_for(AddHistory)
+
+
 async def test_wait_for_takes_each_event_once_and_says_what_came() -> None:
     async with FakeServer(server_like).running() as server, Client(server.url) as client:
         call = await client.call()
