@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections import deque
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from collections.abc import Callable, Coroutine, Generator, Mapping
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 import aiohttp
 import numpy as np
@@ -39,6 +40,8 @@ log = logging.getLogger("pbxclient.call")
 
 T = TypeVar("T")
 EV = TypeVar("EV", bound=Event)
+C = TypeVar("C", bound="Call")
+P = ParamSpec("P")
 
 OPEN, ENDED, DROPPED, CLOSED = "open", "ended", "dropped", "closed"
 # How long a socket being replaced (`reconnect` while it is still open) may take to deliver what the server
@@ -499,6 +502,10 @@ class Call:
         `/call/webrtc` and `/call/sip`, `option.subscribe` frames (16 kHz, with their `track`)."""
         return AudioIterator(self, self._audio.start if replay else self._audio.end)
 
+    def received_audio(self) -> list[AudioFrame]:
+        """The received audio frames still held (the last `audio_buffer` seconds), oldest first."""
+        return list(self._audio.items)
+
     async def read_audio(self, seconds: float, timeout: float | None = None) -> np.ndarray:
         """The next `seconds` of received audio (new frames only), concatenated; fewer samples if the call
         ends first or `timeout` runs out."""
@@ -737,3 +744,34 @@ class Call:
 
     def __repr__(self) -> str:
         return f"<Call {self.id} {self.path} {self._state}>"
+
+
+class Opening(Generic[C]):
+    """What `Client.call()` and the other openers return, as aiohttp's `ws_connect` does: `await` it for
+    the call, or use it as `async with client.call(...) as call:`, which on the way out hangs the call up
+    (if nobody did) and closes its socket."""
+
+    def __init__(self, coro: Coroutine[Any, Any, C]) -> None:
+        self._coro = coro
+        self._call: C | None = None
+
+    def __await__(self) -> Generator[Any, None, C]:
+        return self._coro.__await__()
+
+    async def __aenter__(self) -> C:
+        self._call = await self._coro
+        return self._call
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._call is not None:
+            await self._call.__aexit__(*exc)
+
+
+def opening(method: Callable[P, Coroutine[Any, Any, C]]) -> Callable[P, Opening[C]]:
+    """Make an async method that opens a call return an `Opening`."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Opening[C]:
+        return Opening(method(*args, **kwargs))
+
+    return wrapper

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import aiohttp
 
-from pbxclient.call import Call
+from pbxclient.call import Call, opening
 from pbxclient.commands import Command, command_to_dict
 from pbxclient.errors import ApiError, CallNotFound, NotSupported
 from pbxclient.options import CallOption, SipOption, SynthesisOption
@@ -318,6 +318,7 @@ class Client:
             params["token"] = str(token or self.token)
         return params
 
+    @opening
     async def open(
         self,
         path: str = "/call",
@@ -341,6 +342,7 @@ class Client:
         self._calls.add(call)
         return call
 
+    @opening
     async def call(
         self,
         *,
@@ -373,6 +375,7 @@ class Client:
             raise
         return call
 
+    @opening
     async def webrtc_call(
         self,
         *,
@@ -407,6 +410,7 @@ class Client:
             raise
         return call
 
+    @opening
     async def sip_call(
         self,
         callee: str,
@@ -451,6 +455,7 @@ class Client:
             raise
         return call
 
+    @opening
     async def attach(
         self,
         call_id: str,

@@ -89,6 +89,11 @@ async def test_a_call_from_invite_to_hangup() -> None:
         with pytest.raises(CallEnded):
             await call.history("user", "too late")
 
+        async with client.call(call_id="c1b") as other:  # hangs up and closes on the way out
+            await other.history("user", "hi")
+        assert other.ended and isinstance(other.hangup_event, Hangup)
+        assert server.sockets[1].commands[-1] == {"command": "hangup"}
+
 
 async def _take(it: Any, n: int) -> Any:
     for _ in range(n):
@@ -127,7 +132,7 @@ async def test_a_lost_connection_is_close_code_1006() -> None:
     async def vanish(sock: Socket, cmd: dict[str, Any]) -> None:
         await server_like(sock, cmd)
         if cmd["command"] == "history":
-            transport = sock.ws._req.transport if sock.ws._req else None  # type: ignore[union-attr]
+            transport = sock.ws._req.transport if sock.ws._req else None
             assert transport is not None
             transport.abort()
 
