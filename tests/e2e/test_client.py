@@ -43,6 +43,7 @@ from tests.e2e.conftest import StackInfo, running_stack
 from tests.e2e.sip_peer import play_tone, sip_peer
 from tests.e2e.test_playback import write_wav
 from tests.e2e.test_sip_inbound import Caller
+from tests.speech import speech, with_silence
 
 pytestmark = pytest.mark.e2e
 
@@ -90,7 +91,7 @@ async def test_tts_audio_and_hangup_with_typed_events_in_order(stack: StackInfo,
 
 async def test_play_pcmu_interrupt_and_pause(stack: StackInfo, call_id: str, tmp_path: Path) -> None:
     wav = write_wav(tmp_path / "khz.wav", tone(1000, 3.0))
-    async with Client(stack.base) as client, await client.call(codec="pcmu", call_id=call_id) as call:
+    async with Client(stack.base) as client, client.call(codec="pcmu", call_id=call_id) as call:
         assert call.sample_rate == call.receive_rate == 8000
         await call.play(str(wav), play_id="file")
         await call.wait_for(TrackStart, play_id="file")
@@ -159,7 +160,7 @@ async def test_rest_routes_and_typed_server_sent_events(stack: StackInfo, call_i
 
 
 async def test_errors_are_typed_events(stack: StackInfo, call_id: str) -> None:
-    async with Client(stack.base) as client, await client.call(call_id=call_id) as call:
+    async with Client(stack.base) as client, client.call(call_id=call_id) as call:
         await call.play("no-such-file.wav", play_id="missing")
         err = await call.wait_for(Error, code=404)
         assert err.sender.startswith("filetrack") and "no such file" in err.error
@@ -226,6 +227,18 @@ async def test_resume_with_reconnect(stack: StackInfo, call_id: str) -> None:
         assert isinstance(seen[-1], Hangup) and call.ended
 
 
+async def test_the_readmes_example_runs(stack: StackInfo, capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    example = readme.split("## Python client", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, object] = {}
+    exec(compile(example.replace("http://localhost:8080", stack.base), "README.md", "exec"), namespace)
+    question, _ = with_silence(0.3, speech("Please book a table for two people tonight."), 1.0)
+    await namespace["main"](question)  # type: ignore[operator]
+    said = capsys.readouterr().out
+    assert "caller said" in said and "table" in said.lower(), said
+    assert " after 1." in said or " after 2." in said, "about two seconds of greeting heard"
+
+
 @pytest.fixture
 def loopback_ice(monkeypatch: pytest.MonkeyPatch) -> None:
     """aioice leaves 127.0.0.1 out of its host candidates; the stack's peer is on loopback only."""
@@ -252,12 +265,24 @@ async def test_webrtc_call_through_the_aiortc_helper(stack: StackInfo, call_id: 
 async def test_outbound_sip_call(stack: StackInfo, call_id: str, tmp_path: Path) -> None:
     wav = write_wav(tmp_path / "tone.wav", tone(800, 1.0))
     async with sip_peer() as peer, Client(stack.base) as client:
-        call = await client.sip_call(peer.uri, caller="sip:bot@127.0.0.1", call_id=call_id, ring_timeout=10)
+        call = await client.sip_call(
+            peer.uri,
+            caller="sip:bot@127.0.0.1",
+            call_id=call_id,
+            ring_timeout=10,
+            option=CallOption(subscribe=True),
+        )
         assert call.answer is not None and call.answer.sdp.startswith("v=0")
         _, phone = await peer.leg()
         await call.play(str(wav), play_id="tone")
         await call.wait_for(TrackEnd, play_id="tone", timeout=5)
         assert abs(peak_freq(phone.heard()[-8000:]) - 800) < 20
+        # option.subscribe: what the phone hears, mirrored to the socket as track 0 (16 kHz).
+        await asyncio.sleep(0.2)
+        mirrored = [f for f in call.received_audio() if f.track == 0]
+        assert mirrored and {f.sample_rate for f in mirrored} == {16000}
+        played = np.concatenate([f.samples for f in mirrored])
+        assert len(played) >= 12800 and abs(peak_freq(played) - 800) < 20
         await call.hangup()
         assert (await call.wait_ended()) is not None
         await phone.wait("ended")
