@@ -346,7 +346,7 @@ class Client:
     async def call(
         self,
         *,
-        codec: str = "pcm",
+        codec: str | None = None,
         option: CallOption | None = None,
         call_id: str | None = None,
         dump: bool | None = None,
@@ -356,8 +356,11 @@ class Client:
         timeout: float | None = 10.0,
     ) -> Call:
         """A WebSocket call (`/call`), invited and answered: audio travels on the socket in `codec`
-        (`pcm`, `pcmu`, `pcma`, `g722`), with `call.send_audio()` and `call.audio()`."""
-        option = replace(option or CallOption(), codec=codec)
+        (`pcm`, `pcmu`, `pcma`, `g722`; default `option.codec`, else `pcm`), with `call.send_audio()` and
+        `call.audio()`."""
+        base = option or CallOption()
+        codec = (codec or base.codec or "pcm").lower()
+        option = replace(base, codec=codec)
         call = await self.open(
             "/call",
             call_id=call_id,

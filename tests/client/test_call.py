@@ -18,6 +18,7 @@ from pbxclient import (
     CallClosed,
     CallEnded,
     CallNotFound,
+    CallOption,
     CallRejected,
     Client,
     CommandSeen,
@@ -208,8 +209,9 @@ async def test_wait_for_takes_each_event_once_and_says_what_came() -> None:
 
 async def test_send_audio_uses_the_calls_codec_and_rate() -> None:
     async with FakeServer(server_like).running() as server, Client(server.url) as client:
-        call = await client.call(codec="pcmu")
-        assert call.sample_rate == 8000
+        call = await client.call(option=CallOption(codec="PCMU"))
+        assert call.sample_rate == 8000 and call.codec == "pcmu"
+        assert server.sockets[0].commands[0] == {"command": "invite", "option": {"codec": "pcmu"}}
         await call.send_audio(tone(1000, 0.5, rate=16000), sample_rate=16000, pace=False)
         await call.send_audio(tone(1000, 0.1, rate=8000).tobytes(), pace=False)
         await call.history("user", "sync")
