@@ -66,8 +66,8 @@ class CallEnded(PbxClientError):
 
 
 class CallRejected(PbxClientError):
-    """A call being set up got `reject` or `hangup` (or an `error` that ends the setup) instead of its
-    `answer`. `event` is that event."""
+    """A call being set up got `reject` or `hangup` instead of its `answer` (the `error` that says why, if
+    any, is among `call.received()` before it). `event` is that event."""
 
     def __init__(self, call_id: str, event: Event) -> None:
         self.call_id = call_id
