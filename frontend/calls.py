@@ -219,7 +219,8 @@ async def _serve_call(
             hub.connections.pop(call_id, None)
             raise
         conn.created_ms = events.now_ms()
-        body = {"op": op, "frontend": hub.proc_id, "dump": dump, "serverSideTrack": server_track}
+        body = {"op": op, "frontend": hub.proc_id, "socket": conn.socket_id, "dump": dump,
+                "serverSideTrack": server_track}  # fmt: skip
         hub.send(owner, wire.msg(call_id, wire.CTL, body))
         conn.owner = owner  # the inbox keeps order: commands arrive after the attach
     except BaseException:

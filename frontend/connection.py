@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import time
 from collections import deque
 from collections.abc import Coroutine
@@ -92,6 +93,8 @@ class CallConnection:
         self.owner_events_written = 0
         self._replaced = False
         self._replaced_why = ""
+        # This socket's id, in its `gone` and `resume`: a resumable call's owner tells its sockets apart.
+        self.socket_id = secrets.token_hex(6)
         self._option_registered = False
         # Binary messages ignored on a call whose audio is not on the socket (told about once).
         self.ignored_audio = 0
@@ -267,6 +270,7 @@ class CallConnection:
         return {
             "op": wire.Op.GONE,
             "frontend": self.hub.proc_id,
+            "socket": self.socket_id,
             "written": self.owner_events_written,
         }
 

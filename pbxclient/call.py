@@ -327,14 +327,14 @@ class Call:
         self._audio.append(frame)
         self._audio_signal.notify()
 
-    async def reconnect(self, conflict_wait: float = 1.0) -> None:
+    async def reconnect(self, conflict_wait: float = 0.0) -> None:
         """Open the socket again with the same id, path and query (this server's `option.resume`): the
         events the server held come first, then everything live, on the same iterators. If the old socket
         still looks open, the new one takes over and the old one's last events are read first.
 
-        A 409 (the call is not resumable) is retried for `conflict_wait` seconds: the server records that
-        a call is resumable a few milliseconds after its `answer`, so a reconnect right after the answer
-        can meet a 409 that a moment later would not be one. Raises `ApiError` (409) after that."""
+        A 409 (the call is not resumable, or not yet: an `invite` still on its way) may be retried for
+        `conflict_wait` seconds (none by default: this server records that a call is resumable before its
+        `answer`). Raises `ApiError` (409) after that."""
         if self.ended:
             raise CallEnded(self.id, "the call is over; nothing to reconnect", self.hangup_event)
         loop = asyncio.get_running_loop()

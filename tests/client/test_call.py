@@ -174,12 +174,12 @@ async def test_reconnect_continues_the_same_iterator() -> None:
         assert call.ended
 
 
-async def test_reconnect_retries_a_conflict_briefly() -> None:
-    """The server records that a call is resumable just after its answer: an early 409 is retried."""
+async def test_reconnect_retries_a_conflict_when_asked() -> None:
+    """A reconnect that may race the invite carrying option.resume retries a 409 for as long as it says."""
     async with FakeServer(server_like).running() as server, Client(server.url) as client:
         call = await client.call()
         server.refuse, server.refusals = 409, 2
-        await call.reconnect()
+        await call.reconnect(conflict_wait=1.0)
         assert len(server.sockets) == 2 and server.refusals == 0
         server.refusals = None
         loop = asyncio.get_running_loop()

@@ -50,12 +50,18 @@ class AppLink:
         self._update = update
         self._timer: asyncio.Task[Any] | None = None
         self.moh_wanted: str | None = None
+        # The frontend's id of the socket the call has (None: the first one, whose id the owner never got)
+        # and of a new one about to take it over: a `gone` names the socket it is about.
+        self.socket: str | None = None
+        self._pending_socket: str | None = None
 
-    def configure(self, option: ResumeOption | None) -> None:
+    async def configure(self, option: ResumeOption | None) -> None:
+        """`option.resume`: in the registry before the call is answered, so a socket that comes back right
+        after the answer finds the call resumable."""
         if option is None:
             return
         self.resume.configure(option)
-        self.hooks.spawn(self._update(self.call_id, resume=str(option.timeout)), "resume-option")
+        await self._update(self.call_id, resume=str(option.timeout))
 
     # --- to the app --------------------------------------------------------------------------------------
 
@@ -81,7 +87,7 @@ class AppLink:
         if self.resume.pending is not None and not self.resume.detached:
             self.resume.detach(None)
         if self.resume.pending is not None:
-            self._attach(self.resume.pending)
+            self._attach(self.resume.pending, self._pending_socket)
         if not self.holding and self.frontend:
             self.host.send(self.frontend, wire.msg(self.call_id, wire.CTL, {"op": wire.Op.CLOSE}))
         self._cancel_timer()
@@ -89,10 +95,18 @@ class AppLink:
     # --- from the frontends ------------------------------------------------------------------------------
 
     def gone(self, body: dict[str, Any]) -> None:
-        """`gone`: the socket closed (or was replaced)."""
+        """`gone`: a socket closed (or was replaced)."""
+        socket = body.get("socket") or None
+        if socket is not None and socket == self._pending_socket and self.resume.pending is not None:
+            # The new socket left before it had the call: no takeover; once the old socket's `gone` comes
+            # (or the takeover's wait ends), the call waits for the app.
+            self.resume.pending = self._pending_socket = None
+            return
+        if socket is not None and self.socket is not None and socket != self.socket:
+            return  # an old socket's, after the call moved on
         sender = body.get("frontend")
         if sender and sender != self.frontend:
-            return  # an old socket's, after the call moved on
+            return
         self.lost(body.get("written"))
 
     def lost(self, written: Any, why: str = "connection_closed", initiator: str = "caller") -> None:
@@ -108,7 +122,7 @@ class AppLink:
         self.holding = True
         pending = self.resume.pending
         if pending is not None:
-            self._attach(pending)
+            self._attach(pending, self._pending_socket)
             return
         self.frontend = ""
         option = self.resume.option
@@ -131,8 +145,8 @@ class AppLink:
         why = "the server is restarting: connect again with the same id to resume the call"
         self.host.send(self.frontend, wire.msg(self.call_id, wire.CTL, {"op": wire.Op.REPLACED, "why": why}))
 
-    def resumed(self, frontend: str) -> None:
-        """`resume`: a new socket on `frontend` names this call."""
+    def resumed(self, frontend: str, socket: str | None = None) -> None:
+        """`resume`: a new socket (`socket`, its frontend's id for it) on `frontend` names this call."""
         if not frontend:
             return
         if self.hooks.ending() or not self.resume.on:
@@ -142,24 +156,26 @@ class AppLink:
             self.host.send(frontend, wire.msg(self.call_id, wire.CTL, {"op": wire.Op.CLOSE}))
             return
         if self.resume.detached:
-            self._attach(frontend)
+            self._attach(frontend, socket)
             return
         if frontend == self.frontend:
             # That frontend closed the old socket itself, and its `gone` did not come first: what the old
             # socket had not written is lost.
             self.resume.detach(None)
-            self._attach(frontend)
+            self._attach(frontend, socket)
             return
         # The old socket still looks alive: it closes first (its frontend answers `gone {written}`).
         old, self.resume.pending, self.holding = self.frontend, frontend, True
+        self._pending_socket = socket
         self.host.send(old, wire.msg(self.call_id, wire.CTL, {"op": wire.Op.REPLACED}))
         self._cancel_timer()
         self._timer = self.hooks.spawn(self._takeover(), "takeover")
 
-    def _attach(self, frontend: str) -> None:
+    def _attach(self, frontend: str, socket: str | None) -> None:
         self._cancel_timer()
         held = self.resume.attach()
         self.frontend, self.holding = frontend, False
+        self.socket, self._pending_socket = socket, None
         self.host.send(
             frontend, wire.msg(self.call_id, wire.CTL, {"op": wire.Op.CLAIMED, "owner": self.owner})
         )
@@ -180,10 +196,10 @@ class AppLink:
 
     async def _takeover(self) -> None:
         await asyncio.sleep(TAKEOVER_WAIT)
-        if self.resume.pending is not None and not self.resume.detached:
-            log.warning("the replaced socket's frontend did not answer: moving to the new one")
-            self.resume.detach(None)
-            self._attach(self.resume.pending)
+        if not self.resume.detached:
+            log.warning("the replaced socket's frontend did not answer: going on without it")
+            self._timer = None
+            self.lost(None)  # to the new socket, or (it left too) waiting for the app
 
     def _cancel_timer(self) -> None:
         timer, self._timer = self._timer, None

@@ -192,7 +192,7 @@ class CallSession:
             elif op == wire.Op.GONE:
                 self.app.gone(body)
             elif op == wire.Op.RESUME:
-                self.app.resumed(str(body.get("frontend") or ""))
+                self.app.resumed(str(body.get("frontend") or ""), body.get("socket") or None)
             elif op == wire.Op.WATCH:
                 self.observers.watch(str(body.get("w") or ""), str(body.get("frontend") or ""))
             elif op == wire.Op.UNWATCH:
@@ -418,7 +418,7 @@ class CallSession:
         if option.recorder is not None and self.recording.recorder is None:
             path = await self.recording.path(option.recorder, "option.recorder")
         self.leg.configure(option)
-        self.app.configure(option.resume)
+        await self.app.configure(option.resume)
         self.listener.configure(option)
         # active-call mirrors SIP and WebRTC calls only: on /call the socket carries the audio already.
         if option.subscribe and self.call_type in SDP_CALL_TYPES and self.mirror is None:
