@@ -1,10 +1,11 @@
 """The examples in examples/ run as a user would run them (a process, its command line) against a stack
-whose SIP webhook points at them, with scripted SIP phones as the caller and the agent."""
+whose SIP webhook points at them, with scripted SIP phones as callers, agent and the numbers dialed."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +19,7 @@ from tests.audio_util import peak_freq, rms
 from tests.e2e.conftest import StackInfo, running_stack
 from tests.e2e.sip_peer import play_tone, sip_peer
 from tests.e2e.test_sip_inbound import Caller
+from tests.speech import speech
 from worker.sip.leg import SipLeg
 
 pytestmark = pytest.mark.e2e
@@ -63,7 +65,8 @@ class Example:
 
 
 @contextlib.asynccontextmanager
-async def example(name: str, *args: str) -> AsyncIterator[Example]:
+async def example(name: str, *args: str, serves: bool = True) -> AsyncIterator[Example]:
+    """The example `name` running with `args`; with `serves`, once its webhook listens."""
     # This checkout's packages, whatever the virtualenv's editable install points at.
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = await asyncio.create_subprocess_exec(
@@ -71,7 +74,8 @@ async def example(name: str, *args: str) -> AsyncIterator[Example]:
     )
     ex = Example(proc)
     try:
-        assert (await ex.line()).startswith("listening on http://127.0.0.1:")
+        if serves:
+            assert (await ex.line()).startswith("listening on http://127.0.0.1:")
         yield ex
     finally:
         if proc.returncode is None:
@@ -157,3 +161,32 @@ async def test_ivr_prompts_twice_then_hangs_up_without_a_key(hooked: tuple[Stack
             await caller.close()
         lines = await ex.finish()
     assert lines[-1].endswith(": no choice, ended: autohangup"), lines
+
+
+async def say(leg: SipLeg, samples: np.ndarray) -> None:
+    """Send 16 kHz samples on `leg` in real time."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for i in range(0, len(samples) - 319, 320):
+        leg.push(samples[i : i + 320])
+        await asyncio.sleep(max(0.0, start + (i // 320 + 1) * 0.02 - loop.time()))
+
+
+async def test_outbound_dialer_sorts_out_who_answered(hooked: tuple[StackInfo, int], tmp_path: Path) -> None:
+    info, _ = hooked
+    hello = speech("Hello, who is this?")
+    out = tmp_path / "results.csv"
+    async with sip_peer(reject=486) as busy, sip_peer() as person, sip_peer() as silent:
+        numbers = [busy.uri, person.uri, silent.uri]
+        args = ("--server", info.base, "--csv", str(out), "--concurrency", "2", "--listen", "3", *numbers)
+        async with example("outbound_dialer.py", *args, serves=False) as ex:
+            leg, phone = await person.leg(timeout=15)
+            await asyncio.sleep(0.5)  # the ACK
+            await say(leg, hello)
+            lines = await ex.finish(timeout=40)
+            assert speech_after(phone.heard(), 0) > 500, "the person heard the message"
+    rows = list(csv.DictReader(out.read_text().splitlines()))
+    assert [r["number"] for r in rows] == numbers, lines
+    assert [r["result"] for r in rows] == ["rejected", "human", "silent"], rows
+    assert rows[0]["code"] == "486"
+    assert 0 < int(rows[1]["talk_ms"]) < 3000  # "Hello": the first utterance
