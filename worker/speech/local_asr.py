@@ -190,6 +190,16 @@ class LocalAsr(AsrClient):
         ts = ts_ms
         if self._audio_start_ms is None:
             self._audio_start_ms = ts
+        gap = ts - (self._audio_start_ms + len(self._audio) // 32)
+        if gap > 0:
+            # No audio came for a while (a client that sends only while it talks): the caller's audio clock
+            # moved on, and the buffer must too, or an utterance after the gap is looked for past its end
+            # (and dropped, too short). Silence fills a short gap; a long one starts the buffer afresh.
+            if gap < KEEP_MS:
+                self._audio += bytes(gap * 32)
+            else:
+                self._audio.clear()
+                self._audio_start_ms = ts
         self._audio += frame.astype("<i2", copy=False).tobytes()
         excess = len(self._audio) - KEEP_MS * 32
         if excess > 0:

@@ -1,0 +1,60 @@
+"""The local ASR's audio buffer (worker/speech/local_asr.py): what it hands the model for an utterance."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+
+from common.protocol import TranscriptionOption
+from worker.speech.local_asr import PRE_ROLL_MS, LocalAsr
+
+
+class Pool:
+    """Records what would be transcribed; answers "ok"."""
+
+    busy = False
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[np.ndarray, bool]] = []
+
+    def transcribe(self, audio: np.ndarray, language: str | None, final: bool) -> asyncio.Future[str]:
+        self.asked.append((audio, final))
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        fut.set_result("ok")
+        return fut
+
+
+def frames(level: int, ms: int) -> list[np.ndarray]:
+    return [np.full(320, level, dtype=np.int16) for _ in range(ms // 20)]
+
+
+async def test_an_utterance_after_a_gap_in_the_callers_audio_is_transcribed() -> None:
+    pool = Pool()
+    results: list[Any] = []
+    asr = LocalAsr(TranscriptionOption(provider="local"), None, results.append, results.append, pool)  # type: ignore[arg-type]
+    t = 1_000_000
+    for f in frames(0, 1000):  # a second of silence, then the client sends nothing for 5 s
+        asr.feed(f, t)
+        t += 20
+    t += 5000
+    asr.speech_started(t)
+    for f in frames(1000, 600):  # then speaks for 0.6 s
+        asr.feed(f, t)
+        t += 20
+    asr.speech_ended(t - 600, t)
+    await asyncio.sleep(0)
+    ((audio, final),) = [a for a in pool.asked if a[1]]
+    assert final and results and results[-1].text == "ok", "not dropped as too short"
+    loud = int(np.count_nonzero(audio == 1000))
+    assert loud == 600 * 16, "all of the utterance, from the audio after the gap"
+    assert len(audio) == loud + PRE_ROLL_MS * 16, "the pre-roll before it is the gap's silence"
+
+
+async def test_a_gap_longer_than_the_buffer_starts_it_afresh() -> None:
+    pool = Pool()
+    asr = LocalAsr(TranscriptionOption(provider="local"), None, print, print, pool)  # type: ignore[arg-type]
+    asr.feed(np.zeros(320, dtype=np.int16), 0)
+    asr.feed(np.zeros(320, dtype=np.int16), 10**9)  # days later
+    assert len(asr._audio) == 640 and asr._audio_start_ms == 10**9
