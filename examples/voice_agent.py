@@ -3,7 +3,8 @@ cuts it short by talking (barge-in).
 
 It serves a call someone else opened (the playground page, a SIP phone) with `option.asr` and `option.vad`:
 events from `GET /events/{id}`, commands by `POST /command/{id}`; the call's audio never passes through
-here. The LLM is the server's `/llm/v1` proxy (its OPENAI_BASE_URL and OPENAI_API_KEY), over aiohttp.
+here. The LLM is reached with the official `openai` client through the server's `/llm/v1` proxy (to the
+server's OPENAI_BASE_URL), with your OPENAI_API_KEY, or with the server's own key when you give its API token.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
+import os
 from collections.abc import AsyncIterator
+from typing import cast
 
-import aiohttp
+import openai
+from openai.types.chat import ChatCompletionMessageParam
 
 from pbxclient import AsrFinal, Client, Interruption, PbxClientError, Speaking, TrackEnd, TrackStart
 from pbxclient.commands import Interrupt, Tts
@@ -35,26 +38,23 @@ def heard_part(reply: str, cut: Interruption) -> str:
 class Agent:
     """One call's conversation: the message history and the reply being spoken."""
 
-    def __init__(self, client: Client, call_id: str, model: str) -> None:
+    def __init__(self, client: Client, call_id: str, model: str, api_key: str) -> None:
         self.client, self.call_id, self.model = client, call_id, model
+        # The server's API token as the key makes its proxy send the server's own key upstream.
+        self.llm_client = openai.AsyncOpenAI(base_url=f"{client.base_url}/llm/v1", api_key=api_key)
         self.history: list[dict[str, str]] = [{"role": "system", "content": SYSTEM}]
         self.replies: dict[str, dict[str, str]] = {}  # playId -> its assistant message in `history`
         self.playing: str | None = None  # the playId of our track while it plays
         self.task: asyncio.Task[None] | None = None
 
     async def llm(self, messages: list[dict[str, str]]) -> AsyncIterator[str]:
-        """The reply's text as the model streams it (`/llm/v1/chat/completions`, server-sent events)."""
-        body = {"model": self.model, "messages": messages, "stream": True}
-        url = f"{self.client.base_url}/llm/v1/chat/completions"
-        headers = {"Authorization": f"Bearer {self.client.token}"} if self.client.token else {}
-        async with self.client.session.post(url, json=body, headers=headers) as resp:
-            resp.raise_for_status()
-            async for line in resp.content:
-                data = line.decode().removeprefix("data:").strip() if line.startswith(b"data:") else ""
-                if data and data != "[DONE]":
-                    for choice in json.loads(data).get("choices", []):
-                        if piece := choice.get("delta", {}).get("content"):
-                            yield piece
+        """The reply's text as the model streams it."""
+        chat = cast("list[ChatCompletionMessageParam]", messages)  # role/content dicts, as the API takes
+        stream = await self.llm_client.chat.completions.create(model=self.model, messages=chat, stream=True)
+        async for chunk in stream:
+            for choice in chunk.choices:
+                if choice.delta.content:
+                    yield choice.delta.content
 
     async def speak(self, play_id: str, messages: list[dict[str, str]], reply: dict[str, str]) -> None:
         """Relay the reply token by token as one streamed `tts` track, closed by `endOfStream`."""
@@ -62,7 +62,7 @@ class Agent:
             async for piece in self.llm(messages):
                 reply["content"] += piece
                 await self.client.send_command(self.call_id, Tts(text=piece, play_id=play_id, streaming=True))
-        except (aiohttp.ClientError, PbxClientError) as exc:  # the model or the call went away
+        except (openai.OpenAIError, PbxClientError) as exc:  # the model or the call went away
             print(f"{play_id}: cut short: {exc!r}")
         with contextlib.suppress(PbxClientError):
             await self.client.send_command(self.call_id, Tts(text="", play_id=play_id, end_of_stream=True))
@@ -105,6 +105,9 @@ class Agent:
 
 
 async def main(server: str, call_id: str | None, token: str | None, model: str) -> None:
+    api_key = os.environ.get("OPENAI_API_KEY") or token
+    if not api_key:
+        raise SystemExit("set OPENAI_API_KEY, or give the server's API token with --token")
     async with Client(server, token=token) as client:
         if call_id is None:
             known = {c.id for c in await client.list_calls()}
@@ -113,7 +116,7 @@ async def main(server: str, call_id: str | None, token: str | None, model: str) 
                 await asyncio.sleep(0.5)
                 call_id = next((c.id for c in await client.list_calls() if c.id not in known), None)
         print(f"serving call {call_id}")
-        await Agent(client, call_id, model).run()
+        await Agent(client, call_id, model, api_key).run()
 
 
 if __name__ == "__main__":

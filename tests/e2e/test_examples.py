@@ -39,7 +39,7 @@ LONG_REPLY = (
     "The weather today is sunny and warm, with a light breeze from the west. Later in the afternoon some "
     "clouds will roll in from the sea, and there may be a little rain by the evening, so take an umbrella."
 )
-SHORT_REPLY = "You are welcome. Goodbye!"
+SHORT_REPLY = "Thank you for calling. Goodbye!"  # (no contraction Whisper may write either way)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ async def test_voice_agent(agent_stack: StackInfo, upstream: FakeOpenAI) -> None
 
         async with Client(agent_stack.base) as agent_client:
             ready = asyncio.Event()
-            agent = Agent(agent_client, call.id, "gpt-test")
+            agent = Agent(agent_client, call.id, "gpt-test", "sk-caller")  # the fake takes any key
             serving = asyncio.create_task(agent.run(ready), name="test:agent")
             watching = asyncio.create_task(watch(), name="test:watch")
             talking = asyncio.create_task(microphone(), name="test:microphone")
