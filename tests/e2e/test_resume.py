@@ -180,6 +180,14 @@ async def test_dropped_while_ringing_then_answered_meanwhile(stack: StackInfo, c
                 }
             )
             await c.event("ringing", timeout=10)
+            async with aiohttp.ClientSession() as s:  # active-call's /list says since when it rings
+                for _ in range(50):
+                    async with s.get(f"{stack.base}/list") as resp:
+                        (item,) = [x for x in (await resp.json())["active_calls"] if x["id"] == call_id]
+                    if item["ringTime"]:
+                        break
+                    await asyncio.sleep(0.02)
+            assert item["ringTime"].endswith("Z") and item["startTime"] is None and item["callType"] == "sip"
             await c.ws.close()
             await c.wait_closed()
             await asyncio.sleep(1.5)  # answered while no socket is there

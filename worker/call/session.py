@@ -91,7 +91,7 @@ class CallSession:
         self.call_type = call_type
         self.created_ms = created_ms
         self.answer_ms: int | None = None
-        self.ring_ms: int | None = None  # the first `ringing` of the call's own leg
+        self._ring_listed = False  # the leg's first ringing (`leg.ring_ms`) is in the registry
         # The option as `/call/lists` shows it (secrets redacted), kept to rebuild a lost registry entry.
         self.listed_option: str | None = None
         self.caller_muted = False
@@ -263,9 +263,8 @@ class CallSession:
         self.recording.note("event", ev)
         if self.observers:
             self.observers.event(ev)
-        if self.ring_ms is None and ev["event"] == "ringing" and not ev.get("refer"):
-            self.ring_ms = events.now_ms()
-            self.spawn(self.services.registry.update(self.call_id, ringing_at=self.ring_ms), "ringing")
+        if ev["event"] == "ringing" and not ev.get("refer"):
+            self._list_ringing()
 
     def error(self, sender: str, message: str, code: int, track_id: str | None = None) -> None:
         self.emit(events.error(track_id or self.call_id, sender, message, code))
@@ -474,8 +473,16 @@ class CallSession:
             return
         if cmd.recorder is not None and self.recording.recorder is None:
             await self.recording.start(await self.recording.path(cmd.recorder, "recorder"))
-        if await self.leg.ringing(cmd) and cmd.ringtone:
+        rang = await self.leg.ringing(cmd)
+        self._list_ringing()
+        if rang and cmd.ringtone:
             self._play(Play(url=cmd.ringtone), "ringing.ringtone")
+
+    def _list_ringing(self) -> None:
+        """When the call's own leg first rang (`leg.ring_ms`), for `/list`'s `ringTime`."""
+        if not self._ring_listed and self.leg.ring_ms is not None:
+            self._ring_listed = True
+            self.spawn(self.services.registry.update(self.call_id, ringing_at=self.leg.ring_ms), "ringing")
 
     async def _refer(self, cmd: Refer) -> None:
         if self.answer_ms is None:
@@ -564,8 +571,8 @@ class CallSession:
         }
         if self.answer_ms is not None:
             fields["answered_at"] = self.answer_ms
-        if self.ring_ms is not None:
-            fields["ringing_at"] = self.ring_ms
+        if self.leg.ring_ms is not None:
+            fields["ringing_at"] = self.leg.ring_ms
         if self.listed_option is not None:
             fields["option"] = self.listed_option
         return fields
