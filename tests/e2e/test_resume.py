@@ -209,32 +209,43 @@ async def test_a_webrtc_call_goes_on_without_its_socket(
     stack: StackInfo, call_id: str, tmp_path: Path
 ) -> None:
     beep = write_wav(tmp_path / "beep.wav", tone(1000, 1.0))
-    peer = RtcCaller(freq=440, seconds=4.0)
+    hold = write_wav(tmp_path / "hold.wav", tone(600, 0.5))  # the hold music, looping
+    peer = RtcCaller(freq=440, seconds=6.0)
     c = await CallClient.open(stack.ws, "/call/webrtc", call_id=call_id)
     clients = [c]
     try:
-        await c.send(
-            {"command": "invite", "option": {"offer": await peer.offer(), "resume": {"timeout": 10}}}
-        )
+        resume = {"timeout": 10, "moh": str(hold)}
+        await c.send({"command": "invite", "option": {"offer": await peer.offer(), "resume": resume}})
         answer = await c.event("answer", timeout=10)
         await peer.accept(str(answer["sdp"]))
         await asyncio.sleep(0.5)
         await c.ws.close()
         await c.wait_closed()
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.5)
+        mark = time.monotonic()
+        await asyncio.sleep(1.0)
+        on_hold = peer.audio(after=mark)
+        assert np.sum(np.abs(on_hold) > 1500) > 8000, "the hold music while no socket is there"
+        assert abs(peak_freq(on_hold) - 600) < 20
         mark = time.monotonic()
         async with aiohttp.ClientSession() as s:  # the app's backend plays a file meanwhile
             body = {"command": "play", "url": str(beep), "playId": "beep"}
             async with s.post(f"{stack.base}/command/{call_id}", json=body) as resp:
                 assert resp.status == 200
-        await asyncio.sleep(1.5)
-        heard = peer.audio(after=mark)
+        await asyncio.sleep(0.9)
+        heard = peer.audio(after=mark + 0.2)
         assert np.sum(np.abs(heard) > 1500) > 8000, "the peer heard the file while no socket was there"
-        assert abs(peak_freq(heard) - 1000) < 20, "the file's tone, over the caller's own 440 Hz"
+        assert abs(peak_freq(heard) - 1000) < 20, "the file's tone, in place of the hold music"
+        await asyncio.sleep(0.6)
         back = await CallClient.open(stack.ws, "/call/webrtc", call_id=call_id)
         clients.append(back)
         await back.event("trackStart", playId="beep")
         await back.event("trackEnd", playId="beep")
+        await asyncio.sleep(0.5)
+        mark = time.monotonic()
+        await asyncio.sleep(0.5)
+        after = peer.audio(after=mark)
+        assert np.sum(np.abs(after) > 1500) < 800, "the hold music stops with the new socket"
         await back.send({"command": "hangup"})
         await back.event("hangup")
         unique(*clients)
