@@ -117,3 +117,37 @@ async def test_the_stream_ends_with_the_call_or_its_entry() -> None:
 def test_a_frame_is_one_data_line() -> None:
     frame = sse_frame("event", {"event": "asrFinal", "text": "two\nlines"})
     assert frame.decode().count("\n") == 3 and frame.endswith(b"\n\n")
+
+
+async def test_a_quiet_stream_gets_keep_alive_comments(monkeypatch: Any) -> None:
+    import frontend.watch as watch_module
+
+    monkeypatch.setattr(watch_module, "CHECK_EVERY", 0.02)
+    monkeypatch.setattr(watch_module, "KEEP_ALIVE", 0.05)
+    redis = fakeredis.FakeAsyncRedis()
+    registry = Registry(redis, Keys("pbx:"))
+    await registry.register_pending("c4", "websocket", "web-1")  # the call lives
+    watch = Watch("c4")
+    resp = Response()
+    task = asyncio.create_task(serve(registry, watch, resp, lambda: False))  # type: ignore[arg-type]
+    await asyncio.sleep(0.2)
+    watch.put("end", None)
+    await asyncio.wait_for(task, 2)
+    assert 2 <= resp.written.count(b": keep-alive\n\n") <= 5, resp.written
+
+
+def test_a_frontend_serves_a_bounded_number_of_streams(monkeypatch: Any) -> None:
+    import pytest
+
+    import frontend.watch as watch_module
+    from common.errors import Unavailable
+
+    monkeypatch.setattr(watch_module, "MAX_WATCHES", 2)
+    watches = Watches()
+    first = watches.open("c1")
+    watches.open("c2")
+    with pytest.raises(Unavailable) as refused:
+        watches.open("c3")
+    assert refused.value.status == 503
+    watches.close(first)
+    watches.open("c3")  # room again
