@@ -34,6 +34,13 @@ def when_ready(server: object) -> None:
         return
     logs.setup(settings.log_level, "web")
     log_report(settings, server.cfg.address)  # type: ignore[attr-defined]
+    # The master's Redis client (for its frontends' exits), made now while REDIS_URL's node is up.
+    from frontend import arbiter
+
+    try:
+        arbiter.client(settings)
+    except Exception as exc:
+        server.log.warning("no Redis client yet: %s", exc)  # type: ignore[attr-defined]
 
 
 def post_worker_init(worker: object) -> None:

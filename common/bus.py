@@ -41,14 +41,6 @@ def new_proc_id(role: str) -> str:
     return f"{role}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
-    # A blocking pool: a burst of new calls waits for a free connection instead of failing.
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=10, health_check_interval=10, socket_keepalive=True
-    )
-    return aioredis.Redis(connection_pool=pool)
-
-
 class Outbox:
     """Collects messages for other processes and writes each batch with one pipelined round trip.
 

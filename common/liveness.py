@@ -29,6 +29,7 @@ from typing import Any
 import redis
 
 from common.keys import INBOX_TTL, Keys
+from common.redisconn import connect_sync
 
 log = logging.getLogger("pbx.liveness")
 
@@ -63,7 +64,7 @@ class Heartbeat:
         self.every = every
         self.stall_limit = stall_limit
         timeout = max(0.5, min(2.0, ttl / 3))
-        self._redis = client or redis.Redis.from_url(
+        self._redis = client or connect_sync(
             url, socket_timeout=timeout, socket_connect_timeout=timeout, socket_keepalive=True
         )
         # Replaced whole by the loop (`publish`), read whole by the thread: no lock needed.
@@ -218,11 +219,16 @@ class DeathWatch:
         self.grace = grace
         self._clock = clock
         self._seen: dict[str, tuple[float, int]] = {}
+        self._quiet_until = float("-inf")
 
     def confirm(self, missing: set[str], certain: Collection[str] = ()) -> set[str]:
         """Record one check (`missing`: the processes found without a heartbeat now; `certain`: those of
         them known dead, a tombstone left by whoever saw the process exit); the dead ones."""
         now = self._clock()
+        if now < self._quiet_until:
+            # Redis failed us lately: a heartbeat missing now may be one its owner could not write either.
+            self._seen = {}
+            return set(certain) & missing
         seen = {}
         for proc in missing:
             since, checks = self._seen.get(proc, (now, 0))
@@ -231,6 +237,9 @@ class DeathWatch:
         confirmed = {p for p, (since, checks) in seen.items() if checks >= 2 and now - since >= self.grace}
         return confirmed | (set(certain) & missing)
 
-    def forget(self) -> None:
-        """Start afresh (Redis was unreachable: nothing seen before proves anything now)."""
+    def forget(self, quiet: float = 0.0) -> None:
+        """Start afresh (Redis was unreachable: nothing seen before proves anything now); for `quiet`
+        seconds more, a missing heartbeat proves nothing either (on a Redis Cluster, a shard that failed
+        over may have let the heartbeats it held expire while nobody could write them)."""
         self._seen = {}
+        self._quiet_until = max(self._quiet_until, self._clock() + quiet)

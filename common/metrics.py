@@ -46,6 +46,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.samples import Sample
 from redis.exceptions import RedisError
 
+from common import redisconn
 from common.keys import Keys
 
 log = logging.getLogger("pbx.metrics")
@@ -417,7 +418,7 @@ async def read_snapshots(redis: aioredis.Redis, keys: Keys) -> list[dict[str, An
     found = [k async for k in redis.scan_iter(match=keys.metrics_pattern(), count=500)]
     if not found:
         return []
-    blobs = await redis.mget(found)
+    blobs = await redisconn.mget(redis, found)
     out = []
     for blob in blobs:
         if not blob:

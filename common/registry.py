@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from common.errors import DuplicateCall
 from common.events import rfc3339
 from common.keys import INBOX_TTL, Keys
+from common.redisconn import is_cluster, mget
 
 # Take ownership only of a call that still exists and has no owner yet (single key: cluster-safe).
 _CLAIM = """
@@ -184,6 +185,10 @@ class Registry:
 
     async def claim_in(self, pipe: Any, call_id: str, owner: str) -> None:
         """Queue a claim on a pipeline (this only queues it); its result is as for `claim`."""
+        if is_cluster(self.redis):
+            # A cluster pipeline cannot load a script: the text goes with the command.
+            pipe.eval(_CLAIM, 1, self.keys.call(call_id), owner)
+            return
         await self._claim(keys=[self.keys.call(call_id)], args=[owner], client=pipe)
 
     async def update(self, call_id: str, **fields: str | int) -> bool:
@@ -293,7 +298,7 @@ class Registry:
         keys = [k async for k in self.redis.scan_iter(match=self.keys.proc_pattern(), count=500)]
         if not keys:
             return []
-        values = await self.redis.mget(keys)
+        values = await mget(self.redis, keys)
         out = []
         for v in values:
             if v:

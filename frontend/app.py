@@ -10,9 +10,9 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from common import logs
-from common.bus import connect
 from common.config import Settings
 from common.embedded import DEFAULT_LOCAL_URL
+from common.redisconn import connect
 from frontend import (
     auth,
     callapi,

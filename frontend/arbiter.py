@@ -10,6 +10,7 @@ import redis
 from common.config import Settings
 from common.embedded import DEFAULT_LOCAL_URL
 from common.keys import Keys
+from common.redisconn import connect_sync
 
 log = logging.getLogger("pbx.frontend.arbiter")
 
@@ -23,28 +24,32 @@ def forget_worker(pid: int) -> int:
     heartbeat to expire. Returns the keys deleted."""
     settings = Settings.from_env()
     keys = Keys(settings.redis_prefix)
-    r = redis.Redis.from_url(settings.redis_url or DEFAULT_LOCAL_URL, socket_timeout=2)
     try:
-        found = [
-            k
-            for pattern in (
-                keys.proc(f"web-{socket.gethostname()}-{pid}-*"),
-                keys.inbox(f"web-{socket.gethostname()}-{pid}-*"),
-            )  # fmt: skip
-            for k in r.scan_iter(match=pattern, count=1000)
-        ]
-        if not found:
+        r = client(settings)
+        ids = f"web-{socket.gethostname()}-{pid}-*"
+        beats = list(r.scan_iter(match=keys.proc_pattern(ids), count=1000))
+        inboxes = list(r.scan_iter(match=keys.inbox_pattern(ids), count=1000))
+        if not beats and not inboxes:
             return 0
-        beat = keys.proc("")
+        # One key per DEL: on a Redis Cluster the keys of two processes may live on different nodes.
         pipe = r.pipeline(transaction=False)
-        pipe.delete(*found)
-        for k in found:
-            name = k.decode() if isinstance(k, bytes) else str(k)
-            if name.startswith(beat):
-                pipe.set(keys.dead(name[len(beat) :]), 1, ex=TOMBSTONE_TTL)
-        return int(pipe.execute()[0])
+        for k in beats + inboxes:
+            pipe.delete(k)
+        for k in beats:
+            pipe.set(keys.dead(keys.proc_of(k)), 1, ex=TOMBSTONE_TTL)
+        return sum(int(n) for n in pipe.execute()[: len(beats) + len(inboxes)])
     except redis.RedisError as exc:
         log.warning("could not clear the heartbeat of frontend pid %d: %s", pid, exc)
         return 0
-    finally:
-        r.close()
+
+
+_client: redis.Redis | None = None
+
+
+def client(settings: Settings) -> redis.Redis:
+    """The master's one client, made at start (`when_ready`) and kept: on a Redis Cluster it knows every
+    node from then on, even when the one REDIS_URL names is down."""
+    global _client
+    if _client is None:
+        _client = connect_sync(settings.redis_url or DEFAULT_LOCAL_URL, socket_timeout=2)
+    return _client

@@ -153,7 +153,7 @@ class Hub:
     def _heartbeat_failed(self, exc: Exception) -> None:
         redis_error("heartbeat")
         self.redis_ok = False
-        self._reap_watch.forget()
+        self._reap_watch.forget(self.settings.heartbeat_ttl)
 
     def _heartbeat_ok(self) -> None:
         self.redis_ok = True
@@ -174,6 +174,7 @@ class Hub:
             except RedisError as exc:
                 redis_error("reaper")
                 log.debug("reaper pass failed: %s", exc)
+                self._reap_watch.forget(self.settings.heartbeat_ttl)
             except Exception:
                 log.exception("reaper pass crashed")
 

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from common import events, reaper, wire
 from common.backoff import Backoff
-from common.bus import Outbox, connect, new_proc_id, read_inbox
+from common.bus import Outbox, new_proc_id, read_inbox
 from common.config import Settings
 from common.embedded import DEFAULT_LOCAL_URL
 from common.headroom import install_stall_knob
@@ -32,6 +32,7 @@ from common.logs import call_id_var
 from common.metrics import redis_error
 from common.peerlink import InboxCursor, Links
 from common.protocol import server_track
+from common.redisconn import connect
 from common.registry import Registry
 from common.tasks import TaskSet
 from worker import metrics
@@ -478,8 +479,8 @@ class MediaProcess:
         # Until Redis has been back a whole heartbeat TTL, a missing frontend heartbeat means nothing: the
         # frontends may not have beaten into it yet.
         self._redis_back_at = time.monotonic()
-        self._frontend_watch.forget()
-        self._reap_watch.forget()
+        self._frontend_watch.forget(self.settings.heartbeat_ttl)
+        self._reap_watch.forget(self.settings.heartbeat_ttl)
 
     async def _heartbeat(self) -> None:
         """Publish the heartbeat's fields (the thread writes them) and act on what the beats found."""
@@ -546,6 +547,7 @@ class MediaProcess:
                 )
             except RedisError:
                 redis_error("reaper")
+                self._reap_watch.forget(self.settings.heartbeat_ttl)
             except Exception:
                 log.exception("reaper pass crashed")
 

@@ -27,6 +27,7 @@ from common.config import Settings
 from common.embedded import DEFAULT_LOCAL_URL
 from common.keys import Keys
 from common.liveness import DeathWatch
+from common.redisconn import connect_sync, mget_sync
 
 log = logging.getLogger("pbx.worker.supervisor")
 
@@ -116,7 +117,7 @@ class Supervisor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.keys = Keys(settings.redis_prefix)
-        self.redis = redis.Redis.from_url(
+        self.redis = connect_sync(
             settings.redis_url or DEFAULT_LOCAL_URL,
             socket_timeout=REDIS_TIMEOUT,
             socket_connect_timeout=REDIS_TIMEOUT,
@@ -196,7 +197,7 @@ class Supervisor:
         Redis does not answer."""
         mine = {self.keys.proc(p).encode() for p in procs}
         try:
-            raw = self.redis.mget([self.keys.proc(p) for p in procs]) if procs else []
+            raw = mget_sync(self.redis, [self.keys.proc(p) for p in procs]) if procs else []
             keys = self.redis.scan_iter(match=self.keys.proc_pattern(), count=100)
             others = any(k not in mine for k in keys)
         except (redis.RedisError, OSError):

@@ -34,7 +34,11 @@ class CallClient:
         params = dict(query)
         if call_id:
             params["id"] = call_id
-        ws = await session.ws_connect(f"{base}{path}", params=params, max_msg_size=0)
+        try:
+            ws = await session.ws_connect(f"{base}{path}", params=params, max_msg_size=0)
+        except BaseException:  # refused (a 503, say): the session must not leak
+            await session.close()
+            raise
         frontend = ws._response.headers.get("X-Pbx-Proc", "")
         return cls(session, ws, call_id or "", frontend)
 

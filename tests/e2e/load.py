@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import redis
 
+from common.keys import Keys
 from tests.audio_util import tone
 from tests.e2e.test_playback import write_wav
 
@@ -131,7 +132,7 @@ def media_pids(redis_url: str, prefix: str = "pbx:") -> dict[str, int]:
     r = redis.Redis.from_url(redis_url)
     try:
         out = {}
-        for key in r.scan_iter(match=f"{prefix}proc:media-*"):
+        for key in r.scan_iter(match=Keys(prefix).proc_pattern("media-*")):
             beat = r.get(key)
             if beat:
                 info = json.loads(beat)

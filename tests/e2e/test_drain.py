@@ -13,11 +13,14 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from common.keys import Keys
 from tests.audio_util import tone
 from tests.e2e.client import CallClient
 from tests.e2e.conftest import StackInfo, running_stack, wait_healthy
 from tests.e2e.load import media_pids
 from tests.e2e.test_playback import write_wav
+
+KEYS = Keys()
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.alone]
 
@@ -106,7 +109,7 @@ def gunicorn_master(info: StackInfo) -> int:
     """The pid of gunicorn's arbiter: the parent of the frontend processes."""
     import psutil
 
-    beat = next(info.redis.scan_iter(match="pbx:proc:web-*"))
+    beat = next(info.redis.scan_iter(match=KEYS.proc_pattern("web-*")))
     pid = int(beat.decode().rsplit(":", 1)[1].split("-")[-2])
     return int(psutil.Process(pid).ppid())
 

@@ -13,11 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from common.keys import Keys
 from tests.audio_util import tone
 from tests.e2e.client import CallClient
 from tests.e2e.conftest import StackInfo, wait_healthy
 from tests.e2e.load import CallLoad, media_pids
 from tests.e2e.test_chaos import wait_until
+
+KEYS = Keys()
 
 pytestmark = pytest.mark.e2e
 
@@ -25,7 +28,7 @@ pytestmark = pytest.mark.e2e
 def owner_pid(stack: StackInfo, call_id: str) -> int:
     owner = stack.redis.hget(f"pbx:call:{call_id}", "owner")
     assert owner, "the call has an owner"
-    beat = stack.redis.get(f"pbx:proc:{owner.decode()}")
+    beat = stack.redis.get(KEYS.proc(owner.decode()))
     assert beat
     return int(json.loads(beat)["pid"])
 

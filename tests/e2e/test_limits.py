@@ -13,8 +13,11 @@ from typing import Any
 
 import pytest
 
+from common.keys import Keys
 from tests.e2e.client import CallClient
 from tests.e2e.conftest import StackInfo, running_stack
+
+KEYS = Keys()
 
 pytestmark = pytest.mark.e2e
 
@@ -141,7 +144,7 @@ async def test_message_over_the_socket_limit_is_explained(stack: StackInfo, call
 
 
 def media_beats(info: StackInfo) -> list[dict[str, Any]]:
-    beats = [info.redis.get(k) for k in info.redis.scan_iter(match="pbx:proc:media-*")]
+    beats = [info.redis.get(k) for k in info.redis.scan_iter(match=KEYS.proc_pattern("media-*"))]
     return [json.loads(b) for b in beats if b]
 
 
@@ -183,7 +186,7 @@ async def test_no_capacity_is_refused_at_once(one_slot: StackInfo, call_id: str)
         # Heartbeats can be stale: a frontend that believes there is room still ends a call nobody takes
         # after PBX_CLAIM_TIMEOUT (2 s here). A made-up heartbeat with room shows that backstop.
         one_slot.redis.set(
-            "pbx:proc:media-phantom",
+            KEYS.proc("media-phantom"),
             json.dumps({"role": "media", "proc": "media-phantom", "calls": 0, "capacity": 5}),
             px=10_000,
         )
@@ -195,7 +198,7 @@ async def test_no_capacity_is_refused_at_once(one_slot: StackInfo, call_id: str)
         assert 1.5 <= time.monotonic() - t0 <= 5.0
         assert hangup["reason"] == "no_worker"
         assert (await third.event("error"))["code"] == 503
-        one_slot.redis.delete("pbx:proc:media-phantom")
+        one_slot.redis.delete(KEYS.proc("media-phantom"))
 
         # Once the first call is over (and a heartbeat says so), a new call works.
         await first.send({"command": "hangup"})

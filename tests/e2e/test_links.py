@@ -9,9 +9,12 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from common.keys import Keys
 from tests.e2e.client import CallClient
 from tests.e2e.conftest import StackInfo, running_stack
 from tests.e2e.test_metrics import short_call, until
+
+KEYS = Keys()
 
 pytestmark = pytest.mark.e2e
 
@@ -26,7 +29,9 @@ async def test_with_links_off_everything_goes_through_redis(tmp_path: Path) -> N
             await c.wait_closed()
         finally:
             await c.close()
-        beat = json.loads(next(v for k in info.redis.keys("pbx:proc:media-*") if (v := info.redis.get(k))))
+        beat = json.loads(
+            next(v for k in info.redis.keys(KEYS.proc_pattern("media-*")) if (v := info.redis.get(k)))
+        )
         assert beat["link"] is None, "a media process with links off announces none"
         figures = await until(  # media processes publish their figures about once a second
             info.base, lambda f: f.value("pbx_bus_batches_total", path="redis", role="media") >= 3
@@ -38,7 +43,7 @@ async def test_with_links_off_everything_goes_through_redis(tmp_path: Path) -> N
 
 async def test_link_tokens_stay_out_of_the_apis(stack: StackInfo, call_id: str) -> None:
     tokens = []
-    for key in stack.redis.keys("pbx:proc:media-*"):
+    for key in stack.redis.keys(KEYS.proc_pattern("media-*")):
         raw = stack.redis.get(key)
         if raw and (link := json.loads(raw).get("link")):
             tokens.append(link["token"])

@@ -15,11 +15,14 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from common.keys import Keys
 from common.metrics import CONTENT_TYPE
 from tests.audio_util import tone
 from tests.e2e.client import CallClient
 from tests.e2e.conftest import StackInfo
 from tests.e2e.test_playback import write_wav
+
+KEYS = Keys()
 
 pytestmark = pytest.mark.e2e
 
@@ -189,7 +192,7 @@ async def test_a_failed_call_is_counted(stack: StackInfo, call_id: str) -> None:
 
 
 def heartbeats(stack: StackInfo) -> dict[str, dict[str, Any]]:
-    beats = [stack.redis.get(k) for k in stack.redis.scan_iter(match="pbx:proc:*")]
+    beats = [stack.redis.get(k) for k in stack.redis.scan_iter(match=KEYS.proc_pattern())]
     return {b["proc"]: b for b in (json.loads(raw) for raw in beats if raw)}
 
 

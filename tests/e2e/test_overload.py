@@ -25,10 +25,13 @@ from typing import Any
 import aiohttp
 import pytest
 
+from common.keys import Keys
 from tests.audio_util import tone
 from tests.e2e.conftest import StackInfo, running_stack
 from tests.e2e.load import CallLoad, LoadCall, media_pids
 from tests.e2e.test_playback import write_wav
+
+KEYS = Keys()
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.alone]
 
@@ -88,7 +91,7 @@ def on_time_share(call: LoadCall, start: float, end: float) -> float:
 
 
 def beats(info: StackInfo, role: str) -> list[dict[str, Any]]:
-    raw = [info.redis.get(k) for k in info.redis.scan_iter(match=f"pbx:proc:{role}-*")]
+    raw = [info.redis.get(k) for k in info.redis.scan_iter(match=KEYS.proc_pattern(f"{role}-*"))]
     return [json.loads(b) for b in raw if b]
 
 
@@ -241,7 +244,7 @@ async def test_a_blocked_event_loop_is_not_a_dead_process(stallable: StackInfo, 
         behind = 0
         while time.monotonic() - t0 < 6.0:
             assert load.listed() == everyone, "no call was reaped while its owner's loop was blocked"
-            beat = stallable.redis.get(f"pbx:proc:{victim}")
+            beat = stallable.redis.get(KEYS.proc(victim))
             assert beat is not None, "the heartbeat thread kept the key alive"
             stalled = json.loads(beat)
             behind = max(behind, int(stalled["beat_at"]) - int(stalled["loop_at"]))

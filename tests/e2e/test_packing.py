@@ -10,9 +10,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from common.keys import Keys
 from tests.e2e.client import CallClient
 from tests.e2e.conftest import StackInfo, running_stack
 from tests.e2e.load import media_pids
+
+KEYS = Keys()
 
 pytestmark = [pytest.mark.e2e, pytest.mark.alone]
 
@@ -33,7 +36,7 @@ def packed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackInfo]:
 
 def beats(info: StackInfo) -> dict[str, dict[str, object]]:
     out = {}
-    for key in info.redis.scan_iter(match="pbx:proc:media-*"):
+    for key in info.redis.scan_iter(match=KEYS.proc_pattern("media-*")):
         raw = info.redis.get(key)
         if raw:
             beat = json.loads(raw)
@@ -103,7 +106,7 @@ async def test_a_process_that_is_not_the_target_sets_calls_up_fast(packed: Stack
             beat = {"role": "media", "proc": "media-0", "pid": 0, "warm": True, "calls": 0, "capacity": 200,
                     "max_calls": 200, "load": {"pressure": 0.0, "admitting": True, "claiming": True},
                     "beat_at": now, "loop_at": now}  # fmt: skip
-            packed.redis.set("pbx:proc:media-0", json.dumps(beat), px=3000)
+            packed.redis.set(KEYS.proc("media-0"), json.dumps(beat), px=3000)
             await asyncio.sleep(0.3)
 
     keeper = asyncio.create_task(ghost())
@@ -123,6 +126,6 @@ async def test_a_process_that_is_not_the_target_sets_calls_up_fast(packed: Stack
     finally:
         stop.set()
         await keeper
-        packed.redis.delete("pbx:proc:media-0")
+        packed.redis.delete(KEYS.proc("media-0"))
         for c in calls:
             await c.close()

@@ -171,6 +171,26 @@ def test_death_watch_needs_two_checks_a_grace_apart() -> None:
     assert watch.confirm({"x"}) == set(), "after forget() nothing seen before counts"
 
 
+def test_death_watch_stays_quiet_after_redis_failed() -> None:
+    """A shard that failed over may have let heartbeats expire while nobody could write them: for `quiet`
+    seconds after an error, missing heartbeats prove nothing (tombstones still do)."""
+    clock = Clock()
+    watch = DeathWatch(1.0, clock)
+    watch.forget(quiet=3.0)
+    for _ in range(5):
+        assert watch.confirm({"a"}) == set(), "still quiet"
+        clock.now += 0.5
+    assert watch.confirm({"t"}, certain={"t"}) == {"t"}, "a tombstone counts even while quiet"
+    clock.now += 0.6  # quiet over: the grace starts now
+    assert watch.confirm({"a"}) == set()
+    clock.now += 1.0
+    assert watch.confirm({"a"}) == {"a"}
+    watch.forget(quiet=3.0)
+    watch.forget(quiet=1.0)
+    clock.now += 2.0
+    assert watch.confirm({"a"}) == set(), "a shorter quiet does not cut a longer one"
+
+
 @pytest.fixture
 async def registry() -> AsyncIterator[Registry]:
     redis = fakeredis.FakeAsyncRedis()

