@@ -22,7 +22,7 @@ def _cluster_port() -> int:
             return port
 
 
-def _ask(port: int, *command: str, timeout: float = 1.0) -> str:
+def ask(port: int, *command: str, timeout: float = 1.0) -> str:
     """One command in inline form, its reply as text ('' when the node does not answer)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
@@ -38,6 +38,10 @@ def _ask(port: int, *command: str, timeout: float = 1.0) -> str:
                 if data.startswith(b"$"):
                     head, _, rest = data.partition(b"\r\n")
                     if int(head[1:]) < 0 or len(rest) >= int(head[1:]) + 2:
+                        break
+                if data.startswith(b"*") and b"\r\n" in data:  # an array of bulk strings
+                    count = int(data.partition(b"\r\n")[0][1:])
+                    if data.count(b"\r\n") >= 1 + 2 * max(count, 0):
                         break
             return data.decode(errors="replace")
     except OSError:
@@ -96,7 +100,7 @@ class EmbeddedCluster:
             self._start_node(port)
         deadline = time.monotonic() + timeout
         for port in self.ports:
-            while not _ask(port, "PING").startswith("+PONG"):
+            while not ask(port, "PING").startswith("+PONG"):
                 if time.monotonic() > deadline or self.procs[port].poll() is not None:
                     self.stop()
                     raise RuntimeError(f"cluster node on port {port} did not start")
@@ -127,7 +131,7 @@ class EmbeddedCluster:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             live = [p for p, proc in self.procs.items() if proc.poll() is None]
-            up = all("cluster_state:ok" in _ask(p, "CLUSTER", "INFO") for p in live)
+            up = all("cluster_state:ok" in ask(p, "CLUSTER", "INFO") for p in live)
             if up and self._replicas_synced():
                 return
             time.sleep(0.1)
@@ -135,7 +139,7 @@ class EmbeddedCluster:
 
     def _replicas_synced(self) -> bool:
         for port in self.master_ports():
-            info = _ask(port, "INFO", "replication")
+            info = ask(port, "INFO", "replication")
             if "connected_slaves:0" in info or "state=online" not in info:
                 return False
         return True
@@ -145,7 +149,7 @@ class EmbeddedCluster:
         for port, proc in self.procs.items():
             if proc.poll() is not None:
                 continue
-            nodes = _ask(port, "CLUSTER", "NODES")
+            nodes = ask(port, "CLUSTER", "NODES")
             if not nodes:
                 continue
             masters = []

@@ -1,4 +1,5 @@
-"""Redis clients for every deployment the server supports: one server, a Redis Cluster, either over TLS.
+"""Redis clients for every deployment the server supports: one server, a Redis Cluster, a primary watched by
+Redis Sentinel, any of them over TLS.
 
 `connect` (asyncio) and `connect_sync` (threads, the supervisor, gunicorn's master) build the client that
 `REDIS_URL` calls for. A cluster is detected (`INFO cluster` says `cluster_enabled:1`) or forced with
@@ -6,10 +7,14 @@
 because the server only uses commands both have (see docs/operations.md, "Redis Cluster"), and the few
 places that differ ask `is_cluster`:
 - MGET across slots: `mget` splits it per slot;
-- a script queued on a pipeline: `eval_in` sends its text (EVAL), since a cluster pipeline cannot load it.
+- a script queued on a pipeline: `Registry.claim_in` sends its text (EVAL), since a cluster pipeline cannot
+  load it.
 
 Every key is placed on purpose (common/keys.py): a call's hash, a process's keys (one hash tag each), the
 dispatch stream and the call index on a slot of their own.
+
+With `REDIS_SENTINELS` (`host:port,...`), the primary of `REDIS_SENTINEL_MASTER` is asked of the sentinels
+at each new connection, so clients follow a failover; REDIS_URL then only gives the credentials and database.
 
 `rediss://` URLs use TLS. A managed Redis with a certificate of its own (Heroku's is self-signed) is reached
 with `REDIS_TLS_CA` (a CA file to check it against) or, trusting the network instead, `REDIS_TLS_VERIFY=0`.
@@ -29,11 +34,14 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode as AsyncNode
 from redis.asyncio.cluster import ClusterPipeline as AsyncClusterPipeline
 from redis.asyncio.cluster import RedisCluster as AsyncCluster
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.cluster import ClusterNode as SyncNode
 from redis.cluster import ClusterPipeline as SyncClusterPipeline
 from redis.cluster import RedisCluster as SyncCluster
+from redis.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException
+from redis.sentinel import Sentinel as SyncSentinel
 
 log = logging.getLogger("pbx.redis")
 
@@ -57,12 +65,34 @@ def cluster_nodes(environ: Mapping[str, str] | None = None) -> list[tuple[str, i
     """`REDIS_CLUSTER_NODES` (`host:port,host:port`): more nodes to learn the cluster from, besides the one
     REDIS_URL names, so that a process started while that node is down still finds the others."""
     env = os.environ if environ is None else environ
-    nodes = []
-    for item in env.get("REDIS_CLUSTER_NODES", "").split(","):
+    return _host_ports(env.get("REDIS_CLUSTER_NODES", ""))
+
+
+def sentinels(environ: Mapping[str, str] | None = None) -> list[tuple[str, int]]:
+    """`REDIS_SENTINELS` (`host:port,host:port`): the sentinels that watch the primary, if any."""
+    env = os.environ if environ is None else environ
+    return _host_ports(env.get("REDIS_SENTINELS", ""))
+
+
+def _host_ports(text: str) -> list[tuple[str, int]]:
+    out = []
+    for item in text.split(","):
         host, _, port = item.strip().rpartition(":")
         if host and port.isdigit():
-            nodes.append((host.strip("[]"), int(port)))
-    return nodes
+            out.append((host.strip("[]"), int(port)))
+    return out
+
+
+def _sentinel_options(url: str, options: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """The primary's name, the options of the connections to it (REDIS_URL's credentials and database, TLS),
+    and those of the connections to the sentinels."""
+    parsed = parse_url(url) if url else {}
+    primary = {k: parsed[k] for k in ("username", "password", "db") if parsed.get(k) is not None}
+    timeouts: dict[str, Any] = {
+        k: options[k] for k in ("socket_timeout", "socket_connect_timeout") if k in options
+    }
+    name = os.environ.get("REDIS_SENTINEL_MASTER", "").strip() or "mymaster"
+    return name, {**primary, **options}, {"socket_timeout": 2.0, "socket_connect_timeout": 2.0, **timeouts}
 
 
 def cluster_wanted(url: str, environ: Mapping[str, str] | None = None) -> bool:
@@ -167,6 +197,13 @@ def connect(url: str, max_connections: int = 64, **kwargs: Any) -> aioredis.Redi
 
     Detection connects to the server once, synchronously: call this at start-up, not on the media path."""
     options: dict[str, Any] = {**tls_options(url), **kwargs}
+    if sentinels():
+        name, primary, watchers = _sentinel_options(url, options)
+        sentinel = AsyncSentinel(sentinels(), sentinel_kwargs=watchers)
+        client: aioredis.Redis = sentinel.master_for(
+            name, max_connections=max_connections, socket_keepalive=True, **primary
+        )
+        return client
     if cluster_wanted(url):
         cluster = _AsyncCluster.from_url(
             url,
@@ -186,6 +223,11 @@ def connect(url: str, max_connections: int = 64, **kwargs: Any) -> aioredis.Redi
 def connect_sync(url: str, **kwargs: Any) -> redis.Redis:
     """A client for threads and blocking code (the supervisor, the heartbeat thread, gunicorn's master)."""
     options: dict[str, Any] = {**tls_options(url), **kwargs}
+    if sentinels():
+        name, primary, watchers = _sentinel_options(url, options)
+        sentinel = SyncSentinel(sentinels(), sentinel_kwargs=watchers)
+        client: redis.Redis = sentinel.master_for(name, **primary)
+        return client
     if cluster_wanted(url):
         cluster: SyncCluster = _SyncCluster.from_url(
             url, startup_nodes=[SyncNode(h, p) for h, p in cluster_nodes()], **options

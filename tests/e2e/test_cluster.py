@@ -3,15 +3,12 @@ detected from REDIS_URL alone, every part working across slots, and a master's `
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import numpy as np
-import psutil
 import pytest
 from redis.cluster import RedisCluster
 
@@ -22,6 +19,7 @@ from scripts.stack import Stack
 from tests.audio_util import peak_freq, tone
 from tests.e2e.client import CallClient
 from tests.e2e.conftest import StackInfo, stack_env, wait_healthy
+from tests.e2e.redis_failover import heard, listed, survive_failover
 from tests.e2e.test_playback import write_wav
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -55,26 +53,6 @@ def cluster_stack(
     finally:
         stack.stop()
         client.close()
-
-
-def stack_pids(stack: Stack) -> set[int]:
-    """Every process of the stack: gunicorn's master and frontends, the supervisor and its media processes."""
-    pids = set()
-    for top in (stack.web, stack.worker):
-        assert top is not None
-        pids.add(top.pid)
-        pids |= {c.pid for c in psutil.Process(top.pid).children(recursive=True)}
-    return pids
-
-
-async def listed(base: str) -> set[str]:
-    async with aiohttp.ClientSession() as s, s.get(f"{base}/call/lists") as resp:
-        assert resp.status == 200, await resp.text()
-        return {c["id"] for c in (await resp.json())["calls"]}
-
-
-def heard(c: CallClient, since: float = 0.0) -> np.ndarray:
-    return np.frombuffer(b"".join(f for t, f in c.frames if t >= since), dtype="<i2")
 
 
 async def test_a_cluster_carries_calls_through_its_streams(tmp_path: Path) -> None:
@@ -127,14 +105,11 @@ async def test_a_cluster_carries_calls_through_its_streams(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("links", ["1", "0"], ids=["links", "no-links"])
 async def test_a_master_killed_under_calls(tmp_path: Path, links: str) -> None:
-    """`kill -9` of the master that holds the dispatch stream, with calls up: its replica takes over, no
-    process of the stack exits, new calls work within 15 s and the list is whole again; each call either
-    goes on with audio or ends with an error and a hangup, none goes silent. Without the media links the
-    calls' audio crosses the cluster too (and stops while the shard of an inbox fails over)."""
-    wav = write_wav(tmp_path / "tone.wav", tone(440, 30.0))
+    """`kill -9` of the master that holds the dispatch stream, with calls up (tests/e2e/redis_failover.py
+    says what must hold). Without the media links the calls' audio crosses the cluster too (and stops while
+    the shard of an inbox fails over). REDIS_URL names the master that dies; the other nodes are named in
+    REDIS_CLUSTER_NODES, for the process started after it died."""
     cluster = EmbeddedCluster().start()
-    # REDIS_URL names the master that will die; the others are named as REDIS_CLUSTER_NODES, for processes
-    # that start after it died.
     probe = RedisCluster.from_url(cluster.url)
     victim = probe.get_node_from_key(KEYS.dispatch).port
     probe.close()
@@ -142,74 +117,4 @@ async def test_a_master_killed_under_calls(tmp_path: Path, links: str) -> None:
     url = f"redis://127.0.0.1:{victim}/0"
     settings = {"MEDIA_LINK": links, "REDIS_CLUSTER_NODES": others}
     with cluster, cluster_stack(tmp_path / "stack", cluster, url, **settings) as (info, stack):
-        pids = stack_pids(stack)
-        calls = [await CallClient.open(info.ws, call_id=f"fo-{i}") for i in range(6)]
-        try:
-            for c in calls:
-                await c.invite()
-                await c.send({"command": "play", "url": str(wav), "playId": "long"})
-            await asyncio.sleep(1.0)
-            assert all(len(heard(c)) > 0 for c in calls)
-            killed_at = time.monotonic()
-            cluster.kill(victim)
-
-            # New calls: one try after another until one is answered (refused with 503 meanwhile).
-            answered_at = None
-            n = 0
-            while time.monotonic() - killed_at < 20 and answered_at is None:
-                n += 1
-                try:
-                    c = await CallClient.open(info.ws, call_id=f"new-{n}")
-                except aiohttp.WSServerHandshakeError as exc:
-                    assert exc.status == 503, "while Redis is failing over, the refusal says so"
-                    await asyncio.sleep(0.5)
-                    continue
-                try:
-                    await c.invite()
-                    answered_at = time.monotonic()
-                    calls.append(c)
-                    await c.send({"command": "play", "url": str(wav), "playId": "long"})
-                except AssertionError:
-                    await c.close()
-                    await asyncio.sleep(0.5)
-            assert answered_at is not None and answered_at - killed_at < 15, "a new call within 15 s"
-            print(f"first new call answered {answered_at - killed_at:.1f} s after the kill, try {n}")
-
-            await asyncio.sleep(max(0.0, killed_at + 15 - time.monotonic()))
-            check_from = time.monotonic() - 2.0
-            live = []
-            for c in calls:
-                if c.closed.is_set():
-                    names = c.names()
-                    assert "hangup" in names and "error" in names, (c.call_id, c.events[-3:])
-                else:
-                    assert len(heard(c, check_from)) >= 16000 * 1.5, f"{c.call_id} went silent"
-                    live.append(c.call_id)
-            gaps = [max(np.diff([t for t, _ in c.frames if t > killed_at - 1]), default=0.0) for c in calls]
-            print(f"calls going on {len(live)} of {len(calls)}; longest audio gap {max(gaps) * 1000:.0f} ms")
-            assert live, "some calls went on"
-            assert await listed(info.base) == set(live), "the list is whole again"
-            assert stack_pids(stack) == pids, "no process of the stack exited"
-
-            # A media process started now (REDIS_URL's node is dead) finds the cluster and takes calls.
-            assert stack.worker is not None
-            media = psutil.Process(stack.worker.pid).children()[0]
-            media.kill()
-            media.wait(5)
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                procs = {c.pid for c in psutil.Process(stack.worker.pid).children()}
-                if media.pid not in procs and len(procs) == 2:
-                    break
-                await asyncio.sleep(0.2)
-            assert media.pid not in procs and len(procs) == 2, "the supervisor replaced it"
-            # Its heartbeat is gone (the supervisor's tombstone), the new one's comes once it is warm.
-            await asyncio.sleep(1.0)
-            await asyncio.to_thread(wait_healthy, info, 2, 2, 45.0)
-            for i in range(4):  # packing puts new calls on one process: enough of them to reach both
-                c = await CallClient.open(info.ws, call_id=f"after-{i}")
-                calls.append(c)
-                await c.invite()
-        finally:
-            for c in calls:
-                await c.close()
+        await survive_failover(info, stack, tmp_path, lambda: cluster.kill(victim))
