@@ -21,6 +21,8 @@ import pytest
 import redis
 
 from common.embedded import EmbeddedRedis, free_port
+from common.embeddedcluster import EmbeddedCluster
+from common.redisconn import connect_sync
 from scripts.stack import Stack
 
 
@@ -100,6 +102,15 @@ def stack_env(root: Path, port: int, redis_url: str | None, **settings: str) -> 
     return env
 
 
+def stack_redis() -> EmbeddedRedis | EmbeddedCluster:
+    """The Redis of a test stack: one embedded server, or with PBX_TEST_REDIS=cluster a Redis Cluster (3
+    masters, 3 replicas), to run the end-to-end tests on a cluster by hand:
+    `PBX_TEST_REDIS=cluster ./scripts/test tests/e2e`."""
+    if os.environ.get("PBX_TEST_REDIS") == "cluster":
+        return EmbeddedCluster()
+    return EmbeddedRedis()
+
+
 @contextlib.contextmanager
 def running_stack(
     root: Path,
@@ -113,7 +124,7 @@ def running_stack(
     """A whole stack of its own (embedded Redis, gunicorn, media pool), healthy (and, with `warm`, every media
     process warmed up), stopped on exit; with `log`, every process's output is appended to that file. Its
     frontends listen on `port` (default: a free one)."""
-    with EmbeddedRedis() as server:
+    with stack_redis() as server:
         port = port or free_port()
         env = stack_env(
             root, port, server.url, WEB_CONCURRENCY=str(web), WORKER_PROCESSES=str(media), **settings
@@ -125,7 +136,7 @@ def running_stack(
             server.url,
             root / "rec",
             root / "cache",
-            redis.Redis.from_url(server.url),
+            connect_sync(server.url),
             int(env["SIP_PORT"]),
         )
         try:

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import redis
 
 from common.keys import Keys
+from common.redisconn import connect_sync
 from tests.audio_util import tone
 from tests.e2e.test_playback import write_wav
 
@@ -71,7 +71,7 @@ class CallLoad:
 
     def __init__(self, ws_base: str, redis_url: str, root: Path, prefix: str = "pbx:") -> None:
         self.ws_base = ws_base
-        self.redis = redis.Redis.from_url(redis_url)
+        self.redis = connect_sync(redis_url)
         self.prefix = prefix
         self.wav = root / "load-tone.wav"
         write_wav(self.wav, tone(440, 120.0))
@@ -129,7 +129,7 @@ class CallLoad:
 
 def media_pids(redis_url: str, prefix: str = "pbx:") -> dict[str, int]:
     """proc id → pid of every live media process, from their heartbeats."""
-    r = redis.Redis.from_url(redis_url)
+    r = connect_sync(redis_url)
     try:
         out = {}
         for key in r.scan_iter(match=Keys(prefix).proc_pattern("media-*")):

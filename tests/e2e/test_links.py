@@ -30,7 +30,11 @@ async def test_with_links_off_everything_goes_through_redis(tmp_path: Path) -> N
         finally:
             await c.close()
         beat = json.loads(
-            next(v for k in info.redis.keys(KEYS.proc_pattern("media-*")) if (v := info.redis.get(k)))
+            next(
+                v
+                for k in info.redis.scan_iter(match=KEYS.proc_pattern("media-*"))
+                if (v := info.redis.get(k))
+            )
         )
         assert beat["link"] is None, "a media process with links off announces none"
         figures = await until(  # media processes publish their figures about once a second
@@ -43,7 +47,7 @@ async def test_with_links_off_everything_goes_through_redis(tmp_path: Path) -> N
 
 async def test_link_tokens_stay_out_of_the_apis(stack: StackInfo, call_id: str) -> None:
     tokens = []
-    for key in stack.redis.keys(KEYS.proc_pattern("media-*")):
+    for key in stack.redis.scan_iter(match=KEYS.proc_pattern("media-*")):
         raw = stack.redis.get(key)
         if raw and (link := json.loads(raw).get("link")):
             tokens.append(link["token"])
