@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Self
 
 DEFAULT_LOCAL_URL = "redis://127.0.0.1:6379/0"
 
@@ -44,6 +46,67 @@ def port_free(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def ask(port: int, *command: str, timeout: float = 1.0) -> str:
+    """One command in inline form, its reply as text ('' when the node does not answer)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+            s.sendall((" ".join(command) + "\r\n").encode())
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                if data.startswith((b"+", b"-", b":")) and data.endswith(b"\r\n"):
+                    break
+                if data.startswith(b"$"):
+                    head, _, rest = data.partition(b"\r\n")
+                    if int(head[1:]) < 0 or len(rest) >= int(head[1:]) + 2:
+                        break
+                if data.startswith(b"*") and b"\r\n" in data:  # an array of bulk strings
+                    count = int(data.partition(b"\r\n")[0][1:])
+                    if data.count(b"\r\n") >= 1 + 2 * max(count, 0):
+                        break
+            return data.decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class ServerGroup:
+    """Several redis-server processes started together (a cluster, a primary with its watchers), on
+    loopback, stopped with the object; `start` is the subclass's."""
+
+    def __init__(self, prefix: str) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix=prefix))
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one server (as a crash would)."""
+        self.procs[port].send_signal(signal.SIGKILL)
+        self.procs[port].wait()
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self if self.procs else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 class EmbeddedRedis:

@@ -3,15 +3,11 @@
 
 from __future__ import annotations
 
-import shutil
-import signal
-import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
-from common.embedded import free_port, port_free, redis_server_binary
+from common.embedded import ServerGroup, ask, free_port, port_free, redis_server_binary
 
 
 def _cluster_port() -> int:
@@ -22,43 +18,16 @@ def _cluster_port() -> int:
             return port
 
 
-def ask(port: int, *command: str, timeout: float = 1.0) -> str:
-    """One command in inline form, its reply as text ('' when the node does not answer)."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-            s.sendall((" ".join(command) + "\r\n").encode())
-            data = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-                if data.startswith((b"+", b"-", b":")) and data.endswith(b"\r\n"):
-                    break
-                if data.startswith(b"$"):
-                    head, _, rest = data.partition(b"\r\n")
-                    if int(head[1:]) < 0 or len(rest) >= int(head[1:]) + 2:
-                        break
-                if data.startswith(b"*") and b"\r\n" in data:  # an array of bulk strings
-                    count = int(data.partition(b"\r\n")[0][1:])
-                    if data.count(b"\r\n") >= 1 + 2 * max(count, 0):
-                        break
-            return data.decode(errors="replace")
-    except OSError:
-        return ""
-
-
-class EmbeddedCluster:
+class EmbeddedCluster(ServerGroup):
     """`masters` masters and as many replicas, no persistence; `url` names one master (any node will do for
     the server's client, which learns the others). `node_timeout_ms` is how long a master may be silent
     before its replica takes over (a failover then takes about twice that)."""
 
     def __init__(self, masters: int = 3, node_timeout_ms: int = 2000) -> None:
+        super().__init__("pbx-cluster-")
         self.ports = [_cluster_port() for _ in range(masters * 2)]
         self.masters_wanted = masters
         self.node_timeout_ms = node_timeout_ms
-        self.dir = Path(tempfile.mkdtemp(prefix="pbx-cluster-"))
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
     def url(self) -> str:
@@ -159,27 +128,3 @@ class EmbeddedCluster:
                     masters.append(int(parts[1].split("@")[0].rsplit(":", 1)[1]))
             return masters
         return []
-
-    def kill(self, port: int) -> None:
-        """SIGKILL one node (as a crash would)."""
-        proc = self.procs[port]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> EmbeddedCluster:
-        return self if self.procs else self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -4,27 +4,21 @@ fail over here; a deployment runs three or more."""
 
 from __future__ import annotations
 
-import shutil
-import signal
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
-from common.embedded import free_port, redis_server_binary
-from common.embeddedcluster import ask
+from common.embedded import ServerGroup, ask, free_port, redis_server_binary
 
 MASTER = "mymaster"
 
 
-class EmbeddedSentinel:
+class EmbeddedSentinel(ServerGroup):
     """`down_after_ms`: how long the primary may be silent before the sentinel fails it over."""
 
     def __init__(self, down_after_ms: int = 1000) -> None:
+        super().__init__("pbx-sentinel-")
         self.primary_port, self.replica_port, self.sentinel_port = free_port(), free_port(), free_port()
         self.down_after_ms = down_after_ms
-        self.dir = Path(tempfile.mkdtemp(prefix="pbx-sentinel-"))
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
     def sentinels(self) -> str:
@@ -69,25 +63,3 @@ class EmbeddedSentinel:
         """The port of the primary the sentinel names now."""
         reply = ask(self.sentinel_port, "SENTINEL", "get-master-addr-by-name", MASTER)
         return int(reply.split("\r\n")[-2]) if reply.startswith("*2") else 0
-
-    def kill(self, port: int) -> None:
-        self.procs[port].send_signal(signal.SIGKILL)
-        self.procs[port].wait()
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> EmbeddedSentinel:
-        return self if self.procs else self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
