@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 
 import redis
 
@@ -28,8 +27,8 @@ def forget_worker(pid: int) -> int:
         found = [
             k
             for pattern in (
-                keys.proc(f"web-{socket.gethostname()}-{pid}-*"),
-                keys.inbox(f"web-{socket.gethostname()}-{pid}-*"),
+                keys.proc(f"web-{settings.host_name}-{pid}-*"),
+                keys.inbox(f"web-{settings.host_name}-{pid}-*"),
             )  # fmt: skip
             for k in r.scan_iter(match=pattern, count=1000)
         ]

@@ -47,7 +47,7 @@ class Hub:
         self.redis = redis
         self.keys = Keys(settings.redis_prefix)
         self.registry = Registry(redis, self.keys)
-        self.proc_id = new_proc_id("web")
+        self.proc_id = new_proc_id("web", settings.host_name)
         # Direct links to the media processes this frontend talks to (common/peerlink.py), else Redis.
         self.cursor = InboxCursor()
         self.links = (

@@ -155,7 +155,9 @@ def collect(source: MediaFigures) -> None:
         WORK_DROPPED.labels(stage).value = dropped
 
 
-async def publish(source: MediaFigures, redis: aioredis.Redis, keys: Keys, proc_id: str) -> None:
+async def publish(
+    source: MediaFigures, redis: aioredis.Redis, keys: Keys, proc_id: str, host: str | None = None
+) -> None:
     """The process's snapshot to Redis every second, for as long as the process runs."""
 
     def collector() -> None:
@@ -163,7 +165,7 @@ async def publish(source: MediaFigures, redis: aioredis.Redis, keys: Keys, proc_
 
     REGISTRY.add_collector(collector)
     try:
-        await metrics.publish(redis, keys, proc_id, "media")
+        await metrics.publish(redis, keys, proc_id, "media", host=host)
     finally:
         REGISTRY.remove_collector(collector)
 

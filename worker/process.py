@@ -9,7 +9,6 @@ import gc
 import logging
 import os
 import signal
-import socket
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping
@@ -98,7 +97,7 @@ class MediaProcess:
         self, settings: Settings, proc_id: str | None = None, spawned_at: float | None = None
     ) -> None:
         self.settings = settings
-        self.proc_id = proc_id or new_proc_id("media")
+        self.proc_id = proc_id or new_proc_id("media", settings.host_name)
         # When the supervisor started this process (epoch seconds): the startup time is logged from it.
         self.spawned_at = spawned_at or time.time()
         # Every default model loaded and run once (worker/warmup.py): until then, capacity 0 and no claims.
@@ -326,7 +325,7 @@ class MediaProcess:
             ("denoise", self.denoise.run()),
             ("ten", self.ten.run()),
             ("piper", self.piper.run()),
-            ("metrics", metrics.publish(self, self.redis, self.keys, self.proc_id)),
+            ("metrics", metrics.publish(self, self.redis, self.keys, self.proc_id, self.settings.host_name)),
             ("recorder-quota", self.recorder_quota.run()),
         ):
             self._start(name, coro)
@@ -448,7 +447,8 @@ class MediaProcess:
             "proc": self.proc_id,
             "pid": os.getpid(),
             # Which host: `/precache` asks one media process of each (the media cache is a host's directory).
-            "host": socket.gethostname(),
+            # (And dispatch: a frontend's calls go to a media process of its host while one has room.)
+            "host": self.settings.host_name,
             "warm": self.warm,
             "calls": len(self.sessions),
             "capacity": self.capacity(),
