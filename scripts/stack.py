@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from common.config import Settings
@@ -26,9 +27,15 @@ class Stack:
     """The processes of one local deployment, started in order and stopped in reverse."""
 
     def __init__(
-        self, env: dict[str, str] | None = None, quiet: bool = False, log: Path | None = None
+        self,
+        env: dict[str, str] | None = None,
+        quiet: bool = False,
+        log: Path | None = None,
+        prefix: Sequence[str] = (),
     ) -> None:
         self.env = dict(os.environ if env is None else env)
+        # Put before each process's command line: `ip netns exec NAME` runs it on another (test) host.
+        self.prefix = list(prefix)
         self.quiet = quiet
         self.log = log  # where the processes' output goes instead (benchmarks read it)
         self.redis: EmbeddedRedis | None = None
@@ -36,6 +43,7 @@ class Stack:
         self.worker: subprocess.Popen[bytes] | None = None
 
     def _popen(self, args: list[str]) -> subprocess.Popen[bytes]:
+        args = [*self.prefix, *args]
         if self.log is not None:
             with self.log.open("ab") as log:
                 return subprocess.Popen(
