@@ -26,6 +26,16 @@ CALLS_STARTED = R.counter(
 CALLS_ENDED = R.counter(
     "pbx_calls_ended_total", "Calls that ended in this process, for any reason.", ("type",)
 )
+CALLS_CLAIMED = R.counter(
+    "pbx_calls_claimed_total",
+    "Calls this process claimed from the dispatch stream, by where their frontend runs: `same` host "
+    "(HOST_NAME), `other` host, or `unknown` (a frontend that does not say).",
+    ("frontend_host",),
+)
+LEFT_FOR_HOST = R.counter(
+    "pbx_dispatch_left_total",
+    "Dispatch requests this process handed back to the stream for a media process of their frontend's host.",
+)
 CALLS_ACTIVE = R.gauge("pbx_calls_active", "Calls this process owns now (from claim to teardown).", ("type",))
 CALLS_CAPACITY = R.gauge(
     "pbx_calls_capacity",

@@ -43,7 +43,7 @@ from worker.media.cache import MediaCache
 from worker.media.dtmf import DtmfBank
 from worker.media.offload import FrameBatcher
 from worker.media.vad import SileroBatcher
-from worker.packing import Packing
+from worker.packing import Packing, leave_for_its_host
 from worker.paths import MediaRoots
 from worker.quota import RecorderQuota
 from worker.rtc.peer import InlineEncoding, limit_host_addresses
@@ -190,6 +190,7 @@ class MediaProcess:
             settings.pack_poll_ms,
             self._beat_fields,
             on_change=self._beat_now.set,
+            host=settings.host_name,
         )
         self._ending: deque[tuple[CallSession, str, str]] = deque()
         self._ending_wake = asyncio.Event()
@@ -568,6 +569,7 @@ class MediaProcess:
             count = min(free, CLAIM_BATCH)
             try:
                 entries: list[Any] = []
+                taken_over = False
                 if time.monotonic() - last_autoclaim > 1.0:
                     last_autoclaim = time.monotonic()
                     reply: Any = await self.redis.xautoclaim(
@@ -579,6 +581,7 @@ class MediaProcess:
                         count=count,
                     )
                     entries = [e for e in reply[1] if e and e[1]] if reply else []
+                    taken_over = bool(entries)
                 if not entries:
                     # Not the packing target: every PACK_POLL_MS, a read that does not wait takes what has
                     # waited a whole poll (the target did not take it at once).
@@ -599,7 +602,8 @@ class MediaProcess:
                 if entries and self._accepting and not self.load.admission.claiming:
                     await self.load.turn_away(entries)
                 elif entries:
-                    await self._take(entries)
+                    # (A request taken over from a dead process has waited seconds: nobody leaves it.)
+                    await self._take(entries, leave=not taken_over)
                 backoff.reset()
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):
@@ -611,8 +615,31 @@ class MediaProcess:
                 log.warning("dispatch failed (%s)", exc)
                 await backoff.wait()
 
-    async def _take(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        """Claim a batch of dispatch requests with one pipelined round trip."""
+    async def _take(self, entries: list[tuple[bytes, dict[bytes, bytes]]], leave: bool = False) -> None:
+        """Claim a batch of dispatch requests with one pipelined round trip. With `leave`, the requests of
+        another host's frontend are handed back to the stream for that host while it has room (packing.py,
+        `leave_for_its_host`)."""
+        left: list[tuple[bytes, dict[bytes, bytes]]] = []
+        if leave and any(f.get(b"host", b"").decode("utf-8", "replace") != self.settings.host_name
+                         for _, f in entries):  # fmt: skip
+            with_room = await self.packing.hosts_with_room()
+            now_ms = int(time.time() * 1000)
+            host = self.settings.host_name
+            leaving = [leave_for_its_host(f, host, with_room, now_ms) for _, f in entries]
+            left = [e for e, go in zip(entries, leaving, strict=True) if go]
+            entries = [e for e, go in zip(entries, leaving, strict=True) if not go]
+        if left:
+            back = self.redis.pipeline(transaction=False)
+            for _entry_id, fields in left:
+                passes = int(fields.get(b"passes", b"0")) + 1
+                again = {**fields, b"passes": str(passes).encode()}
+                back.xadd(self.keys.dispatch, again, maxlen=100_000, approximate=True)  # type: ignore[arg-type]
+            back.xack(self.keys.dispatch, DISPATCH_GROUP, *(entry_id for entry_id, _ in left))
+            back.xdel(self.keys.dispatch, *(entry_id for entry_id, _ in left))
+            await back.execute()
+            metrics.LEFT_FOR_HOST.labels().inc(len(left))
+            if not entries:
+                return
         if not self._accepting:
             # Read just as the drain began: handed straight back to the stream, for a live process.
             back = self.redis.pipeline(transaction=False)
@@ -632,6 +659,9 @@ class MediaProcess:
         results = await pipe.execute()
         for (_entry_id, fields), result in zip(entries, results, strict=False):
             if result == 1:
+                origin = fields.get(b"host", b"").decode("utf-8", "replace")
+                where = "unknown" if not origin else "same" if origin == self.settings.host_name else "other"
+                metrics.CALLS_CLAIMED.labels(where).inc()
                 self._open_session(fields)
 
     def _open_session(self, fields: dict[bytes, bytes]) -> None:

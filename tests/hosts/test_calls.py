@@ -1,0 +1,140 @@
+"""Calls across hosts: listed and killed from another host, dispatched to a media process of the frontend's
+own host while it has room and to another host when it has none, audio on time between a frontend and a
+media process on different hosts, WebRTC answered with the media host's candidates."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import pytest
+
+from tests.audio_util import peak_freq, rms, tone
+from tests.e2e.client import CallClient
+from tests.e2e.test_playback import pcm, write_wav
+from tests.e2e.test_recorder import read_stereo, stream
+from tests.hosts.conftest import MAX_CALLS, Cluster, ClusterHost, hosts_root
+
+pytestmark = [pytest.mark.e2e, pytest.mark.alone]
+
+
+def new_id() -> str:
+    return f"h.{uuid.uuid4()}"
+
+
+async def listed(host: ClusterHost) -> dict[str, dict[str, object]]:
+    async with aiohttp.ClientSession() as http, http.get(f"{host.base}/call/lists") as resp:
+        assert resp.status == 200
+        return {e["id"]: e for e in (await resp.json())["calls"]}
+
+
+async def wait_owner(cluster: Cluster, call_id: str, timeout: float = 5.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if owner := cluster.owner(call_id):
+            return owner
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"call {call_id} not claimed within {timeout}s")
+
+
+def host_of(cluster: Cluster, proc: str) -> str:
+    return next(h.name for h in cluster.hosts if proc in cluster.media_of(h))
+
+
+async def test_a_call_on_host_a_is_listed_and_killed_from_host_b(cluster: Cluster) -> None:
+    call_id = new_id()
+    c = await CallClient.open(cluster.a.ws, call_id=call_id)
+    try:
+        await c.invite(codec="pcmu")
+        assert c.frontend.startswith(f"web-{cluster.a.name}-")
+        on_b = await listed(cluster.b)
+        assert on_b[call_id]["call_type"] == "websocket"
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{cluster.b.base}/call/kill/{call_id}") as resp:
+                assert resp.status == 200 and await resp.json() is True, await resp.text()
+        hangup = await c.event("hangup", timeout=3)
+        assert hangup["reason"] == "killed" and hangup["initiator"] == "system"
+        await c.wait_closed(3)
+        assert call_id not in await listed(cluster.a) and call_id not in await listed(cluster.b)
+    finally:
+        await c.close()
+
+
+async def test_dispatch_prefers_the_frontends_host(cluster: Cluster) -> None:
+    """Calls placed on each host one after the other land on a media process of that host, every one."""
+    clients = []
+    try:
+        for host in (cluster.a, cluster.b, cluster.a, cluster.b, cluster.a, cluster.b):
+            call_id = new_id()
+            c = await CallClient.open(host.ws, call_id=call_id)
+            clients.append(c)
+            owner = await wait_owner(cluster, call_id)
+            assert owner in cluster.media_of(host), f"a call on {host.name}'s frontend went to {owner}"
+            await c.invite(codec="pcmu")
+    finally:
+        for c in clients:
+            await c.close()
+
+
+@contextlib.asynccontextmanager
+async def host_full(cluster: Cluster, host: ClusterHost) -> AsyncIterator[list[CallClient]]:
+    """`host`'s media processes full (MAX_CALLS calls each, placed on its own frontend) for the block."""
+    clients: list[CallClient] = []
+    try:
+        for _ in range(MAX_CALLS * len(cluster.media_of(host))):
+            c = await CallClient.open(host.ws, call_id=new_id())
+            clients.append(c)
+            assert await wait_owner(cluster, c.call_id) in cluster.media_of(host)
+            await c.invite(codec="pcmu")
+        # Every process reads the heartbeats at least once a beat (0.8 s): all know it is full.
+        await asyncio.sleep(1.0)
+        yield clients
+    finally:
+        for c in clients:
+            await c.close()
+
+
+async def test_a_full_host_spills_over_and_the_remote_call_has_its_audio_on_time(cluster: Cluster) -> None:
+    """With host A's media process full, A's next call goes to host B at once; its caller audio reaches B
+    and the tone B plays reaches A's client in real time, over the direct link between the hosts."""
+    wav = write_wav(hosts_root(cluster) / "tone-700.wav", tone(700, 2.0))
+    async with host_full(cluster, cluster.a):
+        call_id = new_id()
+        opened = time.monotonic()
+        c = await CallClient.open(cluster.a.ws, call_id=call_id)
+        try:
+            owner = await wait_owner(cluster, call_id)
+            claimed = time.monotonic() - opened
+            assert owner in cluster.media_of(cluster.b), "spilled over to host B"
+            assert claimed < 1.0, f"claimed {claimed:.2f} s after the socket opened"
+            await c.invite(codec="pcm", recorder={})
+            caller = tone(1000, 2.0)
+            frames = [caller[i : i + 320].tobytes() for i in range(0, len(caller), 320)]
+            await c.send({"command": "play", "url": str(wav)})
+            sent = asyncio.ensure_future(stream(c, frames))
+            start = await c.event("trackStart", trackId="server-side-track")
+            await c.event("trackEnd", trackId="server-side-track", timeout=6)
+            await sent
+            await c.send({"command": "hangup"})
+            await c.wait_closed()
+        finally:
+            await c.close()
+    assert start is not None
+    heard = pcm(c.frames)
+    loud = [(t, np.frombuffer(f, "<i2")) for t, f in c.frames if rms(np.frombuffer(f, "<i2")) > 1000]
+    assert len(loud) >= 95, f"{len(loud)} loud frames of the 100 played"
+    assert abs(peak_freq(heard) - 700) < 15, "host B's tone reached the client on host A"
+    # Real time: 2 s of tone take ~2 s to arrive, no burst and no long gap (a frame is due every 20 ms).
+    times = [t for t, _ in loud]
+    span = times[-1] - times[0]
+    gaps = np.diff(times)
+    assert 1.7 <= span <= 2.4, f"the tone's frames arrived over {span:.2f} s"
+    assert gaps.max() < 0.2, f"longest gap between frames {gaps.max() * 1000:.0f} ms"
+    _, left, _ = read_stereo(Path(cluster.b.env["RECORDER_PATH"]) / f"{call_id}.wav")
+    assert abs(peak_freq(left) - 1000) < 15 and rms(left) > 1000, "the caller's tone reached host B"
