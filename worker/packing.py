@@ -120,12 +120,17 @@ def hosts_with_room(beats: list[dict[str, Any]], now_ms: int) -> set[str]:
     return out
 
 
+def origin_host(fields: dict[bytes, bytes]) -> str:
+    """The host of the frontend that asked for a call (a dispatch request's `host`); "" if it does not say."""
+    return fields.get(b"host", b"").decode("utf-8", "replace")
+
+
 def leave_for_its_host(fields: dict[bytes, bytes], host: str, with_room: set[str], now_ms: int) -> bool:
     """Whether a media process of `host` leaves a dispatch request (`fields`) for its frontend's host: the
     request names another host, a process of that host has room (`with_room`), and it has waited less than
     LOCAL_WAIT_MS and been left fewer than MAX_PASSES times."""
     try:
-        origin = fields.get(b"host", b"").decode()
+        origin = origin_host(fields)
         if not origin or origin == host or origin not in with_room:
             return False
         if int(fields.get(b"passes", b"0")) >= MAX_PASSES:
@@ -216,10 +221,10 @@ class Packing:
         # lower-id target stops at once: that one blocks already.)
         return full and self._clock() < self._lead_until
 
-    async def hosts_with_room(self) -> set[str]:
-        """The hosts with a media process with room, by the heartbeats (read again when a beat old; this
-        process's own fields fresh)."""
-        if self._clock() - self._read_at >= HEARTBEAT_EVERY:
+    async def hosts_with_room(self, max_age: float = HEARTBEAT_EVERY) -> set[str]:
+        """The hosts with a media process with room, by the heartbeats (read again when older than
+        `max_age` seconds; this process's own fields fresh)."""
+        if self._clock() - self._read_at >= max_age:
             self._beats = await self.registry.procs()
             self._read_at = self._clock()
         own = self.own()

@@ -43,7 +43,7 @@ from worker.media.cache import MediaCache
 from worker.media.dtmf import DtmfBank
 from worker.media.offload import FrameBatcher
 from worker.media.vad import SileroBatcher
-from worker.packing import Packing, leave_for_its_host
+from worker.packing import Packing, leave_for_its_host, origin_host
 from worker.paths import MediaRoots
 from worker.quota import RecorderQuota
 from worker.rtc.peer import InlineEncoding, limit_host_addresses
@@ -76,6 +76,9 @@ CLAIM_BATCH = 8
 # How long (ms) a media process that is not the packing target waits for the next request when none waited
 # at its last look (worker/packing.py, Packing.overdue), as long as the target's blocking read.
 QUIET_WAIT_MS = 1000
+# Seconds old at most the heartbeats may be when a process takes a call of another host's frontend
+# (worker/packing.py, leave_for_its_host): one read of the heartbeats per batch of such calls at most.
+FRESH_VIEW = 0.1
 # Calls hung up per media tick when many end at once (a frontend died or stops): ending a call costs about
 # a millisecond of loop time, and a hundred at once would hold up every other call's next frames.
 HANGUPS_PER_TICK = 8
@@ -620,11 +623,15 @@ class MediaProcess:
         another host's frontend are handed back to the stream for that host while it has room (packing.py,
         `leave_for_its_host`)."""
         left: list[tuple[bytes, dict[bytes, bytes]]] = []
-        if leave and any(f.get(b"host", b"").decode("utf-8", "replace") != self.settings.host_name
-                         for _, f in entries):  # fmt: skip
+        host = self.settings.host_name
+        others = {origin_host(f) for _, f in entries} - {"", host}
+        if leave and others:
             with_room = await self.packing.hosts_with_room()
+            if others - with_room:
+                # About to take a call of a host that had no room a moment ago (up to a heartbeat and a
+                # blocking read): look again, so a host that just warmed up or freed room keeps its calls.
+                with_room = await self.packing.hosts_with_room(FRESH_VIEW)
             now_ms = int(time.time() * 1000)
-            host = self.settings.host_name
             leaving = [leave_for_its_host(f, host, with_room, now_ms) for _, f in entries]
             left = [e for e, go in zip(entries, leaving, strict=True) if go]
             entries = [e for e, go in zip(entries, leaving, strict=True) if not go]
@@ -659,8 +666,8 @@ class MediaProcess:
         results = await pipe.execute()
         for (_entry_id, fields), result in zip(entries, results, strict=False):
             if result == 1:
-                origin = fields.get(b"host", b"").decode("utf-8", "replace")
-                where = "unknown" if not origin else "same" if origin == self.settings.host_name else "other"
+                origin = origin_host(fields)
+                where = "unknown" if not origin else "same" if origin == host else "other"
                 metrics.CALLS_CLAIMED.labels(where).inc()
                 self._open_session(fields)
 
