@@ -138,3 +138,54 @@ async def test_a_full_host_spills_over_and_the_remote_call_has_its_audio_on_time
     assert gaps.max() < 0.2, f"longest gap between frames {gaps.max() * 1000:.0f} ms"
     _, left, _ = read_stereo(Path(cluster.b.env["RECORDER_PATH"]) / f"{call_id}.wav")
     assert abs(peak_freq(left) - 1000) < 15 and rms(left) > 1000, "the caller's tone reached host B"
+
+
+async def test_webrtc_answered_on_host_b_uses_host_bs_candidates(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A WebRTC call placed on host A's frontend while A is full is answered by host B's media process: its
+    answer offers host B's address only, and audio flows both ways between the peer and host B."""
+    import aioice.ice
+
+    from tests.e2e.rtc_client import RtcCaller
+    from tests.e2e.test_webrtc import call, loud_span
+
+    # The peer is in the root namespace and gathers on the bridge's address (rtc_client.py: loopback).
+    gateway = cluster.net.gateway
+    monkeypatch.setattr(
+        aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: [gateway] if use_ipv4 else []
+    )
+    beep = write_wav(hosts_root(cluster) / "beep-1000.wav", tone(1000, 1.0))
+    async with host_full(cluster, cluster.a):
+        peer = RtcCaller(freq=440, seconds=3.0)
+        call_id = new_id()
+        c = await CallClient.open(cluster.a.ws, "/call/webrtc", call_id=call_id)
+        try:
+            answer = await call(c, peer, recorder={})
+            assert await wait_owner(cluster, call_id) in cluster.media_of(cluster.b)
+            candidates = [x for x in str(answer["sdp"]).splitlines() if x.startswith("a=candidate")]
+            assert candidates, answer["sdp"]
+            addresses = {x.split()[4] for x in candidates}
+            assert addresses == {cluster.b.address}, f"host B's candidates only: {candidates}"
+            connection = [x for x in str(answer["sdp"]).splitlines() if x.startswith("c=")]
+            assert connection == [f"c=IN IP4 {cluster.b.address}"], connection
+            await c.event("mediaReady", timeout=5)
+            mark = time.monotonic()
+            await c.send({"command": "play", "url": str(beep), "playId": "beep"})
+            await c.event("trackEnd", playId="beep", timeout=5)
+            await asyncio.sleep(0.5)
+            heard = peer.audio(after=mark)
+            start, end = loud_span(heard)
+            assert abs((end - start) / 16000 - 1.0) < 0.1, "host B's second of tone, heard in real time"
+            assert abs(peak_freq(heard[start + 1600 : end - 1600]) - 1000) < 15
+            ice = peer.pc.getTransceivers()[0].receiver.transport.transport._connection  # aioice's
+            pair = ice._nominated.get(1)  # the pair ICE chose for RTP
+            assert pair is not None and pair.remote_candidate.host == cluster.b.address
+            await c.send({"command": "hangup"})
+            await c.wait_closed()
+        finally:
+            await peer.close()
+            await c.close()
+    _, left, _ = read_stereo(Path(cluster.b.env["RECORDER_PATH"]) / f"{call_id}.wav")
+    loud = left[np.abs(left) > 0]
+    assert rms(left) > 300 and abs(peak_freq(loud) - 440) < 15, "the peer's tone reached host B"
