@@ -197,6 +197,9 @@ class Settings:
     # 0 = no packing: every media process blocks on the stream and new calls spread round-robin.
     pack_calls: int = 50
     pack_poll_ms: float = 50.0
+    # Milliseconds a new call is left for a media process of its frontend's host (HOST_NAME) while one has
+    # room, before a process of another host takes it (worker/packing.py, leave_for_its_host); 0 = any host.
+    dispatch_local_ms: float = 40.0
     redis_url: str = ""
     redis_prefix: str = "pbx:"
     recorder_path: str = "/tmp/recorders"
@@ -308,6 +311,7 @@ class Settings:
             max_calls=_int(env, "MAX_CALLS", 200),
             pack_calls=_int(env, "PACK_CALLS", 50),
             pack_poll_ms=_float(env, "PACK_POLL_MS", 50.0),
+            dispatch_local_ms=_float(env, "DISPATCH_LOCAL_MS", 40.0),
             redis_url=env.get("REDIS_URL", ""),
             redis_prefix=env.get("REDIS_PREFIX", "pbx:") or "pbx:",
             recorder_path=env.get("RECORDER_PATH", "") or "/tmp/recorders",

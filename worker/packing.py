@@ -53,13 +53,13 @@ HANDOVER = 2 * HEARTBEAT_EVERY
 # Seconds between reads of the heartbeats while a process with a lower id warms up, or while a poller sees
 # calls waiting.
 WARMING_RECHECK = 0.1
-# How long (ms, since the frontend's `created_at`) and how many times a request from another host's frontend
-# is handed back to the stream for that host's media processes, while one of them has room. A hand-back
-# costs one round trip; the bounds keep a request whose host cannot take it at once (its target busy with a
-# burst, heartbeats up to a beat old) from going round for long. The age is read on this host's clock: a
-# clock behind the frontend's by more than this leaves nothing (no preference), one ahead leaves it
-# MAX_PASSES times at most.
-LOCAL_WAIT_MS = 40
+# How long (ms, since the frontend's `created_at`; DISPATCH_LOCAL_MS) and how many times a request from
+# another host's frontend is handed back to the stream for that host's media processes, while one of them
+# has room. A hand-back costs one round trip; the bounds keep a request whose host cannot take it at once
+# (its target busy with a burst, heartbeats up to a beat old) from going round for long. The age is read on
+# this host's clock: a clock behind the frontend's by more than this leaves nothing (no preference), one
+# ahead leaves it MAX_PASSES times at most.
+LOCAL_WAIT_MS = 40.0
 MAX_PASSES = 3
 
 
@@ -125,17 +125,19 @@ def origin_host(fields: dict[bytes, bytes]) -> str:
     return fields.get(b"host", b"").decode("utf-8", "replace")
 
 
-def leave_for_its_host(fields: dict[bytes, bytes], host: str, with_room: set[str], now_ms: int) -> bool:
+def leave_for_its_host(
+    fields: dict[bytes, bytes], host: str, with_room: set[str], now_ms: int, wait_ms: float = LOCAL_WAIT_MS
+) -> bool:
     """Whether a media process of `host` leaves a dispatch request (`fields`) for its frontend's host: the
     request names another host, a process of that host has room (`with_room`), and it has waited less than
-    LOCAL_WAIT_MS and been left fewer than MAX_PASSES times."""
+    `wait_ms` and been left fewer than MAX_PASSES times."""
     try:
         origin = origin_host(fields)
         if not origin or origin == host or origin not in with_room:
             return False
         if int(fields.get(b"passes", b"0")) >= MAX_PASSES:
             return False
-        return now_ms - int(fields.get(b"created_at", b"0")) < LOCAL_WAIT_MS
+        return now_ms - int(fields.get(b"created_at", b"0")) < wait_ms
     except (ValueError, UnicodeDecodeError):
         return False
 

@@ -76,9 +76,14 @@ CLAIM_BATCH = 8
 # How long (ms) a media process that is not the packing target waits for the next request when none waited
 # at its last look (worker/packing.py, Packing.overdue), as long as the target's blocking read.
 QUIET_WAIT_MS = 1000
-# Seconds old at most the heartbeats may be when a process takes a call of another host's frontend
-# (worker/packing.py, leave_for_its_host): one read of the heartbeats per batch of such calls at most.
+# Seconds old at most the heartbeats may be when a process decides on a call of another host's frontend
+# (worker/packing.py, leave_for_its_host): at most one read of the heartbeats per FRESH_VIEW.
 FRESH_VIEW = 0.1
+# Seconds a process that handed back everything it read waits before it reads again. Redis gives a new
+# request to the reader that has blocked longest: without the pause this one, back at once, was first in
+# line again while the other host's reader still set up its last call, and took the request back (a burst
+# of 30 calls on a full host: 46-51 hand-backs instead of 4-9; bench/hosts.py).
+LEAVE_PAUSE = 0.005
 # Calls hung up per media tick when many end at once (a frontend died or stops): ending a call costs about
 # a millisecond of loop time, and a hundred at once would hold up every other call's next frames.
 HANGUPS_PER_TICK = 8
@@ -625,14 +630,14 @@ class MediaProcess:
         left: list[tuple[bytes, dict[bytes, bytes]]] = []
         host = self.settings.host_name
         others = {origin_host(f) for _, f in entries} - {"", host}
-        if leave and others:
-            with_room = await self.packing.hosts_with_room()
-            if others - with_room:
-                # About to take a call of a host that had no room a moment ago (up to a heartbeat and a
-                # blocking read): look again, so a host that just warmed up or freed room keeps its calls.
-                with_room = await self.packing.hosts_with_room(FRESH_VIEW)
+        if leave and others and self.settings.dispatch_local_ms > 0:
+            # On a fresh view of the heartbeats (the last read may be a heartbeat and a blocking read old): a
+            # host that just filled up is not waited for, one that just warmed up or freed room keeps its
+            # calls.
+            with_room = await self.packing.hosts_with_room(FRESH_VIEW)
             now_ms = int(time.time() * 1000)
-            leaving = [leave_for_its_host(f, host, with_room, now_ms) for _, f in entries]
+            wait_ms = self.settings.dispatch_local_ms
+            leaving = [leave_for_its_host(f, host, with_room, now_ms, wait_ms) for _, f in entries]
             left = [e for e, go in zip(entries, leaving, strict=True) if go]
             entries = [e for e, go in zip(entries, leaving, strict=True) if not go]
         if left:
@@ -646,6 +651,7 @@ class MediaProcess:
             await back.execute()
             metrics.LEFT_FOR_HOST.labels().inc(len(left))
             if not entries:
+                await asyncio.sleep(LEAVE_PAUSE)
                 return
         if not self._accepting:
             # Read just as the drain began: handed straight back to the stream, for a live process.
@@ -769,6 +775,10 @@ class MediaProcess:
         self.sessions[session.call_id] = session
         session.start()
         self._calls_arrived.set()  # the clock runs again
+        if len(self.sessions) == self.capacity():
+            # Just full: said now, so frontends refuse and other hosts' processes stop leaving this host's
+            # calls for it (worker/packing.py) within a beat less.
+            self._beat_now.set()
 
     def _collect_garbage(self) -> None:
         """Run the cyclic garbage collector right after a tick, where the loop has the most slack.

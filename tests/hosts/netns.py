@@ -170,7 +170,7 @@ class Network:
                 if not free:
                     raise NetnsUnavailable(f"no free /24 left in {POOL}")
                 third = free[secrets.randbelow(len(free))]
-                self.subnet = ipaddress.ip_network(f"10.231.{third}.0/24")
+                self.subnet = ipaddress.IPv4Network(f"10.231.{third}.0/24")
                 ip("link", "add", self.bridge, "type", "bridge")
                 self._links.append(self.bridge)
                 ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)

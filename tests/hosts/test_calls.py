@@ -19,7 +19,8 @@ from tests.audio_util import peak_freq, rms, tone
 from tests.e2e.client import CallClient
 from tests.e2e.test_playback import pcm, write_wav
 from tests.e2e.test_recorder import read_stereo, stream
-from tests.hosts.conftest import MAX_CALLS, Cluster, ClusterHost, hosts_root
+from tests.hosts.cluster import Cluster, ClusterHost
+from tests.hosts.conftest import MAX_CALLS, hosts_root
 
 pytestmark = [pytest.mark.e2e, pytest.mark.alone]
 

@@ -15,7 +15,8 @@ import pytest
 from tests.audio_util import tone
 from tests.e2e.client import CallClient
 from tests.e2e.test_playback import write_wav
-from tests.hosts.conftest import MAX_CALLS, Cluster, ClusterHost, hosts_root
+from tests.hosts.cluster import Cluster, ClusterHost
+from tests.hosts.conftest import MAX_CALLS, hosts_root
 from tests.hosts.test_calls import listed, new_id, wait_owner
 
 pytestmark = [pytest.mark.e2e, pytest.mark.alone]

@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from tests.e2e.client import CallClient
-from tests.hosts.conftest import Cluster
+from tests.hosts.cluster import Cluster
 from tests.sip.sipp import Sipp
 
 pytestmark = [pytest.mark.e2e, pytest.mark.alone]
