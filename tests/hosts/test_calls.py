@@ -78,9 +78,46 @@ async def test_dispatch_prefers_the_frontends_host(cluster: Cluster) -> None:
             owner = await wait_owner(cluster, call_id)
             assert owner in cluster.media_of(host), f"a call on {host.name}'s frontend went to {owner}"
             await c.invite(codec="pcmu")
+        # The dashboard (any frontend) counts them by host, each host under its HOST_NAME.
+        deadline = time.monotonic() + 5
+        while True:
+            data = cluster.b.get("/dashboard/data")
+            if data["active"]["by_host"] == {cluster.a.name: 3, cluster.b.name: 3}:
+                break
+            assert time.monotonic() < deadline, data["active"]
+            await asyncio.sleep(0.2)
+        hosts = {p["proc"]: p["host"] for p in data["procs"]}
+        assert {hosts[p] for p in cluster.media_of(cluster.a)} == {cluster.a.name}
     finally:
         for c in clients:
             await c.close()
+
+
+async def test_precache_fills_every_hosts_media_cache(cluster: Cluster) -> None:
+    """`/precache` on host A synthesizes on one media process of each host (HOST_NAME tells them apart):
+    both hosts' caches hold the audio, and a call on host B plays it from its own cache."""
+    key = f"hosts-{uuid.uuid4().hex[:8]}"
+    tts = {"command": "tts", "text": "One moment please.", "cacheKey": key}
+    async with aiohttp.ClientSession() as http, http.post(f"{cluster.a.base}/precache", json=tts) as resp:
+        assert resp.status == 200, await resp.text()
+        first = await resp.json()
+    assert first["status"] == "cached" and first["bytes"] > 16000
+    caches = [Path(h.env["MEDIA_CACHE_PATH"]) for h in cluster.hosts]
+    deadline = time.monotonic() + 15  # only the first host's answer is waited for
+    while not all(any(c.glob("tts-*")) for c in caches):
+        assert time.monotonic() < deadline, [sorted(c.glob("*")) for c in caches]
+        await asyncio.sleep(0.1)
+    c = await CallClient.open(cluster.b.ws, call_id=new_id())
+    try:
+        await c.invite()
+        assert await wait_owner(cluster, c.call_id) in cluster.media_of(cluster.b)
+        await c.send({**tts, "playId": "p"})
+        await c.event("trackEnd", playId="p", timeout=15)
+        (metric,) = [e for e in c.events if e["event"] == "metrics" and e["key"].startswith("completed.tts")]
+        # (Host B's own synthesis: Piper's noise makes two syntheses of a text differ by a few ms.)
+        assert metric["data"]["cached"] is True and abs(metric["data"]["length"] - first["bytes"]) < 3200
+    finally:
+        await c.close()
 
 
 @contextlib.asynccontextmanager
