@@ -76,13 +76,15 @@ CLAIM_BATCH = 8
 # How long (ms) a media process that is not the packing target waits for the next request when none waited
 # at its last look (worker/packing.py, Packing.overdue), as long as the target's blocking read.
 QUIET_WAIT_MS = 1000
-# Seconds old at most the heartbeats may be when a process decides on a call of another host's frontend
-# (worker/packing.py, leave_for_its_host): at most one read of the heartbeats per FRESH_VIEW.
+# Seconds old at most the heartbeats may be when a process takes a call of another host's frontend that its
+# view says has no room, or leaves one a second time (worker/packing.py, leave_for_its_host): at most one
+# read of the heartbeats per FRESH_VIEW.
 FRESH_VIEW = 0.1
 # Seconds a process that handed back everything it read waits before it reads again. Redis gives a new
 # request to the reader that has blocked longest: without the pause this one, back at once, was first in
-# line again while the other host's reader still set up its last call, and took the request back (a burst
-# of 30 calls on a full host: 46-51 hand-backs instead of 4-9; bench/hosts.py).
+# line again while the other host's reader still set up its last call, and took the request back. Bursts
+# of 5 (bench/hosts.py, 3 runs): a host filling up, 27-51 hand-backs for 30 calls without the pause, 5-19
+# with it; calls on either host, 26-28 of 30 on their own host without it, all 30 with it.
 LEAVE_PAUSE = 0.005
 # Calls hung up per media tick when many end at once (a frontend died or stops): ending a call costs about
 # a millisecond of loop time, and a hundred at once would hold up every other call's next frames.
@@ -631,10 +633,14 @@ class MediaProcess:
         host = self.settings.host_name
         others = {origin_host(f) for _, f in entries} - {"", host}
         if leave and others and self.settings.dispatch_local_ms > 0:
-            # On a fresh view of the heartbeats (the last read may be a heartbeat and a blocking read old): a
-            # host that just filled up is not waited for, one that just warmed up or freed room keeps its
-            # calls.
-            with_room = await self.packing.hosts_with_room(FRESH_VIEW)
+            with_room = await self.packing.hosts_with_room()
+            returned = any(f.get(b"passes") for _, f in entries)
+            if others - with_room or returned:
+                # The view may be a heartbeat and a blocking read old. Before taking a call of a host that
+                # had no room by it, look again: a host that just warmed up or freed room keeps its calls.
+                # Before leaving a call a second time, too: it came back, and its host may have filled up
+                # meanwhile (it beats at once then), so a spilled call is left once at most, not 3 times.
+                with_room = await self.packing.hosts_with_room(FRESH_VIEW)
             now_ms = int(time.time() * 1000)
             wait_ms = self.settings.dispatch_local_ms
             leaving = [leave_for_its_host(f, host, with_room, now_ms, wait_ms) for _, f in entries]

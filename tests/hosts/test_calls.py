@@ -130,6 +130,9 @@ async def host_full(cluster: Cluster, host: ClusterHost) -> AsyncIterator[list[C
             clients.append(c)
             assert await wait_owner(cluster, c.call_id) in cluster.media_of(host)
             await c.invite(codec="pcmu")
+            # (A frontend admits against its share of the room it last read, read every 0.25 s: with
+            # MAX_CALLS 4 and two frontends, a third call within one read would be refused.)
+            await asyncio.sleep(0.3)
         # Every process reads the heartbeats at least once a beat (0.8 s): all know it is full.
         await asyncio.sleep(1.0)
         yield clients

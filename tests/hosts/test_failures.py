@@ -21,6 +21,11 @@ from tests.hosts.test_calls import listed, new_id, wait_owner
 
 pytestmark = [pytest.mark.e2e, pytest.mark.alone]
 
+# A frontend admits new calls against its share of the room it read last (half of it, with two frontends),
+# read again every 0.25 s (frontend/limits.py): with MAX_CALLS 4, a third call within one read would be
+# refused. The tests fill hosts one call at a time, a read apart.
+FRONTEND_VIEW = 0.3
+
 
 async def place(cluster: Cluster, host: ClusterHost, on: ClusterHost) -> CallClient:
     """A call on `host`'s frontend, which must land on a media process of `on`."""
@@ -28,6 +33,7 @@ async def place(cluster: Cluster, host: ClusterHost, on: ClusterHost) -> CallCli
     owner = await wait_owner(cluster, c.call_id)
     assert owner in cluster.media_of(on), f"a call on {host.name}'s frontend went to {owner}, not {on.name}"
     await c.invite(codec="pcmu")
+    await asyncio.sleep(FRONTEND_VIEW)
     return c
 
 
@@ -78,13 +84,14 @@ async def test_kill_9_of_every_process_of_host_b(cluster: Cluster) -> None:
         await x.wait_closed(2)
         # y's socket went with B's frontend; its owner on A hangs it up as frontend_lost.
         await y.wait_closed(2)
-        listed_gone = await gone_from_lists(a, {y.call_id, x.call_id, *on_b}, killed_at, timeout=6)
+        listed_gone = await gone_from_lists(a, {y.call_id, x.call_id, *on_b}, killed_at, timeout=8)
         y_hangup = dumped_hangup(a, y.call_id)
         assert y_hangup["reason"] == "frontend_lost", y_hangup
         print(f"kill -9 of host B: worker_lost on A's client {x_ended:.2f} s after, every call of B out of "
               f"/call/lists {listed_gone:.2f} s after")  # fmt: skip
         assert x_ended < 5.0
-        assert listed_gone < 5.0
+        # (Its owner notices y's frontend gone at its next heartbeat after the grace: up to ~0.8 s later.)
+        assert listed_gone < 6.0
         # A keeps serving: its calls go on, a new call works, and only A's calls are listed.
         assert {c.call_id for c in fillers} == set(await listed(a))
         assert not any(c.closed.is_set() for c in fillers)
