@@ -781,9 +781,10 @@ class MediaProcess:
         self.sessions[session.call_id] = session
         session.start()
         self._calls_arrived.set()  # the clock runs again
-        if len(self.sessions) == self.capacity():
-            # Just full: said now, so frontends refuse and other hosts' processes stop leaving this host's
-            # calls for it (worker/packing.py) within a beat less.
+        if self.load.admission.admitting and len(self.sessions) == self.capacity():
+            # Just full by its announced capacity (not overloaded: then its capacity is its calls, and every
+            # call it still claims would beat at once): said now, so frontends refuse and other hosts'
+            # processes stop leaving this host's calls for it (worker/packing.py) a beat sooner.
             self._beat_now.set()
 
     def _collect_garbage(self) -> None:

@@ -34,6 +34,7 @@ from types import TracebackType
 POOL = ipaddress.ip_network("10.231.0.0/16")
 PREFIX = "pbxh"  # namespaces: pbxh-<pid>-<tag>-<i>; links: pbxb<tag> (bridge), pbxv<tag><i> (veth)
 LOCK = Path("/tmp/pbx-netns.lock")
+MAX_HOSTS = 10
 
 
 class NetnsUnavailable(RuntimeError):
@@ -97,7 +98,10 @@ def _remove_leftovers() -> None:
             kill_namespace_pids(ns)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
     for tag in tags:
-        subprocess.run(["ip", "link", "del", f"pbxb{tag}"], capture_output=True, timeout=10)
+        # The veths too: a namespace whose killed processes left TCP connections in TIME_WAIT outlives its
+        # `ip netns del` for a minute, and its veth pairs with it.
+        for link in (f"pbxb{tag}", *(f"pbxv{tag}{i}" for i in range(MAX_HOSTS))):
+            subprocess.run(["ip", "link", "del", link], capture_output=True, timeout=10)
 
 
 def _used_subnets() -> set[int]:
@@ -146,6 +150,8 @@ class Network:
     """`count` hosts on a private bridge; everything is removed on exit, whatever happened."""
 
     def __init__(self, count: int) -> None:
+        if not 1 <= count <= MAX_HOSTS:
+            raise ValueError(f"1 to {MAX_HOSTS} hosts, not {count}")
         self.count = count
         self.tag = secrets.token_hex(3)
         self.bridge = f"pbxb{self.tag}"
