@@ -36,6 +36,10 @@ LEFT_FOR_HOST = R.counter(
     "pbx_dispatch_left_total",
     "Dispatch requests this process handed back to the stream for a media process of their frontend's host.",
 )
+SIP_FORWARDED = R.counter(
+    "pbx_sip_forwarded_total",
+    "SIP messages this process received for a dialog that another process owns, forwarded to that owner.",
+)
 CALLS_ACTIVE = R.gauge("pbx_calls_active", "Calls this process owns now (from claim to teardown).", ("type",))
 CALLS_CAPACITY = R.gauge(
     "pbx_calls_capacity",

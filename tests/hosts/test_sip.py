@@ -11,6 +11,7 @@ import uuid
 import pytest
 
 from tests.e2e.client import CallClient
+from tests.e2e.test_metrics import scrape, until
 from tests.hosts.cluster import Cluster
 from tests.sip.sipp import Sipp
 
@@ -25,6 +26,8 @@ async def test_sipp_calls_host_b_and_its_in_dialog_requests_reach_the_owner_thro
     cluster: Cluster,
 ) -> None:
     a, b = cluster.a, cluster.b
+    (a_media,) = cluster.media_of(a)
+    before = (await scrape(a.base)).by_proc("pbx_sip_forwarded_total").get(a_media, 0.0)
     variables = {"other_ip": a.address, "other_port": a.sip_port, "hold_ms": 300}
     uac = Sipp(
         "uac_reinvite_elsewhere",
@@ -67,6 +70,11 @@ async def test_sipp_calls_host_b_and_its_in_dialog_requests_reach_the_owner_thro
         assert addresses(ok.header("Contact") or "") == {b.address} and addresses(ok.body) == {b.address}
     assert result.received(200)[-1].cseq_method == "BYE"
     assert not cluster.redis.exists(f"pbx:call:{dialog_id}")
+    # Host A's media process got them (2 re-INVITEs, their ACKs, the BYE) and forwarded them to B's owner.
+    figures = await until(
+        a.base, lambda f: f.by_proc("pbx_sip_forwarded_total").get(a_media, 0) - before >= 5
+    )
+    assert figures.by_proc("pbx_sip_forwarded_total").get(a_media, 0) - before >= 5
 
 
 async def test_an_outbound_call_from_host_a_carries_host_as_address(cluster: Cluster) -> None:
