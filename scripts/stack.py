@@ -52,15 +52,19 @@ class Stack:
         out = subprocess.DEVNULL if self.quiet else None
         return subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=out, stderr=out, start_new_session=True)
 
-    def start(self) -> Stack:
+    def start(self, web: bool = True, worker: bool = True) -> Stack:
+        """Start the deployment: Redis (unless REDIS_URL is set), then `worker` and `web` (those asked for:
+        a host of a deployment may run only one of them)."""
         if not self.env.get("REDIS_URL"):
             self.redis = EmbeddedRedis(6379 if port_free(6379) else None).start()
             self.env["REDIS_URL"] = self.redis.url
             print(f"embedded redis on {self.redis.url}", file=sys.stderr)
-        self.worker = self._popen([sys.executable, "-m", "worker"])
-        self.web = self._popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "frontend.app:create_app"]
-        )
+        if worker:
+            self.worker = self._popen([sys.executable, "-m", "worker"])
+        if web:
+            self.web = self._popen(
+                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "frontend.app:create_app"]
+            )
         return self
 
     def alive(self) -> bool:

@@ -14,7 +14,7 @@ import os
 import signal
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +29,12 @@ from tests.hosts.netns import Host, Network
 
 @dataclass
 class ClusterHost:
-    """One host of the cluster: its namespace and address, its `web` + `worker`, and where to reach it."""
+    """One host of the cluster: its namespace and address, its `web` and `worker` (or one of them, `roles`),
+    and where to reach it."""
 
     host: Host
     env: dict[str, str]
+    roles: frozenset[str] = frozenset({"web", "worker"})
     stack: Stack | None = None
     runs: list[Stack] = field(default_factory=list)
 
@@ -58,7 +60,8 @@ class ClusterHost:
 
     def start(self) -> None:
         quiet = os.environ.get("PBX_TEST_LOGS") != "1"
-        self.stack = Stack(self.env, quiet=quiet, prefix=self.host.command([])).start()
+        stack = Stack(self.env, quiet=quiet, prefix=self.host.command([]))
+        self.stack = stack.start(web="web" in self.roles, worker="worker" in self.roles)
         self.runs.append(self.stack)
 
     def stop(self, sig: int = signal.SIGINT) -> None:
@@ -130,12 +133,13 @@ class Cluster:
 
     def wait_healthy(self, timeout: float = 60.0) -> dict[str, Any]:
         """Until every host's frontend answers and counts every media process (warm) and every frontend."""
-        media, web = self.media_per_host * len(self.hosts), len(self.hosts)
+        media = self.media_per_host * sum("worker" in h.roles for h in self.hosts)
+        web = sum("web" in h.roles for h in self.hosts)
         deadline = time.monotonic() + timeout
         last: dict[str, Any] = {}
         while time.monotonic() < deadline:
             try:
-                healths = [h.get("/health", timeout=2) for h in self.hosts]
+                healths = [h.get("/health", timeout=2) for h in self.hosts if "web" in h.roles]
                 last = healths[-1]
                 if all(
                     x.get("media_processes") == media
@@ -152,16 +156,22 @@ class Cluster:
 
 @contextlib.contextmanager
 def running_cluster(
-    root: Path, hosts: int = 2, media_per_host: int = 1, **settings: str
+    root: Path,
+    hosts: int = 2,
+    media_per_host: int = 1,
+    roles: Sequence[Collection[str]] = (),
+    overrides: Sequence[Mapping[str, str]] = (),
+    **settings: str,
 ) -> Iterator[Cluster]:
     """`hosts` hosts, each with one frontend and `media_per_host` media processes (warm), plus `settings`
-    (the same on every host); everything stopped and removed on exit."""
+    (the same on every host); host i runs only `roles[i]` ("web", "worker") and gets `overrides[i]` on top
+    when given. Everything stopped and removed on exit."""
     with Network(hosts) as net:
         server = EmbeddedRedis(host=net.gateway).start()
         webhook = Webhook(net.gateway)
         members: list[ClusterHost] = []
         try:
-            for h in net.hosts:
+            for i, h in enumerate(net.hosts):
                 own = {
                     "HOST": h.address,
                     "HOST_NAME": f"host-{h.name}",
@@ -173,8 +183,10 @@ def running_cluster(
                     "WORKER_PROCESSES": str(media_per_host),
                     "SIP_WEBHOOK_URL": webhook.url,
                 }
-                env = stack_env(root / h.name, free_port(), server.url, **{**own, **settings})
-                members.append(ClusterHost(h, env))
+                extra = overrides[i] if i < len(overrides) else {}
+                env = stack_env(root / h.name, free_port(), server.url, **{**own, **settings, **extra})
+                runs = frozenset(roles[i]) if i < len(roles) else frozenset({"web", "worker"})
+                members.append(ClusterHost(h, env, runs))
             cluster = Cluster(net, server, redis.Redis.from_url(server.url), members, webhook, media_per_host)
             for member in members:
                 member.start()
