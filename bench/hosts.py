@@ -111,7 +111,7 @@ def main() -> None:
         for i in range(args.rounds):
             root = Path(tempfile.mkdtemp(prefix="bench-hosts-"))
             settings = {"MAX_CALLS": str(MAX_CALLS), "DISPATCH_LOCAL_MS": local_ms, "LOG_LEVEL": "ERROR"}
-            with running_cluster(root, hosts=2, media_per_host=1, **settings) as cluster:
+            with running_cluster(root, hosts=2, media_per_host=1, settings=settings) as cluster:
                 print(
                     f"DISPATCH_LOCAL_MS={local_ms}, round {i + 1}: {args.calls} calls, {args.burst} at once"
                 )

@@ -2,7 +2,7 @@
 `worker` with addresses of its own (HOST, PUBLIC_IP, SIP_ADDR, RTC_ADDRESSES, MEDIA_LINK_HOST) and its own
 HOST_NAME, all on one Redis in the root namespace, on the bridge's address; a webhook there for inbound SIP.
 
-    with running_cluster(root, hosts=2, media_per_host=1, MAX_CALLS="4") as cluster:
+    with running_cluster(root, hosts=2, media_per_host=1, settings={"MAX_CALLS": "4"}) as cluster:
         cluster.a.ws, cluster.b.base, cluster.media_of(cluster.b), cluster.owner(call_id), ...
 """
 
@@ -161,7 +161,7 @@ def running_cluster(
     media_per_host: int = 1,
     roles: Sequence[Collection[str]] = (),
     overrides: Sequence[Mapping[str, str]] = (),
-    **settings: str,
+    settings: Mapping[str, str] | None = None,
 ) -> Iterator[Cluster]:
     """`hosts` hosts, each with one frontend and `media_per_host` media processes (warm), plus `settings`
     (the same on every host); host i runs only `roles[i]` ("web", "worker") and gets `overrides[i]` on top
@@ -184,7 +184,9 @@ def running_cluster(
                     "SIP_WEBHOOK_URL": webhook.url,
                 }
                 extra = overrides[i] if i < len(overrides) else {}
-                env = stack_env(root / h.name, free_port(), server.url, **{**own, **settings, **extra})
+                env = stack_env(
+                    root / h.name, free_port(), server.url, **{**own, **(settings or {}), **extra}
+                )
                 runs = frozenset(roles[i]) if i < len(roles) else frozenset({"web", "worker"})
                 members.append(ClusterHost(h, env, runs))
             cluster = Cluster(net, server, redis.Redis.from_url(server.url), members, webhook, media_per_host)

@@ -28,13 +28,8 @@ def cluster(hosts: Cluster) -> Cluster:
 @pytest.fixture(scope="session")
 def hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("hosts")
-    settings = {
-        "MAX_CALLS": str(MAX_CALLS),
-        "PACK_CALLS": "2",
-        "SIP_ACCEPT_TIMEOUT": "5",
-        "PBX_CLAIM_TIMEOUT": "5",
-    }
-    with running_cluster(root, hosts=2, media_per_host=1, **settings) as cluster:
+    settings = dict(MAX_CALLS=str(MAX_CALLS), PACK_CALLS="2", SIP_ACCEPT_TIMEOUT="5", PBX_CLAIM_TIMEOUT="5")
+    with running_cluster(root, hosts=2, media_per_host=1, settings=settings) as cluster:
         yield cluster
 
 

@@ -2,7 +2,8 @@
 
     with Network(2) as net:
         a, b = net.hosts
-        proc = a.popen([sys.executable, "-m", "worker"], env=...)   # runs inside a's namespace
+        subprocess.Popen(a.command([sys.executable, "-m", "worker"]))   # runs inside a's namespace
+        a.kill_all()                                                      # kill -9 of all that runs there
 
 Each host has its own address on a private /24 (10.231.N.0/24, N picked so that no address of this machine
 is in it, under a lock so that two pytest workers never pick the same one); the root namespace holds the
@@ -24,8 +25,8 @@ import secrets
 import shutil
 import signal
 import subprocess
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -124,22 +125,10 @@ class Host:
     name: str  # what the tests call it, and its HOST_NAME: "a", "b", ...
     netns: str
     address: str
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def command(self, args: Sequence[str]) -> list[str]:
         """`args` run inside this host's namespace."""
         return ["ip", "netns", "exec", self.netns, *args]
-
-    def popen(self, args: Sequence[str], **kwargs: object) -> subprocess.Popen[bytes]:
-        """Start `args` inside this host's namespace (`ip netns exec` execs into it: same pid). The
-        process is killed at the network's teardown if still running."""
-        proc: subprocess.Popen[bytes] = subprocess.Popen(self.command(args), **kwargs)  # type: ignore[call-overload]
-        self.procs.append(proc)
-        return proc
-
-    def pids(self) -> list[int]:
-        out = subprocess.run(["ip", "netns", "pids", self.netns], capture_output=True, text=True).stdout
-        return [int(p) for p in out.split() if p.isdigit()]
 
     def kill_all(self, sig: int = signal.SIGKILL) -> list[int]:
         """Signal every process of this host (everything in its namespace); the pids signalled."""
@@ -182,13 +171,13 @@ class Network:
                 ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
                 ip("link", "set", self.bridge, "up")
             for i in range(self.count):
-                self.hosts.append(self._add_host(i))
+                self._add_host(i)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _add_host(self, i: int) -> Host:
+    def _add_host(self, i: int) -> None:
         assert self.subnet is not None
         name = chr(ord("a") + i)
         netns = f"{PREFIX}-{os.getpid()}-{self.tag}-{name}"
@@ -196,7 +185,7 @@ class Network:
         address = str(self.subnet.network_address + 10 + i)
         ip("netns", "add", netns)
         host = Host(name, netns, address)
-        self.hosts.append(host)  # removed by stop() even if the rest fails
+        self.hosts.append(host)  # from now on, stop() removes it, even if the rest fails
         ip("link", "add", outer, "type", "veth", "peer", "name", inner)
         self._links.append(outer)
         ip("link", "set", inner, "netns", netns)
@@ -205,16 +194,9 @@ class Network:
         ip("addr", "add", f"{address}/24", "dev", inner, netns=netns)
         ip("link", "set", inner, "up", netns=netns)
         ip("link", "set", "lo", "up", netns=netns)
-        self.hosts.pop()
-        return host
 
     def stop(self) -> None:
         for host in self.hosts:
-            for proc in host.procs:
-                if proc.poll() is None:
-                    proc.kill()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(5)
             host.kill_all()
             ip("netns", "del", host.netns, check=False)
         for link in reversed(self._links):
@@ -229,9 +211,3 @@ class Network:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
-
-
-@contextlib.contextmanager
-def network(count: int) -> Iterator[Network]:
-    with Network(count) as net:
-        yield net
