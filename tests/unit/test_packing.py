@@ -312,3 +312,16 @@ def test_a_request_is_left_for_its_frontends_host_while_it_has_room() -> None:
     assert leave_for_its_host(request("a", passes=MAX_PASSES - 1), "b", room, NOW)
     assert not leave_for_its_host(request("a", passes=MAX_PASSES), "b", room, NOW), "left enough times"
     assert not leave_for_its_host({b"host": b"a", b"created_at": b"x"}, "b", room, NOW), "unreadable: taken"
+
+
+async def test_hosts_with_room_reads_the_heartbeats_when_its_view_is_too_old(registry: Registry) -> None:
+    own = beat("media-b-0", 0, host="b")
+    await write(registry, own, beat("media-a-0", 0, host="a"))
+    packing = Packing(registry, "media-b-0", PACK, 50.0, lambda: own, clock=(clock := Clock()), host="b")
+    assert await packing.hosts_with_room() == {"a", "b"}
+    await write(registry, beat("media-a-0", 200, host="a"))  # host a fills up
+    clock.now += 0.5
+    assert await packing.hosts_with_room() == {"a", "b"}, "a heartbeat old at most: not read again yet"
+    assert await packing.hosts_with_room(max_age=0.1) == {"b"}, "a fresh view"
+    own["calls"] = 200  # its own fields count at once
+    assert await packing.hosts_with_room(max_age=0.1) == set()
