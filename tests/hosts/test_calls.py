@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from tests.audio_util import peak_freq, rms, tone
-from tests.e2e.client import CallClient
+from tests.e2e.client import CallClient, SseReader
 from tests.e2e.test_playback import pcm, write_wav
 from tests.e2e.test_recorder import read_stereo, stream
 from tests.hosts.cluster import Cluster, ClusterHost
@@ -230,3 +230,43 @@ async def test_webrtc_answered_on_host_b_uses_host_bs_candidates(
     _, left, _ = read_stereo(Path(cluster.b.env["RECORDER_PATH"]) / f"{call_id}.wav")
     loud = left[np.abs(left) > 0]
     assert rms(left) > 300 and abs(peak_freq(loud) - 440) < 15, "the peer's tone reached host B"
+
+
+async def test_a_call_on_host_a_is_watched_driven_and_resumed_from_host_b(cluster: Cluster) -> None:
+    """active-call's API and `option.resume` across hosts: host B's `/events` streams a call of host A,
+    B's `/command` reaches it while it has no socket, and a new socket on B's frontend resumes it."""
+    call_id = new_id()
+    first = await CallClient.open(cluster.a.ws, call_id=call_id)
+    clients = [first]
+    watcher = aiohttp.ClientSession()
+    try:
+        await first.invite(codec="pcm", resume={"timeout": 10})
+        assert await wait_owner(cluster, call_id) in cluster.media_of(cluster.a)
+        sse = SseReader(await watcher.get(f"{cluster.b.base}/events/{call_id}"))
+        await asyncio.sleep(0.2)
+        await first.ws.close()
+        await first.wait_closed()
+        await asyncio.sleep(0.2)
+        body = {"command": "history", "speaker": "bot", "text": "while away"}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{cluster.b.base}/command/{call_id}", json=body) as resp,
+        ):
+            assert resp.status == 200, await resp.text()
+        second = await CallClient.open(cluster.b.ws, call_id=call_id)
+        clients.append(second)
+        assert second.frontend.startswith(f"web-{cluster.b.name}-")
+        await second.event("addHistory", text="while away")
+        assert not [e for e in second.events if e["event"] == "answer"], "only what the first socket missed"
+        await second.send({"command": "hangup", "reason": "done"})
+        hangup = await second.event("hangup")
+        assert hangup["reason"] == "done"
+        _, seen = await sse.frame("event", "addHistory")
+        assert seen["text"] == "while away"
+        await sse.frame("event", "hangup")
+        await asyncio.wait_for(sse.ended.wait(), 5)
+        await sse.close()
+    finally:
+        for c in clients:
+            await c.close()
+        await watcher.close()
