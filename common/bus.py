@@ -37,8 +37,9 @@ TRIM_EVERY = 64
 AUDIO_LINGER = 0.010
 
 
-def new_proc_id(role: str) -> str:
-    return f"{role}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+def new_proc_id(role: str, host: str | None = None) -> str:
+    """A process id: `{role}-{host}-{pid}-{random}`, `host` being HOST_NAME (Settings.host_name)."""
+    return f"{role}-{host or socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 class Outbox:

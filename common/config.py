@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -158,6 +159,19 @@ def _origins(env: dict[str, str], name: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _host_name(env: dict[str, str], name: str) -> str:
+    """This host's name: the setting, else the machine's host name. It goes into process ids and Redis key
+    names, so a set one is only letters, digits, `.`, `_` and `-`."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return socket.gethostname()
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", raw):
+        raise ValueError(
+            f"environment variable {name} must be 1-64 letters, digits, '.', '_' or '-', got {raw!r}"
+        )
+    return raw
+
+
 def default_web_concurrency(cores: int) -> int:
     """Frontends per host when WEB_CONCURRENCY is unset: one per two cores (media processes: one per core).
 
@@ -173,6 +187,9 @@ class Settings:
     """Everything a process needs to know about its deployment; see docs/configuration.md."""
 
     port: int = 8080
+    # This host's name, wherever the code means "this host": in process ids, heartbeats (`host`), the
+    # dashboard's hosts and `pbx_process_info`, and the host dispatch prefers for a frontend's calls.
+    host_name: str = field(default_factory=socket.gethostname)
     worker_processes: int = field(default_factory=lambda: os.cpu_count() or 1)
     max_calls: int = 200
     # Calls a media process takes before new calls go to the next one (packing, worker/packing.py); the
@@ -180,6 +197,9 @@ class Settings:
     # 0 = no packing: every media process blocks on the stream and new calls spread round-robin.
     pack_calls: int = 50
     pack_poll_ms: float = 50.0
+    # Milliseconds a new call is left for a media process of its frontend's host (HOST_NAME) while one has
+    # room, before a process of another host takes it (worker/packing.py, leave_for_its_host); 0 = any host.
+    dispatch_local_ms: float = 40.0
     redis_url: str = ""
     redis_prefix: str = "pbx:"
     recorder_path: str = "/tmp/recorders"
@@ -286,10 +306,12 @@ class Settings:
         cores = os.cpu_count() or 1
         return cls(
             port=_int(env, "PORT", 8080),
+            host_name=_host_name(env, "HOST_NAME"),
             worker_processes=_int(env, "WORKER_PROCESSES", cores),
             max_calls=_int(env, "MAX_CALLS", 200),
             pack_calls=_int(env, "PACK_CALLS", 50),
             pack_poll_ms=_float(env, "PACK_POLL_MS", 50.0),
+            dispatch_local_ms=_float(env, "DISPATCH_LOCAL_MS", 40.0),
             redis_url=env.get("REDIS_URL", ""),
             redis_prefix=env.get("REDIS_PREFIX", "pbx:") or "pbx:",
             recorder_path=env.get("RECORDER_PATH", "") or "/tmp/recorders",

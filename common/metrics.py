@@ -393,12 +393,14 @@ async def publish(
     registry: Metrics | None = None,
     every: float = PUBLISH_EVERY,
     ttl: float = SNAPSHOT_TTL,
+    host: str | None = None,
 ) -> None:
-    """Write this process's snapshot every `every` seconds, forever; removes it when cancelled."""
+    """Write this process's snapshot every `every` seconds, forever; removes it when cancelled. `host`:
+    HOST_NAME (Settings.host_name), the machine's host name when None."""
     registry = registry or REGISTRY
     key = keys.metrics(proc)
     BUILD_INFO.labels(_version(), platform.python_version()).set(1)
-    PROCESS_INFO.labels(socket.gethostname()).set(1)
+    PROCESS_INFO.labels(host or socket.gethostname()).set(1)
     try:
         while True:
             try:

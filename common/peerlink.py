@@ -354,12 +354,16 @@ class Links:
     async def _dial(self, proc: str) -> None:
         assert self.lookup is not None
         retry_in = REDIAL_AFTER
+        hint = ""
         try:
             where = await self.lookup(proc)
             if where is None:
                 retry_in = NO_LINK_RECHECK
                 return
             host, port, token = where
+            if host.startswith("127.") or host == "::1":
+                # The default MEDIA_LINK_HOST on a worker host of its own: it reaches only that host.
+                hint = f"; {host} is a loopback address: on another host, set MEDIA_LINK_HOST there"
             loop = asyncio.get_running_loop()
             link: Link | None = None
             try:
@@ -376,7 +380,7 @@ class Links:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning("cannot link to %s (%s); its messages go through Redis", proc, exc)
+            log.warning("cannot link to %s (%s)%s; its messages go through Redis", proc, exc, hint)
         finally:
             self._dialing.discard(proc)
             if not self.linked(proc):

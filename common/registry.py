@@ -129,9 +129,10 @@ class Registry:
         return created, pipe
 
     async def register_pending(
-        self, call_id: str, call_type: str, frontend: str, params: bytes | None = None
+        self, call_id: str, call_type: str, frontend: str, params: bytes | None = None, host: str = ""
     ) -> int:
-        """Register a new call (refusing a live duplicate id) and, with `params`, ask for a media process."""
+        """Register a new call (refusing a live duplicate id) and, with `params`, ask for a media process;
+        `host`, the frontend's HOST_NAME, goes in the request (dispatch prefers a process of that host)."""
         created, pipe = await self._insert(
             call_id, {"call_type": call_type, "state": "pending", "frontend": frontend}
         )
@@ -143,6 +144,8 @@ class Registry:
                 "created_at": created,
                 "params": params,
             }
+            if host:
+                fields["host"] = host
             pipe.xadd(self.keys.dispatch, fields, maxlen=100_000, approximate=True)
         await pipe.execute()
         return created

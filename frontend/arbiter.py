@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 
 import redis
 
@@ -26,7 +25,7 @@ def forget_worker(pid: int) -> int:
     keys = Keys(settings.redis_prefix)
     try:
         r = client(settings)
-        ids = f"web-{socket.gethostname()}-{pid}-*"
+        ids = f"web-{settings.host_name}-{pid}-*"
         beats = list(r.scan_iter(match=keys.proc_pattern(ids), count=1000))
         inboxes = list(r.scan_iter(match=keys.inbox_pattern(ids), count=1000))
         if not beats and not inboxes:

@@ -207,7 +207,9 @@ async def _serve_call(
     hub.connections[call_id] = conn
     try:
         # Dispatched while the handshake completes, so a media process is usually ready first.
-        conn.created_ms = await hub.registry.register_pending(call_id, call_type, hub.proc_id, params)
+        conn.created_ms = await hub.registry.register_pending(
+            call_id, call_type, hub.proc_id, params, host=hub.settings.host_name
+        )
     except DuplicateCall:
         # `/call/sip?id=<dialogId>`: the app picks up an inbound call that a media process holds; or a call
         # with `option.resume` gets a new socket (docs/protocol.md, "Resuming a call").

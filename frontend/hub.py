@@ -47,7 +47,7 @@ class Hub:
         self.redis = redis
         self.keys = Keys(settings.redis_prefix)
         self.registry = Registry(redis, self.keys)
-        self.proc_id = new_proc_id("web")
+        self.proc_id = new_proc_id("web", settings.host_name)
         # Direct links to the media processes this frontend talks to (common/peerlink.py), else Redis.
         self.cursor = InboxCursor()
         self.links = (
@@ -74,6 +74,9 @@ class Hub:
         self.replies = Replies()
         self._tasks = TaskSet(log, f"{self.proc_id}:")
         self.redis_ok = False
+        # SIGTERM: the listener is closed, this frontend takes no new call while its calls drain. Its
+        # heartbeat says so, and the other frontends stop leaving it a share of the media processes' room.
+        self.draining = False
         # Short-lived work of the connections (a registry write); not cancelled on stop, so it gets done.
         self._background = TaskSet(log)
 
@@ -97,6 +100,8 @@ class Hub:
     async def drain(self, timeout: float) -> None:
         """SIGTERM: no new sockets arrive any more (gunicorn closed the listener); live calls may go on
         for up to `timeout` s, then their owners hang them up, so each client gets its `hangup`."""
+        self.draining = True
+        self.heartbeat.publish(self._beat_fields(), now=True)
         if Hub.stop_now or not self.connections:
             return
         loop = asyncio.get_running_loop()
@@ -148,6 +153,7 @@ class Hub:
             "proc": self.proc_id,
             "calls": len(self.connections),
             "load": self.load.figures(),
+            "draining": self.draining,
         }
 
     def _heartbeat_failed(self, exc: Exception) -> None:

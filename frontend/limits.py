@@ -123,7 +123,8 @@ class MediaCapacity:
     The figures are read at most every `ttl` seconds; calls admitted since the last read count against
     them, so a burst on this frontend does not all squeeze into the last free slot. Every live frontend
     admits against the same figures, so each takes its share of the room (the room divided by the
-    frontends, rounded up): together they do not let in several times what is free. The heartbeats are
+    frontends that take calls, rounded up; a draining one takes none): together they do not let in
+    several times what is free. The heartbeats are
     stale by up to a heartbeat, so this is a fast refusal, not a guarantee: a call let through may still
     find no room, and then the media process refuses it (or the claim timeout ends it).
     """
@@ -146,7 +147,9 @@ class MediaCapacity:
             if self._read_at is None or self._clock() - self._read_at >= self.ttl:
                 procs = await self.registry.procs()
                 free = sum(room(p) for p in procs)
-                frontends = max(1, sum(1 for p in procs if p.get("role") == "web"))
+                # (A draining frontend, SIGTERM to its host's gunicorn in a rolling restart, takes no new
+                # call: counting it would leave the others half the room.)
+                frontends = max(1, sum(1 for p in procs if p.get("role") == "web" and not p.get("draining")))
                 self._free = -(-free // frontends)
                 self._read_at = self._clock()
                 self._admitted = 0

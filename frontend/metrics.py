@@ -16,6 +16,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from common import metrics, wire
+from common.config import Settings
 from common.keys import Keys
 from common.metrics import AUDIO_DROPPED, CALL_TYPES, REGISTRY
 
@@ -41,6 +42,9 @@ class Frontend(Protocol):
 
     @property
     def connections(self) -> Mapping[str, Held]: ...
+
+    @property
+    def settings(self) -> Settings: ...
 
 
 # Commands forwarded and not acknowledged yet, per connection. The owner never acknowledges a command that
@@ -103,7 +107,7 @@ async def publish(hub: Frontend) -> None:
 
     REGISTRY.add_collector(collect)
     try:
-        await metrics.publish(hub.redis, hub.keys, hub.proc_id, "web")
+        await metrics.publish(hub.redis, hub.keys, hub.proc_id, "web", host=hub.settings.host_name)
     finally:
         REGISTRY.remove_collector(collect)
 

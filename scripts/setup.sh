@@ -50,6 +50,14 @@ if [ "${1:-}" = "dev" ] && [ ! -x /usr/bin/baresip ]; then
     echo "warning: /usr/bin/baresip is missing; the baresip tests will fail" >&2
   fi
 fi
+# The host tests (tests/hosts) run hosts in network namespaces with iproute2's `ip` (and need root).
+if [ "${1:-}" = "dev" ] && ! command -v ip >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1; then
+    apt_install iproute2
+  else
+    echo "warning: ip (iproute2) is missing; the host tests will fail" >&2
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 from common.config import Settings
@@ -26,9 +27,15 @@ class Stack:
     """The processes of one local deployment, started in order and stopped in reverse."""
 
     def __init__(
-        self, env: dict[str, str] | None = None, quiet: bool = False, log: Path | None = None
+        self,
+        env: dict[str, str] | None = None,
+        quiet: bool = False,
+        log: Path | None = None,
+        prefix: Sequence[str] = (),
     ) -> None:
         self.env = dict(os.environ if env is None else env)
+        # Put before each process's command line: `ip netns exec NAME` runs it on another (test) host.
+        self.prefix = list(prefix)
         self.quiet = quiet
         self.log = log  # where the processes' output goes instead (benchmarks read it)
         self.redis: EmbeddedRedis | None = None
@@ -36,6 +43,7 @@ class Stack:
         self.worker: subprocess.Popen[bytes] | None = None
 
     def _popen(self, args: list[str]) -> subprocess.Popen[bytes]:
+        args = [*self.prefix, *args]
         if self.log is not None:
             with self.log.open("ab") as log:
                 return subprocess.Popen(
@@ -44,15 +52,19 @@ class Stack:
         out = subprocess.DEVNULL if self.quiet else None
         return subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=out, stderr=out, start_new_session=True)
 
-    def start(self) -> Stack:
+    def start(self, web: bool = True, worker: bool = True) -> Stack:
+        """Start the deployment: Redis (unless REDIS_URL is set), then `worker` and `web` (those asked for:
+        a host of a deployment may run only one of them)."""
         if not self.env.get("REDIS_URL"):
             self.redis = EmbeddedRedis(6379 if port_free(6379) else None).start()
             self.env["REDIS_URL"] = self.redis.url
             print(f"embedded redis on {self.redis.url}", file=sys.stderr)
-        self.worker = self._popen([sys.executable, "-m", "worker"])
-        self.web = self._popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "frontend.app:create_app"]
-        )
+        if worker:
+            self.worker = self._popen([sys.executable, "-m", "worker"])
+        if web:
+            self.web = self._popen(
+                [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "frontend.app:create_app"]
+            )
         return self
 
     def alive(self) -> bool:

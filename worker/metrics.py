@@ -26,6 +26,20 @@ CALLS_STARTED = R.counter(
 CALLS_ENDED = R.counter(
     "pbx_calls_ended_total", "Calls that ended in this process, for any reason.", ("type",)
 )
+CALLS_CLAIMED = R.counter(
+    "pbx_calls_claimed_total",
+    "Calls this process claimed from the dispatch stream, by where their frontend runs: `same` host "
+    "(HOST_NAME), `other` host, or `unknown` (a frontend that does not say).",
+    ("frontend_host",),
+)
+LEFT_FOR_HOST = R.counter(
+    "pbx_dispatch_left_total",
+    "Dispatch requests this process handed back to the stream for a media process of their frontend's host.",
+)
+SIP_FORWARDED = R.counter(
+    "pbx_sip_forwarded_total",
+    "SIP messages this process received for a dialog that another process owns, forwarded to that owner.",
+)
 CALLS_ACTIVE = R.gauge("pbx_calls_active", "Calls this process owns now (from claim to teardown).", ("type",))
 CALLS_CAPACITY = R.gauge(
     "pbx_calls_capacity",
@@ -155,7 +169,9 @@ def collect(source: MediaFigures) -> None:
         WORK_DROPPED.labels(stage).value = dropped
 
 
-async def publish(source: MediaFigures, redis: aioredis.Redis, keys: Keys, proc_id: str) -> None:
+async def publish(
+    source: MediaFigures, redis: aioredis.Redis, keys: Keys, proc_id: str, host: str | None = None
+) -> None:
     """The process's snapshot to Redis every second, for as long as the process runs."""
 
     def collector() -> None:
@@ -163,7 +179,7 @@ async def publish(source: MediaFigures, redis: aioredis.Redis, keys: Keys, proc_
 
     REGISTRY.add_collector(collector)
     try:
-        await metrics.publish(redis, keys, proc_id, "media")
+        await metrics.publish(redis, keys, proc_id, "media", host=host)
     finally:
         REGISTRY.remove_collector(collector)
 

@@ -12,6 +12,14 @@ processes with room (an overloaded or draining one announces none), the one with
 not yet full for packing (`PACK_CALLS` calls, or a load pressure of `PACK_PRESSURE`, measured or foreseen
 from what its calls cost). When there is none (every process is full for packing, or the only candidate
 went stale), every process blocks and the calls spread round-robin, as with `PACK_CALLS=0`.
+
+With several hosts (HOST_NAME), each host packs on its own: the target is worked out among the processes of
+the host (each host then has a process blocking on the stream), and a new call goes to a media process of
+its frontend's host while that host has room: the dispatch request names the frontend's host (`host`), and
+a process of another host that reads it hands it back to the stream (`leave_for_its_host`) for up to
+LOCAL_WAIT_MS and MAX_PASSES, unless no live process of that host has room by the heartbeats. Packing onto
+fewer processes saves CPU only among processes that share cores; a call whose frontend and media process
+share a host saves a network hop both ways for every frame.
 """
 
 from __future__ import annotations
@@ -45,6 +53,14 @@ HANDOVER = 2 * HEARTBEAT_EVERY
 # Seconds between reads of the heartbeats while a process with a lower id warms up, or while a poller sees
 # calls waiting.
 WARMING_RECHECK = 0.1
+# How long (ms, since the frontend's `created_at`; DISPATCH_LOCAL_MS) and how many times a request from
+# another host's frontend is handed back to the stream for that host's media processes, while one of them
+# has room. A hand-back costs one round trip; the bounds keep a request whose host cannot take it at once
+# (its target busy with a burst, heartbeats up to a beat old) from going round for long. The age is read on
+# this host's clock: a clock behind the frontend's by more than this leaves nothing (no preference), one
+# ahead leaves it MAX_PASSES times at most.
+LOCAL_WAIT_MS = 40.0
+MAX_PASSES = 3
 
 
 def full_for_packing(beat: dict[str, Any], pack_calls: int) -> bool:
@@ -75,11 +91,16 @@ def warming(beat: dict[str, Any]) -> bool:
     return beat.get("role") == "media" and not is_warm(beat)
 
 
-def packing_target(beats: list[dict[str, Any]], pack_calls: int, now_ms: int) -> str | None:
-    """The proc id of the packing target among `beats` (heartbeats), or None: every process reads."""
+def packing_target(
+    beats: list[dict[str, Any]], pack_calls: int, now_ms: int, host: str | None = None
+) -> str | None:
+    """The proc id of the packing target among `beats` (heartbeats), or None: every process reads. With
+    `host`, among that host's processes only (each host packs on its own)."""
     candidates = []
     for beat in beats:
         try:
+            if host is not None and beat.get("host", "") != host:
+                continue
             if takes_calls(beat, now_ms) and not full_for_packing(beat, pack_calls):
                 candidates.append(str(beat["proc"]))
         except (KeyError, TypeError, ValueError, AttributeError):
@@ -87,12 +108,47 @@ def packing_target(beats: list[dict[str, Any]], pack_calls: int, now_ms: int) ->
     return min(candidates, default=None)
 
 
+def hosts_with_room(beats: list[dict[str, Any]], now_ms: int) -> set[str]:
+    """The hosts (HOST_NAME) with a live, warm media process with room, by `beats`."""
+    out = set()
+    for beat in beats:
+        try:
+            if takes_calls(beat, now_ms) and beat.get("host"):
+                out.add(str(beat["host"]))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+    return out
+
+
+def origin_host(fields: dict[bytes, bytes]) -> str:
+    """The host of the frontend that asked for a call (a dispatch request's `host`); "" if it does not say."""
+    return fields.get(b"host", b"").decode("utf-8", "replace")
+
+
+def leave_for_its_host(
+    fields: dict[bytes, bytes], host: str, with_room: set[str], now_ms: int, wait_ms: float = LOCAL_WAIT_MS
+) -> bool:
+    """Whether a media process of `host` leaves a dispatch request (`fields`) for its frontend's host: the
+    request names another host, a process of that host has room (`with_room`), and it has waited less than
+    `wait_ms` and been left fewer than MAX_PASSES times."""
+    try:
+        origin = origin_host(fields)
+        if not origin or origin == host or origin not in with_room:
+            return False
+        if int(fields.get(b"passes", b"0")) >= MAX_PASSES:
+            return False
+        return now_ms - int(fields.get(b"created_at", b"0")) < wait_ms
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
 class Packing:
     """One media process's side of packing: whether it reads the dispatch stream blocking (it is the target,
     or there is none), from the heartbeats read at most once a heartbeat and its own fields (`own`, fresh).
 
     `on_change` is called when the process becomes full for packing or stops being so: its heartbeat should
-    say so now, so the next target takes over sooner.
+    say so now, so the next target takes over sooner. `host` is this process's host (HOST_NAME): the target
+    is one of its processes, and `hosts_with_room` says which hosts' processes a request is left for.
     """
 
     def __init__(
@@ -104,8 +160,10 @@ class Packing:
         own: Callable[[], dict[str, Any]],
         on_change: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
+        host: str | None = None,
     ) -> None:
         self.registry = registry
+        self.host = host
         self.proc_id = proc_id
         self.pack_calls = pack_calls
         # Seconds between two reads of a process that is not the target.
@@ -147,7 +205,7 @@ class Packing:
             self._full = full
             self.on_change()
         beats = [b for b in self._beats if isinstance(b, dict) and b.get("proc") != self.proc_id]
-        target = packing_target([*beats, own], self.pack_calls, int(time.time() * 1000))
+        target = packing_target([*beats, own], self.pack_calls, int(time.time() * 1000), self.host)
         if target != self.target:
             log.debug("packing target: %s", target or "none (every media process reads)")
             self.target = target
@@ -164,6 +222,16 @@ class Packing:
         # Just filled up as the target: on until the next target has read so and blocks. (One that finds a
         # lower-id target stops at once: that one blocks already.)
         return full and self._clock() < self._lead_until
+
+    async def hosts_with_room(self, max_age: float = HEARTBEAT_EVERY) -> set[str]:
+        """The hosts with a media process with room, by the heartbeats (read again when older than
+        `max_age` seconds; this process's own fields fresh)."""
+        if self._clock() - self._read_at >= max_age:
+            self._beats = await self.registry.procs()
+            self._read_at = self._clock()
+        own = self.own()
+        beats = [b for b in self._beats if isinstance(b, dict) and b.get("proc") != self.proc_id]
+        return hosts_with_room([*beats, own], int(time.time() * 1000))
 
     def block_ms(self) -> int:
         """How long a blocking read may wait: a second, but no longer than a handover has left, nor than the

@@ -9,7 +9,6 @@ import gc
 import logging
 import os
 import signal
-import socket
 import time
 from collections import deque
 from collections.abc import Iterator, Mapping
@@ -45,7 +44,7 @@ from worker.media.cache import MediaCache
 from worker.media.dtmf import DtmfBank
 from worker.media.offload import FrameBatcher
 from worker.media.vad import SileroBatcher
-from worker.packing import Packing
+from worker.packing import Packing, leave_for_its_host, origin_host
 from worker.paths import MediaRoots
 from worker.quota import RecorderQuota
 from worker.rtc.peer import InlineEncoding, limit_host_addresses
@@ -78,6 +77,16 @@ CLAIM_BATCH = 8
 # How long (ms) a media process that is not the packing target waits for the next request when none waited
 # at its last look (worker/packing.py, Packing.overdue), as long as the target's blocking read.
 QUIET_WAIT_MS = 1000
+# Seconds old at most the heartbeats may be when a process takes a call of another host's frontend that its
+# view says has no room, or leaves one a second time (worker/packing.py, leave_for_its_host): at most one
+# read of the heartbeats per FRESH_VIEW.
+FRESH_VIEW = 0.1
+# Seconds a process that handed back everything it read waits before it reads again. Redis gives a new
+# request to the reader that has blocked longest: without the pause this one, back at once, was first in
+# line again while the other host's reader still set up its last call, and took the request back. Bursts
+# of 5 (bench/hosts.py, 3 runs): a host filling up, 27-51 hand-backs for 30 calls without the pause, 5-19
+# with it; calls on either host, 26-28 of 30 on their own host without it, all 30 with it.
+LEAVE_PAUSE = 0.005
 # Calls hung up per media tick when many end at once (a frontend died or stops): ending a call costs about
 # a millisecond of loop time, and a hundred at once would hold up every other call's next frames.
 HANGUPS_PER_TICK = 8
@@ -99,7 +108,7 @@ class MediaProcess:
         self, settings: Settings, proc_id: str | None = None, spawned_at: float | None = None
     ) -> None:
         self.settings = settings
-        self.proc_id = proc_id or new_proc_id("media")
+        self.proc_id = proc_id or new_proc_id("media", settings.host_name)
         # When the supervisor started this process (epoch seconds): the startup time is logged from it.
         self.spawned_at = spawned_at or time.time()
         # Every default model loaded and run once (worker/warmup.py): until then, capacity 0 and no claims.
@@ -192,6 +201,7 @@ class MediaProcess:
             settings.pack_poll_ms,
             self._beat_fields,
             on_change=self._beat_now.set,
+            host=settings.host_name,
         )
         self._ending: deque[tuple[CallSession, str, str]] = deque()
         self._ending_wake = asyncio.Event()
@@ -327,7 +337,7 @@ class MediaProcess:
             ("denoise", self.denoise.run()),
             ("ten", self.ten.run()),
             ("piper", self.piper.run()),
-            ("metrics", metrics.publish(self, self.redis, self.keys, self.proc_id)),
+            ("metrics", metrics.publish(self, self.redis, self.keys, self.proc_id, self.settings.host_name)),
             ("recorder-quota", self.recorder_quota.run()),
         ):
             self._start(name, coro)
@@ -449,7 +459,8 @@ class MediaProcess:
             "proc": self.proc_id,
             "pid": os.getpid(),
             # Which host: `/precache` asks one media process of each (the media cache is a host's directory).
-            "host": socket.gethostname(),
+            # (And dispatch: a frontend's calls go to a media process of its host while one has room.)
+            "host": self.settings.host_name,
             "warm": self.warm,
             "calls": len(self.sessions),
             "capacity": self.capacity(),
@@ -570,6 +581,7 @@ class MediaProcess:
             count = min(free, CLAIM_BATCH)
             try:
                 entries: list[Any] = []
+                taken_over = False
                 if time.monotonic() - last_autoclaim > 1.0:
                     last_autoclaim = time.monotonic()
                     reply: Any = await self.redis.xautoclaim(
@@ -581,6 +593,7 @@ class MediaProcess:
                         count=count,
                     )
                     entries = [e for e in reply[1] if e and e[1]] if reply else []
+                    taken_over = bool(entries)
                 if not entries:
                     # Not the packing target: every PACK_POLL_MS, a read that does not wait takes what has
                     # waited a whole poll (the target did not take it at once).
@@ -601,7 +614,8 @@ class MediaProcess:
                 if entries and self._accepting and not self.load.admission.claiming:
                     await self.load.turn_away(entries)
                 elif entries:
-                    await self._take(entries)
+                    # (A request taken over from a dead process has waited seconds: nobody leaves it.)
+                    await self._take(entries, leave=not taken_over)
                 backoff.reset()
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):
@@ -613,8 +627,40 @@ class MediaProcess:
                 log.warning("dispatch failed (%s)", exc)
                 await backoff.wait()
 
-    async def _take(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
-        """Claim a batch of dispatch requests with one pipelined round trip."""
+    async def _take(self, entries: list[tuple[bytes, dict[bytes, bytes]]], leave: bool = False) -> None:
+        """Claim a batch of dispatch requests with one pipelined round trip. With `leave`, the requests of
+        another host's frontend are handed back to the stream for that host while it has room (packing.py,
+        `leave_for_its_host`)."""
+        left: list[tuple[bytes, dict[bytes, bytes]]] = []
+        host = self.settings.host_name
+        others = {origin_host(f) for _, f in entries} - {"", host}
+        if leave and others and self.settings.dispatch_local_ms > 0:
+            with_room = await self.packing.hosts_with_room()
+            returned = any(f.get(b"passes") for _, f in entries)
+            if others - with_room or returned:
+                # The view may be a heartbeat and a blocking read old. Before taking a call of a host that
+                # had no room by it, look again: a host that just warmed up or freed room keeps its calls.
+                # Before leaving a call a second time, too: it came back, and its host may have filled up
+                # meanwhile (it beats at once then), so a spilled call is left once at most, not 3 times.
+                with_room = await self.packing.hosts_with_room(FRESH_VIEW)
+            now_ms = int(time.time() * 1000)
+            wait_ms = self.settings.dispatch_local_ms
+            leaving = [leave_for_its_host(f, host, with_room, now_ms, wait_ms) for _, f in entries]
+            left = [e for e, go in zip(entries, leaving, strict=True) if go]
+            entries = [e for e, go in zip(entries, leaving, strict=True) if not go]
+        if left:
+            back = self.redis.pipeline(transaction=False)
+            for _entry_id, fields in left:
+                passes = int(fields.get(b"passes", b"0")) + 1
+                again = {**fields, b"passes": str(passes).encode()}
+                back.xadd(self.keys.dispatch, again, maxlen=100_000, approximate=True)  # type: ignore[arg-type]
+            back.xack(self.keys.dispatch, DISPATCH_GROUP, *(entry_id for entry_id, _ in left))
+            back.xdel(self.keys.dispatch, *(entry_id for entry_id, _ in left))
+            await back.execute()
+            metrics.LEFT_FOR_HOST.labels().inc(len(left))
+            if not entries:
+                await asyncio.sleep(LEAVE_PAUSE)
+                return
         if not self._accepting:
             # Read just as the drain began: handed straight back to the stream, for a live process.
             back = self.redis.pipeline(transaction=False)
@@ -634,6 +680,9 @@ class MediaProcess:
         results = await pipe.execute()
         for (_entry_id, fields), result in zip(entries, results, strict=False):
             if result == 1:
+                origin = origin_host(fields)
+                where = "unknown" if not origin else "same" if origin == host else "other"
+                metrics.CALLS_CLAIMED.labels(where).inc()
                 self._open_session(fields)
 
     def _open_session(self, fields: dict[bytes, bytes]) -> None:
@@ -734,6 +783,11 @@ class MediaProcess:
         self.sessions[session.call_id] = session
         session.start()
         self._calls_arrived.set()  # the clock runs again
+        if self.load.admission.admitting and len(self.sessions) == self.capacity():
+            # Just full by its announced capacity (not overloaded: then its capacity is its calls, and every
+            # call it still claims would beat at once): said now, so frontends refuse and other hosts'
+            # processes stop leaving this host's calls for it (worker/packing.py) a beat sooner.
+            self._beat_now.set()
 
     def _collect_garbage(self) -> None:
         """Run the cyclic garbage collector right after a tick, where the loop has the most slack.

@@ -127,7 +127,7 @@ class Supervisor:
         self.watch = ChildWatch(settings.reap_grace, settings.heartbeat_ttl, settings.loop_stall_limit)
 
     def _spawn(self, slot: int) -> Child:
-        proc_id = f"media-{os.uname().nodename}-{slot}-{uuid.uuid4().hex[:6]}"
+        proc_id = f"media-{self.settings.host_name}-{slot}-{uuid.uuid4().hex[:6]}"
         # One thread per numeric library: a media process is one event loop plus a few worker threads of its
         # own, and BLAS/OpenMP thread pools spinning next to it turned ~1 ms matrix products into 100+ ms
         # stalls of the media clock once the cores were busy.

@@ -161,9 +161,9 @@ def call_id() -> str:
 
 
 class Webhook:
-    """An HTTP endpoint in a thread that records each POSTed payload (status = `status`)."""
+    """An HTTP endpoint in a thread that records each POSTed payload (status = `status`), on `host`."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.payloads: queue.Queue[dict[str, Any]] = queue.Queue()
         self.status = 200
         hook = self
@@ -178,8 +178,8 @@ class Webhook:
             def log_message(self, *args: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.server = ThreadingHTTPServer((host, free_port()), Handler)
+        self.url = f"http://{host}:{self.server.server_address[1]}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     async def next(self, timeout: float = 5.0) -> dict[str, Any]:

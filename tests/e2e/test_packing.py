@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import Iterator
 
@@ -103,7 +104,9 @@ async def test_a_process_that_is_not_the_target_sets_calls_up_fast(packed: Stack
     async def ghost() -> None:
         while not stop.is_set():
             now = int(time.time() * 1000)
-            beat = {"role": "media", "proc": "media-0", "pid": 0, "warm": True, "calls": 0, "capacity": 200,
+            # (On the stack's host: each host packs on its own.)
+            beat = {"role": "media", "proc": "media-0", "host": socket.gethostname(), "pid": 0, "warm": True,
+                    "calls": 0, "capacity": 200,
                     "max_calls": 200, "load": {"pressure": 0.0, "admitting": True, "claiming": True},
                     "beat_at": now, "loop_at": now}  # fmt: skip
             packed.redis.set(KEYS.proc("media-0"), json.dumps(beat), px=3000)

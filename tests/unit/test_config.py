@@ -88,3 +88,13 @@ def test_outbound_url_settings() -> None:
     for bad in ("http://x/y", "x:0", "user@x", "x:http"):
         with pytest.raises(ValueError, match="ALLOWED_URL_HOSTS"):
             Settings.from_env({"ALLOWED_URL_HOSTS": bad}, dotenv=None)
+
+
+def test_host_name() -> None:
+    import socket
+
+    assert Settings.from_env({}, dotenv=None).host_name == socket.gethostname()
+    assert Settings.from_env({"HOST_NAME": " web-2.eu "}, dotenv=None).host_name == "web-2.eu"
+    for bad in ("a b", "a/b", "x" * 65, "a:b"):
+        with pytest.raises(ValueError, match="HOST_NAME"):
+            Settings.from_env({"HOST_NAME": bad}, dotenv=None)

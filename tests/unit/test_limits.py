@@ -252,6 +252,13 @@ async def test_each_frontend_takes_its_share_of_the_room(registry: Registry) -> 
     assert await MediaCapacity(registry).free() == 1, "the last free call is anyone's"
 
 
+async def test_a_draining_frontend_leaves_the_room_to_the_others(registry: Registry) -> None:
+    await beat(registry, "media-1", calls=0, capacity=4)
+    await beat(registry, "web-1", role="web", calls=0)
+    await beat(registry, "web-2", role="web", calls=2, draining=True)
+    assert await MediaCapacity(registry).free() == 4, "web-2 takes no new call (SIGTERM): all 4 are web-1's"
+
+
 async def test_capacity_none_when_no_media_process(registry: Registry) -> None:
     await beat(registry, "web-1", role="web", calls=0)
     assert await MediaCapacity(registry).admit() is None

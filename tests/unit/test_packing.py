@@ -17,10 +17,14 @@ from common.registry import Registry
 from tests.unit.test_liveness import Clock
 from worker.packing import (
     HANDOVER,
+    LOCAL_WAIT_MS,
+    MAX_PASSES,
     PACK_PRESSURE,
     STALE_MS,
     Packing,
     full_for_packing,
+    hosts_with_room,
+    leave_for_its_host,
     packing_target,
 )
 
@@ -259,3 +263,65 @@ async def test_a_target_that_fills_up_reads_the_heartbeats_at_once(registry: Reg
     own["calls"] = PACK
     assert await on_a.blocks() is True
     assert on_a.target == "media-b", "who takes over is decided on a fresh view, not on one from its warm-up"
+
+
+# --- several hosts ---------------------------------------------------------------------------------------
+
+
+def test_each_host_packs_on_its_own() -> None:
+    beats = [
+        beat("media-a-0", 3, host="a"),
+        beat("media-a-1", host="a"),
+        beat("media-b-0", PACK, host="b"),
+        beat("media-b-1", 1, host="b"),
+    ]
+    assert packing_target(beats, PACK, NOW) == "media-a-0", "without a host: the lowest id of all"
+    assert packing_target(beats, PACK, NOW, host="a") == "media-a-0"
+    assert packing_target(beats, PACK, NOW, host="b") == "media-b-1", "b's first is full for packing"
+    assert packing_target(beats, PACK, NOW, host="c") is None, "no media process there: none"
+
+
+def test_hosts_with_room() -> None:
+    beats = [
+        beat("media-a-0", 200, host="a"),  # full
+        beat("media-b-0", 3, host="b"),
+        beat("media-c-0", host="c", beat_at=NOW - STALE_MS - 1),  # stale
+        beat("media-d-0", host="d", warm=False),
+        {"role": "web", "proc": "web-e-1", "host": "e"},
+    ]
+    assert hosts_with_room(beats, NOW) == {"b"}
+
+
+def request(host: str | None, age_ms: int = 5, passes: int | None = None) -> dict[bytes, bytes]:
+    fields = {b"call_id": b"c1", b"created_at": str(NOW - age_ms).encode()}
+    if host is not None:
+        fields[b"host"] = host.encode()
+    if passes is not None:
+        fields[b"passes"] = str(passes).encode()
+    return fields
+
+
+def test_a_request_is_left_for_its_frontends_host_while_it_has_room() -> None:
+    room = {"a", "b"}
+    assert leave_for_its_host(request("a"), "b", room, NOW)
+    assert not leave_for_its_host(request("b"), "b", room, NOW), "its own host's: taken"
+    assert not leave_for_its_host(request(None), "b", room, NOW), "a frontend that does not say: taken"
+    assert not leave_for_its_host(request("a"), "b", {"b"}, NOW), "a has no room: taken (spill-over)"
+    assert not leave_for_its_host(request("w"), "b", room, NOW), "a web-only host: taken"
+    assert not leave_for_its_host(request("a", age_ms=LOCAL_WAIT_MS), "b", room, NOW), "waited enough"
+    assert leave_for_its_host(request("a", passes=MAX_PASSES - 1), "b", room, NOW)
+    assert not leave_for_its_host(request("a", passes=MAX_PASSES), "b", room, NOW), "left enough times"
+    assert not leave_for_its_host({b"host": b"a", b"created_at": b"x"}, "b", room, NOW), "unreadable: taken"
+
+
+async def test_hosts_with_room_reads_the_heartbeats_when_its_view_is_too_old(registry: Registry) -> None:
+    own = beat("media-b-0", 0, host="b")
+    await write(registry, own, beat("media-a-0", 0, host="a"))
+    packing = Packing(registry, "media-b-0", PACK, 50.0, lambda: own, clock=(clock := Clock()), host="b")
+    assert await packing.hosts_with_room() == {"a", "b"}
+    await write(registry, beat("media-a-0", 200, host="a"))  # host a fills up
+    clock.now += 0.5
+    assert await packing.hosts_with_room() == {"a", "b"}, "a heartbeat old at most: not read again yet"
+    assert await packing.hosts_with_room(max_age=0.1) == {"b"}, "a fresh view"
+    own["calls"] = 200  # its own fields count at once
+    assert await packing.hosts_with_room(max_age=0.1) == set()

@@ -23,6 +23,7 @@ from common.errors import DuplicateCall
 from common.logs import call_id_var
 from common.redact import redact_url
 from common.tasks import TaskSet
+from worker import metrics
 from worker.host import ProcessHost
 from worker.sip.agent import Admit, SipAgent
 from worker.sip.leg import LegError, SipLeg
@@ -184,6 +185,7 @@ class Telephony:
             return False
         body = {"d": data, "t": source.transport, "h": source.host, "p": source.port, "l": source.local_port}
         self.proc.send(owner, wire.msg(sip_call_id, SIP, body))
+        metrics.SIP_FORWARDED.labels().inc()
         return True
 
     def forwarded(self, body: dict[str, Any]) -> None:
