@@ -130,6 +130,8 @@ class EouOption:
     secret_id: str | None = _secret()
     timeout: int | None = None
     extra: dict[str, Any] | None = None
+    # smart_turn: the probability from which the model's verdict is "complete" (0-1, default 0.5).
+    threshold: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -535,6 +537,9 @@ def _check_choices(option: CallOption) -> None:
         _choice(option.tts.provider, TTS_PROVIDERS, "option.tts.provider", "provider")
     if option.eou is not None:
         _choice(option.eou.type, EOU_TYPES, "option.eou.type", "type")
+        threshold = option.eou.threshold
+        if threshold is not None and not 0 <= threshold <= 1:
+            raise BadCommand("option.eou.threshold: must be between 0 and 1")
 
 
 def _check_media_pass(mp: MediaPassOption) -> None:

@@ -194,6 +194,7 @@ class Eou(Event):
     track_id: str = ""
     completed: bool = False
     text: str | None = None
+    probability: float | None = None  # smart_turn: the model's
     interrupt_point: str | None = None
     refer: bool | None = None
 

@@ -98,7 +98,8 @@ class SipOption:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EouOption:
-    """End-of-utterance detection: `type` `local` (this server) or `tencent`."""
+    """End-of-utterance detection: `type` `local` (this server's silence rule), `smart_turn` (the Smart Turn
+    model, with `threshold`) or `tencent`."""
 
     type: str | None = None
     endpoint: str | None = None
@@ -106,6 +107,7 @@ class EouOption:
     secret_id: str | None = _secret()
     timeout: int | None = None
     extra: dict[str, Any] | None = None
+    threshold: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

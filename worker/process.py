@@ -53,6 +53,7 @@ from worker.sip.telephony import SIP, Telephony
 from worker.speech.endpoints import DEFAULT_HOSTS
 from worker.speech.local_asr import WhisperPool
 from worker.speech.local_tts import PiperEngine
+from worker.speech.smart_turn import TurnBatcher
 from worker.urlguard import WS, UrlGuard
 from worker.warmup import dtmf, rnnoise, run_steps, ten_vad, webrtc_vad
 
@@ -144,6 +145,9 @@ class MediaProcess:
         self.asr_threads = ThreadPoolExecutor(2, thread_name_prefix="asr")
         self.tts_thread = ThreadPoolExecutor(1, thread_name_prefix="tts")
         self.piper = PiperEngine(self._tts_in_thread)
+        # The end-of-turn model (~40 ms a decision) gets a thread of its own: it must not hold up the VAD.
+        self.turn_thread = ThreadPoolExecutor(1, thread_name_prefix="turn")
+        self.turn = TurnBatcher(self._turn_in_thread)
         self.telephony: Telephony | None = None
         # What every call shares (worker/call/services.py), built once; `run` adds the SIP side once bound.
         self.services = MediaServices(
@@ -162,6 +166,7 @@ class MediaProcess:
             ten=self.ten,
             dtmf=self.dtmf,
             piper=self.piper,
+            turn=self.turn,
             bot_http=self.bot_http,
         )
         self._bot_http: aiohttp.ClientSession | None = None
@@ -203,6 +208,9 @@ class MediaProcess:
 
     def _infer(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().run_in_executor(self.inference, fn, *args)
+
+    def _turn_in_thread(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().run_in_executor(self.turn_thread, fn, *args)
 
     def _denoise_in_thread(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().run_in_executor(self.denoise_thread, fn, *args)
@@ -327,6 +335,7 @@ class MediaProcess:
             ("denoise", self.denoise.run()),
             ("ten", self.ten.run()),
             ("piper", self.piper.run()),
+            ("turn", self.turn.run()),
             ("metrics", metrics.publish(self, self.redis, self.keys, self.proc_id)),
             ("recorder-quota", self.recorder_quota.run()),
         ):
@@ -357,6 +366,7 @@ class MediaProcess:
             steps["test_delay"] = self._tts_in_thread(time.sleep, self.settings.test_warmup_seconds)
         steps.update(
             piper=self.piper.warm_up(),
+            smart_turn=self.turn.warm_up(),
             whisper=self.whisper.warm_up(),
             silero=self.silero.warm_up(),
             ten=self._infer(ten_vad),
@@ -425,6 +435,7 @@ class MediaProcess:
         self.asr_threads.shutdown(wait=False, cancel_futures=True)
         self.denoise_thread.shutdown(wait=False, cancel_futures=True)
         self.tts_thread.shutdown(wait=False, cancel_futures=True)
+        self.turn_thread.shutdown(wait=False, cancel_futures=True)
 
     async def _ensure_group(self) -> None:
         backoff = Backoff(0.1, 2.0)

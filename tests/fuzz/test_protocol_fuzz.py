@@ -99,6 +99,7 @@ _RULES: dict[str, st.SearchStrategy[Any]] = {
     "provider": st.sampled_from([*ASR_PROVIDERS, "Tencent"]),
     "VadOption.type": st.sampled_from([*VAD_TYPES, "Silero"]),
     "EouOption.type": st.sampled_from([*EOU_TYPES, "LOCAL"]),
+    "EouOption.threshold": st.one_of(st.integers(0, 1), st.floats(0, 1)),
     "ResumeOption.timeout": st.one_of(st.integers(1, 3600), st.floats(0.001, 3600)),
     "targetSessionId": st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=20),
     # active-call's SIP commands: media types and extra headers that would not break the request.

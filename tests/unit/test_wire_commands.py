@@ -43,7 +43,14 @@ SAMPLES: dict[str, dict[str, Any]] = {
             "subscribe": True,
         }
     },
-    "accept": {"option": {"codec": "g722", "asr": {"provider": "local"}, "inactivityTimeout": 30}},
+    "accept": {
+        "option": {
+            "codec": "g722",
+            "asr": {"provider": "local"},
+            "inactivityTimeout": 30,
+            "eou": {"type": "smart_turn", "threshold": 0.6, "timeout": 2000},
+        }
+    },
     "reject": {"reason": "busy", "code": 486},
     "ringing": {"recorder": {"recorderFile": "r.wav"}, "earlyMedia": True, "ringtone": "ring.wav"},
     "candidate": {"candidates": ["candidate:1 1 udp 1 127.0.0.1 9 typ host"]},
@@ -116,6 +123,9 @@ EDGE = [
     ('{"command":"invite","option":{"asr":{"provider":"foo"}}}', "option.asr.provider: unknown provider"),
     ('{"command":"invite","option":{"tts":{"provider":"foo"}}}', "option.tts.provider: unknown provider"),
     ('{"command":"invite","option":{"eou":{"type":"x"}}}', "option.eou.type: unknown type 'x'"),
+    ('{"command":"invite","option":{"eou":{"type":"smart_turn","threshold":1.5}}}', "option.eou.threshold: "),
+    ('{"command":"invite","option":{"eou":{"threshold":-0.1}}}', "option.eou.threshold: must be between"),
+    ('{"command":"invite","option":{"eou":{"threshold":"high"}}}', "option.eou.threshold: expected a number"),
     ('{"command":"invite","option":{"codec":"opus"}}', "option.codec: unsupported codec 'opus'"),
     ('{"command":"invite","option":{"mediaPass":{"url":"ws://b","dialect":"x"}}}', "option.mediaPass.dia"),
     ('{"command":"tts","text":"a","option":{"provider":"nope"}}', "option.provider: unknown provider 'nope'"),
