@@ -50,6 +50,9 @@ FRAME_MS = 20
 # (its VAD's stop time). The VADs here end an utterance 100-300 ms after the words, by engine and hangover.
 TRAILING_MS = 120
 LOUD_DBFS = -40.0
+# The VAD's silencePadding (default 100 ms) is kept for the VAD smart_turn brings: at 60 ms, pauses are
+# judged 40-60 ms sooner, but the gaps between words become pauses too, heard with too little silence after
+# them ("I would like | to": 0.52, complete) and twice the model's CPU (bench/smart_turn.py, 2026-12-04).
 
 
 def model_path() -> Path:
@@ -277,6 +280,8 @@ class SmartTurn:
 
     def speech_started(self, ts_ms: int) -> None:
         self.rule.speech(ts_ms)
+        # A question not yet put to the model is moot: it is not put (the model is the scarce CPU).
+        self._batcher.forget(self)
 
     def transcript(self, text: str) -> None:
         self._texts.append(text)
