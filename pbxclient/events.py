@@ -275,6 +275,20 @@ class TrackEnd(Event):
 
 @_event
 @dataclass(frozen=True, kw_only=True)
+class BargeIn(Event):
+    """This server's `vad.bargeIn` decision on caller speech over the server-side track: `decision`
+    `interrupt`, `ignore` or `resume`; `reason`; `start_time` of the caller's utterance; `text` heard."""
+
+    name: str = "bargeIn"
+    track_id: str = ""
+    decision: str = ""
+    reason: str = ""
+    start_time: int | None = None
+    text: str | None = None
+
+
+@_event
+@dataclass(frozen=True, kw_only=True)
 class Interruption(Event):
     """A TTS track was interrupted: `subtitle` the text being spoken, `current` the ms of it played,
     `total_duration` the ms synthesized."""

@@ -28,7 +28,18 @@ SAMPLES: dict[str, dict[str, Any]] = {
             "codec": "PCMU",
             "callee": "sip:bob@example.com",
             "recorder": {"recorderFile": "r.wav", "samplerate": 16000, "ptime": "200ms"},
-            "vad": {"type": "Silero", "voiceThreshold": 0.5, "silenceTimeout": 800, "secretKey": "s"},
+            "vad": {
+                "type": "Silero",
+                "voiceThreshold": 0.5,
+                "silenceTimeout": 800,
+                "secretKey": "s",
+                "bargeIn": {
+                    "minSpeechMs": 250,
+                    "ignoreWords": ["yeah", "uh-huh"],
+                    "resumeAfterMs": 900,
+                    "act": "interrupt",
+                },
+            },
             "asr": {"provider": "tencent", "language": "en", "extra": {"a": [1, 2.5, None, {"b": True}]}},
             "tts": {"provider": "voiceapi", "speaker": "x", "speed": 1.25, "subtitle": True},
             "handshakeTimeout": 30.5,
@@ -126,6 +137,22 @@ EDGE = [
     ('{"command":"invite","option":{"eou":{"type":"smart_turn","threshold":1.5}}}', "option.eou.threshold: "),
     ('{"command":"invite","option":{"eou":{"threshold":-0.1}}}', "option.eou.threshold: must be between"),
     ('{"command":"invite","option":{"eou":{"threshold":"high"}}}', "option.eou.threshold: expected a number"),
+    (
+        '{"command":"invite","option":{"vad":{"bargeIn":{"act":"shout"}}}}',
+        "option.vad.bargeIn.act: unknown act",
+    ),
+    (
+        '{"command":"invite","option":{"vad":{"bargeIn":{"minSpeechMs":-1}}}}',
+        "option.vad.bargeIn.minSpeechMs: must",
+    ),
+    (
+        '{"command":"invite","option":{"vad":{"bargeIn":{"resumeAfterMs":1e9}}}}',
+        "option.vad.bargeIn.resumeAfterMs",
+    ),
+    (
+        '{"command":"invite","option":{"vad":{"bargeIn":{"ignoreWords":"yeah"}}}}',
+        "option.vad.bargeIn.ignoreWords",
+    ),
     ('{"command":"invite","option":{"codec":"opus"}}', "option.codec: unsupported codec 'opus'"),
     ('{"command":"invite","option":{"mediaPass":{"url":"ws://b","dialect":"x"}}}', "option.mediaPass.dia"),
     ('{"command":"tts","text":"a","option":{"provider":"nope"}}', "option.provider: unknown provider 'nope'"),

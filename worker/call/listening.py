@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,6 +15,7 @@ from common.choices import ASR_PROVIDERS, VAD_TYPES
 from common.errors import ProviderError
 from common.protocol import CallOption, TranscriptionOption
 from worker import metrics
+from worker.call.bargein import BargeIn
 from worker.call.services import CallHooks, MediaServices
 from worker.media.denoise import Denoiser
 from worker.media.dtmf import DtmfDetector
@@ -22,6 +24,9 @@ from worker.speech.asr import AsrClient, Transcript
 from worker.speech.context import SpeechContext
 from worker.speech.eou import EouDetector
 from worker.speech.smart_turn import SmartTurn
+
+if TYPE_CHECKING:
+    from worker.call.tracks import ServerSide
 
 log = logging.getLogger("pbx.worker.call.listening")
 
@@ -52,6 +57,9 @@ class CallerListener:
         self.denoiser: Denoiser | None = None
         self.eou: EouDetector | None = None
         self.turn: SmartTurn | None = None  # eou type smart_turn
+        self.barge: BargeIn | None = None  # vad.bargeIn
+        # The server-side track (set by the session once built): what barge-in judges speech against.
+        self.side: ServerSide | None = None
         # In-band DTMF is always listened for (RustPBX only reads RFC 4733 events and SIP INFO).
         self.dtmf = DtmfDetector()
         self._asr_first_audio: int | None = None
@@ -69,6 +77,8 @@ class CallerListener:
             self.vad_events = self._make_vad(option)
         if option.asr is not None:
             self._make_asr(option.asr)
+        if option.vad is not None and option.vad.barge_in is not None and self.side is not None:
+            self.barge = BargeIn(option.vad.barge_in, self.asr is not None, self.side, s.emit)
         if option.eou is not None and (option.eou.type or "").lower() == "smart_turn":
             try:
                 self.turn = SmartTurn(option.eou, self._on_turn, self._on_turn_error, services.turn)
@@ -201,6 +211,8 @@ class CallerListener:
             self.vad.feed(frame, ts)
         if self.turn is not None:
             self.turn.feed(frame, ts)
+        if self.barge is not None:
+            self.barge.tick(ts)
         if self.asr is not None:
             if self._asr_first_audio is None:
                 self._asr_first_audio = ts
@@ -219,6 +231,8 @@ class CallerListener:
                 self.eou.speech_started()
             if self.turn is not None:
                 self.turn.speech_started(ev.start_ms)
+            if self.barge is not None:
+                self.barge.speech_started(ev.start_ms)
             if self.vad_events:
                 self.input_detected()
                 s.emit(events.event("speaking", track_id=self.call_id, start_time=ev.start_ms))
@@ -229,14 +243,19 @@ class CallerListener:
                 self.eou.turn_may_end(None)
             if self.turn is not None and not ev.idle:
                 self.turn.paused(ev.start_ms + ev.duration_ms)
+            if self.barge is not None and not ev.idle:
+                self.barge.speech_ended(ev.start_ms + ev.duration_ms, ev.duration_ms)
             if self.vad_events:
                 s.emit(
                     events.event(
                         "silence", track_id=self.call_id, start_time=ev.start_ms, duration=ev.duration_ms
                     )
                 )
-        elif isinstance(ev, Discarded) and self.asr is not None:
-            self.asr.speech_discarded()
+        elif isinstance(ev, Discarded):
+            if self.asr is not None:
+                self.asr.speech_discarded()
+            if self.barge is not None:
+                self.barge.speech_ended(ev.start_ms, None)
 
     def _on_transcript(self, t: Transcript) -> None:
         s = self.hooks
@@ -246,6 +265,8 @@ class CallerListener:
         provider = self.asr.provider
         self.input_detected()
         name = "asrFinal" if t.final else "asrDelta"
+        if self.barge is not None:
+            self.barge.transcript(t.text, t.final)
         s.emit(
             events.event(
                 name,
