@@ -21,6 +21,18 @@ def test_words_are_lower_case_without_punctuation() -> None:
     assert words("Wait, stop.") == ["wait", "stop"]
 
 
+def test_hums_count_as_backchannels_whatever_their_spelling() -> None:
+    r = rule()
+    for heard in ("M. M. M.", "Mmm-hmm", "Hmmm", "Uhhh"):
+        r.speech(0, bot_playing=True, pause=False)
+        r.ended(400, 400)
+        verdict = r.heard(heard, final=True)
+        assert verdict is not None and verdict.reason == "backchannel", heard
+    r.speech(0, bot_playing=True, pause=False)
+    r.ended(400, 400)
+    assert r.heard("Um, stop", final=True) == Verdict("interrupt", "words", 0, "Um, stop")
+
+
 def test_speech_while_the_bot_is_silent_is_not_judged() -> None:
     r = rule()
     assert r.speech(1000, bot_playing=False, pause=True) is False

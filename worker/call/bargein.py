@@ -37,6 +37,8 @@ BACKCHANNELS = frozenset(
     "alright all i see got it cool great nice oh ah aha wow really true exactly totally gotcha".split()
 )
 _WORD = re.compile(r"[a-z0-9']+(?:-[a-z0-9']+)*")
+# Hums and fillers have no fixed spelling ("Mmm", "M. M.", "uhhh", "hmmm"): any run of these letters counts.
+_HUM = re.compile(r"^(?:m+|h+m+|u+h*|a+h+|o+h+|e+r*m*|u+m+)(?:-(?:m+|h+m+|u+h*))*$")
 
 
 def words(text: str) -> list[str]:
@@ -89,7 +91,7 @@ class BargeInRule:
         if self.start is None:
             return None
         said = words(text)
-        taken = [w for w in said if w not in self.ignore]
+        taken = [w for w in said if w not in self.ignore and not _HUM.match(w)]
         if taken and (final or self._now - self.start >= self.min_speech_ms):
             return self._verdict("words", interrupt=True, text=text)
         if not final:
