@@ -155,6 +155,9 @@ class _Now:
     def forget(self, owner: object) -> None:
         pass
 
+    def prepare(self) -> None:
+        pass
+
 
 def smart_turn_on(model: TurnModel, audio: np.ndarray, end_ms: int, label: str) -> TurnResult:
     runner = _Now(model)

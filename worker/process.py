@@ -146,6 +146,8 @@ class MediaProcess:
         self.tts_thread = ThreadPoolExecutor(1, thread_name_prefix="tts")
         self.piper = PiperEngine(self._tts_in_thread)
         # The end-of-turn model (~40 ms a decision) gets a thread of its own: it must not hold up the VAD.
+        # It is not warmed up: ~70 MB a process that only smart_turn calls need; the first such call of the
+        # process loads it (~0.15 s) as the call is set up, long before its first pause.
         self.turn_thread = ThreadPoolExecutor(1, thread_name_prefix="turn")
         self.turn = TurnBatcher(self._turn_in_thread)
         self.telephony: Telephony | None = None
@@ -256,6 +258,7 @@ class MediaProcess:
             "denoise": self.denoise.dropped,
             "ten_vad": self.ten.dropped,
             "silero_vad": self.silero.dropped,
+            "smart_turn": self.turn.late,
         }
 
     def session_ended(self, session: CallSession) -> None:
@@ -366,7 +369,6 @@ class MediaProcess:
             steps["test_delay"] = self._tts_in_thread(time.sleep, self.settings.test_warmup_seconds)
         steps.update(
             piper=self.piper.warm_up(),
-            smart_turn=self.turn.warm_up(),
             whisper=self.whisper.warm_up(),
             silero=self.silero.warm_up(),
             ten=self._infer(ten_vad),

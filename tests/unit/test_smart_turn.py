@@ -123,6 +123,9 @@ class FakeBatcher:
     def forget(self, owner: object) -> None:
         self.forgotten.append(owner)
 
+    def prepare(self) -> None:
+        pass
+
 
 def part(
     **option: Any,
@@ -222,3 +225,22 @@ def test_the_model_hears_a_fixed_silence_after_the_last_loud_frame() -> None:
     assert len(trim_trailing(audio[:5000])) == 5000  # ends sooner: kept whole
     hiss = np.full(8000, 200, dtype=np.int16)  # -44 dBFS: no loud frame, nothing cut
     assert len(trim_trailing(hiss)) == 8000
+
+
+async def test_a_call_set_up_loads_the_model_before_its_first_pause() -> None:
+    pool = ThreadPoolExecutor(1)
+    loop = asyncio.get_running_loop()
+    batcher = TurnBatcher(lambda fn, *a: loop.run_in_executor(pool, fn, *a))
+    runner = asyncio.create_task(batcher.run())
+    try:
+        await asyncio.sleep(0.05)
+        assert batcher._model is None, "not loaded while no call asks for it"
+        SmartTurn(EouOption(type="smart_turn"), lambda c, p, t: None, lambda m: None, batcher)
+        for _ in range(100):
+            if batcher._model is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert batcher._model is not None
+    finally:
+        runner.cancel()
+        pool.shutdown()

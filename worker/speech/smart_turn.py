@@ -118,6 +118,7 @@ class TurnBatcher:
         self._wake = asyncio.Event()
         self.decisions = 0
         self.late = 0
+        self._wanted = False
 
     def submit(
         self, owner: object, audio: np.ndarray, done: Callable[[float | None, str | None], None]
@@ -140,20 +141,26 @@ class TurnBatcher:
             self._model = await self._run_off_loop(TurnModel)
         await self._run_off_loop(self._model.predict, np.zeros(RATE, dtype=np.int16))
 
+    def prepare(self) -> None:
+        """A call will ask: load the model now (off the loop), not at its first pause."""
+        self._wanted = True
+        self._wake.set()
+
     async def run(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._queue:
+            if self._model is None and (self._wanted or self._queue):
+                try:
+                    self._model = await self._run_off_loop(TurnModel)
+                except Exception as exc:
+                    log.exception("smart turn model failed to load")
+                    batch, self._queue = self._queue, []
+                    for request in batch:
+                        request.done(None, f"model failed to load: {exc}")
+                    continue
+            while self._queue and self._model is not None:
                 batch, self._queue = self._queue, []
-                if self._model is None:
-                    try:
-                        self._model = await self._run_off_loop(TurnModel)
-                    except Exception as exc:
-                        log.exception("smart turn model failed to load")
-                        for request in batch:
-                            request.done(None, f"model failed to load: {exc}")
-                        continue
                 await self._run_off_loop(self._judge, self._model, batch, asyncio.get_running_loop())
 
     def _judge(self, model: TurnModel, batch: list[_Request], loop: asyncio.AbstractEventLoop) -> None:
@@ -262,6 +269,7 @@ class SmartTurn:
         self._emit = emit
         self._on_error = on_error
         self._batcher = batcher
+        batcher.prepare()
         self._frames: collections.deque[tuple[int, np.ndarray]] = collections.deque(
             maxlen=SAMPLES // (RATE // 1000 * FRAME_MS)
         )
