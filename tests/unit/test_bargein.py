@@ -148,3 +148,11 @@ def test_event_only_never_touches_the_track_nor_a_track_the_client_paused() -> N
     acting = BargeIn(BargeInOption(act="interrupt"), True, s2, out2.append)
     acting.speech_started(1000)
     assert [e["event"] for e in out2] == ["trackStart"], "a paused track is not speech to barge in on"
+
+
+def test_a_transcript_of_an_earlier_utterance_is_not_about_the_judged_one() -> None:
+    r = rule()
+    r.speech(5000, bot_playing=True, pause=True)
+    r.ended(5400, 400)
+    assert r.heard("I want the blue one", final=True, start_ms=3000) is None  # spoken before the bot began
+    assert r.heard("Okay.", final=True, start_ms=4990) == Verdict("resume", "backchannel", 5000, "Okay.")

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 DEFAULT_MIN_SPEECH_MS = 300
 DEFAULT_RESUME_AFTER_MS = 1500
+# ASR and VAD place an utterance's start apart by up to this (local ASR: the same VAD, 0).
+ONSET_SLACK_MS = 300
 # Backchannels and fillers: an utterance made only of these does not take the turn.
 BACKCHANNELS = frozenset(
     "yeah yes yep yup ya yea ok okay k uh-huh uh huh um umm hmm hm mm mmm mhm mm-hmm mmhmm right sure "
@@ -87,8 +89,10 @@ class BargeInRule:
         self._ended = ts_ms
         return None
 
-    def heard(self, text: str, final: bool) -> Verdict | None:
-        if self.start is None:
+    def heard(self, text: str, final: bool, start_ms: int | None = None) -> Verdict | None:
+        """A transcript; one of an utterance that began before the judged one (`start_ms`, when the
+        provider says) is not about it."""
+        if self.start is None or (start_ms is not None and start_ms < self.start - ONSET_SLACK_MS):
             return None
         said = words(text)
         taken = [w for w in said if w not in self.ignore and not _HUM.match(w)]
@@ -154,8 +158,8 @@ class BargeIn:
     def speech_ended(self, ts_ms: int, duration_ms: int | None) -> None:
         self._apply(self.rule.ended(ts_ms, duration_ms))
 
-    def transcript(self, text: str, final: bool) -> None:
-        self._apply(self.rule.heard(text, final))
+    def transcript(self, text: str, final: bool, start_ms: int | None = None) -> None:
+        self._apply(self.rule.heard(text, final, start_ms))
 
     def tick(self, ts_ms: int) -> None:
         self._apply(self.rule.tick(ts_ms))

@@ -266,7 +266,7 @@ class CallerListener:
         self.input_detected()
         name = "asrFinal" if t.final else "asrDelta"
         if self.barge is not None:
-            self.barge.transcript(t.text, t.final)
+            self.barge.transcript(t.text, t.final, t.start_ms)
         s.emit(
             events.event(
                 name,
