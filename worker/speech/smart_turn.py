@@ -9,8 +9,8 @@ pipecat (whose import logs a banner and pulls in its frame machinery).
 
 One `TurnBatcher` per media process owns the ONNX Runtime session (one intra-op thread) and runs every call's
 requests on a thread of its own, off the event loop, handed over together. Each request is its own inference:
-on this model a batch costs more CPU per decision than single runs (38 ms alone, 43 ms each in fours,
-50 ms in sixteens, bench/smart_turn.py), and single runs let the first answer out before the last is done.
+on this model a batch costs more CPU per decision than single runs (~40 ms alone, ~50 ms each in batches
+of 4 or 16, bench/smart_turn.py), and single runs let the first answer out before the last is done.
 
 `TurnRule` is the decision on the caller's audio clock (pure, unit-tested on a virtual clock); `SmartTurn` is
 a call's part: the last 8 s of audio, the rule, and the requests to the batcher.
