@@ -84,19 +84,19 @@ def test_speech_before_the_answer_makes_it_moot() -> None:
     assert rule.tick(10_000) == []
 
 
-def test_no_answer_leaves_the_timer_alone_to_decide() -> None:
-    rule = TurnRule(0.5, 1000)
+def test_no_answer_leaves_the_silence_timer_to_decide() -> None:
+    rule = TurnRule(0.5, 3000)
     rule.speech(0)
     ask = rule.pause(800)
     assert ask is not None
     assert rule.answer(ask.generation, None, 900) == []
-    assert rule.tick(1799) == []
-    assert rule.tick(1800) == [Decision(True, None)]
+    assert rule.tick(1399) == []
+    assert rule.tick(1400) == [Decision(True, None)]  # as `local` would: 600 ms of silence
     # An answer that comes after the timer ran out: both at once.
     rule.speech(5000)
     ask = rule.pause(6000)
     assert ask is not None
-    assert rule.answer(ask.generation, 0.3, 7200) == [Decision(False, 0.3), Decision(True, 0.3)]
+    assert rule.answer(ask.generation, 0.3, 9200) == [Decision(False, 0.3), Decision(True, 0.3)]
 
 
 def test_the_threshold_is_the_clients() -> None:

@@ -39,6 +39,8 @@ MODEL_FILE = "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"
 DEFAULT_THRESHOLD = 0.5
 # After an incomplete verdict, the turn still ends after this long a silence (ms, on the audio clock).
 DEFAULT_INCOMPLETE_TIMEOUT_MS = 3000
+# With no verdict (model failed or overloaded), the turn ends after this much silence: the `local` rule's.
+SILENCE_FALLBACK_MS = 600
 # Audio kept before the turn's first speech, as pipecat does (the model was trained with it).
 PRE_SPEECH_MS = 500
 # A request that waited longer than this for the model is not run: the silence timer decides that pause.
@@ -204,12 +206,15 @@ class TurnRule:
     - probability ≥ threshold: `eou{completed:true}`, the turn is over;
     - below: `eou{completed:false}` at once, and if the caller stays silent `incomplete_timeout` ms from
       the pause's start, `eou{completed:true}` (same probability: the timer ended it, not the model);
-    - no answer (model failed, or too late): no `completed:false`, the timer alone ends the turn.
+    - no answer (model failed, or too late for it): no `completed:false`; the turn ends as the `local` rule
+      ends it, `silence_fallback` ms after the pause's start (an overloaded process degrades to the silence
+      timer, not to the long wait meant for turns the model heard as unfinished).
     """
 
     def __init__(self, threshold: float, incomplete_timeout: int) -> None:
         self.threshold = threshold
         self.incomplete_timeout = incomplete_timeout
+        self.silence_fallback = min(SILENCE_FALLBACK_MS, incomplete_timeout)
         self.generation = 0
         self.turn_start: int | None = None
         self._pause_start: int | None = None
@@ -232,7 +237,8 @@ class TurnRule:
     def answer(self, generation: int, probability: float | None, now_ms: int) -> list[Decision]:
         if generation != self.generation or self._pause_start is None:
             return []
-        self._deadline = self._pause_start + self.incomplete_timeout
+        wait = self.incomplete_timeout if probability is not None else self.silence_fallback
+        self._deadline = self._pause_start + wait
         self._probability = probability
         if probability is not None and probability >= self.threshold:
             return [self._end(probability)]
