@@ -48,6 +48,8 @@ async def test_a_backchannel_does_not_stop_the_bot_and_wait_stop_does(stack: Sta
         assert stop["reason"] == "words" and stop["text"].strip(), stop
         assert abs(stop["startTime"] - (t0 + spans[1][0])) <= 300
         assert c.events.index(stop) < c.events.index(end), "the decision, then the track's end"
+        heard = [e for e in c.events if e["event"] in ("asrDelta", "asrFinal") and e["text"] == stop["text"]]
+        assert heard and c.events.index(heard[0]) < c.events.index(stop), "the words, then the decision"
         # The interruption comes within a second and a half of the caller's first word.
         assert stop["timestamp"] - (t0 + spans[1][0]) <= 1500, stop["timestamp"] - (t0 + spans[1][0])
         # "yeah" paused the track, then resumed it: a still-paused track would not be barged in on again.

@@ -265,8 +265,6 @@ class CallerListener:
         provider = self.asr.provider
         self.input_detected()
         name = "asrFinal" if t.final else "asrDelta"
-        if self.barge is not None:
-            self.barge.transcript(t.text, t.final, t.start_ms)
         s.emit(
             events.event(
                 name,
@@ -277,6 +275,8 @@ class CallerListener:
                 text=t.text,
             )
         )
+        if self.barge is not None:  # after the words it judges
+            self.barge.transcript(t.text, t.final, t.start_ms)
         since = self._asr_first_audio if self._asr_first_audio is not None else now
         if t.final:
             if t.end_ms is not None:
