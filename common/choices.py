@@ -16,6 +16,8 @@ ASR_PROVIDERS = ("local", "tencent", "voiceapi")
 # `option.tts.provider`, a `tts` command's `option.provider` (none: the call's, else local).
 TTS_PROVIDERS = ("local", "tencent", "voiceapi")
 # `option.eou.type` (none: local).
-EOU_TYPES = ("local", "tencent")
+EOU_TYPES = ("local", "tencent", "smart_turn")
+# `option.vad.bargeIn.act` (none: event): ours, whether the server acts on its own barge-in decisions.
+BARGE_IN_ACTS = ("event", "interrupt")
 # `option.mediaPass.dialect` (none: raw, RustPBX's): ours, "twilio" speaks Media Streams.
 MEDIA_PASS_DIALECTS = ("raw", "twilio")

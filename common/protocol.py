@@ -14,7 +14,15 @@ from typing import Any
 
 import msgspec
 
-from common.choices import ASR_PROVIDERS, CODECS, EOU_TYPES, MEDIA_PASS_DIALECTS, TTS_PROVIDERS, VAD_TYPES
+from common.choices import (
+    ASR_PROVIDERS,
+    BARGE_IN_ACTS,
+    CODECS,
+    EOU_TYPES,
+    MEDIA_PASS_DIALECTS,
+    TTS_PROVIDERS,
+    VAD_TYPES,
+)
 from common.errors import BadCommand
 from common.events import SERVER_SIDE_TRACK
 from common.redact import redact_url
@@ -64,6 +72,17 @@ class RecorderOption:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BargeInOption:
+    """Ours (`vad.bargeIn`): is caller speech over the server-side track an interruption?
+    (worker/call/bargein.py)"""
+
+    min_speech_ms: int | None = None
+    ignore_words: list[str] | None = None
+    resume_after_ms: int | None = None
+    act: str | None = None  # event (default) | interrupt
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class VadOption:
     type: str | None = None
     aggressiveness: int | None = None
@@ -73,6 +92,7 @@ class VadOption:
     silence_timeout: int | None = None
     voice_threshold: float | None = None
     max_buffer_duration_secs: int | None = None
+    barge_in: BargeInOption | None = None
     endpoint: str | None = None
     secret_key: str | None = _secret()
     secret_id: str | None = _secret()
@@ -130,6 +150,8 @@ class EouOption:
     secret_id: str | None = _secret()
     timeout: int | None = None
     extra: dict[str, Any] | None = None
+    # smart_turn: the probability from which the model's verdict is "complete" (0-1, default 0.5).
+    threshold: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -529,12 +551,24 @@ def _check_choices(option: CallOption) -> None:
     """The names an invite's (or accept's) option picks an engine or provider by."""
     if option.vad is not None:
         _choice(option.vad.type, VAD_TYPES, "option.vad.type", "VAD type")
+        barge = option.vad.barge_in
+        if barge is not None:
+            _choice(barge.act, BARGE_IN_ACTS, "option.vad.bargeIn.act", "act")
+            for name, value in (
+                ("minSpeechMs", barge.min_speech_ms),
+                ("resumeAfterMs", barge.resume_after_ms),
+            ):
+                if value is not None and not 0 <= value <= 60_000:
+                    raise BadCommand(f"option.vad.bargeIn.{name}: must be between 0 and 60000 (ms)")
     if option.asr is not None:
         _choice(option.asr.provider, ASR_PROVIDERS, "option.asr.provider", "provider")
     if option.tts is not None:
         _choice(option.tts.provider, TTS_PROVIDERS, "option.tts.provider", "provider")
     if option.eou is not None:
         _choice(option.eou.type, EOU_TYPES, "option.eou.type", "type")
+        threshold = option.eou.threshold
+        if threshold is not None and not 0 <= threshold <= 1:
+            raise BadCommand("option.eou.threshold: must be between 0 and 1")
 
 
 def _check_media_pass(mp: MediaPassOption) -> None:

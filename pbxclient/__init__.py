@@ -27,6 +27,7 @@ from pbxclient.events import (
     AnswerMachineDetection,
     AsrDelta,
     AsrFinal,
+    BargeIn,
     Binary,
     Custom,
     Dtmf,
@@ -56,6 +57,7 @@ from pbxclient.events import (
     parse_event,
 )
 from pbxclient.options import (
+    BargeInOption,
     CallOption,
     EouOption,
     MediaPassOption,
@@ -105,6 +107,7 @@ __all__ = [
     "InboundCall",
     "Incoming",
     "Interrupt",
+    "BargeIn",
     "Interruption",
     "MediaPassOption",
     "MediaReady",
@@ -131,6 +134,7 @@ __all__ = [
     "TranscriptionOption",
     "TransferRequest",
     "UnsupportedCodec",
+    "BargeInOption",
     "VadOption",
     "WebhookReceiver",
     "concat",

@@ -194,6 +194,7 @@ class Eou(Event):
     track_id: str = ""
     completed: bool = False
     text: str | None = None
+    probability: float | None = None  # smart_turn: the model's
     interrupt_point: str | None = None
     refer: bool | None = None
 
@@ -270,6 +271,20 @@ class TrackEnd(Event):
     duration: int = 0
     ssrc: int = 0
     play_id: str | None = None
+
+
+@_event
+@dataclass(frozen=True, kw_only=True)
+class BargeIn(Event):
+    """This server's `vad.bargeIn` decision on caller speech over the server-side track: `decision`
+    `interrupt`, `ignore` or `resume`; `reason`; `start_time` of the caller's utterance; `text` heard."""
+
+    name: str = "bargeIn"
+    track_id: str = ""
+    decision: str = ""
+    reason: str = ""
+    start_time: int | None = None
+    text: str | None = None
 
 
 @_event

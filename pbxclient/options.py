@@ -28,6 +28,17 @@ class RecorderOption:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class BargeInOption:
+    """This server's `vad.bargeIn`: is caller speech over the bot an interruption (`bargeIn` events);
+    `act` `interrupt` lets the server pause, resume or interrupt its own track."""
+
+    min_speech_ms: int | None = None
+    ignore_words: list[str] | None = None
+    resume_after_ms: int | None = None
+    act: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class VadOption:
     """Voice activity detection: `type` `webrtc`, `silero` or `ten`."""
 
@@ -42,6 +53,7 @@ class VadOption:
     endpoint: str | None = None
     secret_key: str | None = _secret()
     secret_id: str | None = _secret()
+    barge_in: BargeInOption | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -98,7 +110,8 @@ class SipOption:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EouOption:
-    """End-of-utterance detection: `type` `local` (this server) or `tencent`."""
+    """End-of-utterance detection: `type` `local` (this server's silence rule), `smart_turn` (the Smart Turn
+    model, with `threshold`) or `tencent`."""
 
     type: str | None = None
     endpoint: str | None = None
@@ -106,6 +119,7 @@ class EouOption:
     secret_id: str | None = _secret()
     timeout: int | None = None
     extra: dict[str, Any] | None = None
+    threshold: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -52,6 +52,7 @@ from worker.sip.telephony import SIP, Telephony
 from worker.speech.endpoints import DEFAULT_HOSTS
 from worker.speech.local_asr import WhisperPool
 from worker.speech.local_tts import PiperEngine
+from worker.speech.smart_turn import TurnBatcher
 from worker.urlguard import WS, UrlGuard
 from worker.warmup import dtmf, rnnoise, run_steps, ten_vad, webrtc_vad
 
@@ -153,6 +154,11 @@ class MediaProcess:
         self.asr_threads = ThreadPoolExecutor(2, thread_name_prefix="asr")
         self.tts_thread = ThreadPoolExecutor(1, thread_name_prefix="tts")
         self.piper = PiperEngine(self._tts_in_thread)
+        # The end-of-turn model (~40 ms a decision) gets a thread of its own: it must not hold up the VAD.
+        # It is not warmed up: ~70 MB a process that only smart_turn calls need; the first such call of the
+        # process loads it (~0.15 s) as the call is set up, long before its first pause.
+        self.turn_thread = ThreadPoolExecutor(1, thread_name_prefix="turn")
+        self.turn = TurnBatcher(self._turn_in_thread)
         self.telephony: Telephony | None = None
         # What every call shares (worker/call/services.py), built once; `run` adds the SIP side once bound.
         self.services = MediaServices(
@@ -171,6 +177,7 @@ class MediaProcess:
             ten=self.ten,
             dtmf=self.dtmf,
             piper=self.piper,
+            turn=self.turn,
             bot_http=self.bot_http,
         )
         self._bot_http: aiohttp.ClientSession | None = None
@@ -213,6 +220,9 @@ class MediaProcess:
 
     def _infer(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().run_in_executor(self.inference, fn, *args)
+
+    def _turn_in_thread(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().run_in_executor(self.turn_thread, fn, *args)
 
     def _denoise_in_thread(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().run_in_executor(self.denoise_thread, fn, *args)
@@ -258,6 +268,7 @@ class MediaProcess:
             "denoise": self.denoise.dropped,
             "ten_vad": self.ten.dropped,
             "silero_vad": self.silero.dropped,
+            "smart_turn": self.turn.late,
         }
 
     def session_ended(self, session: CallSession) -> None:
@@ -337,6 +348,7 @@ class MediaProcess:
             ("denoise", self.denoise.run()),
             ("ten", self.ten.run()),
             ("piper", self.piper.run()),
+            ("turn", self.turn.run()),
             ("metrics", metrics.publish(self, self.redis, self.keys, self.proc_id, self.settings.host_name)),
             ("recorder-quota", self.recorder_quota.run()),
         ):
@@ -435,6 +447,7 @@ class MediaProcess:
         self.asr_threads.shutdown(wait=False, cancel_futures=True)
         self.denoise_thread.shutdown(wait=False, cancel_futures=True)
         self.tts_thread.shutdown(wait=False, cancel_futures=True)
+        self.turn_thread.shutdown(wait=False, cancel_futures=True)
 
     async def _ensure_group(self) -> None:
         backoff = Backoff(0.1, 2.0)

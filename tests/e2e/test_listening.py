@@ -156,3 +156,32 @@ async def test_in_band_dtmf(stack: StackInfo, call_id: str, codec: str) -> None:
         assert all(e["trackId"] == call_id for e in got)
     finally:
         await c.close()
+
+
+async def test_smart_turn_tells_a_cut_off_sentence_from_a_finished_one(
+    stack: StackInfo, call_id: str
+) -> None:
+    # A caller stops after "I would like to", then finishes the sentence (over a -45 dBFS line floor): the
+    # model (no ASR, its own VAD) calls the first pause incomplete and the end complete; each `eou` comes
+    # soon after its pause begins.
+    first, second = speech("I would like to"), speech("book a table for two.")
+    voice, spans = with_silence(0.5, first, 0.8, second, 1.2)
+    audio = np.clip(voice + noise("white", len(voice) / 16000, -45, seed=3), -32768, 32767)
+    frames = [audio[i : i + 320].astype("<i2").tobytes() for i in range(0, len(audio) - 319, 320)]
+    c = await CallClient.open(stack.ws, call_id=call_id)
+    try:
+        await c.invite(eou={"type": "smart_turn"})
+        t0 = time.time() * 1000
+        await stream(c, frames)
+        done = await c.event("eou", completed=True, timeout=5)
+        eous = [e for e in c.events if e["event"] == "eou"]
+        cut, finished = eous[0], eous[-1]
+        assert finished is done and cut["completed"] is False, eous
+        assert all(e["completed"] is False for e in eous[:-1]), eous
+        assert cut["trackId"] == call_id and 0 <= cut["probability"] < 0.5
+        assert 0.5 <= finished["probability"] <= 1
+        pause1, pause2 = t0 + spans[0][1], t0 + spans[1][1]
+        assert pause1 < cut["timestamp"] <= pause1 + 700, cut["timestamp"] - pause1
+        assert pause2 < finished["timestamp"] <= pause2 + 700, finished["timestamp"] - pause2
+    finally:
+        await c.close()

@@ -21,7 +21,7 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 from common import events, wire
-from common.choices import ASR_PROVIDERS, CODECS, EOU_TYPES, TTS_PROVIDERS, VAD_TYPES
+from common.choices import ASR_PROVIDERS, BARGE_IN_ACTS, CODECS, EOU_TYPES, TTS_PROVIDERS, VAD_TYPES
 from common.errors import BadCommand
 from common.protocol import (
     COMMANDS,
@@ -99,6 +99,10 @@ _RULES: dict[str, st.SearchStrategy[Any]] = {
     "provider": st.sampled_from([*ASR_PROVIDERS, "Tencent"]),
     "VadOption.type": st.sampled_from([*VAD_TYPES, "Silero"]),
     "EouOption.type": st.sampled_from([*EOU_TYPES, "LOCAL"]),
+    "EouOption.threshold": st.one_of(st.integers(0, 1), st.floats(0, 1)),
+    "BargeInOption.act": st.sampled_from([*BARGE_IN_ACTS, "Interrupt"]),
+    "BargeInOption.minSpeechMs": st.integers(0, 60_000),
+    "BargeInOption.resumeAfterMs": st.integers(0, 60_000),
     "ResumeOption.timeout": st.one_of(st.integers(1, 3600), st.floats(0.001, 3600)),
     "targetSessionId": st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=20),
     # active-call's SIP commands: media types and extra headers that would not break the request.
@@ -430,6 +434,8 @@ CHOICES = [
     ({"command": "accept", "option": {"asr": {"provider": None}}}, "option.asr.provider", ASR_PROVIDERS),
     ({"command": "invite", "option": {"tts": {"provider": None}}}, "option.tts.provider", TTS_PROVIDERS),
     ({"command": "invite", "option": {"eou": {"type": None}}}, "option.eou.type", EOU_TYPES),
+    ({"command": "invite", "option": {"vad": {"bargeIn": {"act": None}}}}, "option.vad.bargeIn.act",
+     BARGE_IN_ACTS),
     ({"command": "invite", "option": {"codec": None}}, "option.codec", CODECS),
     ({"command": "tts", "text": "hi", "option": {"provider": None}}, "option.provider", TTS_PROVIDERS),
     ({"command": "refer", "target": "b", "options": {"asr": {"provider": None}}}, "options.asr.provider",

@@ -37,6 +37,7 @@ def fake_services(settings: Settings | None = None, **overrides: Any) -> MediaSe
         "ten": None,
         "dtmf": None,
         "piper": None,
+        "turn": None,
         "bot_http": lambda: None,
         "telephony": None,
     }

@@ -28,7 +28,18 @@ SAMPLES: dict[str, dict[str, Any]] = {
             "codec": "PCMU",
             "callee": "sip:bob@example.com",
             "recorder": {"recorderFile": "r.wav", "samplerate": 16000, "ptime": "200ms"},
-            "vad": {"type": "Silero", "voiceThreshold": 0.5, "silenceTimeout": 800, "secretKey": "s"},
+            "vad": {
+                "type": "Silero",
+                "voiceThreshold": 0.5,
+                "silenceTimeout": 800,
+                "secretKey": "s",
+                "bargeIn": {
+                    "minSpeechMs": 250,
+                    "ignoreWords": ["yeah", "uh-huh"],
+                    "resumeAfterMs": 900,
+                    "act": "interrupt",
+                },
+            },
             "asr": {"provider": "tencent", "language": "en", "extra": {"a": [1, 2.5, None, {"b": True}]}},
             "tts": {"provider": "voiceapi", "speaker": "x", "speed": 1.25, "subtitle": True},
             "handshakeTimeout": 30.5,
@@ -43,7 +54,14 @@ SAMPLES: dict[str, dict[str, Any]] = {
             "subscribe": True,
         }
     },
-    "accept": {"option": {"codec": "g722", "asr": {"provider": "local"}, "inactivityTimeout": 30}},
+    "accept": {
+        "option": {
+            "codec": "g722",
+            "asr": {"provider": "local"},
+            "inactivityTimeout": 30,
+            "eou": {"type": "smart_turn", "threshold": 0.6, "timeout": 2000},
+        }
+    },
     "reject": {"reason": "busy", "code": 486},
     "ringing": {"recorder": {"recorderFile": "r.wav"}, "earlyMedia": True, "ringtone": "ring.wav"},
     "candidate": {"candidates": ["candidate:1 1 udp 1 127.0.0.1 9 typ host"]},
@@ -116,6 +134,25 @@ EDGE = [
     ('{"command":"invite","option":{"asr":{"provider":"foo"}}}', "option.asr.provider: unknown provider"),
     ('{"command":"invite","option":{"tts":{"provider":"foo"}}}', "option.tts.provider: unknown provider"),
     ('{"command":"invite","option":{"eou":{"type":"x"}}}', "option.eou.type: unknown type 'x'"),
+    ('{"command":"invite","option":{"eou":{"type":"smart_turn","threshold":1.5}}}', "option.eou.threshold: "),
+    ('{"command":"invite","option":{"eou":{"threshold":-0.1}}}', "option.eou.threshold: must be between"),
+    ('{"command":"invite","option":{"eou":{"threshold":"high"}}}', "option.eou.threshold: expected a number"),
+    (
+        '{"command":"invite","option":{"vad":{"bargeIn":{"act":"shout"}}}}',
+        "option.vad.bargeIn.act: unknown act",
+    ),
+    (
+        '{"command":"invite","option":{"vad":{"bargeIn":{"minSpeechMs":-1}}}}',
+        "option.vad.bargeIn.minSpeechMs: must",
+    ),
+    (
+        '{"command":"invite","option":{"vad":{"bargeIn":{"resumeAfterMs":1e9}}}}',
+        "option.vad.bargeIn.resumeAfterMs",
+    ),
+    (
+        '{"command":"invite","option":{"vad":{"bargeIn":{"ignoreWords":"yeah"}}}}',
+        "option.vad.bargeIn.ignoreWords",
+    ),
     ('{"command":"invite","option":{"codec":"opus"}}', "option.codec: unsupported codec 'opus'"),
     ('{"command":"invite","option":{"mediaPass":{"url":"ws://b","dialect":"x"}}}', "option.mediaPass.dia"),
     ('{"command":"tts","text":"a","option":{"provider":"nope"}}', "option.provider: unknown provider 'nope'"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,6 +15,7 @@ from common.choices import ASR_PROVIDERS, VAD_TYPES
 from common.errors import ProviderError
 from common.protocol import CallOption, TranscriptionOption
 from worker import metrics
+from worker.call.bargein import BargeIn
 from worker.call.services import CallHooks, MediaServices
 from worker.media.denoise import Denoiser
 from worker.media.dtmf import DtmfDetector
@@ -21,6 +23,10 @@ from worker.media.vad import Discarded, Silence, Speaking, VadEvent, VadProcesso
 from worker.speech.asr import AsrClient, Transcript
 from worker.speech.context import SpeechContext
 from worker.speech.eou import EouDetector
+from worker.speech.smart_turn import SmartTurn
+
+if TYPE_CHECKING:
+    from worker.call.tracks import ServerSide
 
 log = logging.getLogger("pbx.worker.call.listening")
 
@@ -50,6 +56,10 @@ class CallerListener:
         self.asr: AsrClient | None = None
         self.denoiser: Denoiser | None = None
         self.eou: EouDetector | None = None
+        self.turn: SmartTurn | None = None  # eou type smart_turn
+        self.barge: BargeIn | None = None  # vad.bargeIn
+        # The server-side track (set by the session once built): what barge-in judges speech against.
+        self.side: ServerSide | None = None
         # In-band DTMF is always listened for (RustPBX only reads RFC 4733 events and SIP INFO).
         self.dtmf = DtmfDetector()
         self._asr_first_audio: int | None = None
@@ -67,7 +77,16 @@ class CallerListener:
             self.vad_events = self._make_vad(option)
         if option.asr is not None:
             self._make_asr(option.asr)
-        if option.eou is not None:
+        if option.vad is not None and option.vad.barge_in is not None and self.side is not None:
+            self.barge = BargeIn(option.vad.barge_in, self.asr is not None, self.side, s.emit)
+        if option.eou is not None and (option.eou.type or "").lower() == "smart_turn":
+            try:
+                self.turn = SmartTurn(option.eou, self._on_turn, self._on_turn_error, services.turn)
+            except ValueError as exc:
+                s.error("eou", str(exc), 400)
+            if self.turn is not None and self.vad is None:
+                self.vad = VadProcessor("webrtc", self._on_vad, batcher=services.silero)
+        elif option.eou is not None:
             settings = services.settings
             # The endpoint is always the client's: the server's secrets go there only when its clients are
             # trusted (TRUST_CLIENTS), else the option brings its own or none is sent.
@@ -190,6 +209,10 @@ class CallerListener:
             return
         if self.vad is not None:
             self.vad.feed(frame, ts)
+        if self.turn is not None:
+            self.turn.feed(frame, ts)
+        if self.barge is not None:
+            self.barge.tick(ts)
         if self.asr is not None:
             if self._asr_first_audio is None:
                 self._asr_first_audio = ts
@@ -206,6 +229,10 @@ class CallerListener:
                 self.asr.speech_started(ev.start_ms)
             if self.eou is not None:
                 self.eou.speech_started()
+            if self.turn is not None:
+                self.turn.speech_started(ev.start_ms)
+            if self.barge is not None:
+                self.barge.speech_started(ev.start_ms)
             if self.vad_events:
                 self.input_detected()
                 s.emit(events.event("speaking", track_id=self.call_id, start_time=ev.start_ms))
@@ -214,14 +241,21 @@ class CallerListener:
                 self.asr.speech_ended(ev.start_ms, ev.start_ms + ev.duration_ms)
             if self.eou is not None and self.asr is None and not ev.idle:
                 self.eou.turn_may_end(None)
+            if self.turn is not None and not ev.idle:
+                self.turn.paused(ev.start_ms + ev.duration_ms)
+            if self.barge is not None and not ev.idle:
+                self.barge.speech_ended(ev.start_ms + ev.duration_ms, ev.duration_ms)
             if self.vad_events:
                 s.emit(
                     events.event(
                         "silence", track_id=self.call_id, start_time=ev.start_ms, duration=ev.duration_ms
                     )
                 )
-        elif isinstance(ev, Discarded) and self.asr is not None:
-            self.asr.speech_discarded()
+        elif isinstance(ev, Discarded):
+            if self.asr is not None:
+                self.asr.speech_discarded()
+            if self.barge is not None:
+                self.barge.speech_ended(ev.start_ms, None)
 
     def _on_transcript(self, t: Transcript) -> None:
         s = self.hooks
@@ -241,6 +275,8 @@ class CallerListener:
                 text=t.text,
             )
         )
+        if self.barge is not None:  # after the words it judges
+            self.barge.transcript(t.text, t.final, t.start_ms)
         since = self._asr_first_audio if self._asr_first_audio is not None else now
         if t.final:
             if t.end_ms is not None:
@@ -258,6 +294,8 @@ class CallerListener:
             self._asr_first_audio = None
             if self.eou is not None:
                 self.eou.turn_may_end(t.text)
+            if self.turn is not None and t.text:
+                self.turn.transcript(t.text)
         else:
             if self.eou is not None:
                 self.eou.speech_started()
@@ -274,6 +312,20 @@ class CallerListener:
     def _on_eou(self, completed: bool, text: str | None) -> None:
         if not self.hooks.ending():
             self.hooks.emit(events.event("eou", track_id=self.call_id, completed=completed, text=text))
+
+    def _on_turn(self, completed: bool, probability: float | None, text: str | None) -> None:
+        if not self.hooks.ending():
+            if probability is not None:
+                probability = round(probability, 4)
+            self.hooks.emit(
+                events.event(
+                    "eou", track_id=self.call_id, completed=completed, probability=probability, text=text
+                )
+            )
+
+    def _on_turn_error(self, message: str) -> None:
+        if not self.hooks.ending():
+            self.hooks.error("eou", message, 500)
 
     def _on_eou_error(self, exc: ProviderError) -> None:
         if not self.hooks.ending():
@@ -293,6 +345,8 @@ class CallerListener:
             self.vad.close()
         if self.eou is not None:
             await self.eou.close()
+        if self.turn is not None:
+            self.turn.close()
         if self.denoiser is not None:
             self.services.denoise.forget(self.denoiser)
             self.denoiser.close()

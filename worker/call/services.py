@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from worker.sip.telephony import Telephony
     from worker.speech.local_asr import WhisperPool
     from worker.speech.local_tts import PiperEngine
+    from worker.speech.smart_turn import TurnBatcher
     from worker.urlguard import UrlGuard
 
 
@@ -53,6 +54,7 @@ class MediaServices:
     ten: FrameBatcher
     dtmf: DtmfBank
     piper: PiperEngine
+    turn: TurnBatcher  # smart_turn EOU's model
     # The one HTTP client of every call's mediaPass socket (made on first use).
     bot_http: Callable[[], aiohttp.ClientSession]
     # None until the SIP agent is bound, or when it cannot be (the process then runs without SIP).

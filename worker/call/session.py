@@ -138,6 +138,7 @@ class CallSession:
             self._bot_done,
             track_id=server_track,
         )
+        self.listener.side = self.tracks
         self.speaker = CallSpeaker(self.tracks, services, call_id, self.emit, lambda: self.ending)
         # Commands run one at a time, except beside a pending setup (worker/call/commands.py).
         self.commands = CommandQueue(self._parse, self._execute, self._is_setup, self.spawn)

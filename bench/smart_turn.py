@@ -1,0 +1,194 @@
+"""The smart_turn EOU's cost and latency: the figures in docs/performance.md, "Semantic end of turn".
+
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python -m bench.smart_turn
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python -m bench.smart_turn --callers 1 10 100 --seconds 20
+
+(`OPENBLAS_NUM_THREADS=1` as the supervisor sets it for media processes: numpy's matrix products then stay
+on the turn thread.)
+
+1. CPU per decision on one thread (`time.thread_time`): the features and the model, for turns of 1, 3
+   and 8 s; and the model alone in batches of 1, 4 and 16 (why requests are run one by one).
+2. Latency at N concurrent callers, in one process as a media process runs them: each caller's audio (a
+   Piper sentence then 1.5 s of silence, over a -45 dBFS white floor, each caller starting at a random
+   offset) is fed in 20 ms frames on a real-time tick to its own webrtc VAD and `SmartTurn`, all sharing one
+   `TurnBatcher` on one turn thread. For each `eou`: the time from the pause's start (the end of speech as
+   the VAD reports it, mapped to the wall clock) and from the true end of the words, to the event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from common.protocol import EouOption
+from tests.audio_util import noise
+from tests.speech import speech, with_silence
+from worker.media.vad import Silence, Speaking, VadEvent, VadProcessor
+from worker.speech.smart_turn import SmartTurn, TurnBatcher, TurnModel, trim_trailing
+from worker.speech.turn_features import log_mel
+
+SENTENCES = [
+    "I would like to book a table for two at seven tonight.",
+    "Can you tell me when my order will arrive?",
+    "My account number is four five six.",
+    "What time do you close on Sundays?",
+]
+
+
+def pct(values: list[float], p: float) -> float:
+    return float(np.percentile(values, p)) if values else float("nan")
+
+
+def cost() -> None:
+    model = TurnModel()
+    session = model._session
+    for seconds in (1, 3, 8):
+        audio = (np.random.default_rng(1).standard_normal(int(seconds * 16000)) * 3000).astype(np.int16)
+        model.predict(audio)
+        n = 20
+        began = time.thread_time()
+        for _ in range(n):
+            features = log_mel(audio)
+        feat = (time.thread_time() - began) / n * 1000
+        began = time.thread_time()
+        for _ in range(n):
+            model.predict(audio)
+        whole = (time.thread_time() - began) / n * 1000
+        print(
+            f"turn of {seconds} s: {whole:.1f} ms CPU per decision "
+            f"(features {feat:.1f} ms, model {whole - feat:.1f})"
+        )
+    for size in (1, 4, 16):
+        batch = np.repeat(features[None], size, axis=0)
+        session.run(None, {"input_features": batch})
+        reps = max(2, 32 // size)
+        began = time.thread_time()
+        for _ in range(reps):
+            session.run(None, {"input_features": batch})
+        each = (time.thread_time() - began) / reps / size * 1000
+        print(f"model alone, batch of {size}: {each:.1f} ms CPU each")
+
+
+class Caller:
+    def __init__(
+        self, batcher: TurnBatcher, audio: np.ndarray, ends: list[int], offset_ms: int, padding: int
+    ) -> None:
+        self.audio = audio
+        self.ends = ends  # true ends of the words, ms into the audio
+        self.offset_ms = offset_ms
+        self.pause_ms: int | None = None
+        self.latencies: list[tuple[float, float, bool]] = []
+        self.wall0 = 0.0
+        self.vad = VadProcessor("webrtc", self._on_vad, silence_padding=padding)
+        self.turn = SmartTurn(EouOption(type="smart_turn"), self._on_eou, print, batcher)
+        self.pos = 0
+
+    def _on_vad(self, ev: VadEvent) -> None:
+        if isinstance(ev, Speaking):
+            self.turn.speech_started(ev.start_ms)
+        elif isinstance(ev, Silence) and not ev.idle:
+            self.pause_ms = ev.start_ms + ev.duration_ms
+            self.turn.paused(self.pause_ms)
+
+    def _on_eou(self, completed: bool, probability: float | None, text: str | None) -> None:
+        if self.pause_ms is None:
+            return
+        now = time.monotonic()
+        vad_pause = self.wall0 + self.pause_ms / 1000
+        length = len(self.audio) // 16
+        loop_start = self.pause_ms - self.pause_ms % length
+        words = [loop_start + e for e in self.ends if loop_start + e <= self.pause_ms]
+        true_end = self.wall0 + (words[-1] if words else self.pause_ms) / 1000
+        self.latencies.append(((now - vad_pause) * 1000, (now - true_end) * 1000, probability is None))
+
+    def tick(self, ts: int) -> None:
+        if ts < self.offset_ms:
+            return
+        i = self.pos % (len(self.audio) // 320)
+        frame = self.audio[i * 320 : (i + 1) * 320]
+        self.pos += 1
+        local = ts - self.offset_ms
+        self.vad.feed(frame, local)
+        self.turn.feed(frame, local)
+
+
+async def latency(callers: int, seconds: float, padding: int) -> None:
+    pool = ThreadPoolExecutor(1, thread_name_prefix="turn")
+    loop = asyncio.get_running_loop()
+    batcher = TurnBatcher(lambda fn, *a: loop.run_in_executor(pool, fn, *a))
+    await batcher.warm_up()
+    runner = asyncio.create_task(batcher.run())
+    rng = random.Random(5)
+    clips = []
+    for k, text in enumerate(SENTENCES):
+        voice, spans = with_silence(0.4, speech(text), 1.5)
+        audio = np.clip(voice + noise("white", len(voice) / 16000, -45, seed=k), -32768, 32767).astype(
+            np.int16
+        )
+        clips.append((audio, [end for _, end in spans]))
+    group = [Caller(batcher, *clips[k % len(clips)], rng.randrange(0, 3000), padding) for k in range(callers)]
+    began_cpu = time.process_time()
+    wall0 = time.monotonic()
+    for c in group:
+        c.wall0 = wall0 + c.offset_ms / 1000
+    ticks = int(seconds * 50)
+    for k in range(ticks):
+        # A frame is sent when its 20 ms have been spoken, as a phone sends it.
+        delay = wall0 + (k + 1) * 0.02 - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        for c in group:
+            c.tick(k * 20)
+    await asyncio.sleep(1.5)
+    cpu = time.process_time() - began_cpu
+    elapsed = time.monotonic() - wall0
+    runner.cancel()
+    pool.shutdown()
+    rows = [x for c in group for x in c.latencies]
+    judged = [r for r in rows if not r[2]]
+    print(
+        f"{callers} callers, {seconds:.0f} s, silencePadding {padding}: {len(rows)} eou "
+        f"({batcher.decisions} model decisions, "
+        f"{batcher.late} too late for the model), process CPU {cpu / elapsed * 100:.0f} %; "
+        f"eou after the VAD's pause start p50 {pct([r[0] for r in judged], 50):.0f} / "
+        f"p99 {pct([r[0] for r in judged], 99):.0f} ms, after the words' end p50 "
+        f"{pct([r[1] for r in judged], 50):.0f} / p99 {pct([r[1] for r in judged], 99):.0f} ms"
+    )
+
+
+def sweep() -> None:
+    """The model's verdict against the trailing silence it hears (TRAILING_MS's choice)."""
+    model = TurnModel()
+    for text in ("I would like to", "I would like to book a table for two.", "My name is"):
+        voice, spans = with_silence(0.5, speech(text), 1.0)
+        audio = np.clip(voice + noise("white", len(voice) / 16000, -45, seed=3), -32768, 32767).astype(
+            np.int16
+        )
+        end = spans[0][1]
+        row = [model.predict(audio[: (end + ms) * 16]) for ms in range(40, 420, 40)]
+        print(f"{text!r:42} trailing 40..400 ms: {' '.join(f'{p:.2f}' for p in row)}")
+        print(f"{'':42} as sent (trimmed): {model.predict(trim_trailing(audio[: (end + 400) * 16])):.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--callers", nargs="+", type=int, default=[1, 10, 100])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--padding", type=int, default=100, help="the VAD's silencePadding (ms)")
+    parser.add_argument("--sweep", action="store_true", help="only the verdict against trailing silence")
+    args = parser.parse_args()
+    if args.sweep:
+        sweep()
+        return
+    cost()
+    for n in args.callers:
+        asyncio.run(latency(n, args.seconds, args.padding))
+
+
+if __name__ == "__main__":
+    main()

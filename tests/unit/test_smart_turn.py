@@ -1,0 +1,246 @@
+"""Semantic end of turn (`eou.type: smart_turn`): the features, the decision rule on a virtual clock, a call's
+part with a stand-in model, and the real model on real (synthesised) speech."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+
+from common.protocol import EouOption
+from tests.speech import speech
+from worker.speech.smart_turn import (
+    TRAILING_MS,
+    Decision,
+    SmartTurn,
+    TurnBatcher,
+    TurnRule,
+    model_path,
+    trim_trailing,
+)
+from worker.speech.turn_features import log_mel
+
+
+def test_the_model_is_the_file_in_the_pipecat_wheel() -> None:
+    path = model_path()
+    assert path.name == "smart-turn-v3.2-cpu.onnx" and path.stat().st_size > 1_000_000
+
+
+@pytest.mark.parametrize("seconds", [0.0, 0.01, 0.04, 2.0, 8.0, 9.5])
+def test_features_are_pipecats(seconds: float) -> None:
+    from pipecat.audio.turn.smart_turn._whisper_features import compute_whisper_log_mel_features
+
+    audio = (np.random.default_rng(7).standard_normal(int(seconds * 16000)) * 3000).astype(np.int16)
+    x = (audio.astype(np.float32) / 32768.0)[-128000:]
+    reference = compute_whisper_log_mel_features(np.pad(x, (128000 - len(x), 0)))
+    assert np.abs(log_mel(audio) - reference).max() < 1e-4
+
+
+# --- the rule, on the audio clock (ms) --------------------------------------------------------------------
+
+
+def test_a_confident_verdict_ends_the_turn_at_once() -> None:
+    rule = TurnRule(0.5, 3000)
+    rule.speech(1000)
+    ask = rule.pause(2000)
+    assert ask is not None
+    assert rule.answer(ask.generation, 0.9, 2150) == [Decision(True, 0.9)]
+    assert rule.tick(9000) == []  # nothing left to end
+    assert rule.pause(9500) is None  # no speech since: nothing to judge
+
+
+def test_an_incomplete_verdict_waits_for_the_timer_or_more_speech() -> None:
+    rule = TurnRule(0.5, 3000)
+    rule.speech(1000)
+    ask = rule.pause(2000)
+    assert ask is not None
+    assert rule.answer(ask.generation, 0.2, 2150) == [Decision(False, 0.2)]
+    assert rule.tick(4980) == []
+    assert rule.tick(5000) == [Decision(True, 0.2)]  # 3 s after the pause began
+    assert rule.tick(9000) == []
+    # Incomplete, then the caller goes on: the timer is off, the next pause is judged afresh.
+    rule.speech(10_000)
+    ask = rule.pause(11_000)
+    assert ask is not None
+    assert rule.answer(ask.generation, 0.1, 11_100) == [Decision(False, 0.1)]
+    rule.speech(11_500)
+    assert rule.tick(20_000) == []
+    ask = rule.pause(12_000)
+    assert ask is not None
+    assert rule.answer(ask.generation, 0.7, 12_100) == [Decision(True, 0.7)]
+
+
+def test_speech_before_the_answer_makes_it_moot() -> None:
+    rule = TurnRule(0.5, 3000)
+    rule.speech(0)
+    ask = rule.pause(800)
+    assert ask is not None
+    rule.speech(900)
+    assert rule.answer(ask.generation, 0.99, 950) == []
+    assert rule.tick(10_000) == []
+
+
+def test_no_answer_leaves_the_silence_timer_to_decide() -> None:
+    rule = TurnRule(0.5, 3000)
+    rule.speech(0)
+    ask = rule.pause(800)
+    assert ask is not None
+    assert rule.answer(ask.generation, None, 900) == []
+    assert rule.tick(1399) == []
+    assert rule.tick(1400) == [Decision(True, None)]  # as `local` would: 600 ms of silence
+    # An answer that comes after the timer ran out: both at once.
+    rule.speech(5000)
+    ask = rule.pause(6000)
+    assert ask is not None
+    assert rule.answer(ask.generation, 0.3, 9200) == [Decision(False, 0.3), Decision(True, 0.3)]
+
+
+def test_the_threshold_is_the_clients() -> None:
+    rule = TurnRule(0.8, 3000)
+    rule.speech(0)
+    ask = rule.pause(500)
+    assert ask is not None
+    assert rule.answer(ask.generation, 0.7, 600) == [Decision(False, 0.7)]
+
+
+# --- a call's part, with a stand-in model ---------------------------------------------------------------
+
+
+class FakeBatcher:
+    def __init__(self) -> None:
+        self.requests: list[tuple[object, np.ndarray, Callable[[float | None, str | None], None]]] = []
+        self.forgotten: list[object] = []
+
+    def submit(
+        self, owner: object, audio: np.ndarray, done: Callable[[float | None, str | None], None]
+    ) -> None:
+        self.requests.append((owner, audio, done))
+
+    def forget(self, owner: object) -> None:
+        self.forgotten.append(owner)
+
+    def prepare(self) -> None:
+        pass
+
+
+def part(
+    **option: Any,
+) -> tuple[SmartTurn, FakeBatcher, list[tuple[bool, float | None, str | None]], list[str]]:
+    eous: list[tuple[bool, float | None, str | None]] = []
+    errors: list[str] = []
+    batcher = FakeBatcher()
+    turn = SmartTurn(
+        EouOption(type="smart_turn", **option),
+        lambda c, p, t: eous.append((c, p, t)),
+        errors.append,
+        batcher,  # type: ignore[arg-type]
+    )
+    return turn, batcher, eous, errors
+
+
+def feed(turn: SmartTurn, start_ms: int, end_ms: int, value: int = 0) -> None:
+    for ts in range(start_ms, end_ms, 20):
+        turn.feed(np.full(320, value, dtype=np.int16), ts)
+
+
+def test_a_pause_sends_the_turn_from_half_a_second_before_its_speech() -> None:
+    turn, batcher, eous, errors = part()
+    feed(turn, 0, 1000)
+    turn.speech_started(1000)
+    feed(turn, 1000, 2000, 1000)
+    turn.transcript("book a table")
+    feed(turn, 2000, 2100)
+    turn.paused(2000)
+    ((owner, audio, done),) = batcher.requests
+    assert owner is turn and len(audio) == 16 * 1600  # 500 ms before the speech to the pause's end
+    done(0.2, None)
+    assert eous == [(False, 0.2, "book a table")]
+    feed(turn, 2100, 4980)
+    assert len(eous) == 1
+    feed(turn, 4980, 5020)
+    assert eous[1] == (True, 0.2, "book a table")  # the timer (3 s from the pause) ended it
+    turn.close()
+    assert batcher.forgotten[-1] is turn and errors == []
+
+
+def test_a_failing_model_is_reported_once_and_the_timer_decides() -> None:
+    turn, batcher, eous, errors = part(timeout=500)
+    for k in range(2):
+        base = k * 2000
+        turn.speech_started(base)
+        feed(turn, base, base + 700, 1000)
+        turn.paused(base + 700)
+        batcher.requests[-1][2](None, "inference failed: boom")
+        feed(turn, base + 700, base + 1300)
+    assert eous == [(True, None, None), (True, None, None)]
+    assert len(errors) == 1 and "boom" in errors[0]
+
+
+def test_threshold_outside_0_1_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"option\.eou\.threshold"):
+        part(threshold=1.5)
+
+
+# --- the real model, on its thread, on synthesised speech -----------------------------------------------
+
+
+async def test_the_model_hears_a_finished_sentence_and_one_cut_off() -> None:
+    pool = ThreadPoolExecutor(1)
+    loop = asyncio.get_running_loop()
+    batcher = TurnBatcher(lambda fn, *a: loop.run_in_executor(pool, fn, *a))
+    runner = asyncio.create_task(batcher.run())
+    silence = np.zeros(8000, dtype=np.int16)  # what the part sends: 0.5 s before, ~0.1 s after the speech
+    answers: dict[str, float | None] = {}
+    finished = asyncio.Event()
+    texts = ["I would like to book a table for two at seven tonight.", "I would like to"]
+
+    def answered(text: str) -> Callable[[float | None, str | None], None]:
+        def done(probability: float | None, reason: str | None) -> None:
+            answers[text] = probability
+            if len(answers) == len(texts):
+                finished.set()
+
+        return done
+
+    try:
+        for text in texts:
+            batcher.submit(text, np.concatenate([silence, speech(text), silence[:1600]]), answered(text))
+        await asyncio.wait_for(finished.wait(), 30)
+    finally:
+        runner.cancel()
+        pool.shutdown()
+    complete, cut = answers[texts[0]], answers[texts[1]]
+    assert complete is not None and complete >= 0.55
+    assert cut is not None and cut <= 0.3
+
+
+def test_the_model_hears_a_fixed_silence_after_the_last_loud_frame() -> None:
+    loud = np.full(3200, 3000, dtype=np.int16)  # 200 ms well above -40 dBFS
+    audio = np.concatenate([np.zeros(1600, np.int16), loud, np.zeros(8000, np.int16)])
+    assert len(trim_trailing(audio)) == 1600 + 3200 + 16 * TRAILING_MS
+    assert len(trim_trailing(audio[:5000])) == 5000  # ends sooner: kept whole
+    hiss = np.full(8000, 200, dtype=np.int16)  # -44 dBFS: no loud frame, nothing cut
+    assert len(trim_trailing(hiss)) == 8000
+
+
+async def test_a_call_set_up_loads_the_model_before_its_first_pause() -> None:
+    pool = ThreadPoolExecutor(1)
+    loop = asyncio.get_running_loop()
+    batcher = TurnBatcher(lambda fn, *a: loop.run_in_executor(pool, fn, *a))
+    runner = asyncio.create_task(batcher.run())
+    try:
+        await asyncio.sleep(0.05)
+        assert batcher._model is None, "not loaded while no call asks for it"
+        SmartTurn(EouOption(type="smart_turn"), lambda c, p, t: None, lambda m: None, batcher)
+        for _ in range(100):
+            if batcher._model is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert batcher._model is not None
+    finally:
+        runner.cancel()
+        pool.shutdown()

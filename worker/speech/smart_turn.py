@@ -1,0 +1,333 @@
+"""Semantic end of turn (`option.eou.type: "smart_turn"`): has the caller finished, judged from the sound of
+their last words, at each pause the VAD finds.
+
+The model is Smart Turn v3.2 (Daily's, BSD-2-Clause), the ONNX file shipped inside the `pipecat-ai` wheel
+(BSD-2-Clause): a Whisper-tiny encoder with a classifier head, reading Whisper log-mel features of the last
+8 s of 16 kHz audio (worker/speech/turn_features.py) and answering the probability that the turn is complete.
+Nothing is downloaded: the file is found through the installed distribution's metadata, without importing
+pipecat (whose import logs a banner and pulls in its frame machinery).
+
+One `TurnBatcher` per media process owns the ONNX Runtime session (one intra-op thread) and runs every call's
+requests on a thread of its own, off the event loop, handed over together. Each request is its own inference:
+on this model a batch costs more CPU per decision than single runs (~40 ms alone, ~50 ms each in batches
+of 4 or 16, bench/smart_turn.py), and single runs let the first answer out before the last is done.
+
+`TurnRule` is the decision on the caller's audio clock (pure, unit-tested on a virtual clock); `SmartTurn` is
+a call's part: the last 8 s of audio, the rule, and the requests to the batcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import distribution
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.protocol import EouOption
+from worker.speech.turn_features import RATE, SAMPLES, log_mel
+
+log = logging.getLogger("pbx.worker.smart_turn")
+
+MODEL_FILE = "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"
+DEFAULT_THRESHOLD = 0.5
+# After an incomplete verdict, the turn still ends after this long a silence (ms, on the audio clock).
+DEFAULT_INCOMPLETE_TIMEOUT_MS = 3000
+# With no verdict (model failed or overloaded), the turn ends after this much silence: the `local` rule's.
+SILENCE_FALLBACK_MS = 600
+# Audio kept before the turn's first speech, as pipecat does (the model was trained with it).
+PRE_SPEECH_MS = 500
+# A request that waited longer than this for the model is not run: the silence timer decides that pause.
+MAX_WAIT_S = 1.0
+FRAME_MS = 20
+# The model hears the turn up to this long after its last loud frame (RMS at least LOUD_DBFS, the VAD's
+# onset level). Its verdict depends on the trailing silence: "I would like to" followed by 40-200 ms of
+# silence is 0.08-0.22, by 240-400 ms 0.57-0.70 (bench/smart_turn.py --sweep); pipecat feeds it ~200 ms
+# (its VAD's stop time). The VADs here end an utterance 100-300 ms after the words, by engine and hangover.
+TRAILING_MS = 120
+LOUD_DBFS = -40.0
+# The VAD's silencePadding (default 100 ms) is kept for the VAD smart_turn brings: at 60 ms, pauses are
+# judged 40-60 ms sooner, but the gaps between words become pauses too, heard with too little silence after
+# them ("I would like | to": 0.52, complete) and twice the model's CPU (bench/smart_turn.py, 2026-12-04).
+
+
+def model_path() -> Path:
+    """The Smart Turn v3.2 CPU model inside the installed pipecat-ai distribution (no download)."""
+    path = Path(str(distribution("pipecat-ai").locate_file(MODEL_FILE)))
+    if not path.is_file():
+        raise FileNotFoundError(f"the pipecat-ai distribution has no {MODEL_FILE}")
+    return path
+
+
+def trim_trailing(audio: np.ndarray) -> np.ndarray:
+    """`audio` (16 kHz int16) cut TRAILING_MS after its last loud 20 ms frame (unchanged when none is loud
+    or it ends sooner: a noise floor above the level keeps everything)."""
+    step = RATE // 1000 * FRAME_MS
+    whole = len(audio) // step
+    if whole == 0:
+        return audio
+    x = audio[: whole * step].astype(np.float32).reshape(whole, step) / 32768.0
+    loud = np.nonzero(np.einsum("ij,ij->i", x, x) / step >= 10 ** (LOUD_DBFS / 10))[0]
+    if len(loud) == 0:
+        return audio
+    end = (int(loud[-1]) + 1) * step + TRAILING_MS * RATE // 1000
+    return audio[:end]
+
+
+class TurnModel:
+    """The ONNX Runtime session, shared by the process's calls; `predict` blocks (run it off the loop)."""
+
+    def __init__(self) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        # One thread: the process sets one per numeric library; more would fight the loop and the VAD.
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(str(model_path()), options, providers=["CPUExecutionProvider"])
+
+    def predict(self, audio: np.ndarray) -> float:
+        """Probability that the turn ended with this audio (16 kHz int16, its last 8 s count)."""
+        features = log_mel(audio)[None, :, :]
+        (out,) = self._session.run(None, {"input_features": features})
+        return float(np.asarray(out).reshape(-1)[0])
+
+
+@dataclass(slots=True)
+class _Request:
+    owner: object
+    audio: np.ndarray
+    done: Callable[[float | None, str | None], None]
+    queued: float = field(default_factory=time.monotonic)
+    cancelled: bool = False
+
+
+class TurnBatcher:
+    """Every call's requests, run on the process's turn thread in one hand-off, each reported when done."""
+
+    def __init__(self, run_off_loop: Callable[..., Any]) -> None:
+        self._run_off_loop = run_off_loop
+        self._model: TurnModel | None = None
+        self._queue: list[_Request] = []
+        self._wake = asyncio.Event()
+        self.decisions = 0
+        self.late = 0
+        self._wanted = False
+
+    def submit(
+        self, owner: object, audio: np.ndarray, done: Callable[[float | None, str | None], None]
+    ) -> None:
+        """`done(probability, None)` once judged, `done(None, reason)` if it could not be."""
+        for request in self._queue:
+            if request.owner is owner:
+                request.cancelled = True  # a newer pause of the same call replaces it
+        self._queue.append(_Request(owner, audio, done))
+        self._wake.set()
+
+    def forget(self, owner: object) -> None:
+        for request in self._queue:
+            if request.owner is owner:
+                request.cancelled = True
+        self._queue = [r for r in self._queue if r.owner is not owner]
+
+    async def warm_up(self) -> None:
+        if self._model is None:
+            self._model = await self._run_off_loop(TurnModel)
+        await self._run_off_loop(self._model.predict, np.zeros(RATE, dtype=np.int16))
+
+    def prepare(self) -> None:
+        """A call will ask: load the model now (off the loop), not at its first pause."""
+        self._wanted = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._model is None and (self._wanted or self._queue):
+                try:
+                    self._model = await self._run_off_loop(TurnModel)
+                except Exception as exc:
+                    log.exception("smart turn model failed to load")
+                    batch, self._queue = self._queue, []
+                    for request in batch:
+                        request.done(None, f"model failed to load: {exc}")
+                    continue
+            while self._queue and self._model is not None:
+                batch, self._queue = self._queue, []
+                await self._run_off_loop(self._judge, self._model, batch, asyncio.get_running_loop())
+
+    def _judge(self, model: TurnModel, batch: list[_Request], loop: asyncio.AbstractEventLoop) -> None:
+        """On the turn thread: each request in turn, its answer posted to the loop as soon as it is known."""
+        for request in batch:
+            if request.cancelled:
+                continue
+            if time.monotonic() - request.queued > MAX_WAIT_S:
+                self.late += 1
+                loop.call_soon_threadsafe(request.done, None, "late")
+                continue
+            try:
+                prob: float | None = model.predict(request.audio)
+                reason = None
+            except Exception as exc:  # reported to the call; the timer decides
+                log.exception("smart turn inference failed")
+                prob, reason = None, f"inference failed: {exc}"
+            self.decisions += 1
+            loop.call_soon_threadsafe(request.done, prob, reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """Judge the audio up to now; the answer goes back with `generation`."""
+
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """An `eou` to send."""
+
+    completed: bool
+    probability: float | None
+
+
+class TurnRule:
+    """When to ask the model, and what its answers mean, on the caller's audio clock (ms).
+
+    - each pause (the VAD closed an utterance) asks the model; speech before the answer makes it moot;
+    - probability ≥ threshold: `eou{completed:true}`, the turn is over;
+    - below: `eou{completed:false}` at once, and if the caller stays silent `incomplete_timeout` ms from
+      the pause's start, `eou{completed:true}` (same probability: the timer ended it, not the model);
+    - no answer (model failed, or too late for it): no `completed:false`; the turn ends as the `local` rule
+      ends it, `silence_fallback` ms after the pause's start (an overloaded process degrades to the silence
+      timer, not to the long wait meant for turns the model heard as unfinished).
+    """
+
+    def __init__(self, threshold: float, incomplete_timeout: int) -> None:
+        self.threshold = threshold
+        self.incomplete_timeout = incomplete_timeout
+        self.silence_fallback = min(SILENCE_FALLBACK_MS, incomplete_timeout)
+        self.generation = 0
+        self.turn_start: int | None = None
+        self._pause_start: int | None = None
+        self._deadline: int | None = None
+        self._probability: float | None = None
+
+    def speech(self, ts_ms: int) -> None:
+        self.generation += 1
+        self._deadline = None
+        self._pause_start = None
+        if self.turn_start is None:
+            self.turn_start = ts_ms
+
+    def pause(self, pause_start_ms: int) -> Ask | None:
+        if self.turn_start is None:
+            return None
+        self._pause_start = pause_start_ms
+        return Ask(self.generation)
+
+    def answer(self, generation: int, probability: float | None, now_ms: int) -> list[Decision]:
+        if generation != self.generation or self._pause_start is None:
+            return []
+        wait = self.incomplete_timeout if probability is not None else self.silence_fallback
+        self._deadline = self._pause_start + wait
+        self._probability = probability
+        if probability is not None and probability >= self.threshold:
+            return [self._end(probability)]
+        out = [Decision(False, probability)] if probability is not None else []
+        return out + self.tick(now_ms)
+
+    def tick(self, now_ms: int) -> list[Decision]:
+        if self._deadline is not None and now_ms >= self._deadline:
+            return [self._end(self._probability)]
+        return []
+
+    def _end(self, probability: float | None) -> Decision:
+        self.turn_start = None
+        self._pause_start = None
+        self._deadline = None
+        return Decision(True, probability)
+
+
+class SmartTurn:
+    """One call's semantic EOU: fed the caller's frames, told of speech and pauses by the call's VAD."""
+
+    def __init__(
+        self,
+        option: EouOption,
+        emit: Callable[[bool, float | None, str | None], None],
+        on_error: Callable[[str], None],
+        batcher: TurnBatcher,
+    ) -> None:
+        threshold = DEFAULT_THRESHOLD if option.threshold is None else option.threshold
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError("option.eou.threshold: must be between 0 and 1")
+        timeout = option.timeout if option.timeout and option.timeout > 0 else DEFAULT_INCOMPLETE_TIMEOUT_MS
+        self.rule = TurnRule(threshold, timeout)
+        self._emit = emit
+        self._on_error = on_error
+        self._batcher = batcher
+        batcher.prepare()
+        self._frames: collections.deque[tuple[int, np.ndarray]] = collections.deque(
+            maxlen=SAMPLES // (RATE // 1000 * FRAME_MS)
+        )
+        self._texts: list[str] = []
+        self._now = 0
+        self._errors = 0
+        self.closed = False
+
+    def feed(self, frame: np.ndarray, ts_ms: int) -> None:
+        """A 20 ms frame of the caller (after denoise): kept for the model, and the clock of the timer."""
+        if self.closed:
+            return
+        self._frames.append((ts_ms, frame))
+        self._now = ts_ms + len(frame) * 1000 // RATE
+        self._send(self.rule.tick(self._now))
+
+    def speech_started(self, ts_ms: int) -> None:
+        self.rule.speech(ts_ms)
+        # A question not yet put to the model is moot: it is not put (the model is the scarce CPU).
+        self._batcher.forget(self)
+
+    def transcript(self, text: str) -> None:
+        self._texts.append(text)
+
+    def paused(self, pause_start_ms: int) -> None:
+        ask = self.rule.pause(pause_start_ms)
+        if ask is None or self.rule.turn_start is None:
+            return
+        since = self.rule.turn_start - PRE_SPEECH_MS
+        frames = [f for ts, f in self._frames if ts >= since]
+        if not frames:
+            return
+        audio = trim_trailing(np.concatenate(frames))
+
+        def done(probability: float | None, reason: str | None) -> None:
+            if self.closed:
+                return
+            if reason is not None and reason != "late":
+                self._errors += 1
+                if self._errors == 1:  # once a call: the same failure would come at every pause
+                    self._on_error(f"smart_turn {reason}; the silence timer decides")
+            self._send(self.rule.answer(ask.generation, probability, self._now))
+
+        self._batcher.submit(self, audio, done)
+
+    def _send(self, decisions: list[Decision]) -> None:
+        for d in decisions:
+            text = " ".join(self._texts) or None
+            if d.completed:
+                self._texts.clear()
+            self._emit(d.completed, d.probability, text)
+
+    def close(self) -> None:
+        self.closed = True
+        self._batcher.forget(self)
