@@ -48,10 +48,10 @@ def port_free(port: int) -> bool:
         return True
 
 
-def ask(port: int, *command: str, timeout: float = 1.0) -> str:
+def ask(port: int, *command: str, timeout: float = 1.0, host: str = "127.0.0.1") -> str:
     """One command in inline form, its reply as text ('' when the node does not answer)."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        with socket.create_connection((host, port), timeout=timeout) as s:
             s.sendall((" ".join(command) + "\r\n").encode())
             data = b""
             while True:

@@ -23,15 +23,16 @@ class EmbeddedCluster(ServerGroup):
     the server's client, which learns the others). `node_timeout_ms` is how long a master may be silent
     before its replica takes over (a failover then takes about twice that)."""
 
-    def __init__(self, masters: int = 3, node_timeout_ms: int = 2000) -> None:
+    def __init__(self, masters: int = 3, node_timeout_ms: int = 2000, host: str = "127.0.0.1") -> None:
         super().__init__("pbx-cluster-")
         self.ports = [_cluster_port() for _ in range(masters * 2)]
         self.masters_wanted = masters
         self.node_timeout_ms = node_timeout_ms
+        self.host = host  # the address every node binds and announces
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.ports[0]}/0"
+        return f"redis://{self.host}:{self.ports[0]}/0"
 
     def _start_node(self, port: int) -> None:
         node_dir = self.dir / str(port)
@@ -42,7 +43,7 @@ class EmbeddedCluster(ServerGroup):
                 "--port",
                 str(port),
                 "--bind",
-                "127.0.0.1",
+                self.host,
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
@@ -69,7 +70,7 @@ class EmbeddedCluster(ServerGroup):
             self._start_node(port)
         deadline = time.monotonic() + timeout
         for port in self.ports:
-            while not ask(port, "PING").startswith("+PONG"):
+            while not ask(port, "PING", host=self.host).startswith("+PONG"):
                 if time.monotonic() > deadline or self.procs[port].poll() is not None:
                     self.stop()
                     raise RuntimeError(f"cluster node on port {port} did not start")
@@ -80,7 +81,7 @@ class EmbeddedCluster(ServerGroup):
                 str(cli),
                 "--cluster",
                 "create",
-                *(f"127.0.0.1:{p}" for p in self.ports),
+                *(f"{self.host}:{p}" for p in self.ports),
                 "--cluster-replicas",
                 "1",
                 "--cluster-yes",
@@ -100,7 +101,7 @@ class EmbeddedCluster(ServerGroup):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             live = [p for p, proc in self.procs.items() if proc.poll() is None]
-            up = all("cluster_state:ok" in ask(p, "CLUSTER", "INFO") for p in live)
+            up = all("cluster_state:ok" in ask(p, "CLUSTER", "INFO", host=self.host) for p in live)
             if up and self._replicas_synced():
                 return
             time.sleep(0.1)
@@ -108,7 +109,7 @@ class EmbeddedCluster(ServerGroup):
 
     def _replicas_synced(self) -> bool:
         for port in self.master_ports():
-            info = ask(port, "INFO", "replication")
+            info = ask(port, "INFO", "replication", host=self.host)
             if "connected_slaves:0" in info or "state=online" not in info:
                 return False
         return True
@@ -118,7 +119,7 @@ class EmbeddedCluster(ServerGroup):
         for port, proc in self.procs.items():
             if proc.poll() is not None:
                 continue
-            nodes = ask(port, "CLUSTER", "NODES")
+            nodes = ask(port, "CLUSTER", "NODES", host=self.host)
             if not nodes:
                 continue
             masters = []

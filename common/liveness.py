@@ -37,6 +37,8 @@ log = logging.getLogger("pbx.liveness")
 HEARTBEAT_EVERY = 0.8
 # Seconds at least between two writes, however often the loop asks for one at once.
 MIN_SPACING = 0.05
+# A check whose reads took longer than this (s) saw a Redis in trouble, even if it answered (DeathWatch).
+SLOW_READ = 1.0
 
 
 class Heartbeat:
@@ -215,16 +217,30 @@ class DeathWatch:
     checks, the first at least `grace` seconds ago. One missing read proves nothing (a write that came late,
     a Redis that just came back empty); a process that is really gone stays missing."""
 
-    def __init__(self, grace: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, grace: float, clock: Callable[[], float] = time.monotonic, quiet: float = 0.0) -> None:
         self.grace = grace
+        self.quiet = quiet  # how long `forget()` keeps it quiet unless told otherwise
         self._clock = clock
         self._seen: dict[str, tuple[float, int]] = {}
         self._quiet_until = float("-inf")
 
-    def confirm(self, missing: set[str], certain: Collection[str] = ()) -> set[str]:
+    def started(self) -> float:
+        """The time a check's reads begin: pass it to `confirm` as `began`."""
+        return self._clock()
+
+    def confirm(
+        self, missing: set[str], certain: Collection[str] = (), began: float | None = None
+    ) -> set[str]:
         """Record one check (`missing`: the processes found without a heartbeat now; `certain`: those of
-        them known dead, a tombstone left by whoever saw the process exit); the dead ones."""
+        them known dead, a tombstone left by whoever saw the process exit); the dead ones.
+
+        With `began` (`started()` before the check's reads): reads that took longer than SLOW_READ mean
+        Redis was in trouble, though it answered in the end (redis-py waits out a cluster's failover by
+        retrying, then reads heartbeats that expired meanwhile): as after an error, nothing is confirmed
+        for `quiet` seconds."""
         now = self._clock()
+        if began is not None and now - began > SLOW_READ:
+            self.forget()
         if now < self._quiet_until:
             # Redis failed us lately: a heartbeat missing now may be one its owner could not write either.
             self._seen = {}
@@ -237,9 +253,11 @@ class DeathWatch:
         confirmed = {p for p, (since, checks) in seen.items() if checks >= 2 and now - since >= self.grace}
         return confirmed | (set(certain) & missing)
 
-    def forget(self, quiet: float = 0.0) -> None:
+    def forget(self, quiet: float | None = None) -> None:
         """Start afresh (Redis was unreachable: nothing seen before proves anything now); for `quiet`
-        seconds more, a missing heartbeat proves nothing either (on a Redis Cluster, a shard that failed
-        over may have let the heartbeats it held expire while nobody could write them)."""
+        seconds more (default: the watch's own), a missing heartbeat proves nothing either (on a Redis
+        Cluster, a shard that failed over may have let the heartbeats it held expire while nobody could
+        write them)."""
         self._seen = {}
+        quiet = self.quiet if quiet is None else quiet
         self._quiet_until = max(self._quiet_until, self._clock() + quiet)

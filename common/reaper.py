@@ -33,6 +33,7 @@ async def reap_once(
     (missing on two passes at least its grace apart): a heartbeat written late reaps nothing. Without it, a
     missing heartbeat is a dead process at once.
     """
+    began = watch.started() if watch is not None else None
     entries = await registry.owners()
     if not entries:
         if watch is not None:
@@ -43,7 +44,7 @@ async def reap_once(
     if watch is not None:
         # Not yet confirmed dead: treated as alive on this pass.
         missing = referenced - alive
-        alive |= missing - watch.confirm(missing, await registry.dead_procs(missing))
+        alive |= missing - watch.confirm(missing, await registry.dead_procs(missing), began)
     removed = 0
     now = events.now_ms()
     for e in entries:

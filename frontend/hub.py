@@ -59,7 +59,7 @@ class Hub:
         # Heartbeats from a thread of their own (common/liveness.py); deaths confirmed before acting on them.
         self.heartbeat = Heartbeat(settings.redis_url or DEFAULT_LOCAL_URL, self.keys, self.proc_id,
                                    settings.heartbeat_ttl, stall_limit=settings.loop_stall_limit)  # fmt: skip
-        self._reap_watch = DeathWatch(settings.reap_grace)
+        self._reap_watch = DeathWatch(settings.reap_grace, quiet=settings.heartbeat_ttl)
         self.load = FrontendLoad(settings, lambda: len(self.connections), self.heartbeat.touch)
         # Room in the media pool and on this frontend's loop: without it, new calls are refused at once.
         self.capacity = CallAdmission(MediaCapacity(self.registry), self.load.admission)
@@ -159,7 +159,7 @@ class Hub:
     def _heartbeat_failed(self, exc: Exception) -> None:
         redis_error("heartbeat")
         self.redis_ok = False
-        self._reap_watch.forget(self.settings.heartbeat_ttl)
+        self._reap_watch.forget()
 
     def _heartbeat_ok(self) -> None:
         self.redis_ok = True
@@ -180,7 +180,7 @@ class Hub:
             except RedisError as exc:
                 redis_error("reaper")
                 log.debug("reaper pass failed: %s", exc)
-                self._reap_watch.forget(self.settings.heartbeat_ttl)
+                self._reap_watch.forget()
             except Exception:
                 log.exception("reaper pass crashed")
 

@@ -192,8 +192,8 @@ class MediaProcess:
         # Heartbeats from a thread of their own (common/liveness.py); deaths confirmed before acting on them.
         self.heartbeat = Heartbeat(settings.redis_url or DEFAULT_LOCAL_URL, self.keys, self.proc_id,
                                    settings.heartbeat_ttl, stall_limit=settings.loop_stall_limit)  # fmt: skip
-        self._reap_watch = DeathWatch(settings.reap_grace)
-        self._frontend_watch = DeathWatch(settings.reap_grace)
+        self._reap_watch = DeathWatch(settings.reap_grace, quiet=settings.heartbeat_ttl)
+        self._frontend_watch = DeathWatch(settings.reap_grace, quiet=settings.heartbeat_ttl)
         # Admission by headroom (common/headroom.py): capacity announced and calls claimed by load.
         self.load = MediaLoad(self, self.heartbeat.touch, self._load_changed)
         self._redis_back_at = 0.0
@@ -503,8 +503,8 @@ class MediaProcess:
         # Until Redis has been back a whole heartbeat TTL, a missing frontend heartbeat means nothing: the
         # frontends may not have beaten into it yet.
         self._redis_back_at = time.monotonic()
-        self._frontend_watch.forget(self.settings.heartbeat_ttl)
-        self._reap_watch.forget(self.settings.heartbeat_ttl)
+        self._frontend_watch.forget()
+        self._reap_watch.forget()
 
     async def _heartbeat(self) -> None:
         """Publish the heartbeat's fields (the thread writes them) and act on what the beats found."""
@@ -551,10 +551,11 @@ class MediaProcess:
                 frontends |= s.observers.frontends()
         if not frontends:
             return
+        began = self._frontend_watch.started()
         alive = await self.registry.live_procs(frontends)
         # Dead once confirmed (missing on two checks a grace apart, or a tombstone), not on one missing read.
         missing = frontends - alive
-        gone = self._frontend_watch.confirm(missing, await self.registry.dead_procs(missing))
+        gone = self._frontend_watch.confirm(missing, await self.registry.dead_procs(missing), began)
         for s in list(self.sessions.values()):
             if gone and s.observers:
                 s.observers.forget(gone)
@@ -571,7 +572,7 @@ class MediaProcess:
                 )
             except RedisError:
                 redis_error("reaper")
-                self._reap_watch.forget(self.settings.heartbeat_ttl)
+                self._reap_watch.forget()
             except Exception:
                 log.exception("reaper pass crashed")
 

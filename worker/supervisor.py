@@ -26,7 +26,7 @@ from common import logs
 from common.config import Settings
 from common.embedded import DEFAULT_LOCAL_URL
 from common.keys import Keys
-from common.liveness import DeathWatch
+from common.liveness import SLOW_READ, DeathWatch
 from common.redisconn import connect_sync, mget_sync
 
 log = logging.getLogger("pbx.worker.supervisor")
@@ -194,13 +194,19 @@ class Supervisor:
 
     def _read_beats(self, procs: list[str]) -> tuple[dict[str, dict[str, Any] | None] | None, bool]:
         """Each child's heartbeat (None: missing), and whether any other process has one; (None, False) when
-        Redis does not answer."""
+        Redis does not answer, or took longer than SLOW_READ to (a failover that redis-py waited out: the
+        heartbeats may have expired meanwhile)."""
         mine = {self.keys.proc(p).encode() for p in procs}
+        began = time.monotonic()
         try:
             raw = mget_sync(self.redis, [self.keys.proc(p) for p in procs]) if procs else []
             keys = self.redis.scan_iter(match=self.keys.proc_pattern(), count=100)
             others = any(k not in mine for k in keys)
         except (redis.RedisError, OSError):
+            return None, False
+        if time.monotonic() - began > SLOW_READ:
+            log.warning("heartbeats read in %.1f s: Redis was in trouble, none is judged now",
+                        time.monotonic() - began)  # fmt: skip
             return None, False
         beats: dict[str, dict[str, Any] | None] = {}
         for proc, value in zip(procs, raw, strict=True):

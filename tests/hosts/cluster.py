@@ -22,6 +22,8 @@ from typing import Any
 import redis
 
 from common.embedded import EmbeddedRedis, free_port
+from common.embeddedcluster import EmbeddedCluster
+from common.redisconn import connect_sync, mget_sync
 from scripts.stack import Stack
 from tests.e2e.conftest import Webhook, stack_env
 from tests.hosts.netns import Host, Network
@@ -92,7 +94,7 @@ class ClusterHost:
 @dataclass
 class Cluster:
     net: Network
-    redis_server: EmbeddedRedis
+    redis_server: EmbeddedRedis | EmbeddedCluster
     redis: redis.Redis
     hosts: list[ClusterHost]
     webhook: Webhook
@@ -108,7 +110,7 @@ class Cluster:
 
     def beats(self) -> list[dict[str, Any]]:
         keys = list(self.redis.scan_iter(match="pbx:proc:*", count=1000))
-        return [json.loads(v) for v in self.redis.mget(keys) if v] if keys else []
+        return [json.loads(v) for v in mget_sync(self.redis, keys) if v] if keys else []
 
     def media_of(self, host: ClusterHost) -> list[str]:
         """The proc ids of the live media processes of `host`, by their heartbeats."""
@@ -162,12 +164,17 @@ def running_cluster(
     roles: Sequence[Collection[str]] = (),
     overrides: Sequence[Mapping[str, str]] = (),
     settings: Mapping[str, str] | None = None,
+    redis_cluster: bool = False,
 ) -> Iterator[Cluster]:
     """`hosts` hosts, each with one frontend and `media_per_host` media processes (warm), plus `settings`
     (the same on every host); host i runs only `roles[i]` ("web", "worker") and gets `overrides[i]` on top
-    when given. Everything stopped and removed on exit."""
+    when given; with `redis_cluster`, the Redis is a Redis Cluster (3 masters, 3 replicas) on the bridge.
+    Everything stopped and removed on exit."""
     with Network(hosts) as net:
-        server = EmbeddedRedis(host=net.gateway).start()
+        server: EmbeddedRedis | EmbeddedCluster = (
+            EmbeddedCluster(host=net.gateway) if redis_cluster else EmbeddedRedis(host=net.gateway)
+        )
+        server.start()
         webhook = Webhook(net.gateway)
         members: list[ClusterHost] = []
         try:
@@ -189,7 +196,7 @@ def running_cluster(
                 )
                 runs = frozenset(roles[i]) if i < len(roles) else frozenset({"web", "worker"})
                 members.append(ClusterHost(h, env, runs))
-            cluster = Cluster(net, server, redis.Redis.from_url(server.url), members, webhook, media_per_host)
+            cluster = Cluster(net, server, connect_sync(server.url), members, webhook, media_per_host)
             for member in members:
                 member.start()
             cluster.wait_healthy()

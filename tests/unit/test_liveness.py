@@ -14,7 +14,7 @@ from common import headroom
 from common.bus import Outbox
 from common.headroom import Admission, LoadLimits, LoadSample, LoopMeter
 from common.keys import Keys
-from common.liveness import DeathWatch, Heartbeat
+from common.liveness import SLOW_READ, DeathWatch, Heartbeat
 from common.reaper import reap_once
 from common.registry import Registry
 
@@ -189,6 +189,26 @@ def test_death_watch_stays_quiet_after_redis_failed() -> None:
     watch.forget(quiet=1.0)
     clock.now += 2.0
     assert watch.confirm({"a"}) == set(), "a shorter quiet does not cut a longer one"
+
+
+def test_death_watch_takes_a_slow_read_for_trouble() -> None:
+    """redis-py waits out a cluster's failover by retrying: the read answers late, and the heartbeats it
+    finds missing may have expired while nobody could write them."""
+    clock = Clock()
+    watch = DeathWatch(1.0, clock, quiet=3.0)
+    assert watch.confirm({"a"}) == set()
+    clock.now += 1.0
+    began = watch.started()
+    clock.now += SLOW_READ + 0.1
+    assert watch.confirm({"a"}, began=began) == set(), "seen twice a grace apart, but the read was slow"
+    clock.now += 2.0
+    assert watch.confirm({"a"}) == set(), "quiet for 3 s after it"
+    clock.now += 1.0
+    assert watch.confirm({"a"}) == set(), "the grace starts afresh"
+    clock.now += 1.0
+    began = watch.started()
+    clock.now += 0.2
+    assert watch.confirm({"a"}, began=began) == {"a"}, "a quick read confirms as before"
 
 
 @pytest.fixture

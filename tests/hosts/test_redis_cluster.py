@@ -1,0 +1,98 @@
+"""Two hosts sharing one Redis Cluster (3 masters, 3 replicas on the bridge): calls on both, then the master
+holding the dispatch stream is killed: within 15 s new calls succeed on every host and each host lists
+every live call again; the calls that were up go on with audio (or end with an error and a hangup)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+
+from common.embeddedcluster import EmbeddedCluster
+from common.keys import Keys
+from tests.audio_util import tone
+from tests.e2e.client import CallClient
+from tests.e2e.redis_failover import RECOVERY, heard, listed
+from tests.e2e.test_playback import write_wav
+from tests.hosts.cluster import Cluster, ClusterHost, running_cluster
+
+pytestmark = [pytest.mark.e2e, pytest.mark.alone]
+
+
+@pytest.fixture(scope="module")
+def on_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    root = tmp_path_factory.mktemp("hosts-cluster")
+    settings = {"MAX_CALLS": "8", "PBX_CLAIM_TIMEOUT": "5"}
+    with running_cluster(root, hosts=2, media_per_host=1, settings=settings, redis_cluster=True) as cluster:
+        yield cluster
+
+
+async def answered_within(host: ClusterHost, since: float, wav: Path, calls: list[CallClient]) -> float:
+    """Tries a new call on `host` until one is answered (503 meanwhile); seconds after `since`."""
+    while time.monotonic() - since < RECOVERY + 5:
+        try:
+            c = await CallClient.open(host.ws, call_id=f"h.{uuid.uuid4()}")
+        except aiohttp.WSServerHandshakeError as exc:
+            assert exc.status == 503, "while Redis is failing over, the refusal says so"
+            await asyncio.sleep(0.5)
+            continue
+        try:
+            await c.invite()
+        except AssertionError:
+            await c.close()
+            await asyncio.sleep(0.5)
+            continue
+        calls.append(c)
+        await c.send({"command": "play", "url": str(wav), "playId": "long"})
+        return time.monotonic() - since
+    raise AssertionError(f"no call answered on {host.name} within {RECOVERY + 5} s")
+
+
+async def test_a_master_killed_under_calls_on_two_hosts(on_redis_cluster: Cluster) -> None:
+    cluster = on_redis_cluster
+    server = cluster.redis_server
+    assert isinstance(server, EmbeddedCluster)
+    wav = write_wav(Path(cluster.a.env["MEDIA_PATH"]) / f"{uuid.uuid4().hex}.wav", tone(440, 30.0))
+    calls = [
+        await CallClient.open(h.ws, call_id=f"h.{uuid.uuid4()}") for h in cluster.hosts for _ in range(2)
+    ]
+    try:
+        for c in calls:
+            await c.invite()
+            await c.send({"command": "play", "url": str(wav), "playId": "long"})
+        await asyncio.sleep(1.0)
+        assert all(len(heard(c)) > 0 for c in calls)
+        for h in cluster.hosts:
+            assert await listed(h.base) == {c.call_id for c in calls}
+        victim: Any = cluster.redis.get_node_from_key(Keys().dispatch)  # type: ignore[attr-defined]
+        killed_at = time.monotonic()
+        server.kill(victim.port)
+
+        took = [await answered_within(h, killed_at, wav, calls) for h in cluster.hosts]
+        print(f"new calls answered {', '.join(f'{t:.1f}' for t in took)} s after the kill (hosts A, B)")
+        assert max(took) < RECOVERY, "new calls within 15 s on every host"
+
+        await asyncio.sleep(max(0.0, killed_at + RECOVERY - time.monotonic()))
+        check_from = time.monotonic() - 2.0
+        live = set()
+        for c in calls:
+            if c.closed.is_set():
+                names = c.names()
+                assert "hangup" in names and "error" in names, (c.call_id, c.events[-3:])
+            else:
+                assert len(heard(c, check_from)) >= 16000 * 1.5, f"{c.call_id} went silent"
+                live.add(c.call_id)
+        gaps = [max(np.diff([t for t, _ in c.frames if t > killed_at - 1]), default=0.0) for c in calls]
+        print(f"calls going on {len(live)} of {len(calls)}; longest audio gap {max(gaps) * 1000:.0f} ms")
+        for h in cluster.hosts:
+            assert await listed(h.base) == live, f"{h.name} lists every live call again"
+    finally:
+        for c in calls:
+            await c.close()
