@@ -47,12 +47,16 @@ class EmbeddedSentinel(ServerGroup):
             f"sentinel monitor {MASTER} 127.0.0.1 {self.primary_port} 1\n"
             f"sentinel down-after-milliseconds {MASTER} {self.down_after_ms}\n"
             f"sentinel failover-timeout {MASTER} 5000\n"
+            f"logfile {self.dir / 'sentinel.log'}\n"
         )
         self._start(self.sentinel_port, str(conf), "--sentinel")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             synced = "state=online" in ask(self.primary_port, "INFO", "replication")
-            watching = f"name={MASTER},status=ok" in ask(self.sentinel_port, "INFO", "sentinel")
+            # The sentinel must know the replica too (it learns it from the primary's INFO), or a failover
+            # has nothing to promote.
+            said = ask(self.sentinel_port, "INFO", "sentinel")
+            watching = f"name={MASTER},status=ok" in said and "slaves=1," in said
             if synced and watching:
                 return self
             time.sleep(0.1)

@@ -42,6 +42,23 @@ def heard(c: CallClient, since: float = 0.0) -> np.ndarray:
     return np.frombuffer(b"".join(f for t, f in c.frames if t >= since), dtype="<i2")
 
 
+def going_on(calls: list[CallClient], killed_at: float) -> set[str]:
+    """The calls that go on with audio (the last 2 s heard), asserting that every other one ended with an
+    error and a hangup: none went silent. Prints how many went on and the longest gap in their audio."""
+    check_from = time.monotonic() - 2.0
+    live = set()
+    for c in calls:
+        if c.closed.is_set():
+            names = c.names()
+            assert "hangup" in names and "error" in names, (c.call_id, c.events[-3:])
+        else:
+            assert len(heard(c, check_from)) >= 16000 * 1.5, f"{c.call_id} went silent"
+            live.add(c.call_id)
+    gaps = [max(np.diff([t for t, _ in c.frames if t > killed_at - 1]), default=0.0) for c in calls]
+    print(f"calls going on {len(live)} of {len(calls)}; longest audio gap {max(gaps) * 1000:.0f} ms")
+    return live
+
+
 async def survive_failover(info: StackInfo, stack: Stack, tmp_path: Path, kill: Callable[[], None]) -> None:
     """6 calls playing a long tone; `kill()` (the primary dies); then: no process of the stack exits, new
     calls are refused with 503 until they are answered again within RECOVERY seconds, `/call/lists` is whole
@@ -82,19 +99,9 @@ async def survive_failover(info: StackInfo, stack: Stack, tmp_path: Path, kill: 
         print(f"first new call answered {answered_at - killed_at:.1f} s after the kill, try {n}")
 
         await asyncio.sleep(max(0.0, killed_at + RECOVERY - time.monotonic()))
-        check_from = time.monotonic() - 2.0
-        live = []
-        for c in calls:
-            if c.closed.is_set():
-                names = c.names()
-                assert "hangup" in names and "error" in names, (c.call_id, c.events[-3:])
-            else:
-                assert len(heard(c, check_from)) >= 16000 * 1.5, f"{c.call_id} went silent"
-                live.append(c.call_id)
-        gaps = [max(np.diff([t for t, _ in c.frames if t > killed_at - 1]), default=0.0) for c in calls]
-        print(f"calls going on {len(live)} of {len(calls)}; longest audio gap {max(gaps) * 1000:.0f} ms")
+        live = going_on(calls, killed_at)
         assert live, "some calls went on"
-        assert await listed(info.base) == set(live), "the list is whole again"
+        assert await listed(info.base) == live, "the list is whole again"
         assert stack_pids(stack) == pids, "no process of the stack exited"
 
         # A media process started now (the dead primary is gone for good) joins and takes calls.

@@ -39,7 +39,11 @@ async def test_the_primary_killed_under_calls(tmp_path: Path) -> None:
         )
         try:
             wait_healthy(info, media=2, web=2, timeout=60)
-            await survive_failover(info, stack, tmp_path, lambda: sentinel.kill(primary))
+            try:
+                await survive_failover(info, stack, tmp_path, lambda: sentinel.kill(primary))
+            except AssertionError:
+                print((sentinel.dir / "sentinel.log").read_text()[-3000:])  # what the sentinel decided
+                raise
             assert sentinel.primary() == sentinel.replica_port, "the replica was promoted"
         finally:
             stack.stop()
