@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from common.errors import DuplicateCall
 from common.events import rfc3339
-from common.keys import INBOX_TTL, Keys
+from common.keys import DISPATCH_GROUP, INBOX_TTL, Keys
 from common.redisconn import is_cluster, mget
 
 # Take ownership only of a call that still exists and has no owner yet (single key: cluster-safe).
@@ -162,6 +162,19 @@ class Registry:
         created, pipe = await self._insert(call_id, fields)
         await pipe.execute()
         return created
+
+    async def hand_back(self, entries: list[tuple[bytes, dict[bytes, bytes]]], counted: bool = False) -> None:
+        """Put dispatch requests back on the stream for another process, acknowledged and removed where they
+        were read (one round trip); with `counted`, each one's `passes` goes up by one (worker/packing.py)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for _entry_id, fields in entries:
+            if counted:
+                fields = {**fields, b"passes": str(int(fields.get(b"passes", b"0")) + 1).encode()}
+            pipe.xadd(self.keys.dispatch, fields, maxlen=100_000, approximate=True)  # type: ignore[arg-type]
+        ids = [entry_id for entry_id, _ in entries]
+        pipe.xack(self.keys.dispatch, DISPATCH_GROUP, *ids)
+        pipe.xdel(self.keys.dispatch, *ids)
+        await pipe.execute()
 
     async def attach(self, call_id: str, frontend: str) -> str | None:
         """The owner of an inbound call waiting for its app, now attached to `frontend`; None when there

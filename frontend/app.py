@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -38,7 +39,8 @@ STATIC = Path(__file__).resolve().parent / "static"
 
 async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    redis = connect(settings.redis_url or DEFAULT_LOCAL_URL)
+    # On a thread: finding out whether REDIS_URL is a cluster asks the server with a blocking client.
+    redis = await asyncio.to_thread(connect, settings.redis_url or DEFAULT_LOCAL_URL)
     hub = Hub(settings, redis)
     app[HUB] = hub
     await hub.start()

@@ -86,15 +86,11 @@ class MediaLoad:
         ids = [entry_id for entry_id, _ in entries]
         procs = await proc.registry.procs()
         others_have_room = any(p.get("proc") != proc.proc_id and room(p) > 0 for p in procs)
-        pipe = redis.pipeline(transaction=False)
         if others_have_room:
-            for _entry_id, fields in entries:
-                pipe.xadd(keys.dispatch, fields, maxlen=100_000, approximate=True)  # type: ignore[arg-type]
-            pipe.xack(keys.dispatch, DISPATCH_GROUP, *ids)
-            pipe.xdel(keys.dispatch, *ids)
-            await pipe.execute()
+            await proc.registry.hand_back(entries)
             await asyncio.sleep(HAND_BACK_PAUSE)
             return
+        pipe = redis.pipeline(transaction=False)
         for _entry_id, fields in entries:
             call_id = fields.get(b"call_id", b"").decode()
             pipe.delete(keys.call(call_id))

@@ -663,26 +663,14 @@ class MediaProcess:
             left = [e for e, go in zip(entries, leaving, strict=True) if go]
             entries = [e for e, go in zip(entries, leaving, strict=True) if not go]
         if left:
-            back = self.redis.pipeline(transaction=False)
-            for _entry_id, fields in left:
-                passes = int(fields.get(b"passes", b"0")) + 1
-                again = {**fields, b"passes": str(passes).encode()}
-                back.xadd(self.keys.dispatch, again, maxlen=100_000, approximate=True)  # type: ignore[arg-type]
-            back.xack(self.keys.dispatch, DISPATCH_GROUP, *(entry_id for entry_id, _ in left))
-            back.xdel(self.keys.dispatch, *(entry_id for entry_id, _ in left))
-            await back.execute()
+            await self.registry.hand_back(left, counted=True)
             metrics.LEFT_FOR_HOST.labels().inc(len(left))
             if not entries:
                 await asyncio.sleep(LEAVE_PAUSE)
                 return
         if not self._accepting:
             # Read just as the drain began: handed straight back to the stream, for a live process.
-            back = self.redis.pipeline(transaction=False)
-            for _entry_id, fields in entries:
-                back.xadd(self.keys.dispatch, fields, maxlen=100_000, approximate=True)  # type: ignore[arg-type]
-            back.xack(self.keys.dispatch, DISPATCH_GROUP, *(entry_id for entry_id, _ in entries))
-            back.xdel(self.keys.dispatch, *(entry_id for entry_id, _ in entries))
-            await back.execute()
+            await self.registry.hand_back(entries)
             return
         pipe = self.redis.pipeline(transaction=False)
         for _entry_id, fields in entries:
