@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,6 +60,28 @@ def going_on(calls: list[CallClient], killed_at: float) -> set[str]:
     return live
 
 
+async def answered_within(ws: str, since: float, wav: Path, calls: list[CallClient]) -> float:
+    """Tries a new call on the frontends at `ws` until one is answered (refused with 503 meanwhile, while
+    Redis fails over), then plays `wav` on it; seconds after `since`. The call joins `calls`."""
+    while time.monotonic() - since < RECOVERY + 5:
+        try:
+            c = await CallClient.open(ws, call_id=f"new.{uuid.uuid4()}")
+        except aiohttp.WSServerHandshakeError as exc:
+            assert exc.status == 503, "while Redis is failing over, the refusal says so"
+            await asyncio.sleep(0.5)
+            continue
+        try:
+            await c.invite()
+        except AssertionError:
+            await c.close()
+            await asyncio.sleep(0.5)
+            continue
+        calls.append(c)
+        await c.send({"command": "play", "url": str(wav), "playId": "long"})
+        return time.monotonic() - since
+    raise AssertionError(f"no call answered at {ws} within {RECOVERY + 5} s")
+
+
 async def survive_failover(info: StackInfo, stack: Stack, tmp_path: Path, kill: Callable[[], None]) -> None:
     """6 calls playing a long tone; `kill()` (the primary dies); then: no process of the stack exits, new
     calls are refused with 503 until they are answered again within RECOVERY seconds, `/call/lists` is whole
@@ -76,27 +99,9 @@ async def survive_failover(info: StackInfo, stack: Stack, tmp_path: Path, kill: 
         killed_at = time.monotonic()
         kill()
 
-        # New calls: one try after another until one is answered (refused with 503 meanwhile).
-        answered_at = None
-        n = 0
-        while time.monotonic() - killed_at < RECOVERY + 5 and answered_at is None:
-            n += 1
-            try:
-                c = await CallClient.open(info.ws, call_id=f"new-{n}")
-            except aiohttp.WSServerHandshakeError as exc:
-                assert exc.status == 503, "while Redis is failing over, the refusal says so"
-                await asyncio.sleep(0.5)
-                continue
-            try:
-                await c.invite()
-                answered_at = time.monotonic()
-                calls.append(c)
-                await c.send({"command": "play", "url": str(wav), "playId": "long"})
-            except AssertionError:
-                await c.close()
-                await asyncio.sleep(0.5)
-        assert answered_at is not None and answered_at - killed_at < RECOVERY, "a new call within 15 s"
-        print(f"first new call answered {answered_at - killed_at:.1f} s after the kill, try {n}")
+        took = await answered_within(info.ws, killed_at, wav, calls)
+        print(f"first new call answered {took:.1f} s after the kill")
+        assert took < RECOVERY, "a new call within 15 s"
 
         await asyncio.sleep(max(0.0, killed_at + RECOVERY - time.monotonic()))
         live = going_on(calls, killed_at)

@@ -11,16 +11,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from common.embeddedcluster import EmbeddedCluster
 from common.keys import Keys
 from tests.audio_util import tone
 from tests.e2e.client import CallClient
-from tests.e2e.redis_failover import RECOVERY, going_on, heard, listed
+from tests.e2e.redis_failover import RECOVERY, answered_within, going_on, heard, listed
 from tests.e2e.test_playback import write_wav
-from tests.hosts.cluster import Cluster, ClusterHost, running_cluster
+from tests.hosts.cluster import Cluster, running_cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.alone]
 
@@ -31,27 +30,6 @@ def on_redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clust
     settings = {"MAX_CALLS": "8", "PBX_CLAIM_TIMEOUT": "5"}
     with running_cluster(root, hosts=2, media_per_host=1, settings=settings, redis_cluster=True) as cluster:
         yield cluster
-
-
-async def answered_within(host: ClusterHost, since: float, wav: Path, calls: list[CallClient]) -> float:
-    """Tries a new call on `host` until one is answered (503 meanwhile); seconds after `since`."""
-    while time.monotonic() - since < RECOVERY + 5:
-        try:
-            c = await CallClient.open(host.ws, call_id=f"h.{uuid.uuid4()}")
-        except aiohttp.WSServerHandshakeError as exc:
-            assert exc.status == 503, "while Redis is failing over, the refusal says so"
-            await asyncio.sleep(0.5)
-            continue
-        try:
-            await c.invite()
-        except AssertionError:
-            await c.close()
-            await asyncio.sleep(0.5)
-            continue
-        calls.append(c)
-        await c.send({"command": "play", "url": str(wav), "playId": "long"})
-        return time.monotonic() - since
-    raise AssertionError(f"no call answered on {host.name} within {RECOVERY + 5} s")
 
 
 async def test_a_master_killed_under_calls_on_two_hosts(on_redis_cluster: Cluster) -> None:
@@ -74,7 +52,7 @@ async def test_a_master_killed_under_calls_on_two_hosts(on_redis_cluster: Cluste
         killed_at = time.monotonic()
         server.kill(victim.port)
 
-        took = [await answered_within(h, killed_at, wav, calls) for h in cluster.hosts]
+        took = [await answered_within(h.ws, killed_at, wav, calls) for h in cluster.hosts]
         print(f"new calls answered {', '.join(f'{t:.1f}' for t in took)} s after the kill (hosts A, B)")
         assert max(took) < RECOVERY, "new calls within 15 s on every host"
 
