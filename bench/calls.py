@@ -149,10 +149,16 @@ SLOTS = 4
 
 def caller_frames() -> list[bytes]:
     """The caller audio: speech with pauses (a Piper sentence between silences), looped, as a caller's is."""
+    return caller_speech()[0]
+
+
+def caller_speech() -> tuple[list[bytes], int]:
+    """`caller_frames`, and the index of the frame in which the words end."""
     from tests.speech import speech, with_silence
 
-    audio, _ = with_silence(0.5, speech("Hello, I would like to book a table for two tonight."), 1.0)
-    return [audio[i : i + 320].astype("<i2").tobytes() for i in range(0, len(audio) - 319, 320)]
+    audio, spans = with_silence(0.5, speech("Hello, I would like to book a table for two tonight."), 1.0)
+    frames = [audio[i : i + 320].astype("<i2").tobytes() for i in range(0, len(audio) - 319, 320)]
+    return frames, (spans[-1][1] - 1) // 20
 
 
 async def pace(calls: list[Call], seconds: float, frames: list[bytes]) -> None:

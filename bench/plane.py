@@ -6,6 +6,7 @@
     .venv/bin/python -m bench.plane --steps 400,500 --procs 2 --json plane.json   # two generator processes
     .venv/bin/python -m bench.plane --base http://127.0.0.1:8080 --redis redis://127.0.0.1:6379/0
     .venv/bin/python -m bench.plane --top /tmp/prof/plane-100-media.txt          # summarize a raw profile
+    .venv/bin/python -m bench.plane --steps 100 --eou smart_turn                   # end of turn under load
 
 Each step starts a fresh stack (embedded Redis, --web frontends, --media media processes) unless --base names
 a running one. N `/call` sockets (pcm) open at --rate per second. From its own `answer` on, each call sends
@@ -17,6 +18,10 @@ socket open -> `answer`. CPU (% of a core) and RSS are per role, over the steady
 (or the end of the ramp) to the end of the first call's stream; "ms per call-s" is server CPU per second of a
 call; "others" is the machine's CPU not used by the stack or the generator: the kernel's network softirq,
 this script's own bookkeeping, and whatever else runs on the machine.
+
+With --eou TYPE each call's `invite` asks for that end-of-turn detection; the caller's sentence ends in a
+known frame, and "eou after the words" is the time from that frame's sending to the first `eou` event after
+it (model verdicts and timer fallbacks counted apart), as the bot sees it.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ import aiohttp
 import psutil
 import uvloop
 
-from bench.calls import caller_frames, make_wav, stack_processes
+from bench.calls import caller_speech, make_wav, stack_processes
 from bench.stackutil import pct, start_stack
 from common.config import default_web_concurrency
 from common.keys import Keys
@@ -86,6 +91,8 @@ class Call:
     refused: bool = False
     reason: str = ""  # the server's hangup reason
     failure: str = ""  # why the client gave up: connect error, no answer, time limit
+    words_end: float = 0.0  # when the frame with the end of the caller's words was sent (0: answered)
+    eou: list[tuple[float, bool]] = field(default_factory=list)  # ms after the words, with a probability
 
     def record(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("ws", "pending")}
@@ -95,13 +102,16 @@ class Call:
 class Generator:
     """One process's share of the calls: a reader task per call, one pacing loop for all caller streams."""
 
-    def __init__(self, spec: dict[str, Any], frames: list[bytes]) -> None:
+    def __init__(self, spec: dict[str, Any], frames: list[bytes], words_end: int) -> None:
         self.spec = spec
         self.frames = frames
+        self.words_end = words_end
         self.total = int(spec["seconds"] * 50)
         self.heap: list[tuple[float, int, Call]] = []
         self.sends = self.late_sends = 0
         option: dict[str, Any] = {"codec": "pcm"} | ({"recorder": {}} if spec["recorder"] else {})
+        if spec["eou"]:
+            option["eou"] = {"type": spec["eou"]}
         self.invite = json.dumps({"command": "invite", "option": option})
         self.play = json.dumps({"command": "play", "url": spec["wav"]})
 
@@ -188,6 +198,9 @@ class Generator:
                 sent = c.pending.pop(ev.get("text", ""), None)
                 if sent is not None:
                     c.rtts.append((time.monotonic() - sent) * 1000)
+            elif name == "eou" and c.words_end:
+                c.eou.append(((time.monotonic() - c.words_end) * 1000, ev.get("probability") is not None))
+                c.words_end = 0.0
             elif name == "trackEnd" and ev.get("trackId") == "server-side-track":
                 c.track_end = time.monotonic()
             elif name == "error":
@@ -222,8 +235,11 @@ class Generator:
                             )
                         # A phone does not wait for a congested network: skip rather than block the loop.
                         if ws._writer.transport.get_write_buffer_size() < BACKLOG:
-                            await ws.send_bytes(frames[(idx * 53 + c.n) % len(frames)])
+                            k = (idx * 53 + c.n) % len(frames)
+                            await ws.send_bytes(frames[k])
                             c.sent += 1
+                            if k == self.words_end:
+                                c.words_end = time.monotonic()
                         else:
                             c.skipped += 1
                         c.n += 1
@@ -240,9 +256,11 @@ class Generator:
             await asyncio.sleep(min(max(delay, 0.001), 0.002))
 
 
-def generate(spec: dict[str, Any], frames: list[bytes], ready: Any, start: Any, results: Any) -> None:
+def generate(
+    spec: dict[str, Any], frames: list[bytes], words_end: int, ready: Any, start: Any, results: Any
+) -> None:
     """A generator process: report ready, wait for the common start time, run, send back the records."""
-    gen = Generator(spec, frames)
+    gen = Generator(spec, frames, words_end)
     ready.put(os.getpid())
     t0 = start.get()
     # Its own collector pauses would show up as server latency: keep them out.
@@ -398,11 +416,19 @@ def print_top(path: Path) -> None:
         print(f"  {n / max(total, 1) * 100:5.1f}% {n:6d}  {fn}")
 
 
-async def run_step(n: int, args: argparse.Namespace, frames: list[bytes], wav: Path, tmp: Path) -> dict:
+async def run_step(
+    n: int, args: argparse.Namespace, speech: tuple[list[bytes], int], wav: Path, tmp: Path
+) -> dict:
     stack, base = None, args.base
+    frames, words_end = speech
     if base is None:
         base, stack = await start_stack(
-            args.web, args.media, args.max_calls, tmp / f"step-{n}", MEDIA_PATH=str(wav.parent)
+            args.web,
+            args.media,
+            args.max_calls,
+            tmp / f"step-{n}",
+            MEDIA_PATH=str(wav.parent),
+            SMART_TURN_WINDOW=args.turn_window,
         )
     load = os.getloadavg()[0]
     ctx = mp.get_context("spawn")
@@ -416,11 +442,15 @@ async def run_step(n: int, args: argparse.Namespace, frames: list[bytes], wav: P
         else:
             roots = discover(args.redis, args.prefix) if args.redis else []
         url = base.replace("http", "ws", 1) + "/call"
-        spec = dict(url=url, wav=str(wav), seconds=args.seconds, rate=args.rate, recorder=args.recorder)
+        spec = dict(
+            url=url, wav=str(wav), seconds=args.seconds, rate=args.rate, recorder=args.recorder, eou=args.eou
+        )
         k = max(1, min(args.procs, n))
         for j in range(k):
             gen_spec = spec | {"indices": list(range(j, n, k))}
-            gens.append(ctx.Process(target=generate, args=(gen_spec, frames, ready, start, results)))
+            gens.append(
+                ctx.Process(target=generate, args=(gen_spec, frames, words_end, ready, start, results))
+            )
             gens[-1].start()
         for _ in gens:
             await asyncio.to_thread(ready.get, True, 120)
@@ -481,6 +511,7 @@ def summarize(n: int, outs: list[dict], sampler: Sampler, args: argparse.Namespa
     received = sum(c["received"] for c in answered)
     setups = [c["setup_ms"] for c in answered]
     rtts = [r for c in calls for r in c["rtts"]]
+    judged = [ms for c in calls for ms, verdict in c["eou"] if verdict]
     # Steady window: every call that will stream is streaming, and none has finished yet. When calls were
     # answered so late that less than 2 s of it is left (an overload), it starts at the end of the ramp.
     ramp_end = max(o["ramp_end"] for o in outs)
@@ -508,6 +539,10 @@ def summarize(n: int, outs: list[dict], sampler: Sampler, args: argparse.Namespa
         "rtt_p50": pct(rtts, 50),
         "rtt_p99": pct(rtts, 99),
         "rtt_n": len(rtts),
+        "eou_judged": len(judged),
+        "eou_timer": sum(1 for c in calls for _, verdict in c["eou"] if not verdict),
+        "eou_p50": pct(judged, 50),
+        "eou_p99": pct(judged, 99),
         "history_unanswered": sum(c["unanswered"] for c in calls),
         "window_s": b - a,
         "window_from": "ramp end" if a == ramp_end else "last answer",
@@ -553,7 +588,7 @@ async def main_async(args: argparse.Namespace) -> None:
     try:
         wav = tmp / "play.wav"
         make_wav(wav, args.seconds)
-        frames = caller_frames()
+        speech = caller_speech()
         print(
             f"{psutil.cpu_count()} cores shared by stack and load generator; "
             f"{args.seconds:g} s per call, {args.rate:g} calls/s, recorder {args.recorder}, "
@@ -563,7 +598,7 @@ async def main_async(args: argparse.Namespace) -> None:
         results = []
         for n in [int(x) for x in args.steps.split(",")]:
             try:
-                st = await run_step(n, args, frames, wav, tmp)
+                st = await run_step(n, args, speech, wav, tmp)
             except (RuntimeError, queue.Empty) as exc:
                 print(f"step {n} failed, no more steps: {exc!r}", flush=True)
                 break
@@ -584,6 +619,11 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"  window {st['window_s']:.1f} s from {st['window_from']}; load {st['load_before']:.2f}",
                 more,
             )
+            if args.eou:
+                print(
+                    f"  eou after the words ({args.eou}): {st['eou_judged']} model verdicts, p50 "
+                    f"{st['eou_p50']:.0f} / p99 {st['eou_p99']:.0f} ms; {st['eou_timer']} by the timer"
+                )
             procs = st["cpu_by_process"]
             print(
                 "  CPU % by process:", "; ".join(f"{r} {sorted(v, reverse=True)}" for r, v in procs.items())
@@ -625,6 +665,10 @@ def main() -> None:
     parser.add_argument("--redis", help="with --base: its REDIS_URL, to find its processes for CPU figures")
     parser.add_argument("--prefix", default="pbx:", help="with --base: its REDIS_PREFIX")
     parser.add_argument("--json", help="write every step's figures to this file")
+    parser.add_argument("--eou", help="each call's option.eou.type (e.g. smart_turn)")
+    parser.add_argument(
+        "--turn-window", choices=["auto", "whole", "turn"], default="auto", help="SMART_TURN_WINDOW"
+    )
     parser.add_argument("--profile", help="a directory: py-spy one frontend and one media process per step")
     parser.add_argument("--format", default="flamegraph", choices=["flamegraph", "speedscope"])
     parser.add_argument(

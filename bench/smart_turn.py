@@ -6,9 +6,12 @@
 (`OPENBLAS_NUM_THREADS=1` as the supervisor sets it for media processes: numpy's matrix products then stay
 on the turn thread.)
 
-1. CPU per decision on one thread (`time.thread_time`): the features and the model, for turns of 1, 3
-   and 8 s; and the model alone in batches of 1, 4 and 16 (why requests are run one by one).
-2. Latency at N concurrent callers, in one process as a media process runs them: each caller's audio (a
+1. CPU per decision on one thread (`time.thread_time`): the features and the model, for turns of 1 to 8 s,
+   in the model's whole 8-s window and in the short one (the turn and 0.5 s before it, at most 4 s); the
+   model file as shipped; and the whole window alone in batches of 1, 4 and 16 (why requests are run one by
+   one).
+2. Latency at N concurrent callers (--window: SMART_TURN_WINDOW, default auto), in one process as a media
+   process runs them, or split over --processes processes: each caller's audio (a
    Piper sentence then 1.5 s of silence, over a -45 dBFS white floor, each caller starting at a random
    offset) is fed in 20 ms frames on a real-time tick to its own webrtc VAD and `SmartTurn`, all sharing one
    `TurnBatcher` on one turn thread. For each `eou`: the time from the pause's start (the end of speech as
@@ -19,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,7 +34,16 @@ from common.protocol import EouOption
 from tests.audio_util import noise
 from tests.speech import speech, with_silence
 from worker.media.vad import Silence, Speaking, VadEvent, VadProcessor
-from worker.speech.smart_turn import SmartTurn, TurnBatcher, TurnModel, trim_trailing
+from worker.speech.smart_turn import (
+    WINDOWS,
+    SmartTurn,
+    TurnBatcher,
+    TurnModel,
+    inference_session,
+    model_path,
+    trim_trailing,
+    window_frames,
+)
 from worker.speech.turn_features import log_mel
 
 SENTENCES = [
@@ -46,32 +60,41 @@ def pct(values: list[float], p: float) -> float:
 
 def cost() -> None:
     model = TurnModel()
-    session = model._session
-    for seconds in (1, 3, 8):
+    for seconds in (1, 2, 3, 5, 8):
         audio = (np.random.default_rng(1).standard_normal(int(seconds * 16000)) * 3000).astype(np.int16)
-        model.predict(audio)
         n = 20
         began = time.thread_time()
         for _ in range(n):
-            features = log_mel(audio)
+            log_mel(audio)
         feat = (time.thread_time() - began) / n * 1000
-        began = time.thread_time()
-        for _ in range(n):
-            model.predict(audio)
-        whole = (time.thread_time() - began) / n * 1000
+        row = []
+        for whole in (True, False):
+            model.predict(audio, whole)
+            began = time.thread_time()
+            for _ in range(n):
+                model.predict(audio, whole)
+            row.append((time.thread_time() - began) / n * 1000)
         print(
-            f"turn of {seconds} s: {whole:.1f} ms CPU per decision "
-            f"(features {feat:.1f} ms, model {whole - feat:.1f})"
+            f"turn of {seconds} s: {row[0]:.1f} ms CPU per decision (features {feat:.1f} ms); "
+            f"the short window {row[1]:.1f} ms ({window_frames(len(audio))} frames)"
         )
+    shipped = inference_session(model_path().read_bytes())
+    features = log_mel(np.zeros(16000, dtype=np.int16))[None]
+    shipped.run(None, {"input_features": features})
+    began = time.thread_time()
+    for _ in range(20):
+        shipped.run(None, {"input_features": features})
+    print(f"the model file as shipped (GELUs not fused): {(time.thread_time() - began) / 20 * 1000:.1f} ms")
+    features = log_mel(np.zeros(16000, dtype=np.int16))
     for size in (1, 4, 16):
         batch = np.repeat(features[None], size, axis=0)
-        session.run(None, {"input_features": batch})
+        model._session.run(None, {"input_features": batch})
         reps = max(2, 32 // size)
         began = time.thread_time()
         for _ in range(reps):
-            session.run(None, {"input_features": batch})
+            model._session.run(None, {"input_features": batch})
         each = (time.thread_time() - began) / reps / size * 1000
-        print(f"model alone, batch of {size}: {each:.1f} ms CPU each")
+        print(f"the whole window alone, batch of {size}: {each:.1f} ms CPU each")
 
 
 class Caller:
@@ -117,13 +140,25 @@ class Caller:
         self.turn.feed(frame, local)
 
 
-async def latency(callers: int, seconds: float, padding: int) -> None:
+@dataclass
+class Run:
+    """One process's share: each `eou`'s latency (after the VAD's pause start, after the words' end, ms, and
+    whether it came without a verdict), the model's decisions, requests too late for it, process CPU."""
+
+    rows: list[tuple[float, float, bool]]
+    decisions: int
+    late: int
+    shortened: int
+    cpu: float
+
+
+async def callers_in_a_process(callers: int, seconds: float, padding: int, seed: int, window: str) -> Run:
     pool = ThreadPoolExecutor(1, thread_name_prefix="turn")
     loop = asyncio.get_running_loop()
-    batcher = TurnBatcher(lambda fn, *a: loop.run_in_executor(pool, fn, *a))
+    batcher = TurnBatcher(lambda fn, *a: loop.run_in_executor(pool, fn, *a), window)
     await batcher.warm_up()
     runner = asyncio.create_task(batcher.run())
-    rng = random.Random(5)
+    rng = random.Random(seed)
     clips = []
     for k, text in enumerate(SENTENCES):
         voice, spans = with_silence(0.4, speech(text), 1.5)
@@ -145,16 +180,34 @@ async def latency(callers: int, seconds: float, padding: int) -> None:
         for c in group:
             c.tick(k * 20)
     await asyncio.sleep(1.5)
-    cpu = time.process_time() - began_cpu
-    elapsed = time.monotonic() - wall0
+    cpu = (time.process_time() - began_cpu) / (time.monotonic() - wall0)
     runner.cancel()
     pool.shutdown()
     rows = [x for c in group for x in c.latencies]
+    return Run(rows, batcher.decisions, batcher.late, batcher.shortened, cpu)
+
+
+def _share(callers: int, seconds: float, padding: int, seed: int, window: str) -> Run:
+    return asyncio.run(callers_in_a_process(callers, seconds, padding, seed, window))
+
+
+def latency(callers: int, seconds: float, padding: int, processes: int, window: str) -> None:
+    """`callers` split over `processes` media processes (each its own turn thread), started together."""
+    shares = [callers // processes + (1 if k < callers % processes else 0) for k in range(processes)]
+    if processes == 1:
+        runs = [_share(callers, seconds, padding, 5, window)]
+    else:
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            runs = pool.starmap(_share, [(n, seconds, padding, 5 + k, window) for k, n in enumerate(shares)])
+    rows = [x for r in runs for x in r.rows]
     judged = [r for r in rows if not r[2]]
     print(
-        f"{callers} callers, {seconds:.0f} s, silencePadding {padding}: {len(rows)} eou "
-        f"({batcher.decisions} model decisions, "
-        f"{batcher.late} too late for the model), process CPU {cpu / elapsed * 100:.0f} %; "
+        f"{callers} callers in {processes} process{'es' if processes > 1 else ''}, window {window}, "
+        f"{seconds:.0f} s, "
+        f"silencePadding {padding}: {len(rows)} eou ({sum(r.decisions for r in runs)} model decisions, "
+        f"{sum(r.shortened for r in runs)} in the short window, {sum(r.late for r in runs)} too late for "
+        f"the model), process CPU "
+        f"{' + '.join(f'{r.cpu * 100:.0f} %' for r in runs)}; "
         f"eou after the VAD's pause start p50 {pct([r[0] for r in judged], 50):.0f} / "
         f"p99 {pct([r[0] for r in judged], 99):.0f} ms, after the words' end p50 "
         f"{pct([r[1] for r in judged], 50):.0f} / p99 {pct([r[1] for r in judged], 99):.0f} ms"
@@ -180,6 +233,10 @@ def main() -> None:
     parser.add_argument("--callers", nargs="+", type=int, default=[1, 10, 100])
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--padding", type=int, default=100, help="the VAD's silencePadding (ms)")
+    parser.add_argument(
+        "--processes", type=int, default=1, help="split the callers over this many (media) processes"
+    )
+    parser.add_argument("--window", choices=WINDOWS, default="auto", help="SMART_TURN_WINDOW")
     parser.add_argument("--sweep", action="store_true", help="only the verdict against trailing silence")
     args = parser.parse_args()
     if args.sweep:
@@ -187,7 +244,7 @@ def main() -> None:
         return
     cost()
     for n in args.callers:
-        asyncio.run(latency(n, args.seconds, args.padding))
+        latency(n, args.seconds, args.padding, args.processes, args.window)
 
 
 if __name__ == "__main__":

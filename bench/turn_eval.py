@@ -33,7 +33,7 @@ from common.protocol import BargeInOption, EouOption
 from tests.audio_util import noise
 from worker.call.bargein import BargeInRule, Verdict
 from worker.media.vad import Discarded, Silence, Speaking, VadEvent, VadProcessor
-from worker.speech.smart_turn import SmartTurn, TurnModel
+from worker.speech.smart_turn import SmartTurn, TurnModel, trim_trailing
 
 COMPLETE = [
     "I would like to book a table for two at seven tonight.",
@@ -139,17 +139,30 @@ class TurnResult:
     latency_ms: int | None  # from the VAD's pause start at the end, to the decision (complete turns)
 
 
+class Heard:
+    """The model in one window: its whole 8-s window, or the short one a busy process falls back to."""
+
+    def __init__(self, model: TurnModel, whole: bool) -> None:
+        self.model = model
+        self.whole = whole
+
+    def predict(self, audio: np.ndarray) -> float:
+        return self.model.predict(audio, self.whole)
+
+
 class _Now:
     """The model run at once, its CPU time added to the audio clock (as on an idle turn thread)."""
 
-    def __init__(self, model: TurnModel) -> None:
+    def __init__(self, model: TurnModel | Heard) -> None:
         self.model = model
         self.cost_ms = 0.0
+        self.costs: list[float] = []
 
     def submit(self, owner: object, audio: np.ndarray, done: object) -> None:
         began = time.thread_time()
         p = self.model.predict(audio)
         self.cost_ms = (time.thread_time() - began) * 1000
+        self.costs.append(self.cost_ms)
         done(p, None)  # type: ignore[operator]
 
     def forget(self, owner: object) -> None:
@@ -159,7 +172,10 @@ class _Now:
         pass
 
 
-def smart_turn_on(model: TurnModel, audio: np.ndarray, end_ms: int, label: str) -> TurnResult:
+def smart_turn_on(
+    model: TurnModel | Heard, audio: np.ndarray, end_ms: int, label: str, costs: list[float] | None = None
+) -> TurnResult:
+    """`costs` gets the CPU time (ms) of each decision."""
     runner = _Now(model)
     decisions: list[tuple[int, bool]] = []
     now = [0]
@@ -182,6 +198,8 @@ def smart_turn_on(model: TurnModel, audio: np.ndarray, end_ms: int, label: str) 
         now[0] = ts
         vad.feed(frame, ts)
         turn.feed(frame, ts)
+    if costs is not None:
+        costs.extend(runner.costs)
     fires = [at for at, completed in decisions if completed]
     if not fires:
         return TurnResult(label, False, False, None)
@@ -325,6 +343,31 @@ def turn_set(voices: list[str]) -> Iterator[tuple[str, str, np.ndarray, int]]:
                 yield label, f"{voice}: {text}", audio, end
 
 
+def long_turns(voices: list[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """Two sentences with a 350 ms pause between them: a complete one then a complete or a cut-off one,
+    as the model hears it at the end (0.5 s of floor before, cut 120 ms after the last loud frame)."""
+    gap = np.zeros(int(0.35 * 16000), dtype=np.int16)
+    for v, voice in enumerate(voices):
+        for k, first in enumerate(COMPLETE):
+            pairs = (("complete", COMPLETE[(k + 3) % 10]), ("incomplete", INCOMPLETE[(k + 5) % 10]))
+            for label, second in pairs:
+                sound = np.concatenate([say(first, voice), gap, say(second, voice)])
+                audio, _, end = on_floor(sound, 0.5, 0.3, seed=100 * v + k)
+                yield label, trim_trailing(audio[: (end + 200) * 16])
+
+
+def verdicts(model: Heard, clips: list[tuple[str, np.ndarray]]) -> str:
+    """Accuracy at 0.5, the mean probability by label, and the AUC of complete over incomplete."""
+    y = np.array([label == "complete" for label, _ in clips])
+    p = np.array([model.predict(audio) for _, audio in clips])
+    pos, neg = p[y], p[~y]
+    auc = float(np.mean((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])))
+    return (
+        f"accuracy at 0.5 {np.mean((p >= 0.5) == y):.2f}, mean probability complete {pos.mean():.2f} / "
+        f"incomplete {neg.mean():.2f}, AUC {auc:.3f}"
+    )
+
+
 def pct(values: list[int], p: float) -> str:
     return f"{np.percentile(values, p):.0f}" if values else "-"
 
@@ -333,12 +376,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--voices", nargs="+", default=list(VOICES))
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument(
+        "--window", choices=["whole", "turn"], default="whole", help="the model's window (SMART_TURN_WINDOW)"
+    )
     args = parser.parse_args()
-    model = TurnModel()
+    model = Heard(TurnModel(), args.window == "whole")
     smart: list[TurnResult] = []
     local: list[TurnResult] = []
+    costs: list[float] = []
     for label, name, audio, end in turn_set(args.voices):
-        smart.append(smart_turn_on(model, audio, end, label))
+        smart.append(smart_turn_on(model, audio, end, label, costs))
         local.append(local_on(audio, end, label))
         if args.verbose:
             print(f"{label:10} {name:55} smart {smart[-1]}  local {local[-1].fired}")
@@ -350,6 +397,17 @@ def main() -> None:
             f"turns ended on time; {false} false ends: incomplete turns of {len(turns) - n}, and early "
             f"fires); after the VAD's pause start p50 {pct(lat, 50)} / p90 {pct(lat, 90)} ms"
         )
+    print(
+        f"smart_turn CPU per decision ({len(costs)} decisions): mean {np.mean(costs):.1f}, "
+        f"p90 {np.percentile(costs, 90):.1f}, max {max(costs):.1f} ms"
+    )
+    clips = list(long_turns(args.voices))
+    lengths = [len(audio) / 16000 for _, audio in clips]
+    print(
+        f"two-sentence turns ({len(clips)}, {min(lengths):.1f}-{max(lengths):.1f} s), whole window: "
+        f"{verdicts(Heard(model.model, True), clips)}; short window: "
+        f"{verdicts(Heard(model.model, False), clips)}"
+    )
     rows: dict[str, list[BargeResult]] = {}
     for label, name, audio, start in barge_set(args.voices):
         r = barge_on(audio, start, label)

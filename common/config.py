@@ -70,6 +70,16 @@ def _float(env: dict[str, str], name: str, default: float) -> float:
         raise ValueError(f"environment variable {name} must be a number, got {raw!r}") from exc
 
 
+def _choice(env: dict[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of `choices` (case-insensitive); unset or empty: the first."""
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return choices[0]
+    if raw not in choices:
+        raise ValueError(f"environment variable {name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"", "0", "false", "no", "off"})
 
@@ -293,6 +303,10 @@ class Settings:
     allow_private_urls: bool = False
     # Destinations (`host` or `host:port`) that may be private whoever names them.
     allowed_url_hosts: tuple[str, ...] = ()
+    # What the smart_turn EOU model hears (worker/speech/smart_turn.py, WINDOWS): "auto", its own 8-s
+    # window unless a question waited for the model (then only the turn); "whole", always its window;
+    # "turn", always only the turn.
+    smart_turn_window: str = "auto"
 
     @property
     def lends_llm_key(self) -> bool:
@@ -366,6 +380,7 @@ class Settings:
             trusted_proxies=_networks(env, "TRUSTED_PROXIES"),
             allow_private_urls=_bool(env, "ALLOW_PRIVATE_URLS"),
             allowed_url_hosts=_allowed_hosts(env, "ALLOWED_URL_HOSTS"),
+            smart_turn_window=_choice(env, "SMART_TURN_WINDOW", ("auto", "whole", "turn")),
         )
 
     def __repr__(self) -> str:

@@ -81,6 +81,11 @@ WORK_DROPPED = R.counter(
     "Frames (or Silero windows) of caller audio a batcher dropped because it was behind real time.",
     ("stage",),
 )
+TURN_DECISIONS = R.counter(
+    "pbx_smart_turn_decisions_total",
+    "End-of-turn questions the smart_turn model answered, by the window it heard them in.",
+    ("window",),
+)
 
 TTS_FIRST_AUDIO = R.histogram(
     "pbx_tts_first_audio_seconds",
@@ -154,6 +159,10 @@ class MediaFigures(Protocol):
         """What each batcher dropped so far, by `WORK_DROPPED` stage."""
         ...
 
+    def turn_decisions(self) -> Mapping[str, int]:
+        """The smart_turn model's answers so far, by `TURN_DECISIONS` window (`whole`, `short`)."""
+        ...
+
 
 def collect(source: MediaFigures) -> None:
     """Bring the gauges and counters read from the process up to date (before each snapshot)."""
@@ -167,6 +176,8 @@ def collect(source: MediaFigures) -> None:
     CLOCK_RESTARTS.labels().value = source.clock_restarts
     for stage, dropped in source.work_dropped().items():
         WORK_DROPPED.labels(stage).value = dropped
+    for window, n in source.turn_decisions().items():
+        TURN_DECISIONS.labels(window).value = n
 
 
 async def publish(

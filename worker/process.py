@@ -53,6 +53,7 @@ from worker.speech.endpoints import DEFAULT_HOSTS
 from worker.speech.local_asr import WhisperPool
 from worker.speech.local_tts import PiperEngine
 from worker.speech.smart_turn import TurnBatcher
+from worker.threadprio import lower_this_thread
 from worker.urlguard import WS, UrlGuard
 from worker.warmup import dtmf, rnnoise, run_steps, ten_vad, webrtc_vad
 
@@ -154,11 +155,13 @@ class MediaProcess:
         self.asr_threads = ThreadPoolExecutor(2, thread_name_prefix="asr")
         self.tts_thread = ThreadPoolExecutor(1, thread_name_prefix="tts")
         self.piper = PiperEngine(self._tts_in_thread)
-        # The end-of-turn model (~40 ms a decision) gets a thread of its own: it must not hold up the VAD.
+        # The end-of-turn model (~32 ms a decision) gets a thread of its own: it must not hold up the VAD;
+        # and a nicer one: when the cores are short, the calls' audio goes first and the model's questions
+        # wait (then heard in the short window, or left to the silence timer; worker/speech/smart_turn.py).
         # It is not warmed up: ~70 MB a process that only smart_turn calls need; the first such call of the
-        # process loads it (~0.15 s) as the call is set up, long before its first pause.
-        self.turn_thread = ThreadPoolExecutor(1, thread_name_prefix="turn")
-        self.turn = TurnBatcher(self._turn_in_thread)
+        # process loads it (~0.3 s) as the call is set up, long before its first pause.
+        self.turn_thread = ThreadPoolExecutor(1, thread_name_prefix="turn", initializer=lower_this_thread)
+        self.turn = TurnBatcher(self._turn_in_thread, settings.smart_turn_window)
         self.telephony: Telephony | None = None
         # What every call shares (worker/call/services.py), built once; `run` adds the SIP side once bound.
         self.services = MediaServices(
@@ -270,6 +273,10 @@ class MediaProcess:
             "silero_vad": self.silero.dropped,
             "smart_turn": self.turn.late,
         }
+
+    def turn_decisions(self) -> Mapping[str, int]:
+        short = self.turn.shortened
+        return {"whole": self.turn.decisions - short, "short": short}
 
     def session_ended(self, session: CallSession) -> None:
         # Full by its announced capacity, not overloaded (then every call that ends would beat at once).

@@ -157,6 +157,7 @@ class Figures:
     types: list[str] = field(default_factory=list)
     cap: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    turns: dict[str, int] = field(default_factory=dict)
 
     def capacity(self) -> int:
         return self.cap
@@ -167,6 +168,9 @@ class Figures:
     def work_dropped(self) -> Mapping[str, int]:
         return self.dropped
 
+    def turn_decisions(self) -> Mapping[str, int]:
+        return self.turns
+
 
 def test_the_figures_are_read_from_the_source() -> None:
     source = Figures(
@@ -175,6 +179,7 @@ def test_the_figures_are_read_from_the_source() -> None:
         types=["sip", "sip", "webrtc"],
         cap=40,
         dropped={"denoise": 3, "ten_vad": 0, "silero_vad": 5},
+        turns={"whole": 40, "short": 7},
     )
     metrics.collect(source)
     assert metrics.CALLS_ACTIVE.labels("sip").value == 2
@@ -183,6 +188,7 @@ def test_the_figures_are_read_from_the_source() -> None:
     assert metrics.CALLS_CAPACITY.labels().value == 40
     assert metrics.TICKS.labels().value == 1234 and metrics.CLOCK_RESTARTS.labels().value == 2
     assert metrics.WORK_DROPPED.labels("silero_vad").value == 5
+    assert metrics.TURN_DECISIONS.labels("short").value == 7
     metrics.collect(Figures())
     assert metrics.CALLS_ACTIVE.labels("sip").value == 0
 

@@ -4,6 +4,7 @@ part with a stand-in model, and the real model on real (synthesised) speech."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -11,18 +12,24 @@ from typing import Any
 import numpy as np
 import pytest
 
+from common.config import Settings
 from common.protocol import EouOption
 from tests.speech import speech
 from worker.speech.smart_turn import (
+    SHORTEN_AFTER_S,
     TRAILING_MS,
+    WINDOWS,
     Decision,
     SmartTurn,
     TurnBatcher,
+    TurnModel,
     TurnRule,
     model_path,
     trim_trailing,
+    window_frames,
 )
 from worker.speech.turn_features import log_mel
+from worker.speech.turn_graph import GraphChanged, any_length
 
 
 def test_the_model_is_the_file_in_the_pipecat_wheel() -> None:
@@ -191,7 +198,8 @@ def test_threshold_outside_0_1_is_refused() -> None:
 async def test_the_model_hears_a_finished_sentence_and_one_cut_off() -> None:
     pool = ThreadPoolExecutor(1)
     loop = asyncio.get_running_loop()
-    batcher = TurnBatcher(lambda fn, *a: loop.run_in_executor(pool, fn, *a))
+    # Both questions wait for the model to load: "whole" keeps the second out of the short window.
+    batcher = TurnBatcher(lambda fn, *a: loop.run_in_executor(pool, fn, *a), "whole")
     runner = asyncio.create_task(batcher.run())
     silence = np.zeros(8000, dtype=np.int16)  # what the part sends: 0.5 s before, ~0.1 s after the speech
     answers: dict[str, float | None] = {}
@@ -244,3 +252,126 @@ async def test_a_call_set_up_loads_the_model_before_its_first_pause() -> None:
     finally:
         runner.cancel()
         pool.shutdown()
+
+
+# --- the rewritten graph, the two windows ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model() -> TurnModel:
+    return TurnModel()
+
+
+def test_the_short_window_is_the_turn_and_half_a_second_at_most_four_seconds() -> None:
+    assert [window_frames(int(s * 16000)) for s in (0, 0.3, 0.6, 1.0, 2.4, 3.5, 3.6, 8, 20)] == [
+        100, 100, 200, 200, 300, 400, 400, 400, 400
+    ]  # fmt: skip
+
+
+def test_the_rewritten_graph_answers_as_the_shipped_one(model: TurnModel) -> None:
+    import onnxruntime as ort
+
+    shipped = ort.InferenceSession(str(model_path()), providers=["CPUExecutionProvider"])
+    assert model.can_shorten
+    for text in ("I would like to book a table for two.", "I would like to"):
+        audio = np.concatenate([np.zeros(8000, np.int16), speech(text), np.zeros(1600, np.int16)])
+        (reference,) = shipped.run(None, {"input_features": log_mel(audio)[None]})
+        assert model.predict(audio) == pytest.approx(float(reference.reshape(-1)[0]), abs=1e-5)
+    # The short window hears the cut-off sentence as one too.
+    assert model.predict(audio, whole=False) < 0.5
+
+
+def test_every_gelu_of_the_graph_is_one_operation() -> None:
+    import onnx
+
+    ops = [n.op_type for n in onnx.load_from_string(any_length(model_path().read_bytes())).graph.node]
+    assert ops.count("Gelu") == 8 and "Erf" not in ops  # 2 convolutions, 4 layers, 2 in the classifier
+
+
+def test_the_short_window_costs_a_fraction_of_the_whole(model: TurnModel) -> None:
+    audio = speech("Yes, please.")
+
+    def cpu(whole: bool) -> float:
+        model.predict(audio, whole)
+        began = time.thread_time()
+        for _ in range(5):
+            model.predict(audio, whole)
+        return time.thread_time() - began
+
+    assert window_frames(len(audio)) == 200
+    assert cpu(False) < 0.5 * cpu(True)  # ~6 ms against ~32 ms
+
+
+def test_a_graph_it_does_not_know_is_refused() -> None:
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["input_features"], ["logits"])],
+        "other",
+        [helper.make_tensor_value_info("input_features", TensorProto.FLOAT, [1, 80, 800])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 80, 800])],
+    )
+    with pytest.raises(GraphChanged):
+        any_length(helper.make_model(graph).SerializeToString())
+
+
+class _Heard:
+    """A stand-in model: answers at once, noting the window of each question."""
+
+    def __init__(self) -> None:
+        self.windows: list[bool] = []
+
+    def predict(self, audio: np.ndarray, whole: bool = True) -> float:
+        self.windows.append(whole)
+        return 0.9
+
+
+class _Loop:
+    def call_soon_threadsafe(self, fn: Callable[..., None], *args: object) -> None:
+        fn(*args)
+
+
+@pytest.mark.parametrize(
+    ("window", "heard"),
+    [("auto", [True, False, False]), ("whole", [True, True, True]), ("turn", [False, False, False])],
+)
+def test_a_question_that_waited_for_the_model_is_heard_in_the_short_window(
+    window: str, heard: list[bool]
+) -> None:
+    batcher = TurnBatcher(lambda fn, *a: None, window)
+    answers: list[float | None] = []
+    for owner in ("a", "b", "c"):
+        batcher.submit(owner, np.zeros(16000, np.int16), lambda p, reason: answers.append(p))
+    now = time.monotonic()
+    for request, waited in zip(batcher._queue, (0.0, SHORTEN_AFTER_S + 0.01, 0.5), strict=True):
+        request.queued = now - waited
+    model = _Heard()
+    batcher._judge(model, batcher._queue, _Loop())  # type: ignore[arg-type]
+    assert model.windows == heard and answers == [0.9, 0.9, 0.9]
+    assert batcher.shortened == heard.count(False)
+
+
+def test_a_question_a_second_behind_is_left_to_the_timer_but_not_one_that_waited_for_the_load() -> None:
+    batcher = TurnBatcher(lambda fn, *a: None)
+    answers: list[tuple[float | None, str | None]] = []
+    for owner in ("a", "b"):
+        batcher.submit(owner, np.zeros(16000, np.int16), lambda p, reason: answers.append((p, reason)))
+    now = time.monotonic()
+    batcher._queue[0].queued = now - 1.5  # behind others for 1.5 s
+    model = _Heard()
+    batcher._judge(model, batcher._queue[:1], _Loop())  # type: ignore[arg-type]
+    assert answers == [(None, "late")] and batcher.late == 1 and model.windows == []
+    batcher._queue[1].queued = now - 1.5  # asked as the call was set up; the model came 10 ms ago
+    batcher._ready_at = now - 0.01
+    batcher._judge(model, batcher._queue[1:], _Loop())  # type: ignore[arg-type]
+    assert answers[1] == (0.9, None) and model.windows == [True]
+
+
+def test_the_window_setting_names_the_models_windows() -> None:
+    assert Settings.from_env({}, dotenv=None).smart_turn_window == "auto"
+    assert Settings.from_env({"SMART_TURN_WINDOW": "Whole"}, dotenv=None).smart_turn_window == "whole"
+    with pytest.raises(ValueError, match="SMART_TURN_WINDOW"):
+        Settings.from_env({"SMART_TURN_WINDOW": "short"}, dotenv=None)
+    assert WINDOWS == ("auto", "whole", "turn")
+    with pytest.raises(ValueError, match="window"):
+        TurnBatcher(lambda fn, *a: None, "short")

@@ -4,13 +4,17 @@ their last words, at each pause the VAD finds.
 The model is Smart Turn v3.2 (Daily's, BSD-2-Clause), the ONNX file shipped inside the `pipecat-ai` wheel
 (BSD-2-Clause): a Whisper-tiny encoder with a classifier head, reading Whisper log-mel features of the last
 8 s of 16 kHz audio (worker/speech/turn_features.py) and answering the probability that the turn is complete.
+Its graph is rewritten at load (worker/speech/turn_graph.py): its GELUs fused (the same answers, ~12 % less
+CPU), and any input length accepted, so that a busy process can have it hear only the turn (6-15 ms a
+decision instead of ~32, verdicts that move; see `WINDOWS`).
 Nothing is downloaded: the file is found through the installed distribution's metadata, without importing
 pipecat (whose import logs a banner and pulls in its frame machinery).
 
 One `TurnBatcher` per media process owns the ONNX Runtime session (one intra-op thread) and runs every call's
 requests on a thread of its own, off the event loop, handed over together. Each request is its own inference:
-on this model a batch costs more CPU per decision than single runs (~40 ms alone, ~50 ms each in batches
-of 4 or 16, bench/smart_turn.py), and single runs let the first answer out before the last is done.
+turns differ in length, on this model a batch costs more CPU per decision than single runs even at one
+length (the whole window: ~40 ms alone, ~50 ms each in batches of 4 or 16, bench/smart_turn.py), and single
+runs let the first answer out before the last is done.
 
 `TurnRule` is the decision on the caller's audio clock (pure, unit-tested on a virtual clock); `SmartTurn` is
 a call's part: the last 8 s of audio, the rule, and the requests to the batcher.
@@ -31,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from common.protocol import EouOption
-from worker.speech.turn_features import RATE, SAMPLES, log_mel
+from worker.speech.turn_features import FRAMES, HOP, N_MELS, RATE, SAMPLES, log_mel
+from worker.speech.turn_graph import GraphChanged, any_length
 
 log = logging.getLogger("pbx.worker.smart_turn")
 
@@ -43,7 +48,8 @@ DEFAULT_INCOMPLETE_TIMEOUT_MS = 3000
 SILENCE_FALLBACK_MS = 600
 # Audio kept before the turn's first speech, as pipecat does (the model was trained with it).
 PRE_SPEECH_MS = 500
-# A request that waited longer than this for the model is not run: the silence timer decides that pause.
+# A request that waited longer than this behind others for the model is not run: the silence timer decides
+# that pause.
 MAX_WAIT_S = 1.0
 FRAME_MS = 20
 # The model hears the turn up to this long after its last loud frame (RMS at least LOUD_DBFS, the VAD's
@@ -52,6 +58,18 @@ FRAME_MS = 20
 # (its VAD's stop time). The VADs here end an utterance 100-300 ms after the words, by engine and hangover.
 TRAILING_MS = 120
 LOUD_DBFS = -40.0
+# What the model hears (SMART_TURN_WINDOW): its own 8-s window, turns padded in front as it was trained
+# (~32 ms of CPU a decision), or the short window: the turn and MARGIN_FRAMES of padding before it (feature
+# frames, 10 ms each) rounded up to whole steps, at most the turn's last LONGEST_FRAMES (4 input lengths,
+# each warmed once; ~3.4 ms per 100 frames, 6-15 ms a decision). The short window is not the model's own
+# input and its verdicts move (7 of 60 turns flipped at 0.5, mean change 0.14; a finished "I would like to
+# book a table for two." fell from 0.72 to 0.18): it is what a busy process falls back to ("auto": a question
+# that waited SHORTEN_AFTER_S for the model), not what it does by choice. docs/performance.md has the figures.
+WINDOWS = ("auto", "whole", "turn")
+SHORTEN_AFTER_S = 0.05
+MARGIN_FRAMES = 50
+STEP_FRAMES = 100
+LONGEST_FRAMES = 400
 # The VAD's silencePadding (default 100 ms) is kept for the VAD smart_turn brings: at 60 ms, pauses are
 # judged 40-60 ms sooner, but the gaps between words become pauses too, heard with too little silence after
 # them ("I would like | to": 0.52, complete) and twice the model's CPU (bench/smart_turn.py, 2026-12-04).
@@ -80,23 +98,52 @@ def trim_trailing(audio: np.ndarray) -> np.ndarray:
     return audio[:end]
 
 
+def window_frames(samples: int) -> int:
+    """How many feature frames the model reads for a turn of `samples` (at most the whole window)."""
+    need = min(samples, SAMPLES) // HOP + MARGIN_FRAMES
+    return min(LONGEST_FRAMES, -(-need // STEP_FRAMES) * STEP_FRAMES)
+
+
+def inference_session(graph: bytes) -> Any:
+    """An ONNX Runtime session on one thread: the process sets one per numeric library; more would fight the
+    loop and the VAD."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+
+
 class TurnModel:
-    """The ONNX Runtime session, shared by the process's calls; `predict` blocks (run it off the loop)."""
+    """The ONNX Runtime session, shared by the process's calls; `predict` blocks (run it off the loop). It
+    runs the rewritten graph (worker/speech/turn_graph.py); a model file it cannot rewrite runs as shipped,
+    always on the whole window."""
 
     def __init__(self) -> None:
-        import onnxruntime as ort
+        graph = model_path().read_bytes()
+        try:
+            graph = any_length(graph)
+            self.can_shorten = True
+        except GraphChanged as exc:
+            log.warning("smart turn model runs as shipped, on the whole window only (%s)", exc)
+            self.can_shorten = False
+        self._session = inference_session(graph)
+        short = range(STEP_FRAMES, LONGEST_FRAMES + 1, STEP_FRAMES) if self.can_shorten else []
+        for frames in [FRAMES, *short]:
+            self._run(np.zeros((1, N_MELS, frames), dtype=np.float32))
 
-        options = ort.SessionOptions()
-        # One thread: the process sets one per numeric library; more would fight the loop and the VAD.
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(str(model_path()), options, providers=["CPUExecutionProvider"])
+    def predict(self, audio: np.ndarray, whole: bool = True) -> float:
+        """Probability that the turn ended with this audio (16 kHz int16, its last 8 s count), heard in the
+        model's whole window or (`whole=False`) the short one."""
+        features = log_mel(audio)
+        if not whole and self.can_shorten:
+            features = features[:, -window_frames(len(audio)) :]
+        return self._run(np.ascontiguousarray(features[None, :, :]))
 
-    def predict(self, audio: np.ndarray) -> float:
-        """Probability that the turn ended with this audio (16 kHz int16, its last 8 s count)."""
-        features = log_mel(audio)[None, :, :]
+    def _run(self, features: np.ndarray) -> float:
         (out,) = self._session.run(None, {"input_features": features})
         return float(np.asarray(out).reshape(-1)[0])
 
@@ -111,15 +158,21 @@ class _Request:
 
 
 class TurnBatcher:
-    """Every call's requests, run on the process's turn thread in one hand-off, each reported when done."""
+    """Every call's requests, run on the process's turn thread in one hand-off, each reported when done;
+    `window` is SMART_TURN_WINDOW (`WINDOWS`)."""
 
-    def __init__(self, run_off_loop: Callable[..., Any]) -> None:
+    def __init__(self, run_off_loop: Callable[..., Any], window: str = "auto") -> None:
+        if window not in WINDOWS:
+            raise ValueError(f"smart turn window: one of {', '.join(WINDOWS)}, got {window!r}")
         self._run_off_loop = run_off_loop
+        self._window = window
         self._model: TurnModel | None = None
         self._queue: list[_Request] = []
         self._wake = asyncio.Event()
         self.decisions = 0
+        self.shortened = 0  # decisions heard in the short window
         self.late = 0
+        self._ready_at = 0.0  # when the model was loaded
         self._wanted = False
 
     def submit(
@@ -140,8 +193,8 @@ class TurnBatcher:
 
     async def warm_up(self) -> None:
         if self._model is None:
-            self._model = await self._run_off_loop(TurnModel)
-        await self._run_off_loop(self._model.predict, np.zeros(RATE, dtype=np.int16))
+            self._model = await self._run_off_loop(TurnModel)  # warmed up as it loads
+            self._ready_at = time.monotonic()
 
     def prepare(self) -> None:
         """A call will ask: load the model now (off the loop), not at its first pause."""
@@ -155,6 +208,7 @@ class TurnBatcher:
             if self._model is None and (self._wanted or self._queue):
                 try:
                     self._model = await self._run_off_loop(TurnModel)
+                    self._ready_at = time.monotonic()
                 except Exception as exc:
                     log.exception("smart turn model failed to load")
                     batch, self._queue = self._queue, []
@@ -170,12 +224,16 @@ class TurnBatcher:
         for request in batch:
             if request.cancelled:
                 continue
-            if time.monotonic() - request.queued > MAX_WAIT_S:
+            # How long it waited behind other questions (a wait for the model to load is no backlog).
+            behind = time.monotonic() - max(request.queued, self._ready_at)
+            if behind > MAX_WAIT_S:
                 self.late += 1
                 loop.call_soon_threadsafe(request.done, None, "late")
                 continue
+            whole = self._window == "whole" or (self._window == "auto" and behind < SHORTEN_AFTER_S)
+            self.shortened += not whole
             try:
-                prob: float | None = model.predict(request.audio)
+                prob: float | None = model.predict(request.audio, whole)
                 reason = None
             except Exception as exc:  # reported to the call; the timer decides
                 log.exception("smart turn inference failed")
