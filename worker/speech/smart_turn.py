@@ -62,7 +62,7 @@ LOUD_DBFS = -40.0
 # (~32 ms of CPU a decision), or the short window: the turn and MARGIN_FRAMES of padding before it (feature
 # frames, 10 ms each) rounded up to whole steps, at most the turn's last LONGEST_FRAMES (4 input lengths,
 # each warmed once; ~3.4 ms per 100 frames, 6-15 ms a decision). The short window is not the model's own
-# input and its verdicts move (7 of 60 turns flipped at 0.5, mean change 0.14; a finished "I would like to
+# input and its verdicts move (8 of 60 turns flipped at 0.5, mean change 0.14; a finished "I would like to
 # book a table for two." fell from 0.72 to 0.18): it is what a busy process falls back to ("auto": a question
 # that waited SHORTEN_AFTER_S for the model), not what it does by choice. docs/performance.md has the figures.
 WINDOWS = ("auto", "whole", "turn")
