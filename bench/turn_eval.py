@@ -23,7 +23,11 @@ from __future__ import annotations
 
 import argparse
 import functools
+import io
+import shutil
+import subprocess
 import time
+import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -72,7 +76,16 @@ NOISES = ["white 150 ms", "white 400 ms", "cough", "double cough"]
 # (length scale: >1 is slower; pitch factor: the clip is read as if recorded at this times the rate)
 VOICES = {"joe": (1.0, 1.0), "joe fast": (0.85, 1.0), "joe slow": (1.2, 1.0), "joe low": (1.0, 0.92),
           "joe high": (1.0, 1.08)}  # fmt: skip
+# Other speakers, from Debian's espeak-ng (a formant synthesiser, `setup.sh dev` installs it): voice
+# variant and words per minute. Robotic next to Piper, but other pitch, timbre, accent and rhythm.
+ESPEAK = {"espeak us m3": ("en-us+m3", 160), "espeak us f2": ("en-us+f2", 175),
+          "espeak gb m1": ("en-gb+m1", 150), "espeak us f4 fast": ("en-us+f4", 200)}  # fmt: skip
 FLOOR_DBFS = -45
+
+
+def voices_here() -> list[str]:
+    """Every voice of the set this machine can speak (espeak-ng's only where it is installed)."""
+    return list(VOICES) + (list(ESPEAK) if shutil.which("espeak-ng") else [])
 
 
 @functools.cache
@@ -82,19 +95,32 @@ def _voice() -> object:
     return _voice()
 
 
+def _espeak(text: str, voice: str) -> tuple[np.ndarray, int]:
+    name, wpm = ESPEAK[voice]
+    wav = subprocess.run(
+        ["espeak-ng", "-v", name, "-s", str(wpm), "--stdout", text], check=True, capture_output=True
+    ).stdout
+    with wave.open(io.BytesIO(wav)) as w:
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.int16), w.getframerate()
+
+
 @functools.cache
 def say(text: str, voice: str) -> np.ndarray:
     """`text` in a voice variant, 16 kHz int16, trimmed to the speech."""
     import av
     from piper import SynthesisConfig
 
-    length, pitch = VOICES[voice]
-    config = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0, length_scale=length)
-    chunks = list(_voice().synthesize(text, syn_config=config))  # type: ignore[attr-defined]
-    audio = np.concatenate([c.audio_int16_array for c in chunks]).astype(np.int16)
+    if voice in ESPEAK:
+        audio, rate = _espeak(text, voice)
+    else:
+        length, pitch = VOICES[voice]
+        config = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0, length_scale=length)
+        chunks = list(_voice().synthesize(text, syn_config=config))  # type: ignore[attr-defined]
+        audio = np.concatenate([c.audio_int16_array for c in chunks]).astype(np.int16)
+        rate = int(round(chunks[0].sample_rate * pitch))
     resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
     frame = av.AudioFrame.from_ndarray(audio.reshape(1, -1), format="s16", layout="mono")
-    frame.rate = int(round(chunks[0].sample_rate * pitch))
+    frame.rate = rate
     out = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
     out += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
     pcm = np.concatenate(out).astype(np.int16)
@@ -374,7 +400,7 @@ def pct(values: list[int], p: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--voices", nargs="+", default=list(VOICES))
+    parser.add_argument("--voices", nargs="+", default=voices_here())
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument(
         "--window", choices=["whole", "turn"], default="whole", help="the model's window (SMART_TURN_WINDOW)"

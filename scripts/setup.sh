@@ -50,6 +50,14 @@ if [ "${1:-}" = "dev" ] && [ ! -x /usr/bin/baresip ]; then
     echo "warning: /usr/bin/baresip is missing; the baresip tests will fail" >&2
   fi
 fi
+# bench/turn_eval.py speaks part of its labelled set with espeak-ng's voices (other speakers than Piper's one).
+if [ "${1:-}" = "dev" ] && [ ! -x /usr/bin/espeak-ng ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    apt_install espeak-ng
+  else
+    echo "warning: /usr/bin/espeak-ng is missing; bench/turn_eval.py will use Piper's voice only" >&2
+  fi
+fi
 # The host tests (tests/hosts) run hosts in network namespaces with iproute2's `ip` (and need root).
 if [ "${1:-}" = "dev" ] && ! command -v ip >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1; then

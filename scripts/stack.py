@@ -7,6 +7,8 @@ stops all of it.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import os
 import signal
@@ -21,6 +23,15 @@ from common.config import Settings
 from common.embedded import EmbeddedRedis, port_free
 
 ROOT = Path(__file__).resolve().parent.parent
+# Stacks started by this process and not stopped: stopped when it exits, so that a caller that failed between
+# `start` and its own clean-up (a test whose set-up raised) leaves no server running behind it.
+_RUNNING: set[Stack] = set()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for stack in list(_RUNNING):
+        stack.stop(signal.SIGTERM, grace=2.0)
 
 
 class Stack:
@@ -65,21 +76,27 @@ class Stack:
             self.web = self._popen(
                 [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "frontend.app:create_app"]
             )
+        _RUNNING.add(self)
         return self
 
     def alive(self) -> bool:
         return all(p is not None and p.poll() is None for p in (self.web, self.worker))
 
-    def stop(self, sig: int = signal.SIGINT) -> None:
+    def stop(self, sig: int = signal.SIGINT, grace: float | None = None) -> None:
+        """`sig` to the media pool, then to the frontends, each given `grace` seconds (default 20 and 15) to
+        exit before its whole process group is killed."""
+        _RUNNING.discard(self)
         # Workers first, so calls end with a hangup event delivered through a live frontend.
         for proc, timeout in ((self.worker, 20.0), (self.web, 15.0)):
             if proc is None or proc.poll() is not None:
                 continue
             proc.send_signal(sig)
             try:
-                proc.wait(timeout)
+                proc.wait(timeout if grace is None else grace)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                # Its own session (start_new_session): the group holds its children too.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         if self.redis is not None:
             self.redis.stop()

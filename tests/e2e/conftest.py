@@ -129,7 +129,6 @@ def running_stack(
         env = stack_env(
             root, port, server.url, WEB_CONCURRENCY=str(web), WORKER_PROCESSES=str(media), **settings
         )
-        stack = Stack(env, quiet=os.environ.get("PBX_TEST_LOGS") != "1", log=log).start()
         info = StackInfo(
             f"http://127.0.0.1:{port}",
             f"ws://127.0.0.1:{port}",
@@ -139,7 +138,9 @@ def running_stack(
             connect_sync(server.url),
             int(env["SIP_PORT"]),
         )
+        stack = Stack(env, quiet=os.environ.get("PBX_TEST_LOGS") != "1", log=log)
         try:
+            stack.start()
             wait_healthy(info, media=media, web=web, warm=warm)
             yield info
         finally:

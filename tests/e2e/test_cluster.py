@@ -36,8 +36,8 @@ def cluster_stack(
     port = free_port()
     url = url or cluster.url
     env = stack_env(root, port, url, WEB_CONCURRENCY="2", WORKER_PROCESSES="2", **settings)
-    stack = Stack(env, quiet=True, log=root.parent / "stack.log").start()
     client = RedisCluster.from_url(cluster.url)
+    stack = Stack(env, quiet=True, log=root.parent / "stack.log").start()
     info = StackInfo(
         f"http://127.0.0.1:{port}",
         f"ws://127.0.0.1:{port}",

@@ -30,8 +30,8 @@ async def test_the_primary_killed_under_calls(tmp_path: Path) -> None:
             REDIS_SENTINELS=sentinel.sentinels,
             REDIS_SENTINEL_MASTER=MASTER,
         )
-        stack = Stack(env, quiet=True, log=tmp_path / "stack.log").start()
         primary = sentinel.primary()
+        stack = Stack(env, quiet=True, log=tmp_path / "stack.log").start()
         client = redis.Redis(port=primary)
         base = f"127.0.0.1:{port}"
         info = StackInfo(
