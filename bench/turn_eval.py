@@ -3,8 +3,9 @@
     OPENBLAS_NUM_THREADS=1 .venv/bin/python -m bench.turn_eval
 
 The set is generated: the one Piper voice shipped in the venv (en_US joe), in five variants (speaking rate
-0.85 / 1.0 / 1.2 of the voice's, and at rate 1.0 a voice shifted ~8 % lower or higher by resampling),
-each clip between stretches of a -45 dBFS white floor. Labels: complete turns, incomplete turns (a pause
+0.85 / 1.0 / 1.2 of the voice's, and at rate 1.0 a voice shifted ~8 % lower or higher by resampling), and
+four espeak-ng voices where Debian's espeak-ng is installed (`ESPEAK`), each clip between stretches of a
+-45 dBFS white floor. Labels: complete turns, incomplete turns (a pause
 after a cut-off sentence), backchannels, noise bursts (white and cough-like), real interruptions.
 
 End of turn: each turn clip (0.5 s floor, the speech, 1.5 s floor) goes through the call's parts as a
