@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import numpy as np
+import pytest
 
 from common.protocol import TranscriptionOption
 from worker.speech.local_asr import PRE_ROLL_MS, LocalAsr
@@ -58,3 +59,21 @@ async def test_a_gap_longer_than_the_buffer_starts_it_afresh() -> None:
     asr.feed(np.zeros(320, dtype=np.int16), 0)
     asr.feed(np.zeros(320, dtype=np.int16), 10**9)  # days later
     assert len(asr._audio) == 640 and asr._audio_start_ms == 10**9
+
+
+@pytest.mark.parametrize(
+    ("said", "before", "after"),
+    [("hold on a second", 0.3, 0.3), ("yeah", 0.3, 0.3), ("no, I said tomorrow", 0.1, 0.1),
+     ("I would like to book a table for two.", 0.0, 0.0), ("sorry, what was that?", 0.1, 0.1)],
+)  # fmt: skip
+def test_whisper_in_a_cut_window_says_it_once(said: str, before: float, after: float) -> None:
+    # Each of these came out as the phrase over and over (up to 224 tokens) before the cut window was padded
+    # with silence and the decoder penalised repeats (bench/asr_loops.py).
+    from bench.asr_loops import errors, words
+    from bench.turn_eval import _whisper, on_floor, say
+    from worker.speech.local_asr import _transcribe
+
+    audio, _, _ = on_floor(say(said, "joe"), before, after, seed=1)
+    heard = _transcribe(_whisper(), audio, "en")
+    assert len(words(heard)) <= len(words(said)) + 1, heard
+    assert errors(said, heard) <= 1, heard
