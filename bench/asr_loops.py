@@ -2,6 +2,7 @@
 is padded with silence and the decoder penalises repeats (worker/speech/local_asr.py, `_transcribe`).
 
     .venv/bin/python -m bench.asr_loops
+    .venv/bin/python -m bench.asr_loops --penalties 1.0 1.05 1.2    # the cut window with other penalties
 
 Short: 10 phrases a bot hears while it speaks ("yeah", "hold on a second", "no, I said tomorrow", ...) in 3
 voices (Piper's joe, joe fast, espeak-ng en-us+f2 where installed), each with 0.3 / 0.1, 0.1 / 0.1 and
@@ -117,9 +118,19 @@ def run(name: str, transcribe: Callable[[Any, np.ndarray, str | None], str]) -> 
 
 
 def main() -> None:
+    import argparse
+
+    from worker.speech import local_asr
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--penalties", nargs="*", type=float, default=[], help="other repetition penalties")
+    args = parser.parse_args()
     run("cut window, before", before_the_change)
     run("cut window, now", _transcribe)
     run("the library's 30-s window", whole_window)
+    for penalty in args.penalties:
+        local_asr.REPETITION_PENALTY = penalty
+        run(f"cut window, penalty {penalty}", _transcribe)
 
 
 if __name__ == "__main__":
