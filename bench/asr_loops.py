@@ -3,6 +3,7 @@ is padded with silence and the decoder penalises repeats (worker/speech/local_as
 
     .venv/bin/python -m bench.asr_loops
     .venv/bin/python -m bench.asr_loops --penalties 1.0 1.05 1.2    # the cut window with other penalties
+    .venv/bin/python -m bench.asr_loops --no-speech                 # speech against noise bursts
 
 Short: 10 phrases a bot hears while it speaks ("yeah", "hold on a second", "no, I said tomorrow", ...) in 3
 voices (Piper's joe, joe fast, espeak-ng en-us+f2 where installed), each with 0.3 / 0.1, 0.1 / 0.1 and
@@ -21,8 +22,19 @@ from typing import Any
 
 import numpy as np
 
-from bench.turn_eval import _whisper, on_floor, say
-from worker.speech.local_asr import _transcribe
+from bench.turn_eval import (
+    BACKCHANNELS,
+    COMPLETE,
+    INCOMPLETE,
+    INTERRUPTIONS,
+    NOISES,
+    _whisper,
+    burst,
+    on_floor,
+    say,
+    voices_here,
+)
+from worker.speech.local_asr import NO_SPEECH, _decode, _transcribe
 
 SHORT = [
     "hold on a second",
@@ -117,6 +129,31 @@ def run(name: str, transcribe: Callable[[Any, np.ndarray, str | None], str]) -> 
         )
 
 
+def no_speech() -> None:
+    """Whisper's no-speech probability on speech (every phrase of bench/turn_eval.py and the long sentences,
+    in every voice) and on 40 noise bursts; and the bursts that come out as words."""
+    model = _whisper()
+    speech: list[tuple[float, str]] = []
+    for voice in voices_here():
+        for text in COMPLETE + INCOMPLETE + BACKCHANNELS + INTERRUPTIONS + LONG:
+            audio, _, _ = on_floor(say(text, voice), 0.3, 0.1, seed=5)
+            speech.append((_decode(model, audio, "en")[1], f"{text!r} ({voice})"))
+    speech.sort(reverse=True)
+    noise: list[tuple[str, float]] = []
+    for kind in NOISES:
+        for seed in range(10):
+            audio, _, _ = on_floor(burst(kind, seed), 0.3, 0.1, seed=700 + seed)
+            noise.append(_decode(model, audio, "en"))
+    p = [x for x, _ in speech]
+    worded = sum(1 for t, _ in noise if t)
+    kept = sum(1 for t, x in noise if t and x < NO_SPEECH)
+    print(
+        f"no speech, {len(speech)} speech clips: max {p[0]:.2f} ({speech[0][1]}), "
+        f"p99 {np.percentile(p, 99):.2f}; {len(noise)} noise bursts: min {min(x for _, x in noise):.2f}, "
+        f"{worded} with words, {kept} with words at NO_SPEECH {NO_SPEECH}"
+    )
+
+
 def main() -> None:
     import argparse
 
@@ -124,7 +161,11 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--penalties", nargs="*", type=float, default=[], help="other repetition penalties")
+    parser.add_argument("--no-speech", action="store_true", help="only the no-speech probabilities")
     args = parser.parse_args()
+    if args.no_speech:
+        no_speech()
+        return
     run("cut window, before", before_the_change)
     run("cut window, now", _transcribe)
     run("the library's 30-s window", whole_window)

@@ -77,3 +77,15 @@ def test_whisper_in_a_cut_window_says_it_once(said: str, before: float, after: f
     heard = _transcribe(_whisper(), audio, "en")
     assert len(words(heard)) <= len(words(said)) + 1, heard
     assert errors(said, heard) <= 1, heard
+
+
+@pytest.mark.parametrize(("kind", "seed"), [("white 400 ms", 0), ("white 150 ms", 1), ("cough", 1)])
+def test_whisper_gives_no_words_for_a_burst_of_noise(kind: str, seed: int) -> None:
+    # These came out as "I'm gonna go to the end of this video." and "I'm gonna be right back."
+    from bench.turn_eval import _whisper, burst, on_floor
+    from worker.speech.local_asr import NO_SPEECH, _decode, _transcribe
+
+    audio, _, _ = on_floor(burst(kind, seed), 0.3, 0.1, seed=700 + seed)
+    text, no_speech = _decode(_whisper(), audio, "en")
+    assert text and no_speech >= NO_SPEECH  # what Whisper says, and how little it believes it
+    assert _transcribe(_whisper(), audio, "en") == ""
