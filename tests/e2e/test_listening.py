@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.audio_util import dtmf_tones, noise
 from tests.e2e.client import CallClient
-from tests.e2e.conftest import StackInfo
+from tests.e2e.conftest import StackInfo, running_stack
 from tests.e2e.test_recorder import stream
 from tests.speech import speech, with_silence
 
@@ -158,16 +159,21 @@ async def test_in_band_dtmf(stack: StackInfo, call_id: str, codec: str) -> None:
         await c.close()
 
 
+def cut_off_then_finished(after: float = 1.2) -> tuple[list[bytes], list[tuple[int, int]]]:
+    """A caller: "I would like to", a pause, "book a table for two.", `after` s more, over a -45 dBFS floor;
+    and the words' spans (ms)."""
+    first, second = speech("I would like to"), speech("book a table for two.")
+    voice, spans = with_silence(0.5, first, 0.8, second, after)
+    audio = np.clip(voice + noise("white", len(voice) / 16000, -45, seed=3), -32768, 32767)
+    return [audio[i : i + 320].astype("<i2").tobytes() for i in range(0, len(audio) - 319, 320)], spans
+
+
 async def test_smart_turn_tells_a_cut_off_sentence_from_a_finished_one(
     stack: StackInfo, call_id: str
 ) -> None:
-    # A caller stops after "I would like to", then finishes the sentence (over a -45 dBFS line floor): the
-    # model (no ASR, its own VAD) calls the first pause incomplete and the end complete; each `eou` comes
-    # soon after its pause begins.
-    first, second = speech("I would like to"), speech("book a table for two.")
-    voice, spans = with_silence(0.5, first, 0.8, second, 1.2)
-    audio = np.clip(voice + noise("white", len(voice) / 16000, -45, seed=3), -32768, 32767)
-    frames = [audio[i : i + 320].astype("<i2").tobytes() for i in range(0, len(audio) - 319, 320)]
+    # A caller stops after "I would like to", then finishes the sentence: the model (no ASR, its own VAD)
+    # calls the first pause incomplete and the end complete; each `eou` comes soon after its pause begins.
+    frames, spans = cut_off_then_finished()
     c = await CallClient.open(stack.ws, call_id=call_id)
     try:
         await c.invite(eou={"type": "smart_turn"})
@@ -185,3 +191,25 @@ async def test_smart_turn_tells_a_cut_off_sentence_from_a_finished_one(
         assert pause2 < finished["timestamp"] <= pause2 + 700, finished["timestamp"] - pause2
     finally:
         await c.close()
+
+
+async def test_smart_turn_in_the_short_window_when_the_operator_says_so(tmp_path: Path) -> None:
+    # SMART_TURN_WINDOW=turn: the model hears only the turn, and on this caller its verdict on the finished
+    # sentence falls under the threshold (0.18 offline, against 0.72 in its own window: docs/performance.md),
+    # so the turn ends by the 3 s timer (on the call's audio clock: the caller's line goes on), with that
+    # probability.
+    frames, spans = cut_off_then_finished(after=4.0)
+    with running_stack(tmp_path / "stack", 1, 1, SMART_TURN_WINDOW="turn") as info:
+        c = await CallClient.open(info.ws, call_id="short-window")
+        try:
+            await c.invite(eou={"type": "smart_turn"})
+            t0 = time.time() * 1000
+            await stream(c, frames)
+            done = await c.event("eou", completed=True, timeout=5)
+            eous = [e for e in c.events if e["event"] == "eou"]
+            assert len(eous) >= 3 and eous[-1] is done, eous  # the cut, the finished sentence, the timer
+            assert all(e["completed"] is False for e in eous[:-1]), eous
+            assert done["probability"] == eous[-2]["probability"] < 0.5
+            assert done["timestamp"] >= t0 + spans[1][1] + 2500  # the timer's 3 s, not the model
+        finally:
+            await c.close()
