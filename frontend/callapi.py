@@ -8,6 +8,7 @@ Their 404 carries active-call's `{"status":"not_found","id"}` and the JSON error
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -124,6 +125,9 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     )
     transport = request.transport
     try:
+        # Answered once the owner copies the call's frames: what the client does after the answer is seen.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(sub.started.wait(), watch.START_WAIT)
         await response.prepare(request)
         await watch.serve(hub.registry, sub, response, lambda: transport is None or transport.is_closing())
     except ConnectionError:

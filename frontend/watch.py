@@ -30,6 +30,9 @@ log = logging.getLogger("pbx.frontend.watch")
 MAX_QUEUED = 512
 # Subscriptions one frontend serves at once.
 MAX_WATCHES = 1000
+# Seconds the response waits for the owner to say it copies the call's frames (then it answers anyway: an
+# owner that is slow to claim the call, or of an older version that does not say so).
+START_WAIT = 2.0
 # Seconds between checks that the call still exists (its owner may die without an `end`), and between
 # keep-alive comments on a quiet stream.
 CHECK_EVERY = 2.0
@@ -47,10 +50,15 @@ class Watch:
         self.ended = False
         self.error: str | None = None
         self.wake = asyncio.Event()
+        self.started = asyncio.Event()  # the owner copies the call's frames to it (or it ended)
 
     def put(self, kind: str, data: Any) -> None:
         if self.ended:
             return
+        if kind == "start":
+            self.started.set()
+            return
+        self.started.set()
         if kind == "end":
             self.ended = True
             if isinstance(data, dict) and data.get("error"):

@@ -28,9 +28,16 @@ class CallClient:
 
     @classmethod
     async def open(
-        cls, base: str, path: str = "/call", call_id: str | None = None, **query: str
+        cls,
+        base: str,
+        path: str = "/call",
+        call_id: str | None = None,
+        session: aiohttp.ClientSession | None = None,
+        **query: str,
     ) -> CallClient:
-        session = aiohttp.ClientSession()
+        """`session`: one to open it through (the client closes it), such as `session_on_other_frontend`'s,
+        whose kept-alive connection decides the frontend."""
+        session = session or aiohttp.ClientSession()
         params = dict(query)
         if call_id:
             params["id"] = call_id
@@ -112,15 +119,22 @@ class CallClient:
         await self.session.close()
 
 
-async def session_on_other_frontend(base: str, frontend: str) -> aiohttp.ClientSession:
-    """An HTTP session whose kept-alive connection is served by a frontend process other than `frontend`."""
-    for _ in range(200):
+async def session_on_other_frontend(base: str, frontend: str, within: float = 15.0) -> aiohttp.ClientSession:
+    """An HTTP session whose kept-alive connection is served by a frontend process other than `frontend`.
+
+    Tries for `within` seconds: a frontend that gunicorn has just started again (a test killed or stopped
+    one) counts in `/health` before it takes connections, and until then every connection lands on the
+    other one."""
+    deadline = time.monotonic() + within
+    while True:
         s = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
         async with s.get(f"{base}/health") as resp:
             if resp.headers["X-Pbx-Proc"] != frontend:
                 return s
         await s.close()
-    raise AssertionError("every connection landed on the same frontend process")
+        if time.monotonic() > deadline:
+            raise AssertionError("every connection landed on the same frontend process")
+        await asyncio.sleep(0.02)
 
 
 class SseReader:

@@ -32,6 +32,8 @@ def test_watchers_get_events_and_commands_until_the_end() -> None:
     obs.unwatch("w2")
     obs.end()
     assert [(p, m["b"]["w"], m["b"]["t"]) for p, m in sent] == [
+        ("web-a", "w1", "start"),  # each watcher hears at once that its copies start
+        ("web-b", "w2", "start"),
         ("web-a", "w1", "event"),
         ("web-b", "w2", "event"),
         ("web-a", "w1", "command"),
@@ -47,6 +49,7 @@ def test_too_many_watchers_and_dead_frontends() -> None:
     obs = Observers("c1", sent)
     for i in range(MAX_WATCHERS):
         obs.watch(f"w{i}", "web-a" if i % 2 else "web-b")
+    sent.clear()
     obs.watch("one-more", "web-c")
     assert sent == [
         ("web-c", wire.msg("c1", wire.OBS, {"w": "one-more", "t": "end", "d": sent[0][1]["b"]["d"]}))
@@ -112,6 +115,18 @@ async def test_the_stream_ends_with_the_call_or_its_entry() -> None:
     resp = Response()
     await serve(registry, over, resp, lambda: False)  # type: ignore[arg-type]
     assert frames(resp) == [("error", {"error": "this call has 32 watchers already"})]
+
+
+async def test_the_owners_start_is_not_a_frame_and_an_end_releases_a_waiting_answer() -> None:
+    watches = Watches()
+    watch = watches.open("c4")
+    assert not watch.started.is_set()
+    watches.deliver({"w": watch.id, "t": "start", "d": None})
+    assert watch.started.is_set() and not watch.frames, "the client never sees it"
+    gone = watches.open("c5")
+    watches.deliver({"w": gone.id, "t": "end", "d": None})  # the call had ended: no start will come
+    await asyncio.wait_for(gone.started.wait(), 1)
+    assert gone.ended
 
 
 def test_a_frame_is_one_data_line() -> None:

@@ -1,9 +1,11 @@
 """Who watches one call through `/events/{id}` (active-call's Server-Sent Events), in the call's owner.
 
-A frontend serving `/events/{id}` sends the owner `ctl watch {frontend, w}`; from then on each event the call
-emits and each command it runs goes to that frontend as well, as an `obs` message tagged with the watch id
-`w` (common/wire.py), and an `end` when the call is over. Commands are sent redacted, as the dump records
-them. Watchers cost the call nothing while there are none (a test of an empty dict per event).
+A frontend serving `/events/{id}` sends the owner `ctl watch {frontend, w}`; the owner answers `start` (the
+frontend answers its client only then, so the stream holds everything from the request on), and from then
+on each event the call emits and each command it runs goes to that frontend as well, as an `obs` message
+tagged with the watch id `w` (common/wire.py), and an `end` when the call is over. Commands are sent
+redacted, as the dump records them. Watchers cost the call nothing while there are none (a test of an empty
+dict per event).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Observers:
             self._send(frontend, self._msg(watch_id, "end", {"error": why}))
             return
         self._watchers[watch_id] = frontend
+        self._send(frontend, self._msg(watch_id, "start", None))
 
     def unwatch(self, watch_id: str) -> None:
         self._watchers.pop(watch_id, None)
