@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -168,6 +169,18 @@ def cut_off_then_finished(after: float = 1.2) -> tuple[list[bytes], list[tuple[i
     return [audio[i : i + 320].astype("<i2").tobytes() for i in range(0, len(audio) - 319, 320)], spans
 
 
+async def turn_of(c: CallClient, frames: list[bytes]) -> tuple[float, list[dict[str, Any]]]:
+    """A smart_turn call's caller streams `frames`: when the stream began (ms), and its `eou`s up to the first
+    `completed` one."""
+    await c.invite(eou={"type": "smart_turn"})
+    t0 = time.time() * 1000
+    await stream(c, frames)
+    done = await c.event("eou", completed=True, timeout=5)
+    eous = [e for e in c.events if e["event"] == "eou"]
+    assert eous[-1] is done, eous
+    return t0, eous
+
+
 async def test_smart_turn_tells_a_cut_off_sentence_from_a_finished_one(
     stack: StackInfo, call_id: str
 ) -> None:
@@ -176,13 +189,9 @@ async def test_smart_turn_tells_a_cut_off_sentence_from_a_finished_one(
     frames, spans = cut_off_then_finished()
     c = await CallClient.open(stack.ws, call_id=call_id)
     try:
-        await c.invite(eou={"type": "smart_turn"})
-        t0 = time.time() * 1000
-        await stream(c, frames)
-        done = await c.event("eou", completed=True, timeout=5)
-        eous = [e for e in c.events if e["event"] == "eou"]
+        t0, eous = await turn_of(c, frames)
         cut, finished = eous[0], eous[-1]
-        assert finished is done and cut["completed"] is False, eous
+        assert cut["completed"] is False, eous
         assert all(e["completed"] is False for e in eous[:-1]), eous
         assert cut["trackId"] == call_id and 0 <= cut["probability"] < 0.5
         assert 0.5 <= finished["probability"] <= 1
@@ -202,12 +211,9 @@ async def test_smart_turn_in_the_short_window_when_the_operator_says_so(tmp_path
     with running_stack(tmp_path / "stack", 1, 1, SMART_TURN_WINDOW="turn") as info:
         c = await CallClient.open(info.ws, call_id="short-window")
         try:
-            await c.invite(eou={"type": "smart_turn"})
-            t0 = time.time() * 1000
-            await stream(c, frames)
-            done = await c.event("eou", completed=True, timeout=5)
-            eous = [e for e in c.events if e["event"] == "eou"]
-            assert len(eous) >= 3 and eous[-1] is done, eous  # the cut, the finished sentence, the timer
+            t0, eous = await turn_of(c, frames)
+            done = eous[-1]
+            assert len(eous) >= 3, eous  # the cut, the finished sentence, the timer
             assert all(e["completed"] is False for e in eous[:-1]), eous
             assert done["probability"] == eous[-2]["probability"] < 0.5
             assert done["timestamp"] >= t0 + spans[1][1] + 2500  # the timer's 3 s, not the model
