@@ -27,6 +27,7 @@ import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -45,6 +46,7 @@ from worker.speech.smart_turn import (
     window_frames,
 )
 from worker.speech.turn_features import log_mel
+from worker.speech.turn_graph import any_length
 
 SENTENCES = [
     "I would like to book a table for two at seven tonight.",
@@ -214,6 +216,33 @@ def latency(callers: int, seconds: float, padding: int, processes: int, window: 
     )
 
 
+def profile(graph: bytes, frames: int = 800, runs: int = 30) -> None:
+    """Where a decision's time goes: ONNX Runtime's own profile of `runs` inferences, by operator type."""
+    import collections
+    import json
+    import tempfile
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.enable_profiling = True
+    options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "turn")
+    session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 80, frames)).astype(np.float32)
+    for _ in range(runs):
+        session.run(None, {"input_features": x})
+    spent: collections.Counter[str] = collections.Counter()
+    for e in json.loads(Path(session.end_profiling()).read_text()):
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            spent[e["args"]["op_name"]] += e["dur"]
+    total = sum(spent.values())
+    print(f"{frames} frames, {total / runs / 1000:.1f} ms of kernels a decision:")
+    for op, us in spent.most_common(10):
+        print(f"  {op:24} {us / runs / 1000:5.2f} ms  {us / total * 100:3.0f} %")
+
+
 def sweep() -> None:
     """The model's verdict against the trailing silence it hears (TRAILING_MS's choice)."""
     model = TurnModel()
@@ -238,9 +267,18 @@ def main() -> None:
     )
     parser.add_argument("--window", choices=WINDOWS, default="auto", help="SMART_TURN_WINDOW")
     parser.add_argument("--sweep", action="store_true", help="only the verdict against trailing silence")
+    parser.add_argument(
+        "--profile", action="store_true", help="only where a decision's time goes, by operator"
+    )
     args = parser.parse_args()
     if args.sweep:
         sweep()
+        return
+    if args.profile:
+        shipped = model_path().read_bytes()
+        for name, graph in (("as shipped", shipped), ("rewritten (GELUs fused)", any_length(shipped))):
+            print(f"the model {name}, its 8-s window:")
+            profile(graph)
         return
     cost()
     for n in args.callers:

@@ -108,8 +108,9 @@ def _espeak(text: str, voice: str) -> tuple[np.ndarray, int]:
 @functools.cache
 def say(text: str, voice: str) -> np.ndarray:
     """`text` in a voice variant, 16 kHz int16, trimmed to the speech."""
-    import av
     from piper import SynthesisConfig
+
+    from tests.speech import trimmed_16k
 
     if voice in ESPEAK:
         audio, rate = _espeak(text, voice)
@@ -118,15 +119,9 @@ def say(text: str, voice: str) -> np.ndarray:
         config = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0, length_scale=length)
         chunks = list(_voice().synthesize(text, syn_config=config))  # type: ignore[attr-defined]
         audio = np.concatenate([c.audio_int16_array for c in chunks]).astype(np.int16)
+        # Read as if recorded at `pitch` times the rate: higher or lower, same length in samples.
         rate = int(round(chunks[0].sample_rate * pitch))
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
-    frame = av.AudioFrame.from_ndarray(audio.reshape(1, -1), format="s16", layout="mono")
-    frame.rate = rate
-    out = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
-    out += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
-    pcm = np.concatenate(out).astype(np.int16)
-    loud = np.nonzero(np.abs(pcm) > 328)[0]
-    return pcm[loud[0] : loud[-1] + 1]
+    return trimmed_16k(audio, rate)
 
 
 def burst(kind: str, seed: int) -> np.ndarray:

@@ -21,13 +21,18 @@ def _voice() -> Any:
 @functools.cache
 def speech(text: str) -> np.ndarray:
     """`text` spoken, as int16 at 16 kHz, trimmed to the speech (first to last sample above -40 dBFS)."""
-    import av
     from piper import SynthesisConfig
 
     # No generator noise: the same text gives the same audio on every run, so tests are repeatable.
     chunks = list(_voice().synthesize(text, syn_config=SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)))
     audio = np.concatenate([c.audio_int16_array for c in chunks]).astype(np.int16)
-    rate = chunks[0].sample_rate
+    return trimmed_16k(audio, chunks[0].sample_rate)
+
+
+def trimmed_16k(audio: np.ndarray, rate: int) -> np.ndarray:
+    """int16 mono audio at `rate` as 16 kHz, trimmed to the sound (first to last sample above -40 dBFS)."""
+    import av
+
     resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
     frame = av.AudioFrame.from_ndarray(audio.reshape(1, -1), format="s16", layout="mono")
     frame.rate = rate

@@ -82,6 +82,15 @@ async def answered_within(ws: str, since: float, wav: Path, calls: list[CallClie
     raise AssertionError(f"no call answered at {ws} within {RECOVERY + 5} s")
 
 
+async def playing(calls: list[CallClient], wav: Path) -> None:
+    """Every call invited and playing `wav`, heard a second later."""
+    for c in calls:
+        await c.invite()
+        await c.send({"command": "play", "url": str(wav), "playId": "long"})
+    await asyncio.sleep(1.0)
+    assert all(len(heard(c)) > 0 for c in calls)
+
+
 async def survive_failover(info: StackInfo, stack: Stack, tmp_path: Path, kill: Callable[[], None]) -> None:
     """6 calls playing a long tone; `kill()` (the primary dies); then: no process of the stack exits, new
     calls are refused with 503 until they are answered again within RECOVERY seconds, `/call/lists` is whole
@@ -91,11 +100,7 @@ async def survive_failover(info: StackInfo, stack: Stack, tmp_path: Path, kill: 
     pids = stack_pids(stack)
     calls = [await CallClient.open(info.ws, call_id=f"fo-{i}") for i in range(6)]
     try:
-        for c in calls:
-            await c.invite()
-            await c.send({"command": "play", "url": str(wav), "playId": "long"})
-        await asyncio.sleep(1.0)
-        assert all(len(heard(c)) > 0 for c in calls)
+        await playing(calls, wav)
         killed_at = time.monotonic()
         kill()
 

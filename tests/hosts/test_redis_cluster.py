@@ -17,7 +17,7 @@ from common.embeddedcluster import EmbeddedCluster
 from common.keys import Keys
 from tests.audio_util import tone
 from tests.e2e.client import CallClient
-from tests.e2e.redis_failover import RECOVERY, answered_within, going_on, heard, listed
+from tests.e2e.redis_failover import RECOVERY, answered_within, going_on, listed, playing
 from tests.e2e.test_playback import write_wav
 from tests.hosts.cluster import Cluster, running_cluster
 
@@ -41,11 +41,7 @@ async def test_a_master_killed_under_calls_on_two_hosts(on_redis_cluster: Cluste
         await CallClient.open(h.ws, call_id=f"h.{uuid.uuid4()}") for h in cluster.hosts for _ in range(2)
     ]
     try:
-        for c in calls:
-            await c.invite()
-            await c.send({"command": "play", "url": str(wav), "playId": "long"})
-        await asyncio.sleep(1.0)
-        assert all(len(heard(c)) > 0 for c in calls)
+        await playing(calls, wav)
         for h in cluster.hosts:
             assert await listed(h.base) == {c.call_id for c in calls}
         victim: Any = cluster.redis.get_node_from_key(Keys().dispatch)  # type: ignore[attr-defined]
