@@ -196,19 +196,26 @@ class Packing:
             # this process blocks (if it is next) soon after the target fills up, instead of up to a
             # heartbeat later.
             every = WARMING_RECHECK
+        leading = full and self._clock() < self._lead_until and self.target not in (None, self.proc_id)
+        if leading:
+            # Just filled up as the target, and leading until the next target says it blocks: look often.
+            every = WARMING_RECHECK
         if full != self._full or self._clock() - self._read_at >= every:
             # (Read at once when this process fills up: who takes over is decided on a view that may be a
             # blocking read (1 s) older than a heartbeat, from before the others were warm.)
             self._beats = await self.registry.procs()
             self._read_at = self._clock()
-        if full != self._full:
-            self._full = full
-            self.on_change()
+        changed = full != self._full
+        self._full = full
         beats = [b for b in self._beats if isinstance(b, dict) and b.get("proc") != self.proc_id]
         target = packing_target([*beats, own], self.pack_calls, int(time.time() * 1000), self.host)
         if target != self.target:
             log.debug("packing target: %s", target or "none (every media process reads)")
+            if self.proc_id in (target, self.target):
+                changed = True  # its heartbeat's `leads` changes: said at once, so a full target lets go
             self.target = target
+        if changed:
+            self.on_change()
         self._provisional = False
         if target is None or target == self.proc_id:
             self._lead_until = self._clock() + HANDOVER
@@ -219,9 +226,25 @@ class Packing:
                 self._provisional = True
                 self._read_at = min(self._read_at, self._clock() - HEARTBEAT_EVERY + WARMING_RECHECK)
             return True
-        # Just filled up as the target: on until the next target has read so and blocks. (One that finds a
-        # lower-id target stops at once: that one blocks already.)
+        # Just filled up as the target: on until the next target has read so and blocks (its heartbeat says
+        # it `leads`), HANDOVER at most. (One that finds a lower-id target stops at once: that one blocks
+        # already.)
+        if full and any(str(b.get("proc")) == target and b.get("leads") for b in beats):
+            self._lead_until = float("-inf")
         return full and self._clock() < self._lead_until
+
+    def batch(self, count: int) -> int:
+        """How many requests a read may claim: `count`, but one at a time for a full target that goes on
+        blocking until the next target does (in a burst the stream holds a backlog, and it would otherwise
+        take a batch every few milliseconds of the handover)."""
+        if self.on and self._full and self.target not in (None, self.proc_id):
+            return 1
+        return count
+
+    @property
+    def leads(self) -> bool:
+        """Whether this process is the packing target by its last look (its heartbeat says so)."""
+        return self.on and self.target == self.proc_id
 
     async def hosts_with_room(self, max_age: float = HEARTBEAT_EVERY) -> set[str]:
         """The hosts with a media process with room, by the heartbeats (read again when older than
@@ -234,13 +257,14 @@ class Packing:
         return hosts_with_room([*beats, own], int(time.time() * 1000))
 
     def block_ms(self) -> int:
-        """How long a blocking read may wait: a second, but no longer than a handover has left, nor than the
-        next look at the heartbeats of a target only while a lower one warms up."""
+        """How long a blocking read may wait: a second, but no longer than the next look at the heartbeats
+        of a target only while a lower one warms up, nor of a full target handing over."""
         if self._provisional:
             return int(WARMING_RECHECK * 1000)
-        left = self._lead_until - self._clock()
-        if self.target in (None, self.proc_id) or left >= 1.0:
+        if self.target in (None, self.proc_id):
             return 1000
+        # Leading after filling up: until the next look at the heartbeats, which may end the handover.
+        left = min(self._lead_until - self._clock(), WARMING_RECHECK)
         return max(1, int(left * 1000))
 
     async def overdue(self, dispatch: str, wait_ms: int = 0) -> bool:

@@ -488,6 +488,8 @@ class MediaProcess:
             "tick_max_ms": round(self.tick_max_ms, 2),
             "clock_restarts": self.clock_restarts,
             "load": self.load.figures(),
+            # The packing target by its last look: a full target stops blocking once it reads this.
+            "leads": self.packing.leads,
             # Where frontends dial this process, and the token they give (never shown by any API).
             "link": self.links.announcement(),
         }
@@ -626,7 +628,7 @@ class MediaProcess:
                         DISPATCH_GROUP,
                         self.proc_id,
                         {self.keys.dispatch: ">"},
-                        count=count,
+                        count=self.packing.batch(count),
                         block=self.packing.block_ms() if blocks else None,
                     )
                     entries = resp[0][1] if resp else []

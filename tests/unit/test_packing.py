@@ -157,23 +157,42 @@ async def test_own_fields_count_at_once_and_the_heartbeats_once_a_heartbeat(regi
     await write(registry, own, beat("media-b", 0))
     changes: list[bool] = []
     on_a, clock = view(registry, "media-a", own, changes=changes)
-    assert await on_a.blocks() is True
+    assert await on_a.blocks() is True and on_a.leads
+    assert changes == [True], "the target says it leads at once"
     own["calls"] = PACK  # its own calls: seen now, and its heartbeat is asked for at once
-    assert await on_a.blocks() is True and changes == [True], "it goes on blocking until media-b does"
-    assert on_a.target == "media-b"
+    assert await on_a.blocks() is True and changes == [True, True], "it goes on blocking until media-b does"
+    assert on_a.target == "media-b" and not on_a.leads
     clock.now += HANDOVER - 0.25
     assert await on_a.blocks() is True
-    assert on_a.block_ms() == 250, "no blocking read outlasts the handover"
+    assert on_a.block_ms() == 100, "no blocking read outlasts its next look at the heartbeats"
     clock.now += 0.25
-    assert await on_a.blocks() is False
+    assert await on_a.blocks() is False, "media-b never said it leads: the handover ends all the same"
     # media-b fills up, but media-a reads the heartbeats again only a heartbeat later.
     await write(registry, beat("media-b", PACK))
     clock.now += HEARTBEAT_EVERY + 0.01
     assert await on_a.blocks() is True, "every process full: everyone reads"
     assert on_a.target is None
     own["calls"] = PACK - 1
-    assert await on_a.blocks() is True and changes == [True, True]
+    assert await on_a.blocks() is True and changes == [True, True, True]
     assert on_a.target == "media-a"
+
+
+async def test_a_full_target_stops_blocking_once_the_next_says_it_leads(registry: Registry) -> None:
+    own = beat("media-a", PACK - 1)
+    await write(registry, own, beat("media-b", 0))
+    on_a, clock = view(registry, "media-a", own)
+    on_b, clock_b = view(registry, "media-b", beat("media-b", 0))
+    assert await on_a.blocks() is True and await on_b.blocks() is False
+    own["calls"] = PACK
+    assert await on_a.blocks() is True, "full: it blocks while media-b has not read so"
+    await write(registry, own)  # its heartbeat, written at once
+    clock_b.now += HEARTBEAT_EVERY + 0.01
+    assert await on_b.blocks() is True and on_b.leads
+    clock.now += 0.05
+    assert await on_a.blocks() is True, "its last look is 50 ms old: media-b's heartbeat is not read yet"
+    await write(registry, {**beat("media-b", 0), "leads": on_b.leads})
+    clock.now += 0.06
+    assert await on_a.blocks() is False, "read a tenth of a second after the last look, long before HANDOVER"
 
 
 async def test_gone_target_and_packing_off(registry: Registry) -> None:
