@@ -2,29 +2,35 @@
 short window (worker/speech/smart_turn.py, WINDOWS) and the two ways rejected, in docs/performance.md.
 
     OPENBLAS_NUM_THREADS=1 .venv/bin/python -m bench.turn_window
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python -m bench.turn_window --logits
 
 60 turns (the 10 complete sentences and 10 cut-off prefixes of bench/turn_eval.py, in three voice variants,
 0.5 s of floor before, cut 120 ms after the last loud frame, as the server sends them), each heard:
 
-- in the 8-s window (the reference) and in the server's short window (the turn and 0.5 s, at most 4 s);
+- in the 8-s window (the reference: the file's arithmetic) and in the server's short window (the turn and
+  0.5 s, at most 4 s), and both by the server's graph (its attention logits in float,
+  worker/speech/turn_graph.py);
 - by the same graph with its weights dequantized and every activation in float (is the move int8's?);
 - in the 8-s window with the leading padding positions stood for by one token per group of `s` (the group's
   middle position, log(s) added to its attention logits in every layer and in the pooling): the same
   positions, fewer tokens.
 
 For each: mean change of the probability and verdicts flipped at 0.5 against the reference, accuracy
-against the labels, and CPU per decision.
+against the labels, and CPU per decision. `--logits`: only the server's graph against the file's arithmetic
+and the float one, on 540 turns (held-out sentences too, all nine voices): AUC, accuracy, precision and
+recall, flips, and a bootstrap interval of the AUC's difference.
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from bench.turn_eval import COMPLETE, INCOMPLETE, on_floor, say
+from bench.turn_eval import COMPLETE, INCOMPLETE, on_floor, say, voices_here
 from worker.speech.smart_turn import inference_session, model_path, trim_trailing, window_frames
 from worker.speech.turn_features import FRAMES, log_mel
 from worker.speech.turn_graph import POSITIONS, any_length
@@ -159,12 +165,90 @@ def turns() -> tuple[list[np.ndarray], np.ndarray]:
     return clips, np.array(labels)
 
 
+# Held-out sentences for `--logits` (not tuned on): finished, and cut off.
+MORE_COMPLETE = [
+    "Please call me back tomorrow morning.", "I already paid the bill last week.",
+    "Where is the nearest branch?", "My flight was cancelled this afternoon.",
+    "Can I speak to a manager, please?", "The heating in my flat is broken.",
+    "I want to upgrade my phone plan.", "How much does the premium plan cost?",
+    "We will arrive around nine o'clock.", "I forgot my password again.",
+    "Do you deliver to the countryside?", "The room was very clean, thanks.",
+    "I'd like a refund for the shoes.", "Which platform does the train leave from?",
+    "Our meeting is moved to Friday.", "Yes, that works for me.",
+    "No, I don't need anything else.", "Send the documents to my office.",
+    "It's been charged twice this month.", "Can you repeat the last number?",
+]  # fmt: skip
+MORE_INCOMPLETE = [
+    "Please call me back", "I already paid the", "Where is the", "My flight was", "Can I speak to",
+    "The heating in my", "I want to upgrade", "How much does the", "We will arrive around", "I forgot my",
+    "Do you deliver to", "The room was", "I'd like a refund for", "Which platform does",
+    "Our meeting is moved to", "Yes, that works", "No, I don't need", "Send the documents to",
+    "It's been charged", "Can you repeat the",
+]  # fmt: skip
+
+
+def auc(p: np.ndarray, labels: np.ndarray) -> float:
+    """Of every (complete, incomplete) pair, the share the model ranks right."""
+    pos, neg = p[labels], p[~labels]
+    return float(np.mean((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])))
+
+
+def logits() -> None:
+    """The server's graph (attention logits in float) against the file's arithmetic and against its weights
+    in float, on 540 turns: 30 finished sentences and 30 cut off, in the nine voices of bench/turn_eval.py."""
+    clips, labels = [], []
+    for v, voice in enumerate(voices_here()):
+        for label, texts in ((True, COMPLETE + MORE_COMPLETE), (False, INCOMPLETE + MORE_INCOMPLETE)):
+            for k, text in enumerate(texts):
+                audio, _, end = on_floor(say(text, voice), 0.5, 0.3, seed=7000 + 100 * v + k)
+                clips.append(trim_trailing(audio[: (end + 200) * 16]))
+                labels.append(label)
+    y = np.array(labels)
+    features = [log_mel(a)[None] for a in clips]
+    shipped = any_length(model_path().read_bytes(), float_logits=False)
+    graphs = {
+        "int8 as shipped": shipped,
+        "attention logits in float": any_length(model_path().read_bytes()),
+        "weights and activations in float": as_float(shipped),
+    }
+    heard: dict[str, np.ndarray] = {}
+    for name, graph in graphs.items():
+        session, began = inference_session(graph), time.thread_time()
+        runs = (session.run(None, {"input_features": f})[0] for f in features)
+        p = np.array([float(np.asarray(out).ravel()[0]) for out in runs])
+        ms = (time.thread_time() - began) / len(features) * 1000
+        heard[name] = p
+        found = np.sum((p >= 0.5) & y)
+        print(
+            f"{name:34} AUC {auc(p, y):.3f}, accuracy {np.mean((p >= 0.5) == y):.3f}, precision "
+            f"{found / max(1, np.sum(p >= 0.5)):.3f}, recall {found / y.sum():.3f}, {ms:.1f} ms a decision"
+        )
+    reference = heard["int8 as shipped"]
+    for name in list(graphs)[1:]:
+        change = np.abs(heard[name] - reference)
+        flips = int(np.sum((heard[name] >= 0.5) != (reference >= 0.5)))
+        print(f"{name} against int8 as shipped: mean change {change.mean():.3f}, {flips} of {len(y)} flipped")
+    rng, diffs = np.random.default_rng(0), []
+    for _ in range(500):
+        pick = rng.choice(len(y), len(y))
+        ranked = (heard["attention logits in float"][pick], reference[pick])
+        diffs.append(auc(ranked[0], y[pick]) - auc(ranked[1], y[pick]))
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    print(f"AUC, logits in float less as shipped: 95 % bootstrap interval {low:+.3f} .. {high:+.3f}")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--logits", action="store_true", help="only the float-logits graph on 540 turns")
+    if parser.parse_args().logits:
+        logits()
+        return
     clips, labels = turns()
     features = [log_mel(a) for a in clips]
-    rewritten = any_length(model_path().read_bytes())
-    int8, floating, groups = (
-        inference_session(g) for g in (rewritten, as_float(rewritten), grouped(rewritten))
+    rewritten = any_length(model_path().read_bytes(), float_logits=False)
+    int8, floating, groups, server = (
+        inference_session(g)
+        for g in (rewritten, as_float(rewritten), grouped(rewritten), any_length(model_path().read_bytes()))
     )
 
     def run(session: Any, feed: dict[str, np.ndarray]) -> float:
@@ -189,13 +273,15 @@ def main() -> None:
         change = np.abs(p - against)
         flips = int(np.sum((p >= 0.5) != (against >= 0.5)))
         print(
-            f"{name:44} mean change {change.mean():.3f} (max {change.max():.2f}), {flips:2d} of {len(p)} "
+            f"{name:46} mean change {change.mean():.3f} (max {change.max():.2f}), {flips:2d} of {len(p)} "
             f"flipped, accuracy {np.mean((p >= 0.5) == labels):.2f}, {cost:.1f} ms a decision"
         )
 
     print("against the model's 8-s window (int8, as shipped):")
     row("the 8-s window", reference, ms)
     row("the short window", *heard(int8, short))
+    row("logits in float (the server), the 8-s window", *heard(server, whole(server)))
+    row("logits in float (the server), the short window", *heard(server, short))
     row("float, the 8-s window", float_whole, heard(floating, whole(floating))[1])
     for group in (1, 2, 4, 8):
 

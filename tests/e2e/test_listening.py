@@ -204,7 +204,7 @@ async def test_smart_turn_tells_a_cut_off_sentence_from_a_finished_one(
 
 async def test_smart_turn_in_the_short_window_when_the_operator_says_so(tmp_path: Path) -> None:
     # SMART_TURN_WINDOW=turn: the model hears only the turn, and on this caller its verdict on the finished
-    # sentence falls under the threshold (0.18 offline, against 0.72 in its own window: docs/performance.md),
+    # sentence falls under the threshold (~0.4 offline, against 0.73 in its own window: docs/performance.md),
     # so the turn ends by the 3 s timer (on the call's audio clock: the caller's line goes on), with that
     # probability.
     frames, spans = cut_off_then_finished(after=4.0)

@@ -24,6 +24,7 @@ from worker.speech.smart_turn import (
     TurnBatcher,
     TurnModel,
     TurnRule,
+    inference_session,
     model_path,
     trim_trailing,
     window_frames,
@@ -204,7 +205,7 @@ async def test_the_model_hears_a_finished_sentence_and_one_cut_off() -> None:
     silence = np.zeros(8000, dtype=np.int16)  # what the part sends: 0.5 s before, ~0.1 s after the speech
     answers: dict[str, float | None] = {}
     finished = asyncio.Event()
-    texts = ["I would like to book a table for two at seven tonight.", "I would like to"]
+    texts = ["I need to change my delivery address.", "I need to change my"]
 
     def answered(text: str) -> Callable[[float | None, str | None], None]:
         def done(probability: float | None, reason: str | None) -> None:
@@ -268,17 +269,36 @@ def test_the_short_window_is_the_turn_and_half_a_second_at_most_four_seconds() -
     ]  # fmt: skip
 
 
-def test_the_rewritten_graph_answers_as_the_shipped_one(model: TurnModel) -> None:
+def test_the_rewritten_graph_answers_as_the_shipped_one_but_for_the_float_logits(model: TurnModel) -> None:
     import onnxruntime as ort
 
-    shipped = ort.InferenceSession(str(model_path()), providers=["CPUExecutionProvider"])
+    shipped_bytes = model_path().read_bytes()
+    shipped = ort.InferenceSession(shipped_bytes, providers=["CPUExecutionProvider"])
+    exact = inference_session(any_length(shipped_bytes, float_logits=False))
     assert model.can_shorten
     for text in ("I would like to book a table for two.", "I would like to"):
         audio = np.concatenate([np.zeros(8000, np.int16), speech(text), np.zeros(1600, np.int16)])
-        (reference,) = shipped.run(None, {"input_features": log_mel(audio)[None]})
-        assert model.predict(audio) == pytest.approx(float(reference.reshape(-1)[0]), abs=1e-5)
+        feed = {"input_features": log_mel(audio)[None]}
+        (reference,) = shipped.run(None, feed)
+        (rewritten,) = exact.run(None, feed)
+        assert float(rewritten.reshape(-1)[0]) == pytest.approx(float(reference.reshape(-1)[0]), abs=1e-5)
+        # With its attention logits in float (the server's graph): the same verdict, close.
+        assert model.predict(audio) == pytest.approx(float(reference.reshape(-1)[0]), abs=0.1)
     # The short window hears the cut-off sentence as one too.
     assert model.predict(audio, whole=False) < 0.5
+
+
+def test_the_attention_logits_are_read_in_float() -> None:
+    import onnx
+
+    def ops(graph: bytes) -> list[str]:
+        return [n.op_type for n in onnx.load_from_string(graph).graph.node]
+
+    shipped = model_path().read_bytes()
+    assert ops(any_length(shipped)).count("QuantizeLinear") == ops(shipped).count("QuantizeLinear") - 4
+    assert ops(any_length(shipped, float_logits=False)).count("QuantizeLinear") == ops(shipped).count(
+        "QuantizeLinear"
+    )
 
 
 def test_every_gelu_of_the_graph_is_one_operation() -> None:

@@ -5,15 +5,16 @@ The model is Smart Turn v3.2 (Daily's, BSD-2-Clause), the ONNX file shipped insi
 (BSD-2-Clause): a Whisper-tiny encoder with a classifier head, reading Whisper log-mel features of the last
 8 s of 16 kHz audio (worker/speech/turn_features.py) and answering the probability that the turn is complete.
 Its graph is rewritten at load (worker/speech/turn_graph.py): its GELUs fused (the same answers, ~12 % less
-CPU), and any input length accepted, so that a busy process can have it hear only the turn (6-15 ms a
-decision instead of ~32, verdicts that move; see `WINDOWS`).
+CPU), its attention logits kept in float (answers as well ranked, ~20 % less), and any input length
+accepted, so that a busy process can have it hear only the turn (6-14 ms a decision instead of ~26, verdicts
+that move; see `WINDOWS`).
 Nothing is downloaded: the file is found through the installed distribution's metadata, without importing
 pipecat (whose import logs a banner and pulls in its frame machinery).
 
 One `TurnBatcher` per media process owns the ONNX Runtime session (one intra-op thread) and runs every call's
 requests on a thread of its own, off the event loop, handed over together. Each request is its own inference:
 turns differ in length, on this model a batch costs more CPU per decision than single runs even at one
-length (the whole window: ~40 ms alone, ~50 ms each in batches of 4 or 16, bench/smart_turn.py), and single
+length (the whole window: ~23 ms alone, 27-34 ms each in batches of 4 or 16, bench/smart_turn.py), and single
 runs let the first answer out before the last is done.
 
 `TurnRule` is the decision on the caller's audio clock (pure, unit-tested on a virtual clock); `SmartTurn` is
@@ -59,11 +60,11 @@ FRAME_MS = 20
 TRAILING_MS = 120
 LOUD_DBFS = -40.0
 # What the model hears (SMART_TURN_WINDOW): its own 8-s window, turns padded in front as it was trained
-# (~32 ms of CPU a decision), or the short window: the turn and MARGIN_FRAMES of padding before it (feature
+# (~26 ms of CPU a decision), or the short window: the turn and MARGIN_FRAMES of padding before it (feature
 # frames, 10 ms each) rounded up to whole steps, at most the turn's last LONGEST_FRAMES (4 input lengths,
-# each warmed once; ~3.4 ms per 100 frames, 6-15 ms a decision). The short window is not the model's own
-# input and its verdicts move (8 of 60 turns flipped at 0.5, mean change 0.14; a finished "I would like to
-# book a table for two." fell from 0.72 to 0.18): it is what a busy process falls back to ("auto": a question
+# each warmed once; ~3 ms per 100 frames, 6-14 ms a decision). The short window is not the model's own
+# input and its verdicts move (9 of 60 turns flipped at 0.5, mean change 0.14; a finished "I would like to
+# book a table for two." fell from 0.73 to 0.38): it is what a busy process falls back to ("auto": a question
 # that waited SHORTEN_AFTER_S for the model), not what it does by choice. docs/performance.md has the figures.
 WINDOWS = ("auto", "whole", "turn")
 SHORTEN_AFTER_S = 0.05
