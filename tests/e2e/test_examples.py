@@ -164,7 +164,8 @@ async def test_voice_agent(agent_stack: StackInfo, upstream: FakeOpenAI) -> None
     # What the caller heard: the first reply's opening, cut; then the whole second reply.
     heard_first = words(transcribe(audio_of(frames, 0, speaking_at)))
     heard_second = words(transcribe(audio_of(frames, again_at, loop.time())))
-    assert heard_first and heard_first[:3] == words(LONG_REPLY)[:3], heard_first
+    # (Letters, not words: Whisper writes "the weather today is" as "the weather today's" as often as not.)
+    assert "".join(heard_first).startswith("".join(words(LONG_REPLY)[:3])), heard_first
     assert len(heard_first) < len(words(LONG_REPLY)) // 2, heard_first
     assert "".join(words(SHORT_REPLY)) in "".join(heard_second), heard_second  # "good bye" is fine
 

@@ -324,7 +324,8 @@ async def test_loop_meter_sees_a_busy_loop() -> None:
     try:
         await until(lambda: samples, 2.0)
         quiet = samples[-1]
-        assert quiet.lag_ms < 10 and quiet.loop_busy < 0.5 and quiet.calls == 4
+        # (Unit tests run two at a time on two cores: a quiet loop's wake-ups may be a time slice late.)
+        assert quiet.lag_ms < 50 and quiet.loop_busy < 0.5 and quiet.calls == 4
 
         def hog() -> None:  # 15 ms of every 20 ms on the loop
             end = time.perf_counter() + 0.015
@@ -339,7 +340,7 @@ async def test_loop_meter_sees_a_busy_loop() -> None:
         hogs[-1].cancel()
         busy = samples[-1]
         # (CPU time, not wall time: on shared cores the hog is not always running)
-        assert busy.loop_busy > 0.25 and busy.lag_ms > 3, busy
+        assert busy.loop_busy > max(0.25, quiet.loop_busy + 0.2) and busy.lag_ms > 3, (quiet, busy)
         a = Admission(LoadLimits(loop_busy=0.2, lag_ms=100, tick_ms=0))
         a.update(busy)
         assert not a.admitting
