@@ -15,7 +15,9 @@ on the turn thread.)
    Piper sentence then 1.5 s of silence, over a -45 dBFS white floor, each caller starting at a random
    offset) is fed in 20 ms frames on a real-time tick to its own webrtc VAD and `SmartTurn`, all sharing one
    `TurnBatcher` on one turn thread. For each `eou`: the time from the pause's start (the end of speech as
-   the VAD reports it, mapped to the wall clock) and from the true end of the words, to the event.
+   the VAD reports it, mapped to the wall clock) and from the true end of the words, to the event; and how
+   many questions were put before the VAD called the pause (`SmartTurn`'s early questions; --no-early:
+   none).
 """
 
 from __future__ import annotations
@@ -102,7 +104,13 @@ def cost() -> None:
 
 class Caller:
     def __init__(
-        self, batcher: TurnBatcher, audio: np.ndarray, ends: list[int], offset_ms: int, padding: int
+        self,
+        batcher: TurnBatcher,
+        audio: np.ndarray,
+        ends: list[int],
+        offset_ms: int,
+        padding: int,
+        early: bool = True,
     ) -> None:
         self.audio = audio
         self.ends = ends  # true ends of the words, ms into the audio
@@ -111,7 +119,7 @@ class Caller:
         self.latencies: list[tuple[float, float, bool]] = []
         self.wall0 = 0.0
         self.vad = VadProcessor("webrtc", self._on_vad, silence_padding=padding)
-        self.turn = SmartTurn(EouOption(type="smart_turn"), self._on_eou, print, batcher)
+        self.turn = SmartTurn(EouOption(type="smart_turn"), self._on_eou, print, batcher, early)
         self.pos = 0
 
     def _on_vad(self, ev: VadEvent) -> None:
@@ -146,16 +154,21 @@ class Caller:
 @dataclass
 class Run:
     """One process's share: each `eou`'s latency (after the VAD's pause start, after the words' end, ms, and
-    whether it came without a verdict), the model's decisions, requests too late for it, process CPU."""
+    whether it came without a verdict), the model's decisions, requests too late for it, process CPU, and
+    the questions put before the VAD's pause: answers a pause took, and wasted."""
 
     rows: list[tuple[float, float, bool]]
     decisions: int
     late: int
     shortened: int
     cpu: float
+    early_used: int = 0
+    early_unused: int = 0
 
 
-async def callers_in_a_process(callers: int, seconds: float, padding: int, seed: int, window: str) -> Run:
+async def callers_in_a_process(
+    callers: int, seconds: float, padding: int, seed: int, window: str, early: bool = True
+) -> Run:
     pool = ThreadPoolExecutor(1, thread_name_prefix="turn")
     loop = asyncio.get_running_loop()
     batcher = TurnBatcher(lambda fn, *a: loop.run_in_executor(pool, fn, *a), window)
@@ -169,7 +182,10 @@ async def callers_in_a_process(callers: int, seconds: float, padding: int, seed:
             np.int16
         )
         clips.append((audio, [end for _, end in spans]))
-    group = [Caller(batcher, *clips[k % len(clips)], rng.randrange(0, 3000), padding) for k in range(callers)]
+    group = [
+        Caller(batcher, *clips[k % len(clips)], rng.randrange(0, 3000), padding, early)
+        for k in range(callers)
+    ]
     began_cpu = time.process_time()
     wall0 = time.monotonic()
     for c in group:
@@ -187,21 +203,25 @@ async def callers_in_a_process(callers: int, seconds: float, padding: int, seed:
     runner.cancel()
     pool.shutdown()
     rows = [x for c in group for x in c.latencies]
-    return Run(rows, batcher.decisions, batcher.late, batcher.shortened, cpu)
+    used, unused = sum(c.turn.early_used for c in group), sum(c.turn.early_unused for c in group)
+    return Run(rows, batcher.decisions, batcher.late, batcher.shortened, cpu, used, unused)
 
 
-def _share(callers: int, seconds: float, padding: int, seed: int, window: str) -> Run:
-    return asyncio.run(callers_in_a_process(callers, seconds, padding, seed, window))
+def _share(callers: int, seconds: float, padding: int, seed: int, window: str, early: bool) -> Run:
+    return asyncio.run(callers_in_a_process(callers, seconds, padding, seed, window, early))
 
 
-def latency(callers: int, seconds: float, padding: int, processes: int, window: str) -> None:
+def latency(
+    callers: int, seconds: float, padding: int, processes: int, window: str, early: bool = True
+) -> None:
     """`callers` split over `processes` media processes (each its own turn thread), started together."""
     shares = [callers // processes + (1 if k < callers % processes else 0) for k in range(processes)]
     if processes == 1:
-        runs = [_share(callers, seconds, padding, 5, window)]
+        runs = [_share(callers, seconds, padding, 5, window, early)]
     else:
         with multiprocessing.get_context("spawn").Pool(processes) as pool:
-            runs = pool.starmap(_share, [(n, seconds, padding, 5 + k, window) for k, n in enumerate(shares)])
+            args = [(n, seconds, padding, 5 + k, window, early) for k, n in enumerate(shares)]
+            runs = pool.starmap(_share, args)
     rows = [x for r in runs for x in r.rows]
     judged = [r for r in rows if not r[2]]
     print(
@@ -209,7 +229,8 @@ def latency(callers: int, seconds: float, padding: int, processes: int, window: 
         f"{seconds:.0f} s, "
         f"silencePadding {padding}: {len(rows)} eou ({sum(r.decisions for r in runs)} model decisions, "
         f"{sum(r.shortened for r in runs)} in the short window, {sum(r.late for r in runs)} too late for "
-        f"the model), process CPU "
+        f"the model; asked before the VAD's pause: {sum(r.early_used for r in runs)} answers a pause took, "
+        f"{sum(r.early_unused for r in runs)} wasted), process CPU "
         f"{' + '.join(f'{r.cpu * 100:.0f} %' for r in runs)}; "
         f"eou after the VAD's pause start p50 {pct([r[0] for r in judged], 50):.0f} / "
         f"p99 {pct([r[0] for r in judged], 99):.0f} ms, after the words' end p50 "
@@ -268,6 +289,7 @@ def main() -> None:
     )
     parser.add_argument("--window", choices=WINDOWS, default="auto", help="SMART_TURN_WINDOW")
     parser.add_argument("--sweep", action="store_true", help="only the verdict against trailing silence")
+    parser.add_argument("--no-early", action="store_true", help="ask only when the VAD calls the pause")
     parser.add_argument(
         "--profile", action="store_true", help="only where a decision's time goes, by operator"
     )
@@ -286,7 +308,7 @@ def main() -> None:
         return
     cost()
     for n in args.callers:
-        latency(n, args.seconds, args.padding, args.processes, args.window)
+        latency(n, args.seconds, args.padding, args.processes, args.window, not args.no_early)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import shutil
 import subprocess
 import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,19 +173,25 @@ class Heard:
 
 
 class _Now:
-    """The model run at once, its CPU time added to the audio clock (as on an idle turn thread)."""
+    """The model run at once, its CPU time added to the audio clock (as on an idle turn thread): `ready_ms`
+    is when the last answer would be known (`clock` gives the audio clock's ms)."""
 
-    def __init__(self, model: TurnModel | Heard) -> None:
+    def __init__(self, model: TurnModel | Heard, clock: Callable[[], int]) -> None:
         self.model = model
-        self.cost_ms = 0.0
+        self.clock = clock
+        self.ready_ms = 0
         self.costs: list[float] = []
 
     def submit(self, owner: object, audio: np.ndarray, done: object) -> None:
         began = time.thread_time()
         p = self.model.predict(audio)
-        self.cost_ms = (time.thread_time() - began) * 1000
-        self.costs.append(self.cost_ms)
+        cost_ms = (time.thread_time() - began) * 1000
+        self.costs.append(cost_ms)
+        self.ready_ms = self.clock() + 20 + int(cost_ms)
         done(p, None)  # type: ignore[operator]
+
+    def idle(self) -> bool:
+        return True
 
     def forget(self, owner: object) -> None:
         pass
@@ -195,18 +201,25 @@ class _Now:
 
 
 def smart_turn_on(
-    model: TurnModel | Heard, audio: np.ndarray, end_ms: int, label: str, costs: list[float] | None = None
+    model: TurnModel | Heard,
+    audio: np.ndarray,
+    end_ms: int,
+    label: str,
+    costs: list[float] | None = None,
+    early: bool = True,
+    asked: list[int] | None = None,
 ) -> TurnResult:
-    """`costs` gets the CPU time (ms) of each decision."""
-    runner = _Now(model)
-    decisions: list[tuple[int, bool]] = []
+    """`costs` gets the CPU time (ms) of each decision; `early`: the call asks before the VAD's pause
+    (SmartTurn); `asked` gets [early questions whose answer a pause took, early questions wasted]."""
     now = [0]
+    runner = _Now(model, lambda: now[0])
+    decisions: list[tuple[int, bool]] = []
     pauses: list[int] = []
 
     def emit(completed: bool, probability: float | None, text: str | None) -> None:
-        decisions.append((now[0] + 20 + int(runner.cost_ms), completed))
+        decisions.append((max(now[0] + 20, runner.ready_ms), completed))
 
-    turn = SmartTurn(EouOption(type="smart_turn"), emit, print, runner)  # type: ignore[arg-type]
+    turn = SmartTurn(EouOption(type="smart_turn"), emit, print, runner, early)  # type: ignore[arg-type]
 
     def on(ev: VadEvent) -> None:
         if isinstance(ev, Speaking):
@@ -222,6 +235,9 @@ def smart_turn_on(
         turn.feed(frame, ts)
     if costs is not None:
         costs.extend(runner.costs)
+    if asked is not None:
+        asked[0] += turn.early_used
+        asked[1] += turn.early_unused
     fires = [at for at, completed in decisions if completed]
     if not fires:
         return TurnResult(label, False, False, None)
@@ -401,13 +417,17 @@ def main() -> None:
     parser.add_argument(
         "--window", choices=["whole", "turn"], default="whole", help="the model's window (SMART_TURN_WINDOW)"
     )
+    parser.add_argument(
+        "--no-early", action="store_true", help="ask the model only when the VAD calls the pause"
+    )
     args = parser.parse_args()
     model = Heard(TurnModel(), args.window == "whole")
     smart: list[TurnResult] = []
     local: list[TurnResult] = []
     costs: list[float] = []
+    asked = [0, 0]
     for label, name, audio, end in turn_set(args.voices):
-        smart.append(smart_turn_on(model, audio, end, label, costs))
+        smart.append(smart_turn_on(model, audio, end, label, costs, not args.no_early, asked))
         local.append(local_on(audio, end, label))
         if args.verbose:
             print(f"{label:10} {name:55} smart {smart[-1]}  local {local[-1].fired}")
@@ -421,7 +441,8 @@ def main() -> None:
         )
     print(
         f"smart_turn CPU per decision ({len(costs)} decisions): mean {np.mean(costs):.1f}, "
-        f"p90 {np.percentile(costs, 90):.1f}, max {max(costs):.1f} ms"
+        f"p90 {np.percentile(costs, 90):.1f}, max {max(costs):.1f} ms; asked before the VAD's pause: "
+        f"{asked[0]} answers a pause took, {asked[1]} wasted"
     )
     clips = list(long_turns(args.voices))
     lengths = [len(audio) / 16000 for _, audio in clips]

@@ -134,6 +134,11 @@ class FakeBatcher:
     def prepare(self) -> None:
         pass
 
+    def idle(self) -> bool:
+        return self.idle_now
+
+    idle_now = True
+
 
 def part(
     **option: Any,
@@ -186,6 +191,78 @@ def test_a_failing_model_is_reported_once_and_the_timer_decides() -> None:
         feed(turn, base + 700, base + 1300)
     assert eous == [(True, None, None), (True, None, None)]
     assert len(errors) == 1 and "boom" in errors[0]
+
+
+LOUD = 1000  # -30 dBFS: over the level the model's audio is cut after
+
+
+def test_a_question_put_once_the_caller_went_quiet_is_the_pauses() -> None:
+    turn, batcher, eous, _ = part()
+    turn.speech_started(0)
+    feed(turn, 0, 1000, LOUD)
+    feed(turn, 1000, 1100)
+    assert batcher.requests == [], "100 ms of quiet: the audio the model hears is not complete yet"
+    feed(turn, 1100, 1120)
+    ((_, early, done),) = batcher.requests  # 120 ms after the last loud frame: asked at once
+    assert len(early) == 16 * 1120
+    done(0.9, None)
+    assert eous == [], "no pause yet: no eou"
+    feed(turn, 1120, 1200)
+    turn.paused(1000)  # the VAD calls the pause (hangover, silencePadding)
+    assert eous == [(True, 0.9, None)], "the early answer is the pause's, sent at once"
+    assert len(batcher.requests) == 1 and (turn.early_used, turn.early_unused) == (1, 0)
+
+
+def test_an_early_answer_that_comes_after_the_pause_is_sent_when_it_comes() -> None:
+    turn, batcher, eous, _ = part()
+    turn.speech_started(0)
+    feed(turn, 0, 600, LOUD)
+    feed(turn, 600, 800)
+    turn.paused(620)
+    assert len(batcher.requests) == 1 and eous == []
+    batcher.requests[0][2](0.2, None)
+    assert eous == [(False, 0.2, None)]
+    feed(turn, 800, 3600)
+    assert len(eous) == 1
+    feed(turn, 3600, 3640)
+    assert eous[-1] == (True, 0.2, None), "the 3 s timer from the pause, as for any incomplete verdict"
+
+
+def test_speech_after_an_early_question_makes_it_moot() -> None:
+    turn, batcher, eous, _ = part()
+    turn.speech_started(0)
+    feed(turn, 0, 600, LOUD)
+    feed(turn, 600, 760)  # a gap between words, longer than 120 ms
+    assert len(batcher.requests) == 1
+    forgotten = len(batcher.forgotten)
+    feed(turn, 760, 1400, LOUD)  # the caller goes on
+    assert batcher.forgotten[forgotten:] == [turn], "a question not yet run is not run"
+    assert (turn.early_used, turn.early_unused) == (0, 1)
+    batcher.requests[0][2](0.99, None)  # an answer already on its way counts for nothing
+    feed(turn, 1400, 1540)
+    assert len(batcher.requests) == 2, "quiet again: asked again"
+    turn.paused(1420)
+    batcher.requests[1][2](0.1, None)
+    assert eous == [(False, 0.1, None)] and len(batcher.requests[1][1]) == 16 * 1520
+
+
+def test_a_busy_model_gets_no_early_question_and_a_pause_on_other_audio_asks_its_own() -> None:
+    turn, batcher, eous, _ = part()
+    batcher.idle_now = False
+    turn.speech_started(0)
+    feed(turn, 0, 600, LOUD)
+    feed(turn, 600, 800)
+    assert batcher.requests == [], "the model is busy: no guess"
+    turn.paused(620)
+    assert len(batcher.requests) == 1
+    batcher.idle_now = True
+    turn.speech_started(1000)
+    feed(turn, 1000, 1600, LOUD)
+    feed(turn, 1600, 1660)
+    turn.paused(1600)  # the VAD calls the pause 60 ms after the words: before any early question
+    # The turn so far (0-800 and 1000-1660 ms), ending 60 ms after its last loud frame.
+    assert len(batcher.requests) == 2 and len(batcher.requests[1][1]) == 16 * (800 + 660)
+    assert turn.early_used == 0
 
 
 def test_threshold_outside_0_1_is_refused() -> None:

@@ -99,6 +99,14 @@ def trim_trailing(audio: np.ndarray) -> np.ndarray:
     return audio[:end]
 
 
+def is_loud(frame: np.ndarray) -> bool:
+    """Whether a frame's RMS reaches LOUD_DBFS (what `trim_trailing` cuts after)."""
+    if len(frame) == 0:
+        return False
+    x = frame.astype(np.float32) / 32768.0
+    return float(np.dot(x, x)) / len(x) >= 10 ** (LOUD_DBFS / 10)
+
+
 def window_frames(samples: int) -> int:
     """How many feature frames the model reads for a turn of `samples` (at most the whole window)."""
     need = min(samples, SAMPLES) // HOP + MARGIN_FRAMES
@@ -175,6 +183,7 @@ class TurnBatcher:
         self.late = 0
         self._ready_at = 0.0  # when the model was loaded
         self._wanted = False
+        self._running = False
 
     def submit(
         self, owner: object, audio: np.ndarray, done: Callable[[float | None, str | None], None]
@@ -185,6 +194,10 @@ class TurnBatcher:
                 request.cancelled = True  # a newer pause of the same call replaces it
         self._queue.append(_Request(owner, audio, done))
         self._wake.set()
+
+    def idle(self) -> bool:
+        """Whether the model is loaded and neither runs nor has a request waiting."""
+        return self._model is not None and not self._running and not any(not r.cancelled for r in self._queue)
 
     def forget(self, owner: object) -> None:
         for request in self._queue:
@@ -218,7 +231,11 @@ class TurnBatcher:
                     continue
             while self._queue and self._model is not None:
                 batch, self._queue = self._queue, []
-                await self._run_off_loop(self._judge, self._model, batch, asyncio.get_running_loop())
+                self._running = True
+                try:
+                    await self._run_off_loop(self._judge, self._model, batch, asyncio.get_running_loop())
+                finally:
+                    self._running = False
 
     def _judge(self, model: TurnModel, batch: list[_Request], loop: asyncio.AbstractEventLoop) -> None:
         """On the turn thread: each request in turn, its answer posted to the loop as soon as it is known."""
@@ -287,6 +304,11 @@ class TurnRule:
         if self.turn_start is None:
             self.turn_start = ts_ms
 
+    @property
+    def speaking(self) -> bool:
+        """In a turn, and no pause since its last speech."""
+        return self.turn_start is not None and self._pause_start is None
+
     def pause(self, pause_start_ms: int) -> Ask | None:
         if self.turn_start is None:
             return None
@@ -316,8 +338,37 @@ class TurnRule:
         return Decision(True, probability)
 
 
+@dataclass(slots=True)
+class _Early:
+    """A question put to the model before the VAD called the pause (see `SmartTurn`)."""
+
+    generation: int
+    audio: np.ndarray
+    answered: bool = False
+    probability: float | None = None
+    reason: str | None = None
+    pause: Ask | None = None  # the pause that waits for this answer
+
+
+def _same_input(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether the model hears `a` and `b` alike: the same last 8 s (or the same audio, if shorter)."""
+    if len(a) != len(b) and min(len(a), len(b)) < SAMPLES:
+        return False
+    return bool(np.array_equal(a[-SAMPLES:], b[-SAMPLES:]))
+
+
 class SmartTurn:
-    """One call's semantic EOU: fed the caller's frames, told of speech and pauses by the call's VAD."""
+    """One call's semantic EOU: fed the caller's frames, told of speech and pauses by the call's VAD.
+
+    The model hears a turn cut TRAILING_MS after its last loud frame, so its question is known that long
+    after the words, while the VAD often calls the pause later (its hangover, then `silencePadding`). When
+    the caller has been quiet TRAILING_MS inside an utterance and the model is idle (nothing running or
+    waiting: a busy process spends no CPU on guesses), the question is put at once (an early question); if
+    the VAD then calls the pause on the same audio, that answer is the pause's, and the `eou` follows the
+    pause at once instead of a model run later. Speech first makes the early question moot, as it does a
+    pause's. The verdicts are the same (the same audio is heard); the price is a run for each quiet stretch
+    that the VAD does not call a pause (`early_unused`). `early=False` asks at the VAD's pauses only.
+    """
 
     def __init__(
         self,
@@ -325,6 +376,7 @@ class SmartTurn:
         emit: Callable[[bool, float | None, str | None], None],
         on_error: Callable[[str], None],
         batcher: TurnBatcher,
+        early: bool = True,
     ) -> None:
         threshold = DEFAULT_THRESHOLD if option.threshold is None else option.threshold
         if not 0.0 <= threshold <= 1.0:
@@ -341,6 +393,11 @@ class SmartTurn:
         self._texts: list[str] = []
         self._now = 0
         self._errors = 0
+        self._asks_early = early
+        self._loud_end: int | None = None  # the end (ms) of the last loud frame of the current utterance
+        self._early: _Early | None = None
+        self.early_used = 0
+        self.early_unused = 0
         self.closed = False
 
     def feed(self, frame: np.ndarray, ts_ms: int) -> None:
@@ -349,36 +406,86 @@ class SmartTurn:
             return
         self._frames.append((ts_ms, frame))
         self._now = ts_ms + len(frame) * 1000 // RATE
+        if self._asks_early and self.rule.speaking:
+            if is_loud(frame):
+                self._loud_end = self._now
+                if self._early is not None:  # the caller went on: that question is moot
+                    self._drop_early()
+            elif (
+                self._loud_end is not None
+                and self._early is None
+                and self._now - self._loud_end >= TRAILING_MS
+                and self._batcher.idle()
+            ):
+                self._ask_early()
         self._send(self.rule.tick(self._now))
 
     def speech_started(self, ts_ms: int) -> None:
         self.rule.speech(ts_ms)
         # A question not yet put to the model is moot: it is not put (the model is the scarce CPU).
         self._batcher.forget(self)
+        if self._early is not None:
+            self._drop_early()
+        self._loud_end = None
 
     def transcript(self, text: str) -> None:
         self._texts.append(text)
 
-    def paused(self, pause_start_ms: int) -> None:
-        ask = self.rule.pause(pause_start_ms)
-        if ask is None or self.rule.turn_start is None:
-            return
+    def _turn_audio(self) -> np.ndarray | None:
+        if self.rule.turn_start is None:
+            return None
         since = self.rule.turn_start - PRE_SPEECH_MS
         frames = [f for ts, f in self._frames if ts >= since]
-        if not frames:
+        return trim_trailing(np.concatenate(frames)) if frames else None
+
+    def _ask_early(self) -> None:
+        audio = self._turn_audio()
+        if audio is None:
             return
-        audio = trim_trailing(np.concatenate(frames))
+        early = self._early = _Early(self.rule.generation, audio)
 
         def done(probability: float | None, reason: str | None) -> None:
-            if self.closed:
-                return
-            if reason is not None and reason != "late":
-                self._errors += 1
-                if self._errors == 1:  # once a call: the same failure would come at every pause
-                    self._on_error(f"smart_turn {reason}; the silence timer decides")
-            self._send(self.rule.answer(ask.generation, probability, self._now))
+            early.answered, early.probability, early.reason = True, probability, reason
+            if early.pause is not None and not self.closed:
+                self._answered(early.pause, probability, reason)
 
         self._batcher.submit(self, audio, done)
+
+    def _drop_early(self) -> None:
+        self.early_unused += 1
+        self._early = None
+        self._batcher.forget(self)
+
+    def paused(self, pause_start_ms: int) -> None:
+        ask = self.rule.pause(pause_start_ms)
+        if ask is None:
+            return
+        audio = self._turn_audio()
+        if audio is None:
+            return
+        early, self._early = self._early, None
+        if early is not None and early.generation == ask.generation and _same_input(early.audio, audio):
+            self.early_used += 1
+            if early.answered:
+                self._answered(ask, early.probability, early.reason)
+            else:
+                early.pause = ask
+            return
+        if early is not None:
+            self.early_unused += 1
+
+        def done(probability: float | None, reason: str | None) -> None:
+            if not self.closed:
+                self._answered(ask, probability, reason)
+
+        self._batcher.submit(self, audio, done)
+
+    def _answered(self, ask: Ask, probability: float | None, reason: str | None) -> None:
+        if reason is not None and reason != "late":
+            self._errors += 1
+            if self._errors == 1:  # once a call: the same failure would come at every pause
+                self._on_error(f"smart_turn {reason}; the silence timer decides")
+        self._send(self.rule.answer(ask.generation, probability, self._now))
 
     def _send(self, decisions: list[Decision]) -> None:
         for d in decisions:
