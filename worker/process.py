@@ -52,7 +52,7 @@ from worker.sip.telephony import SIP, Telephony
 from worker.speech.endpoints import DEFAULT_HOSTS
 from worker.speech.local_asr import WhisperPool
 from worker.speech.local_tts import PiperEngine
-from worker.speech.smart_turn import TurnBatcher
+from worker.speech.smart_turn import TurnBatcher, import_graph_tools
 from worker.threadprio import lower_this_thread
 from worker.urlguard import WS, UrlGuard
 from worker.warmup import dtmf, rnnoise, run_steps, ten_vad, webrtc_vad
@@ -392,6 +392,7 @@ class MediaProcess:
             rnnoise=self._denoise_in_thread(rnnoise),
             webrtc=asyncio.get_running_loop().run_in_executor(self.cpu, webrtc_vad),
             dtmf=asyncio.get_running_loop().run_in_executor(self.cpu, dtmf),
+            smart_turn=self._turn_in_thread(import_graph_tools),
         )
         took = await run_steps(steps)
         self.warm = True

@@ -3,7 +3,9 @@
 Every model a call may use without a cloud provider is loaded and run once on dummy input: the Piper voice,
 Whisper, Silero, TEN, RNNoise, the WebRTC VAD and the DTMF classifier. Loaded lazily, they made the first
 call of a fresh process pay: about a second before its first `tts` audio, where a warm process takes 0.2 s.
-(The Smart Turn model is the exception: loaded when the process's first smart_turn call is set up.)
+(The Smart Turn model is the exception: loaded when the process's first smart_turn call is set up, ~55 MiB
+that a process whose calls never ask for it does without; only the `onnx` package it is rewritten with is
+imported here, the 0.65 s of that load that stalled the loop.)
 Each step runs on the thread that runs that model for calls (ONNX Runtime and CTranslate2 set their buffers
 up on first use, per thread and per input size), never on the event loop, and the steps run side by side.
 

@@ -472,3 +472,37 @@ def test_the_window_setting_names_the_models_windows() -> None:
     assert WINDOWS == ("auto", "whole", "turn")
     with pytest.raises(ValueError, match="window"):
         TurnBatcher(lambda fn, *a: None, "short")
+
+
+STALL_PROBE = """
+import threading, time
+from worker.speech.smart_turn import TurnModel, import_graph_tools
+
+def stall(fn):
+    # The longest this thread waits past a 2 ms sleep while `fn` runs on another (the event loop's lot).
+    done, worst = threading.Event(), 0.0
+    threading.Thread(target=lambda: (fn(), done.set())).start()
+    last = time.perf_counter()
+    while not done.is_set():
+        time.sleep(0.002)
+        now = time.perf_counter()
+        worst, last = max(worst, now - last - 0.002), now
+    return worst * 1000
+
+print(round(stall(import_graph_tools)), round(stall(TurnModel)))
+"""
+
+
+def test_once_warmed_up_loading_the_model_stalls_no_event_loop() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(
+        [sys.executable, "-c", STALL_PROBE], cwd=root, capture_output=True, text=True, timeout=60, check=True
+    )
+    importing, loading = (int(x) for x in out.stdout.split())
+    # The warm-up's import holds the interpreter (~0.5 s here, off any call); the model's load after it
+    # lets other threads run (~20 ms at most here).
+    assert loading < 150, (importing, loading)

@@ -107,6 +107,14 @@ def is_loud(frame: np.ndarray) -> bool:
     return float(np.dot(x, x)) / len(x) >= 10 ** (LOUD_DBFS / 10)
 
 
+def import_graph_tools() -> None:
+    """Import what loading the model needs that nothing else of the process imports (warm-up): `onnx` takes
+    ~0.65 s to import, holding the interpreter all along, which stalled the event loop of a process whose
+    first smart_turn call came in (setup p99 ~0.5 s at 100 such calls). The model itself (~55 MiB) still
+    loads with the first call that asks for it."""
+    import onnx  # noqa: F401
+
+
 def window_frames(samples: int) -> int:
     """How many feature frames the model reads for a turn of `samples` (at most the whole window)."""
     need = min(samples, SAMPLES) // HOP + MARGIN_FRAMES
