@@ -389,14 +389,16 @@ def test_the_short_window_costs_a_fraction_of_the_whole(model: TurnModel) -> Non
     audio = speech("Yes, please.")
 
     def cpu(whole: bool) -> float:
-        model.predict(audio, whole)
         began = time.thread_time()
-        for _ in range(5):
-            model.predict(audio, whole)
+        model.predict(audio, whole)
         return time.thread_time() - began
 
     assert window_frames(len(audio)) == 200
-    assert cpu(False) < 0.5 * cpu(True)  # ~6 ms against ~32 ms
+    # The cheapest of 7 runs each, taken in turns: a neighbour on the shared cores (the other test worker, the
+    # VM's other tenants) once made 5 short runs cost 16 ms each in a full run.
+    runs = [(cpu(False), cpu(True)) for _ in range(7)]
+    short, whole = min(r[0] for r in runs), min(r[1] for r in runs)
+    assert short < 0.5 * whole, runs  # ~6 ms against ~24 ms
 
 
 def test_a_graph_it_does_not_know_is_refused() -> None:
@@ -505,4 +507,4 @@ def test_once_warmed_up_loading_the_model_stalls_no_event_loop() -> None:
     importing, loading = (int(x) for x in out.stdout.split())
     # The warm-up's import holds the interpreter (~0.5 s here, off any call); the model's load after it
     # lets other threads run (~20 ms at most here).
-    assert loading < 150, (importing, loading)
+    assert loading < 250, (importing, loading)
