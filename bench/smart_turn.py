@@ -116,6 +116,8 @@ class Caller:
         self.ends = ends  # true ends of the words, ms into the audio
         self.offset_ms = offset_ms
         self.pause_ms: int | None = None
+        self.paused = False  # the VAD called a pause since the last speech
+        self.pending: tuple[float, bool] | None = None  # an eou that came before the VAD's pause
         self.latencies: list[tuple[float, float, bool]] = []
         self.wall0 = 0.0
         self.vad = VadProcessor("webrtc", self._on_vad, silence_padding=padding)
@@ -124,21 +126,32 @@ class Caller:
 
     def _on_vad(self, ev: VadEvent) -> None:
         if isinstance(ev, Speaking):
+            self.paused = False
             self.turn.speech_started(ev.start_ms)
         elif isinstance(ev, Silence) and not ev.idle:
             self.pause_ms = ev.start_ms + ev.duration_ms
+            self.paused = True
+            if self.pending is not None:  # the eou came first (a confident early answer)
+                self._record(self.pending)
+                self.pending = None
             self.turn.paused(self.pause_ms)
 
     def _on_eou(self, completed: bool, probability: float | None, text: str | None) -> None:
-        if self.pause_ms is None:
-            return
-        now = time.monotonic()
+        if self.paused:
+            self._record((time.monotonic(), probability is None))
+        else:
+            self.pending = (time.monotonic(), probability is None)
+
+    def _record(self, eou: tuple[float, bool]) -> None:
+        """An eou's latency from this utterance's pause (negative when it came first) and words' end."""
+        at, timer = eou
+        assert self.pause_ms is not None
         vad_pause = self.wall0 + self.pause_ms / 1000
         length = len(self.audio) // 16
         loop_start = self.pause_ms - self.pause_ms % length
         words = [loop_start + e for e in self.ends if loop_start + e <= self.pause_ms]
         true_end = self.wall0 + (words[-1] if words else self.pause_ms) / 1000
-        self.latencies.append(((now - vad_pause) * 1000, (now - true_end) * 1000, probability is None))
+        self.latencies.append(((at - vad_pause) * 1000, (at - true_end) * 1000, timer))
 
     def tick(self, ts: int) -> None:
         if ts < self.offset_ms:
