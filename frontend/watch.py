@@ -55,10 +55,9 @@ class Watch:
     def put(self, kind: str, data: Any) -> None:
         if self.ended:
             return
-        if kind == "start":
-            self.started.set()
-            return
         self.started.set()
+        if kind == "start":
+            return
         if kind == "end":
             self.ended = True
             if isinstance(data, dict) and data.get("error"):

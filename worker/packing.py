@@ -190,15 +190,13 @@ class Packing:
         own = self.own()
         full = full_for_packing(own, self.pack_calls)
         every = HEARTBEAT_EVERY
-        if self._first_seen is not None and self.target not in (None, self.proc_id):
+        handing_over = full and self._clock() < self._lead_until
+        if self.target not in (None, self.proc_id) and (self._first_seen is not None or handing_over):
             # A request was waiting at this poller's last look: calls are arriving faster than the target
-            # takes them at once, and it may be filling up with them. Read the heartbeats more often, so
-            # this process blocks (if it is next) soon after the target fills up, instead of up to a
-            # heartbeat later.
-            every = WARMING_RECHECK
-        leading = full and self._clock() < self._lead_until and self.target not in (None, self.proc_id)
-        if leading:
-            # Just filled up as the target, and leading until the next target says it blocks: look often.
+            # takes them at once, and it may be filling up with them; or this process just filled up as the
+            # target and blocks until the next one says it does. Read the heartbeats more often, so the
+            # next target blocks soon after the target fills up and the full one stops soon after that,
+            # instead of a heartbeat later.
             every = WARMING_RECHECK
         if full != self._full or self._clock() - self._read_at >= every:
             # (Read at once when this process fills up: who takes over is decided on a view that may be a

@@ -155,10 +155,10 @@ class MediaProcess:
         self.asr_threads = ThreadPoolExecutor(2, thread_name_prefix="asr")
         self.tts_thread = ThreadPoolExecutor(1, thread_name_prefix="tts")
         self.piper = PiperEngine(self._tts_in_thread)
-        # The end-of-turn model (~32 ms a decision) gets a thread of its own: it must not hold up the VAD;
+        # The end-of-turn model (~26 ms a decision) gets a thread of its own: it must not hold up the VAD;
         # and a nicer one: when the cores are short, the calls' audio goes first and the model's questions
         # wait (then heard in the short window, or left to the silence timer; worker/speech/smart_turn.py).
-        # It is not warmed up: ~70 MB a process that only smart_turn calls need; the first such call of the
+        # It is not warmed up: ~55 MiB a process that only smart_turn calls need; the first such call of the
         # process loads it (~0.3 s) as the call is set up, long before its first pause.
         self.turn_thread = ThreadPoolExecutor(1, thread_name_prefix="turn", initializer=lower_this_thread)
         self.turn = TurnBatcher(self._turn_in_thread, settings.smart_turn_window)

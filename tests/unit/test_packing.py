@@ -185,9 +185,10 @@ async def test_a_full_target_stops_blocking_once_the_next_says_it_leads(registry
     assert await on_a.blocks() is True and await on_b.blocks() is False
     own["calls"] = PACK
     assert await on_a.blocks() is True, "full: it blocks while media-b has not read so"
+    assert on_a.batch(8) == 1, "one request a read while it hands over"
     await write(registry, own)  # its heartbeat, written at once
     clock_b.now += HEARTBEAT_EVERY + 0.01
-    assert await on_b.blocks() is True and on_b.leads
+    assert await on_b.blocks() is True and on_b.leads and on_b.batch(8) == 8
     clock.now += 0.05
     assert await on_a.blocks() is True, "its last look is 50 ms old: media-b's heartbeat is not read yet"
     await write(registry, {**beat("media-b", 0), "leads": on_b.leads})

@@ -59,6 +59,7 @@ FRAME_MS = 20
 # (its VAD's stop time). The VADs here end an utterance 100-300 ms after the words, by engine and hangover.
 TRAILING_MS = 120
 LOUD_DBFS = -40.0
+LOUD_POWER = 10 ** (LOUD_DBFS / 10)  # mean square of full-scale samples
 # What the model hears (SMART_TURN_WINDOW): its own 8-s window, turns padded in front as it was trained
 # (~26 ms of CPU a decision), or the short window: the turn and MARGIN_FRAMES of padding before it (feature
 # frames, 10 ms each) rounded up to whole steps, at most the turn's last LONGEST_FRAMES (4 input lengths,
@@ -96,7 +97,7 @@ def trim_trailing(audio: np.ndarray) -> np.ndarray:
     if whole == 0:
         return audio
     x = audio[: whole * step].astype(np.float32).reshape(whole, step) / 32768.0
-    loud = np.nonzero(np.einsum("ij,ij->i", x, x) / step >= 10 ** (LOUD_DBFS / 10))[0]
+    loud = np.nonzero(np.einsum("ij,ij->i", x, x) / step >= LOUD_POWER)[0]
     if len(loud) == 0:
         return audio
     end = (int(loud[-1]) + 1) * step + TRAILING_MS * RATE // 1000
@@ -108,7 +109,7 @@ def is_loud(frame: np.ndarray) -> bool:
     if len(frame) == 0:
         return False
     x = frame.astype(np.float32) / 32768.0
-    return float(np.dot(x, x)) / len(x) >= 10 ** (LOUD_DBFS / 10)
+    return float(np.dot(x, x)) / len(x) >= LOUD_POWER
 
 
 def import_graph_tools() -> None:

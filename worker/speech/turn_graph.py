@@ -112,16 +112,22 @@ def any_length(model: bytes, float_logits: bool = True) -> bytes:
     return bytes(proto.SerializeToString())
 
 
-def _fused_gelus(nodes: list[Any], scalars: dict[str, float]) -> list[Any]:
-    """`nodes` with each x / sqrt(2) -> Erf -> + 1 -> * 0.5 -> * x chain, whose steps nothing else reads, as
-    one Gelu node (`scalars`: the graph's one-value float constants)."""
-    from onnx import helper
-
+def _index(nodes: list[Any]) -> tuple[dict[str, Any], dict[str, int]]:
+    """Which node makes each output, and how many inputs read each name."""
     made = {n.output[0]: n for n in nodes}
     readers: dict[str, int] = {}
     for n in nodes:
         for name in n.input:
             readers[name] = readers.get(name, 0) + 1
+    return made, readers
+
+
+def _fused_gelus(nodes: list[Any], scalars: dict[str, float]) -> list[Any]:
+    """`nodes` with each x / sqrt(2) -> Erf -> + 1 -> * 0.5 -> * x chain, whose steps nothing else reads, as
+    one Gelu node (`scalars`: the graph's one-value float constants)."""
+    from onnx import helper
+
+    made, readers = _index(nodes)
 
     def producer(name: str, op: str, constant: float | None = None) -> Any:
         n = made.get(name)
@@ -158,11 +164,7 @@ def _fused_gelus(nodes: list[Any], scalars: dict[str, float]) -> list[Any]:
 def _float_logits(nodes: list[Any]) -> list[Any]:
     """`nodes` with each attention softmax reading its logits straight from the query-key product: the
     quantize/dequantize pair between them (read by nothing else) dropped."""
-    made = {n.output[0]: n for n in nodes}
-    readers: dict[str, int] = {}
-    for n in nodes:
-        for name in n.input:
-            readers[name] = readers.get(name, 0) + 1
+    made, readers = _index(nodes)
     gone: set[int] = set()
     for softmax in nodes:
         if softmax.op_type != "Softmax":
