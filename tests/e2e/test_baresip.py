@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.embedded import free_port
+from common.embedded import free_port, port_free
 from tests.audio_util import peak_freq, rms, tone
 from tests.e2e.client import CallClient
 from tests.e2e.conftest import StackInfo, Webhook
@@ -24,7 +24,11 @@ pytestmark = pytest.mark.e2e
 class Baresip:
     def __init__(self, root: Path) -> None:
         self.root = root
+        # baresip also listens for SIP over TLS on the next port: both must be free (a full run once found
+        # the next one taken, and baresip would not start).
         self.port = free_port()
+        while not port_free(self.port + 1):
+            self.port = free_port()
         self.snd = root / "snd"
         self.snd.mkdir(parents=True)
         write_wav(root / "tone.wav", tone(440, 8.0, rate=8000, amp=0.3), rate=8000)  # aufile reads 8 kHz only
