@@ -667,7 +667,7 @@ def main() -> None:
     parser.add_argument("--json", help="write every step's figures to this file")
     parser.add_argument("--eou", help="each call's option.eou.type (e.g. smart_turn)")
     parser.add_argument(
-        "--turn-window", choices=["auto", "whole", "turn"], default="auto", help="SMART_TURN_WINDOW"
+        "--turn-window", choices=["turn", "whole", "auto"], default="turn", help="SMART_TURN_WINDOW"
     )
     parser.add_argument("--profile", help="a directory: py-spy one frontend and one media process per step")
     parser.add_argument("--format", default="flamegraph", choices=["flamegraph", "speedscope"])

@@ -10,7 +10,7 @@ on the turn thread.)
    in the model's whole 8-s window and in the short one (the turn and 0.5 s before it, at most 4 s); the
    model file as shipped; and the whole window alone in batches of 1, 4 and 16 (why requests are run one by
    one).
-2. Latency at N concurrent callers (--window: SMART_TURN_WINDOW, default auto), in one process as a media
+2. Latency at N concurrent callers (--window: SMART_TURN_WINDOW, default turn), in one process as a media
    process runs them, or split over --processes processes: each caller's audio (a
    Piper sentence then 1.5 s of silence, over a -45 dBFS white floor, each caller starting at a random
    offset) is fed in 20 ms frames on a real-time tick to its own webrtc VAD and `SmartTurn`, all sharing one
@@ -300,7 +300,7 @@ def main() -> None:
     parser.add_argument(
         "--processes", type=int, default=1, help="split the callers over this many (media) processes"
     )
-    parser.add_argument("--window", choices=WINDOWS, default="auto", help="SMART_TURN_WINDOW")
+    parser.add_argument("--window", choices=WINDOWS, default=WINDOWS[0], help="SMART_TURN_WINDOW")
     parser.add_argument("--sweep", action="store_true", help="only the verdict against trailing silence")
     parser.add_argument("--no-early", action="store_true", help="ask only when the VAD calls the pause")
     parser.add_argument(

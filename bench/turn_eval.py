@@ -162,7 +162,7 @@ class TurnResult:
 
 
 class Heard:
-    """The model in one window: its whole 8-s window, or the short one a busy process falls back to."""
+    """The model in one window: its whole 8-s window, or the short one (the server's default)."""
 
     def __init__(self, model: TurnModel, whole: bool) -> None:
         self.model = model
@@ -415,7 +415,7 @@ def main() -> None:
     parser.add_argument("--voices", nargs="+", default=voices_here())
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument(
-        "--window", choices=["whole", "turn"], default="whole", help="the model's window (SMART_TURN_WINDOW)"
+        "--window", choices=["turn", "whole"], default="turn", help="the model's window (SMART_TURN_WINDOW)"
     )
     parser.add_argument(
         "--no-early", action="store_true", help="ask the model only when the VAD calls the pause"

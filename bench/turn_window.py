@@ -3,6 +3,7 @@ short window (worker/speech/smart_turn.py, WINDOWS) and the two ways rejected, i
 
     OPENBLAS_NUM_THREADS=1 .venv/bin/python -m bench.turn_window
     OPENBLAS_NUM_THREADS=1 .venv/bin/python -m bench.turn_window --logits
+    OPENBLAS_NUM_THREADS=1 .venv/bin/python -m bench.turn_window --shift
 
 60 turns (the 10 complete sentences and 10 cut-off prefixes of bench/turn_eval.py, in three voice variants,
 0.5 s of floor before, cut 120 ms after the last loud frame, as the server sends them), each heard:
@@ -18,7 +19,10 @@ short window (worker/speech/smart_turn.py, WINDOWS) and the two ways rejected, i
 For each: mean change of the probability and verdicts flipped at 0.5 against the reference, accuracy
 against the labels, and CPU per decision. `--logits`: only the server's graph against the file's arithmetic
 and the float one, on 540 turns (held-out sentences too, all nine voices): AUC, accuracy, precision and
-recall, flips, and a bootstrap interval of the AUC's difference.
+recall, flips, and a bootstrap interval of the AUC's difference. `--shift`: on the same 540 turns, the short
+window's log-odds shift (worker/speech/smart_turn.py, SHORT_SHIFT) fit on the 10 + 10 sentences tuned on and
+judged on the 20 + 20 held out, against the 8-s window: the same scores, and bootstrap intervals of the
+differences in AUC and accuracy.
 """
 
 from __future__ import annotations
@@ -31,7 +35,14 @@ from typing import Any
 import numpy as np
 
 from bench.turn_eval import COMPLETE, INCOMPLETE, on_floor, say, voices_here
-from worker.speech.smart_turn import inference_session, model_path, trim_trailing, window_frames
+from worker.speech.smart_turn import (
+    SHORT_SHIFT,
+    inference_session,
+    model_path,
+    shifted,
+    trim_trailing,
+    window_frames,
+)
 from worker.speech.turn_features import FRAMES, log_mel
 from worker.speech.turn_graph import POSITIONS, any_length
 
@@ -193,17 +204,78 @@ def auc(p: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])))
 
 
-def logits() -> None:
-    """The server's graph (attention logits in float) against the file's arithmetic and against its weights
-    in float, on 540 turns: 30 finished sentences and 30 cut off, in the nine voices of bench/turn_eval.py."""
-    clips, labels = [], []
+def wider_set() -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """540 turns: 30 finished sentences and 30 cut off, in the nine voices of bench/turn_eval.py; their
+    labels, and which are of the held-out sentences."""
+    clips, labels, held = [], [], []
     for v, voice in enumerate(voices_here()):
         for label, texts in ((True, COMPLETE + MORE_COMPLETE), (False, INCOMPLETE + MORE_INCOMPLETE)):
             for k, text in enumerate(texts):
                 audio, _, end = on_floor(say(text, voice), 0.5, 0.3, seed=7000 + 100 * v + k)
                 clips.append(trim_trailing(audio[: (end + 200) * 16]))
                 labels.append(label)
-    y = np.array(labels)
+                held.append(k >= len(COMPLETE))
+    return clips, np.array(labels), np.array(held)
+
+
+def scores(p: np.ndarray, y: np.ndarray) -> str:
+    found = np.sum((p >= 0.5) & y)
+    return (
+        f"AUC {auc(p, y):.3f}, accuracy {np.mean((p >= 0.5) == y):.3f}, precision "
+        f"{found / max(1, np.sum(p >= 0.5)):.3f}, recall {found / y.sum():.3f}"
+    )
+
+
+def log_odds(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.asarray(np.log(q / (1 - q)))
+
+
+def shift() -> None:
+    """The short window's log-odds shift: fit (mean difference of log-odds from the 8-s window's) on the
+    sentences tuned on, judged on the held-out ones."""
+    clips, y, held = wider_set()
+    session = inference_session(any_length(model_path().read_bytes()))
+
+    def heard(features: np.ndarray) -> float:
+        return float(np.asarray(session.run(None, {"input_features": features})[0]).reshape(-1)[0])
+
+    whole, short = np.zeros(len(y)), np.zeros(len(y))
+    for k, clip in enumerate(clips):
+        features = log_mel(clip)[None]
+        whole[k] = heard(features)
+        short[k] = heard(np.ascontiguousarray(features[:, :, -window_frames(len(clip)) :]))
+    gap = log_odds(whole) - log_odds(short)
+    fit = float(gap[~held].mean())
+    by_voice = gap[~held].reshape(len(voices_here()), -1).mean(axis=1)  # each voice's turns are together
+    print(
+        f"log-odds shift fit on {np.sum(~held)} turns: {fit:+.2f} (server: {SHORT_SHIFT:+.2f}); by voice "
+        + ", ".join(f"{b:+.2f}" for b in by_voice)
+    )
+    moved = np.array([shifted(p, SHORT_SHIFT) for p in short])
+    for name, mask in (("tuned on", ~held), ("held out", held)):
+        print(f"{name} ({mask.sum()} turns):")
+        for label, p in (("8-s window", whole), ("short window", short), ("short window, shifted", moved)):
+            flips = int(np.sum((p[mask] >= 0.5) != (whole[mask] >= 0.5)))
+            print(f"  {label:22} {scores(p[mask], y[mask])}; against the 8-s window {flips} flipped")
+    rng, d_auc, d_acc = np.random.default_rng(0), [], []
+    held_out = np.nonzero(held)[0]
+    for _ in range(1000):
+        pick = rng.choice(held_out, len(held_out))
+        d_auc.append(auc(moved[pick], y[pick]) - auc(whole[pick], y[pick]))
+        d_acc.append(np.mean((moved[pick] >= 0.5) == y[pick]) - np.mean((whole[pick] >= 0.5) == y[pick]))
+    print(
+        "held out, shifted short less 8-s window, 95 % bootstrap intervals: AUC "
+        + " .. ".join(f"{x:+.3f}" for x in np.percentile(d_auc, [2.5, 97.5]))
+        + ", accuracy "
+        + " .. ".join(f"{x:+.3f}" for x in np.percentile(d_acc, [2.5, 97.5]))
+    )
+
+
+def logits() -> None:
+    """The server's graph (attention logits in float) against the file's arithmetic and against its weights
+    in float, on the 540 turns of `wider_set`."""
+    clips, y, _ = wider_set()
     features = [log_mel(a)[None] for a in clips]
     shipped = any_length(model_path().read_bytes(), float_logits=False)
     graphs = {
@@ -218,11 +290,7 @@ def logits() -> None:
         p = np.array([float(np.asarray(out).ravel()[0]) for out in runs])
         ms = (time.thread_time() - began) / len(features) * 1000
         heard[name] = p
-        found = np.sum((p >= 0.5) & y)
-        print(
-            f"{name:34} AUC {auc(p, y):.3f}, accuracy {np.mean((p >= 0.5) == y):.3f}, precision "
-            f"{found / max(1, np.sum(p >= 0.5)):.3f}, recall {found / y.sum():.3f}, {ms:.1f} ms a decision"
-        )
+        print(f"{name:34} {scores(p, y)}, {ms:.1f} ms a decision")
     reference = heard["int8 as shipped"]
     for name in list(graphs)[1:]:
         change = np.abs(heard[name] - reference)
@@ -240,8 +308,10 @@ def logits() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--logits", action="store_true", help="only the float-logits graph on 540 turns")
-    if parser.parse_args().logits:
-        logits()
+    parser.add_argument("--shift", action="store_true", help="only the short window's log-odds shift")
+    args = parser.parse_args()
+    if args.logits or args.shift:
+        (logits if args.logits else shift)()
         return
     clips, labels = turns()
     features = [log_mel(a) for a in clips]

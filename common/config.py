@@ -303,10 +303,10 @@ class Settings:
     allow_private_urls: bool = False
     # Destinations (`host` or `host:port`) that may be private whoever names them.
     allowed_url_hosts: tuple[str, ...] = ()
-    # What the smart_turn EOU model hears (worker/speech/smart_turn.py, WINDOWS): "auto", its own 8-s
-    # window unless a question waited for the model (then only the turn); "whole", always its window;
-    # "turn", always only the turn.
-    smart_turn_window: str = "auto"
+    # What the smart_turn EOU model hears (worker/speech/smart_turn.py, WINDOWS): "turn", only the turn
+    # (its probability shifted to the 8-s window's scale); "whole", always its own 8-s window; "auto", its
+    # 8-s window unless a question waited for the model.
+    smart_turn_window: str = "turn"
 
     @property
     def lends_llm_key(self) -> bool:
@@ -380,7 +380,7 @@ class Settings:
             trusted_proxies=_networks(env, "TRUSTED_PROXIES"),
             allow_private_urls=_bool(env, "ALLOW_PRIVATE_URLS"),
             allowed_url_hosts=_allowed_hosts(env, "ALLOWED_URL_HOSTS"),
-            smart_turn_window=_choice(env, "SMART_TURN_WINDOW", ("auto", "whole", "turn")),
+            smart_turn_window=_choice(env, "SMART_TURN_WINDOW", ("turn", "whole", "auto")),
         )
 
     def __repr__(self) -> str:

@@ -13,6 +13,7 @@ import pytest
 from tests.audio_util import dtmf_tones, noise
 from tests.e2e.client import CallClient
 from tests.e2e.conftest import StackInfo, running_stack
+from tests.e2e.test_metrics import scrape, until
 from tests.e2e.test_recorder import stream
 from tests.speech import speech, with_silence
 
@@ -181,13 +182,17 @@ async def turn_of(c: CallClient, frames: list[bytes]) -> tuple[float, list[dict[
     return t0, eous
 
 
-async def test_smart_turn_tells_a_cut_off_sentence_from_a_finished_one(
-    stack: StackInfo, call_id: str
-) -> None:
-    # A caller stops after "I would like to", then finishes the sentence: the model (no ASR, its own VAD)
-    # calls the first pause incomplete and the end complete; each `eou` comes soon after its pause begins.
+DECISIONS = "pbx_smart_turn_decisions_total"
+
+
+async def smart_turn_caller(info: StackInfo, call_id: str, window: str) -> None:
+    """A caller stops after "I would like to", then finishes the sentence: the model (no ASR, its own VAD)
+    calls the first pause incomplete and the end complete; each `eou` comes soon after its pause begins;
+    /metrics counts the answers in `window` ("short" or "whole") and none in the other."""
+    other = "whole" if window == "short" else "short"
+    before = await scrape(info.base)
     frames, spans = cut_off_then_finished()
-    c = await CallClient.open(stack.ws, call_id=call_id)
+    c = await CallClient.open(info.ws, call_id=call_id)
     try:
         t0, eous = await turn_of(c, frames)
         cut, finished = eous[0], eous[-1]
@@ -200,22 +205,18 @@ async def test_smart_turn_tells_a_cut_off_sentence_from_a_finished_one(
         assert pause2 < finished["timestamp"] <= pause2 + 700, finished["timestamp"] - pause2
     finally:
         await c.close()
+    after = await until(info.base, lambda f: f.since(before, DECISIONS, window=window) >= len(eous))
+    assert after.since(before, DECISIONS, window=window) >= len(eous)
+    assert after.since(before, DECISIONS, window=other) == 0
 
 
-async def test_smart_turn_in_the_short_window_when_the_operator_says_so(tmp_path: Path) -> None:
-    # SMART_TURN_WINDOW=turn: the model hears only the turn, and on this caller its verdict on the finished
-    # sentence falls under the threshold (~0.4 offline, against 0.73 in its own window: docs/performance.md),
-    # so the turn ends by the 3 s timer (on the call's audio clock: the caller's line goes on), with that
-    # probability.
-    frames, spans = cut_off_then_finished(after=4.0)
-    with running_stack(tmp_path / "stack", 1, 1, SMART_TURN_WINDOW="turn") as info:
-        c = await CallClient.open(info.ws, call_id="short-window")
-        try:
-            t0, eous = await turn_of(c, frames)
-            done = eous[-1]
-            assert len(eous) >= 3, eous  # the cut, the finished sentence, the timer
-            assert all(e["completed"] is False for e in eous[:-1]), eous
-            assert done["probability"] == eous[-2]["probability"] < 0.5
-            assert done["timestamp"] >= t0 + spans[1][1] + 2500  # the timer's 3 s, not the model
-        finally:
-            await c.close()
+async def test_smart_turn_tells_a_cut_off_sentence_from_a_finished_one(
+    stack: StackInfo, call_id: str
+) -> None:
+    # The default window: only the turn, its probability shifted to the 8-s window's scale.
+    await smart_turn_caller(stack, call_id, "short")
+
+
+async def test_smart_turn_in_the_models_own_window_when_the_operator_says_so(tmp_path: Path) -> None:
+    with running_stack(tmp_path / "stack", 1, 1, SMART_TURN_WINDOW="whole") as info:
+        await smart_turn_caller(info, "whole-window", "whole")

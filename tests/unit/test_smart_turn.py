@@ -4,6 +4,7 @@ part with a stand-in model, and the real model on real (synthesised) speech."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ from common.config import Settings
 from common.protocol import EouOption
 from tests.speech import speech
 from worker.speech.smart_turn import (
+    SHORT_SHIFT,
     SHORTEN_AFTER_S,
     TRAILING_MS,
     WINDOWS,
@@ -26,6 +28,7 @@ from worker.speech.smart_turn import (
     TurnRule,
     inference_session,
     model_path,
+    shifted,
     trim_trailing,
     window_frames,
 )
@@ -295,11 +298,13 @@ def test_threshold_outside_0_1_is_refused() -> None:
 # --- the real model, on its thread, on synthesised speech -----------------------------------------------
 
 
-async def test_the_model_hears_a_finished_sentence_and_one_cut_off() -> None:
+@pytest.mark.parametrize("window", ["turn", "whole"])
+async def test_the_model_hears_a_finished_sentence_and_one_cut_off(window: str) -> None:
     pool = ThreadPoolExecutor(1)
     loop = asyncio.get_running_loop()
-    # Both questions wait for the model to load: "whole" keeps the second out of the short window.
-    batcher = TurnBatcher(lambda fn, *a: loop.run_in_executor(pool, fn, *a), "whole")
+    # Both questions wait for the model to load: a wait for the load is no backlog, so both are heard in
+    # `window` ("auto" would hear both in the 8-s window too).
+    batcher = TurnBatcher(lambda fn, *a: loop.run_in_executor(pool, fn, *a), window)
     runner = asyncio.create_task(batcher.run())
     silence = np.zeros(8000, dtype=np.int16)  # what the part sends: 0.5 s before, ~0.1 s after the speech
     answers: dict[str, float | None] = {}
@@ -385,6 +390,26 @@ def test_the_rewritten_graph_answers_as_the_shipped_one_but_for_the_float_logits
         assert model.predict(audio) == pytest.approx(float(reference.reshape(-1)[0]), abs=0.1)
     # The short window hears the cut-off sentence as one too.
     assert model.predict(audio, whole=False) < 0.5
+
+
+def test_the_short_windows_probability_is_shifted_in_log_odds() -> None:
+    def odds(p: float) -> float:
+        return p / (1 - p)
+
+    assert SHORT_SHIFT == 1.1
+    assert shifted(0.0) == 0.0 and shifted(1.0) == 1.0
+    for p in (0.01, 0.2, 0.5, 0.9, 0.999):
+        assert odds(shifted(p)) == pytest.approx(odds(p) * math.exp(SHORT_SHIFT))
+    assert shifted(0.25) < shifted(0.3)  # the order of answers is kept
+    assert shifted(0.3, 0.0) == pytest.approx(0.3)
+
+
+def test_the_short_window_answers_the_shifted_probability(model: TurnModel) -> None:
+    audio = np.concatenate([np.zeros(8000, np.int16), speech("I would like to book a table for two.")])
+    features = log_mel(audio)
+    raw = model._run(np.ascontiguousarray(features[None, :, -window_frames(len(audio)) :]))
+    assert model.predict(audio, whole=False) == pytest.approx(shifted(raw), abs=1e-6)
+    assert raw < model.predict(audio, whole=False)
 
 
 def test_the_attention_logits_are_read_in_float() -> None:
@@ -473,7 +498,7 @@ def test_a_question_that_waited_for_the_model_is_heard_in_the_short_window(
 
 
 def test_a_question_a_second_behind_is_left_to_the_timer_but_not_one_that_waited_for_the_load() -> None:
-    batcher = TurnBatcher(lambda fn, *a: None)
+    batcher = TurnBatcher(lambda fn, *a: None, "auto")
     answers: list[tuple[float | None, str | None]] = []
     for owner in ("a", "b"):
         batcher.submit(owner, np.zeros(16000, np.int16), lambda p, reason: answers.append((p, reason)))
@@ -489,11 +514,11 @@ def test_a_question_a_second_behind_is_left_to_the_timer_but_not_one_that_waited
 
 
 def test_the_window_setting_names_the_models_windows() -> None:
-    assert Settings.from_env({}, dotenv=None).smart_turn_window == "auto"
+    assert Settings.from_env({}, dotenv=None).smart_turn_window == "turn"
     assert Settings.from_env({"SMART_TURN_WINDOW": "Whole"}, dotenv=None).smart_turn_window == "whole"
     with pytest.raises(ValueError, match="SMART_TURN_WINDOW"):
         Settings.from_env({"SMART_TURN_WINDOW": "short"}, dotenv=None)
-    assert WINDOWS == ("auto", "whole", "turn")
+    assert WINDOWS == ("turn", "whole", "auto")
     with pytest.raises(ValueError, match="window"):
         TurnBatcher(lambda fn, *a: None, "short")
 

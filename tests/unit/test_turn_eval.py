@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from bench.turn_eval import barge_on, burst, local_on, on_floor, say, smart_turn_on
+from bench.turn_eval import Heard, barge_on, burst, local_on, on_floor, say, smart_turn_on
 from worker.speech.smart_turn import TurnModel
 
 
 @pytest.fixture(scope="module")
-def model() -> TurnModel:
-    return TurnModel()
+def model() -> Heard:
+    return Heard(TurnModel(), whole=False)  # the server's default window
 
 
 @pytest.mark.parametrize(
@@ -23,7 +23,7 @@ def model() -> TurnModel:
     ],
 )
 def test_smart_turn_ends_complete_turns_only_and_the_timer_ends_all(
-    model: TurnModel, text: str, label: str
+    model: Heard, text: str, label: str
 ) -> None:
     audio, _, end = on_floor(say(text, "joe"), 0.5, 1.5, seed=1)
     smart = smart_turn_on(model, audio, end, label)
