@@ -17,6 +17,7 @@ from common.config import Settings
 from common.protocol import EouOption
 from tests.speech import speech
 from worker.speech.smart_turn import (
+    CONFIDENT,
     SHORT_SHIFT,
     SHORTEN_AFTER_S,
     TRAILING_MS,
@@ -208,11 +209,11 @@ def test_a_question_put_once_the_caller_went_quiet_is_the_pauses() -> None:
     feed(turn, 1100, 1120)
     ((_, early, done),) = batcher.requests  # 120 ms after the last loud frame: asked at once
     assert len(early) == 16 * 1120
-    done(0.7, None)
+    done(0.6, None)
     assert eous == [], "complete, but not sure enough to end the turn before the VAD calls the pause"
     feed(turn, 1120, 1200)
     turn.paused(1000)  # the VAD calls the pause (hangover, silencePadding)
-    assert eous == [(True, 0.7, None)], "the early answer is the pause's, sent at once"
+    assert eous == [(True, 0.6, None)], "the early answer is the pause's, sent at once"
     assert len(batcher.requests) == 1 and (turn.early_used, turn.early_unused) == (1, 0)
 
 
@@ -224,9 +225,10 @@ def test_a_confident_early_answer_ends_the_turn_without_waiting_for_the_vad(
     turn.speech_started(0)
     feed(turn, 0, 1000, LOUD)
     feed(turn, 1000, 1120)
+    assert CONFIDENT == 0.7
     batcher.requests[0][2](0.9, None)
     if ends_at_once:
-        assert eous == [(True, 0.9, None)], "0.9: sure enough (CONFIDENT 0.8) to end the turn now"
+        assert eous == [(True, 0.9, None)], "0.9: sure enough (CONFIDENT 0.7) to end the turn now"
         feed(turn, 1120, 1200)
         turn.paused(1000)
         assert len(eous) == 1 and len(batcher.requests) == 1, "the VAD's pause then asks nothing"

@@ -73,9 +73,11 @@ LOUD_POWER = 10 ** (LOUD_DBFS / 10)  # mean square of full-scale samples
 WINDOWS = ("turn", "whole", "auto")  # the first is the default
 SHORTEN_AFTER_S = 0.05
 # An early question's answer at least this sure (or the client's threshold, if higher) ends the turn at once,
-# before the VAD calls the pause: on the labelled set the same verdicts as waiting for the pause, where at
-# the plain threshold (0.5) one more turn of 180 ended early (bench/turn_eval.py, docs/performance.md).
-CONFIDENT = 0.8
+# before the VAD calls the pause: on the labelled set the same verdicts as waiting for the pause in either
+# window, where at the plain threshold (0.5) one more turn of 180 ended early (bench/turn_eval.py). The short
+# window's answers reach 0.7 on about as many finished turns (171 of 270) as the 8-s window's reach 0.8 (175),
+# and on fewer cut-off ones (86 against 100; bench/turn_window.py --shift's turns); docs/performance.md.
+CONFIDENT = 0.7
 MARGIN_FRAMES = 50
 STEP_FRAMES = 100
 LONGEST_FRAMES = 400
