@@ -155,9 +155,10 @@ class MediaProcess:
         self.asr_threads = ThreadPoolExecutor(2, thread_name_prefix="asr")
         self.tts_thread = ThreadPoolExecutor(1, thread_name_prefix="tts")
         self.piper = PiperEngine(self._tts_in_thread)
-        # The end-of-turn model (6-15 ms a decision in the short window, ~26 in the 8-s one) gets a thread of its own: it must not hold up the VAD;
-        # and a nicer one: when the cores are short, the calls' audio goes first and the model's questions
-        # wait (then heard in the short window, or left to the silence timer; worker/speech/smart_turn.py).
+        # The end-of-turn model (6-15 ms a decision in the short window, ~26 in the 8-s one) gets a thread of
+        # its own: it must not hold up the VAD; and a nicer one: when the cores are short, the calls' audio
+        # goes first and the model's questions wait (left to the silence timer after a second; with
+        # SMART_TURN_WINDOW=auto heard in the short window first; worker/speech/smart_turn.py).
         # It is not warmed up: ~55 MiB a process that only smart_turn calls need; the first such call of the
         # process loads it (~0.3 s) as the call is set up, long before its first pause.
         self.turn_thread = ThreadPoolExecutor(1, thread_name_prefix="turn", initializer=lower_this_thread)
