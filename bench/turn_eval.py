@@ -38,7 +38,7 @@ from common.protocol import BargeInOption, EouOption
 from tests.audio_util import noise
 from worker.call.bargein import BargeInRule, Verdict
 from worker.media.vad import Discarded, Silence, Speaking, VadEvent, VadProcessor
-from worker.speech.smart_turn import SmartTurn, TurnModel, trim_trailing
+from worker.speech.smart_turn import CONFIDENT, CONFIDENT_SHORT, SmartTurn, TurnModel, trim_trailing
 
 COMPLETE = [
     "I would like to book a table for two at seven tonight.",
@@ -192,6 +192,10 @@ class _Now:
 
     def idle(self) -> bool:
         return True
+
+    @property
+    def confident(self) -> float:
+        return CONFIDENT if getattr(self.model, "whole", True) else CONFIDENT_SHORT
 
     def forget(self, owner: object) -> None:
         pass

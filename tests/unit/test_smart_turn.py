@@ -18,6 +18,7 @@ from common.protocol import EouOption
 from tests.speech import speech
 from worker.speech.smart_turn import (
     CONFIDENT,
+    CONFIDENT_SHORT,
     SHORT_SHIFT,
     SHORTEN_AFTER_S,
     TRAILING_MS,
@@ -142,6 +143,7 @@ class FakeBatcher:
         return self.idle_now
 
     idle_now = True
+    confident = CONFIDENT
 
 
 def part(
@@ -209,11 +211,11 @@ def test_a_question_put_once_the_caller_went_quiet_is_the_pauses() -> None:
     feed(turn, 1100, 1120)
     ((_, early, done),) = batcher.requests  # 120 ms after the last loud frame: asked at once
     assert len(early) == 16 * 1120
-    done(0.6, None)
+    done(0.7, None)
     assert eous == [], "complete, but not sure enough to end the turn before the VAD calls the pause"
     feed(turn, 1120, 1200)
     turn.paused(1000)  # the VAD calls the pause (hangover, silencePadding)
-    assert eous == [(True, 0.6, None)], "the early answer is the pause's, sent at once"
+    assert eous == [(True, 0.7, None)], "the early answer is the pause's, sent at once"
     assert len(batcher.requests) == 1 and (turn.early_used, turn.early_unused) == (1, 0)
 
 
@@ -225,10 +227,9 @@ def test_a_confident_early_answer_ends_the_turn_without_waiting_for_the_vad(
     turn.speech_started(0)
     feed(turn, 0, 1000, LOUD)
     feed(turn, 1000, 1120)
-    assert CONFIDENT == 0.7
     batcher.requests[0][2](0.9, None)
     if ends_at_once:
-        assert eous == [(True, 0.9, None)], "0.9: sure enough (CONFIDENT 0.7) to end the turn now"
+        assert eous == [(True, 0.9, None)], "0.9: sure enough (CONFIDENT 0.8) to end the turn now"
         feed(turn, 1120, 1200)
         turn.paused(1000)
         assert len(eous) == 1 and len(batcher.requests) == 1, "the VAD's pause then asks nothing"
@@ -238,6 +239,19 @@ def test_a_confident_early_answer_ends_the_turn_without_waiting_for_the_vad(
         assert eous == [], "under the client's threshold: it waits for the VAD's pause"
         turn.paused(1000)
         assert eous == [(False, 0.9, None)]
+
+
+def test_the_short_windows_early_answers_need_less_to_end_the_turn() -> None:
+    assert (CONFIDENT, CONFIDENT_SHORT) == (0.8, 0.7)
+    bars = [TurnBatcher(lambda fn, *a: None, w).confident for w in ("turn", "whole", "auto")]
+    assert bars == [0.7, 0.8, 0.8]
+    turn, batcher, eous, _ = part()
+    batcher.confident = CONFIDENT_SHORT
+    turn.speech_started(0)
+    feed(turn, 0, 1000, LOUD)
+    feed(turn, 1000, 1120)
+    batcher.requests[0][2](0.75, None)
+    assert eous == [(True, 0.75, None)], "0.75 in the short window: the turn is over"
 
 
 def test_an_early_answer_that_comes_after_the_pause_is_sent_when_it_comes() -> None:

@@ -73,11 +73,13 @@ LOUD_POWER = 10 ** (LOUD_DBFS / 10)  # mean square of full-scale samples
 WINDOWS = ("turn", "whole", "auto")  # the first is the default
 SHORTEN_AFTER_S = 0.05
 # An early question's answer at least this sure (or the client's threshold, if higher) ends the turn at once,
-# before the VAD calls the pause: on the labelled set the same verdicts as waiting for the pause in either
-# window, where at the plain threshold (0.5) one more turn of 180 ended early (bench/turn_eval.py). The short
-# window's answers reach 0.7 on about as many finished turns (171 of 270) as the 8-s window's reach 0.8 (175),
-# and on fewer cut-off ones (86 against 100; bench/turn_window.py --shift's turns); docs/performance.md.
-CONFIDENT = 0.7
+# before the VAD calls the pause: on the labelled set the same verdicts as waiting for the pause, where at
+# the plain threshold (0.5) one more turn of 180 ended early (bench/turn_eval.py). The short window's
+# answers reach CONFIDENT_SHORT on about as many finished turns (171 of 270) as the 8-s window's reach
+# CONFIDENT (175), and on fewer cut-off ones (86 against 100; bench/turn_window.py --shift's turns). The 8-s
+# window's 0.7 would end the e2e test's "I would" (0.77, heard in a gap inside "I would like to").
+CONFIDENT = 0.8
+CONFIDENT_SHORT = 0.7
 MARGIN_FRAMES = 50
 STEP_FRAMES = 100
 LONGEST_FRAMES = 400
@@ -219,6 +221,12 @@ class TurnBatcher:
                 request.cancelled = True  # a newer pause of the same call replaces it
         self._queue.append(_Request(owner, audio, done))
         self._wake.set()
+
+    @property
+    def confident(self) -> float:
+        """How sure an early answer must be to end a turn before the VAD's pause (an idle model's answer:
+        in the 8-s window unless the window is "turn")."""
+        return CONFIDENT_SHORT if self._window == "turn" else CONFIDENT
 
     def idle(self) -> bool:
         """Whether the model is loaded and neither runs nor has a request waiting."""
@@ -389,7 +397,8 @@ class SmartTurn:
     after the words, while the VAD often calls the pause later (its hangover, then `silencePadding`). When
     the caller has been quiet TRAILING_MS inside an utterance and the model is idle (nothing running or
     waiting: a busy process spends no CPU on guesses), the question is put at once (an early question). An
-    answer at least CONFIDENT ends the turn then, without waiting for the VAD; any other answer waits for
+    answer at least the batcher's `confident` (CONFIDENT, or CONFIDENT_SHORT in the short window) ends the
+    turn then, without waiting for the VAD; any other answer waits for
     the VAD's pause, and if that comes on the same audio it is the pause's answer, sent at once instead of
     after a model run. Speech first makes the early question moot, as it does a pause's. The price is a run
     for each quiet stretch that the VAD does not call a pause (`early_unused`), and a confident verdict on
@@ -478,7 +487,7 @@ class SmartTurn:
                 self._early is early
                 and not self.closed
                 and probability is not None
-                and probability >= max(self.rule.threshold, CONFIDENT)
+                and probability >= max(self.rule.threshold, self._batcher.confident)
                 and self.rule.speaking
             ):
                 # Sure enough not to wait for the VAD: the pause began with the last loud frame's end.
