@@ -13,7 +13,7 @@ import pytest
 from tests.audio_util import dtmf_tones, noise
 from tests.e2e.client import CallClient
 from tests.e2e.conftest import StackInfo, running_stack
-from tests.e2e.test_metrics import scrape, until
+from tests.e2e.test_metrics import Figures, scrape, until
 from tests.e2e.test_recorder import stream
 from tests.speech import speech, with_silence
 
@@ -185,14 +185,24 @@ async def turn_of(c: CallClient, frames: list[bytes]) -> tuple[float, list[dict[
 DECISIONS = "pbx_smart_turn_decisions_total"
 
 
-async def smart_turn_caller(info: StackInfo, call_id: str, window: str) -> None:
-    """A caller stops after "I would like to", then finishes the sentence: the model (no ASR, its own VAD)
-    calls the first pause incomplete and the end complete; each `eou` comes soon after its pause begins;
-    /metrics counts the answers in `window` ("short" or "whole") and none in the other."""
+async def counted(info: StackInfo, before: Figures, window: str, decisions: int) -> None:
+    """/metrics counts at least `decisions` answers since `before` in `window` ("short" or "whole"), and none
+    in the other."""
     other = "whole" if window == "short" else "short"
-    before = await scrape(info.base)
+    after = await until(info.base, lambda f: f.since(before, DECISIONS, window=window) >= decisions)
+    assert after.since(before, DECISIONS, window=window) >= decisions
+    assert after.since(before, DECISIONS, window=other) == 0
+
+
+async def test_smart_turn_tells_a_cut_off_sentence_from_a_finished_one(
+    stack: StackInfo, call_id: str
+) -> None:
+    # A caller stops after "I would like to", then finishes the sentence: the model (no ASR, its own VAD, the
+    # default short window with its shifted answers) calls the first pause incomplete and the end complete;
+    # each `eou` comes soon after its pause begins.
+    before = await scrape(stack.base)
     frames, spans = cut_off_then_finished()
-    c = await CallClient.open(info.ws, call_id=call_id)
+    c = await CallClient.open(stack.ws, call_id=call_id)
     try:
         t0, eous = await turn_of(c, frames)
         cut, finished = eous[0], eous[-1]
@@ -205,18 +215,21 @@ async def smart_turn_caller(info: StackInfo, call_id: str, window: str) -> None:
         assert pause2 < finished["timestamp"] <= pause2 + 700, finished["timestamp"] - pause2
     finally:
         await c.close()
-    after = await until(info.base, lambda f: f.since(before, DECISIONS, window=window) >= len(eous))
-    assert after.since(before, DECISIONS, window=window) >= len(eous)
-    assert after.since(before, DECISIONS, window=other) == 0
-
-
-async def test_smart_turn_tells_a_cut_off_sentence_from_a_finished_one(
-    stack: StackInfo, call_id: str
-) -> None:
-    # The default window: only the turn, its probability shifted to the 8-s window's scale.
-    await smart_turn_caller(stack, call_id, "short")
+    await counted(stack, before, "short", len(eous))
 
 
 async def test_smart_turn_in_the_models_own_window_when_the_operator_says_so(tmp_path: Path) -> None:
+    # SMART_TURN_WINDOW=whole: the model's 8-s window hears a plainly finished sentence (0.99 in either).
+    voice, spans = with_silence(0.5, speech("I need to change my delivery address."), 1.2)
+    audio = np.clip(voice + noise("white", len(voice) / 16000, -45, seed=4), -32768, 32767)
+    frames = [audio[i : i + 320].astype("<i2").tobytes() for i in range(0, len(audio) - 319, 320)]
     with running_stack(tmp_path / "stack", 1, 1, SMART_TURN_WINDOW="whole") as info:
-        await smart_turn_caller(info, "whole-window", "whole")
+        before = await scrape(info.base)
+        c = await CallClient.open(info.ws, call_id="whole-window")
+        try:
+            t0, eous = await turn_of(c, frames)
+            assert eous[-1]["probability"] >= 0.5
+            assert t0 + spans[0][1] < eous[-1]["timestamp"] <= t0 + spans[0][1] + 700
+        finally:
+            await c.close()
+        await counted(info, before, "whole", len(eous))
