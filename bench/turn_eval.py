@@ -303,7 +303,10 @@ def _whisper() -> object:
 
 
 def barge_on(audio: np.ndarray, start_ms: int, label: str) -> BargeResult:
-    from worker.speech.local_asr import POST_ROLL_MS, PRE_ROLL_MS, _transcribe
+    """The `bargeIn` rule on one clip, fed as a call feeds it: the webrtc VAD's events, and local ASR results
+    as LocalAsr gives them (interims on its schedule while the utterance lasts, one at a time; the final at
+    the utterance's end), each delivered when Whisper would have finished it (its CPU time, measured)."""
+    from worker.speech.local_asr import POST_ROLL_MS, PRE_ROLL_MS, _transcribe, interim_due
 
     option = BargeInOption()
     from worker.call.bargein import BACKCHANNELS, DEFAULT_MIN_SPEECH_MS, DEFAULT_RESUME_AFTER_MS
@@ -316,25 +319,34 @@ def barge_on(audio: np.ndarray, start_ms: int, label: str) -> BargeResult:
     )
     first_speaking: list[int] = []
     verdicts: list[tuple[int, Verdict]] = []
-    finals: list[tuple[int, str]] = []  # (due on the audio clock, text)
+    results: list[tuple[int, str, bool]] = []  # (due on the audio clock, text, final)
     texts: list[str] = []
     now = [0]
+    onset: list[int | None] = [None]  # the utterance under way
+    interims: list[int] = []  # when each of its interims was asked
+
+    def whisper(a_ms: int, b_ms: int, final: bool) -> None:
+        a, b = max(0, (a_ms - PRE_ROLL_MS) * 16), min(len(audio), (b_ms + POST_ROLL_MS) * 16)
+        began = time.thread_time()
+        text = _transcribe(_whisper(), audio[a:b], "en")
+        results.append((now[0] + int((time.thread_time() - began) * 1000), text, final))
 
     def on(ev: VadEvent) -> None:
         v: Verdict | None = None
         if isinstance(ev, Speaking):
             first_speaking.append(ev.start_ms)
+            onset[0] = ev.start_ms
+            interims.clear()
             rule.speech(ev.start_ms, bot_playing=True, pause=True)
         elif isinstance(ev, Silence) and not ev.idle:
+            onset[0] = None
+            for r in [r for r in results if not r[2]]:
+                results.remove(r)  # the final cancels an interim under way
             end = ev.start_ms + ev.duration_ms
-            a = max(0, (ev.start_ms - PRE_ROLL_MS) * 16)
-            b = min(len(audio), (end + POST_ROLL_MS) * 16)
-            began = time.thread_time()
-            text = _transcribe(_whisper(), audio[a:b], "en")
-            took = int((time.thread_time() - began) * 1000)
-            finals.append((now[0] + took, text))
+            whisper(ev.start_ms, end, True)
             v = rule.ended(end, ev.duration_ms)
         elif isinstance(ev, Discarded):
+            onset[0] = None
             v = rule.ended(ev.start_ms, None)
         if v is not None:
             verdicts.append((now[0], v))
@@ -343,12 +355,19 @@ def barge_on(audio: np.ndarray, start_ms: int, label: str) -> BargeResult:
     for ts, frame in frames(audio):
         now[0] = ts
         vad.feed(frame, ts)
-        for due, text in [f for f in finals if f[0] <= ts]:
-            finals.remove((due, text))
-            texts.append(text)
-            v = rule.heard(text, final=True)
-            if v is not None:
-                verdicts.append((ts, v))
+        start = onset[0]
+        if start is not None and interim_due(start, interims[-1] if interims else None, ts):
+            interims.append(ts)
+            if not any(not r[2] for r in results):  # one interim at a time, as LocalAsr
+                whisper(start, ts + 20, False)
+        for due, text, final in [r for r in results if r[0] <= ts]:
+            results.remove((due, text, final))
+            if final:
+                texts.append(text)
+            if text or final:
+                v = rule.heard(text, final=final)
+                if v is not None:
+                    verdicts.append((ts, v))
         v = rule.tick(ts)
         if v is not None:
             verdicts.append((ts, v))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from common.protocol import TranscriptionOption
-from worker.speech.local_asr import PRE_ROLL_MS, LocalAsr
+from worker.speech.local_asr import FIRST_INTERIM_MS, INTERIM_EVERY_MS, PRE_ROLL_MS, LocalAsr, interim_due
 
 
 class Pool:
@@ -51,6 +51,30 @@ async def test_an_utterance_after_a_gap_in_the_callers_audio_is_transcribed() ->
     loud = int(np.count_nonzero(audio == 1000))
     assert loud == 600 * 16, "all of the utterance, from the audio after the gap"
     assert len(audio) == loud + PRE_ROLL_MS * 16, "the pre-roll before it is the gap's silence"
+
+
+def test_an_utterances_first_interim_comes_sooner_than_the_next() -> None:
+    assert (FIRST_INTERIM_MS, INTERIM_EVERY_MS) == (600, 1000)
+    assert not interim_due(5000, None, 5580) and interim_due(5000, None, 5600)
+    assert not interim_due(5000, 5600, 6580) and interim_due(5000, 5600, 6600)
+
+
+async def test_interims_while_the_caller_speaks_then_the_final() -> None:
+    pool = Pool()
+    asr = LocalAsr(TranscriptionOption(provider="local"), None, print, print, pool)  # type: ignore[arg-type]
+    t = 0
+    for f in frames(0, 1000):
+        asr.feed(f, t)
+        t += 20
+    asr.speech_started(t)
+    for f in frames(1000, 2500):  # 2.5 s of speech: interims at 0.6 and 1.6 s
+        asr.feed(f, t)
+        t += 20
+    asr.speech_ended(t - 2500, t)
+    await asyncio.sleep(0)
+    assert [final for _, final in pool.asked] == [False, False, True]
+    heard = [int(np.count_nonzero(audio == 1000)) // 16 for audio, _ in pool.asked]
+    assert heard == [620, 1620, 2500], "each interim hears the utterance up to the frame it was asked in"
 
 
 async def test_a_gap_longer_than_the_buffer_starts_it_afresh() -> None:
