@@ -173,7 +173,8 @@ class TurnModel:
 
     def predict(self, audio: np.ndarray, whole: bool = True) -> float:
         """Probability that the turn ended with this audio (16 kHz int16, its last 8 s count), heard in the
-        model's whole window or (`whole=False`) the short one."""
+        model's whole window or (`whole=False`) the short one, whose answer is `shifted` to the whole's
+        scale."""
         features = log_mel(audio)
         if whole or not self.can_shorten:
             return self._run(features[None, :, :])
